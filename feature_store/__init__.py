@@ -1,0 +1,1 @@
+"""Online feature store (Redis, SQLite) and the durable event log."""

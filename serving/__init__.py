@@ -1,0 +1,1 @@
+"""Serving: the FastAPI retrieval API over the exported towers and FAISS index."""

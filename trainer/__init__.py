@@ -1,0 +1,1 @@
+"""Trainer: data readers, the two towers, the loss, training, evaluation and export."""

@@ -1,0 +1,117 @@
+"""The trainer's typed configuration (keys as in SPEC: ``model.encoder``, ``loss.logq``...)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    encoder: Literal["mean", "gru", "attention"] = "mean"
+    """User-tower sequence encoder over the positive history."""
+    embedding_dim: int = Field(64, ge=4, le=1024)
+    """Output embedding size of both towers."""
+    history_length: int = Field(50, ge=1, le=1000)
+    """H: most recent positives fed to the user tower."""
+    dislike_length: int = Field(10, ge=1, le=1000)
+    """D: most recent dislikes fed to the user tower."""
+    use_dislike_input: bool = True
+    """Feed the dislike history to the user tower (dislikes as inputs, not only labels)."""
+    use_item_features: bool = True
+    """Add item metadata (category/genre) embeddings to the item tower where the source has them."""
+    hidden_units: int = Field(128, ge=0)
+    """Width of the towers' hidden layer (0 = a single linear projection)."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    attention_heads: int = Field(2, ge=1)
+    attention_layers: int = Field(1, ge=1)
+    l2: float = Field(0.0, ge=0.0)
+    """L2 penalty on the embedding tables."""
+
+
+class LossConfig(_Section):
+    temperature: float = Field(0.05, gt=0.0)
+    """tau: logits are cos(u, v) / tau."""
+    logq: Literal["streaming", "counts", "none"] = "streaming"
+    """Where the logQ correction's sampling probability comes from."""
+    ntr_weight: float = Field(0.5, ge=0.0)
+    """lambda of the not-to-recommend term; 0 disables it."""
+    dislike_weight: float = Field(1.0, ge=0.0)
+    """w: per-row weight of a dislike in the NTR term."""
+    mixed_negatives: int = Field(0, ge=0)
+    """Uniformly sampled extra candidates per batch (0 = in-batch only)."""
+    remove_accidental_hits: bool = True
+
+
+class FrequencyConfig(_Section):
+    alpha: float = Field(0.01, gt=0.0, le=1.0)
+    buckets: int = Field(1 << 20, ge=16)
+    hashes: int = Field(2, ge=1, le=16)
+    initial_gap: float = Field(100.0, gt=0.0)
+    """B starts here (steps); p starts at 1 / initial_gap."""
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(1024, ge=2)
+    learning_rate: float = Field(0.003, gt=0.0)
+    seed: int = 42
+    checkpoint_every: int = Field(200, ge=1)
+    """Steps between checkpoints (resume after a kill continues from the last one)."""
+    early_stopping_patience: int = Field(3, ge=0)
+    """Epochs without a better validation recall@20 before stopping (0 = never stop early)."""
+    strategy: Literal["default", "mirrored", "multiworker"] = "default"
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    """Cap on steps per epoch (for quick runs)."""
+
+
+class SplitConfig(_Section):
+    max_users_eval: int | None = Field(None, ge=1)
+    """Evaluate on a seeded sample of this many test users (None = all)."""
+
+
+class ExportConfig(_Section):
+    exact_index_max_items: int = Field(50_000, ge=1)
+    """Corpora up to this size get an exact (flat) index."""
+    target_recall_at_100: float = Field(0.95, gt=0.0, le=1.0)
+    """Approximate indexes are tuned until recall@100 vs exact reaches this on sampled queries."""
+    similarity: Literal["auto", "cosine", "dot"] = "auto"
+    """Similarity of the exported index; ``auto`` picks the better on validation recall@20."""
+    keep_versions: int = Field(5, ge=1)
+    popular_items: int = Field(1000, ge=1)
+    """How many most-popular item ids the manifest keeps for the cold-start fallback."""
+
+
+class TrainerConfig(_Section):
+    """Everything ``twotower train`` reads; saved whole into the manifest."""
+
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    frequency: FrequencyConfig = FrequencyConfig()
+    train: TrainConfig = TrainConfig()
+    split: SplitConfig = SplitConfig()
+    export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainerConfig:
+        if self.frequency.buckets & (self.frequency.buckets - 1):
+            # Not required by the estimator, but keeps hashing cheap and reproducible.
+            pass
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+#: Defaults tuned on validation data, per kind of source (see README "Tuning").
+#: Applied under the user's file/env/--set values.
+SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "synthetic": {},
+    "movielens": {},
+    "lightgcn": {},
+    "events": {},
+}

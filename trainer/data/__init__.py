@@ -1,0 +1,1 @@
+"""Data sources (SPEC ``SRC``), splits and example building."""

@@ -1,0 +1,195 @@
+"""The artifact directory: versioned, atomically published model exports.
+
+This is the only thing ``trainer`` and ``serving`` share. Layout::
+
+    ART/
+      LATEST                    # published version id, replaced atomically
+      versions/<version>/
+        manifest.json
+        user_tower/             # SavedModel, signature ``serving_default``:
+                                #   history  int32 [batch, H]  (item indices, right-aligned,
+                                #            most recent last, 0 = padding)
+                                #   dislikes int32 [batch, D]  (same convention)
+                                #   -> embedding float32 [batch, dim]
+        items.npz               # ids: str [N] in index order; embeddings: float32 [N, dim]
+        index.faiss             # CPU-serialized FAISS index over the embeddings
+        checkpoint/             # tf.train.Checkpoint for warm starts (optional)
+
+Item index ``i`` (0-based row of ``items.npz`` and FAISS id) is fed to the
+tower as ``i + 1``; 0 is padding. A version directory is written under
+``versions/.staging-*``, fsynced and renamed before ``LATEST`` names it, so a
+reader never sees a half-written version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+LATEST = "LATEST"
+VERSIONS = "versions"
+MANIFEST = "manifest.json"
+ITEMS = "items.npz"
+INDEX = "index.faiss"
+USER_TOWER = "user_tower"
+CHECKPOINT = "checkpoint"
+STAGING_PREFIX = ".staging-"
+PAD_INDEX = 0
+
+
+class ArtifactError(RuntimeError):
+    """An artifact directory or version is missing or incomplete."""
+
+
+def new_version_id(now: float | None = None) -> str:
+    """A sortable, unique version id such as ``20261122T051500Z-3f2a``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time()))
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root`` (files first, then dirs bottom-up)."""
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            _fsync_path(Path(dirpath) / name)
+        _fsync_path(Path(dirpath))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a fsynced temp file and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+def versions_dir(art: str | os.PathLike[str]) -> Path:
+    return Path(art) / VERSIONS
+
+
+def version_dir(art: str | os.PathLike[str], version: str) -> Path:
+    return versions_dir(art) / version
+
+
+@contextlib.contextmanager
+def staging_version(art: str | os.PathLike[str], version: str | None = None) -> Iterator[tuple[str, Path]]:
+    """Yield ``(version, staging_dir)``; on clean exit fsync and rename into ``versions/``.
+
+    On an exception the staging directory is removed and nothing is published.
+    """
+    version = version or new_version_id()
+    root = versions_dir(art)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f"{STAGING_PREFIX}{version}"
+    staging.mkdir()
+    try:
+        yield version, staging
+        fsync_tree(staging)
+        final = root / version
+        if final.exists():
+            raise ArtifactError(f"version {version} already exists in {root}")
+        os.rename(staging, final)
+        _fsync_path(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def publish(art: str | os.PathLike[str], version: str) -> None:
+    """Point ``LATEST`` at ``version`` atomically. The version must be complete."""
+    vdir = version_dir(art, version)
+    if not (vdir / MANIFEST).is_file():
+        raise ArtifactError(f"cannot publish {version}: {vdir / MANIFEST} is missing")
+    atomic_write_text(Path(art) / LATEST, version + "\n")
+
+
+def latest_version(art: str | os.PathLike[str]) -> str | None:
+    """The published version id, or None when nothing is published yet."""
+    try:
+        text = (Path(art) / LATEST).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def list_versions(art: str | os.PathLike[str]) -> list[str]:
+    """Complete versions (with a manifest), oldest first."""
+    root = versions_dir(art)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+    )
+
+
+def resolve_version(art: str | os.PathLike[str], version: str | None = None) -> str:
+    """``version`` if given and present, else the published one; raises ArtifactError."""
+    if version is None:
+        version = latest_version(art)
+        if version is None:
+            raise ArtifactError(f"{art}: nothing published yet (no {LATEST} file); run `twotower train` first")
+    if not (version_dir(art, version) / MANIFEST).is_file():
+        raise ArtifactError(f"{art}: version {version!r} not found (have: {', '.join(list_versions(art)) or 'none'})")
+    return version
+
+
+def read_manifest(art: str | os.PathLike[str], version: str | None = None) -> dict[str, Any]:
+    """Load ``manifest.json`` of a version (the published one by default)."""
+    version = resolve_version(art, version)
+    with open(version_dir(art, version) / MANIFEST) as fh:
+        data: dict[str, Any] = json.load(fh)
+    return data
+
+
+def write_manifest(vdir: Path, manifest: dict[str, Any]) -> None:
+    with open(vdir / MANIFEST, "w") as fh:
+        json.dump(manifest, fh, indent=2, sort_keys=True, default=_json_default)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars/arrays sneak into metrics; keep the manifest plain JSON.
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def prune_versions(art: str | os.PathLike[str], keep: int, stale_after_s: float = 6 * 3600) -> list[str]:
+    """Delete all but the newest ``keep`` versions, never the published one; return deleted ids."""
+    if keep < 1:
+        raise ValueError("keep must be >= 1")
+    published = latest_version(art)
+    versions = list_versions(art)
+    doomed = [v for v in versions[:-keep] if v != published]
+    for v in doomed:
+        shutil.rmtree(version_dir(art, v), ignore_errors=True)
+    # Staging leftovers of killed runs are garbage; a young one may be a live run's.
+    root = versions_dir(art)
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(STAGING_PREFIX) and time.time() - p.stat().st_mtime > stale_after_s:
+                shutil.rmtree(p, ignore_errors=True)
+    return doomed
