@@ -99,7 +99,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="SRC", help=SOURCE_HELP)
     p.add_argument("--store", default=DEFAULT_STORE, metavar="URL")
     p.add_argument("--skip-bad-lines", action="store_true")
-    p.set_defaults(func=_run("feature_store.ingest", "ingest_command"))
+    p.set_defaults(func=_run("twotower.ingest", "ingest_command"))
 
 
 def _add_pipeline(sub: argparse._SubParsersAction) -> None:
