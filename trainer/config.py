@@ -67,6 +67,8 @@ class TrainConfig(_Section):
     strategy: Literal["default", "mirrored", "multiworker"] = "default"
     max_steps_per_epoch: int | None = Field(None, ge=1)
     """Cap on steps per epoch (for quick runs)."""
+    valid_max_users: int | None = Field(5000, ge=1)
+    """Validation recall@20 (early stopping, similarity choice) on a seeded sample of this many users."""
 
 
 class SplitConfig(_Section):

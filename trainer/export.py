@@ -1,0 +1,130 @@
+"""Export a trained model as a versioned artifact (layout in ``twotower/artifacts.py``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer._tf import tf
+from trainer.index_build import build_index, write_index
+from trainer.model import TwoTowerModel, l2_normalize
+from twotower import artifacts
+
+log = logging.getLogger(__name__)
+
+SIGNATURE = "serving_default"
+
+
+class ServingTower(tf.Module):
+    """The user tower behind a fixed signature, with the export's similarity baked in.
+
+    ``history`` int32 [batch, H], ``dislikes`` int32 [batch, D] (tokens, 0 = padding,
+    right-aligned) -> ``{"embedding": float32 [batch, dim]}``. Out-of-range tokens are
+    treated as padding so a bad caller cannot crash the graph.
+    """
+
+    def __init__(self, model: TwoTowerModel, normalize: bool):
+        super().__init__()
+        self.user_tower = model.user_tower
+        self.num_items = model.num_items
+        self.normalize = normalize
+        h = model.config.model.history_length
+        d = model.config.model.dislike_length
+        self.serve = tf.function(
+            self._serve,
+            input_signature=[
+                tf.TensorSpec([None, h], tf.int32, name="history"),
+                tf.TensorSpec([None, d], tf.int32, name="dislikes"),
+            ],
+        )
+
+    def _serve(self, history: tf.Tensor, dislikes: tf.Tensor) -> dict[str, tf.Tensor]:
+        def clean(x: tf.Tensor) -> tf.Tensor:
+            return tf.where((x < 0) | (x > self.num_items), tf.zeros_like(x), x)
+
+        emb = self.user_tower((clean(history), clean(dislikes)), training=False)
+        if self.normalize:
+            emb = tf.math.l2_normalize(emb, axis=-1)
+        return {"embedding": emb}
+
+
+def item_embeddings(model: TwoTowerModel, similarity: str) -> np.ndarray:
+    emb = model.embed_items()
+    return l2_normalize(emb) if similarity == "cosine" else emb.astype(np.float32)
+
+
+def export_version(
+    art: str | Path,
+    model: TwoTowerModel,
+    *,
+    item_ids: np.ndarray,
+    item_counts: np.ndarray,
+    similarity: str,
+    index_queries: np.ndarray | None,
+    metrics: dict[str, Any],
+    baseline_popular: dict[str, Any],
+    data: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    publish: bool = True,
+) -> str:
+    """Write a complete version under ``art`` and (optionally) publish it.
+
+    Args:
+      item_ids: str [N] in index order.
+      item_counts: int [N] train popularity (for the cold-start fallback list).
+      similarity: ``cosine`` or ``dot``; baked into the tower and item vectors.
+      index_queries: float32 [q, dim] real user embeddings (same similarity) used to
+        tune an approximate index and measure its recall vs exact search.
+    Returns:
+      the version id.
+    """
+    cfg = model.config
+    items = item_embeddings(model, similarity)
+    index, index_info = build_index(
+        items,
+        exact_max_items=cfg.export.exact_index_max_items,
+        target_recall=cfg.export.target_recall_at_100,
+        queries=index_queries,
+        seed=cfg.train.seed,
+    )
+    order = np.lexsort((np.arange(len(item_counts)), -item_counts))
+    popular = [str(item_ids[i]) for i in order[: cfg.export.popular_items] if item_counts[i] > 0]
+    with artifacts.staging_version(art) as (version, vdir):
+        tower = ServingTower(model, normalize=similarity == "cosine")
+        tf.saved_model.save(tower, str(vdir / artifacts.USER_TOWER), signatures={SIGNATURE: tower.serve})
+        np.savez(vdir / artifacts.ITEMS, ids=np.asarray(item_ids).astype(str), embeddings=items)
+        write_index(index, vdir / artifacts.INDEX)
+        tf.train.Checkpoint(model=model).write(str(vdir / artifacts.CHECKPOINT / "model"))
+        manifest = {
+            "version": version,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "embedding_dim": int(items.shape[1]),
+            "num_items": int(items.shape[0]),
+            "similarity": similarity,
+            "history_length": cfg.model.history_length,
+            "dislike_length": cfg.model.dislike_length,
+            "user_tower": {
+                "path": artifacts.USER_TOWER,
+                "signature": SIGNATURE,
+                "inputs": {"history": ["batch", cfg.model.history_length], "dislikes": ["batch", cfg.model.dislike_length]},
+                "output": "embedding",
+                "token": "item index + 1; 0 = padding; right-aligned, most recent last",
+            },
+            "items": {"path": artifacts.ITEMS},
+            "index": {**index_info, "path": artifacts.INDEX},
+            "popular_items": popular,
+            "metrics": metrics,
+            "baseline_popular": baseline_popular,
+            "data": data,
+            "config": cfg.as_dict(),
+            **(extra or {}),
+        }
+        artifacts.write_manifest(vdir, manifest)
+    if publish:
+        artifacts.publish(art, version)
+        log.info("published version %s", version)
+    return version

@@ -1,0 +1,130 @@
+"""The TFRS model: two towers + the streaming-logQ sampled softmax with the NTR term."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import tensorflow_recommenders as tfrs
+
+from trainer._tf import keras, tf
+from trainer.config import TrainerConfig
+from trainer.frequency import StreamingFrequencyEstimator
+from trainer.losses import NTRRetrievalTask
+from trainer.towers import ItemTower, UserTower
+
+
+class TwoTowerModel(tfrs.Model):
+    """Sequential user tower x item tower, trained with :class:`NTRRetrievalTask`.
+
+    Features (a dict of tensors, one row per event):
+      history: int32 [B, H] tokens, right-aligned.
+      dislikes: int32 [B, D] tokens, right-aligned.
+      item: int32 [B] token of the target item.
+      is_positive: float32 [B], 1 = softmax target, 0 = NTR (dislike) target.
+      weight: float32 [B].
+    """
+
+    def __init__(
+        self,
+        config: TrainerConfig,
+        num_items: int,
+        item_features: Mapping[str, np.ndarray] | None = None,
+        feature_sizes: Mapping[str, int] | None = None,
+        item_probabilities: np.ndarray | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.num_items = num_items
+        self.item_tower = ItemTower(num_items, config.model, item_features, feature_sizes)
+        self.user_tower = UserTower(self.item_tower.id_embedding, config.model)
+        freq = config.frequency
+        self.estimator = (
+            StreamingFrequencyEstimator(
+                buckets=freq.buckets,
+                hashes=freq.hashes,
+                alpha=freq.alpha,
+                initial_gap=freq.initial_gap,
+                seed=config.train.seed,
+            )
+            if config.loss.logq == "streaming"
+            else None
+        )
+        self.task = NTRRetrievalTask(
+            num_items=num_items,
+            temperature=config.loss.temperature,
+            ntr_weight=config.loss.ntr_weight,
+            logq=config.loss.logq,
+            estimator=self.estimator,
+            item_probabilities=item_probabilities,
+            mixed_negatives=config.loss.mixed_negatives,
+            remove_accidental_hits=config.loss.remove_accidental_hits,
+        )
+        self.ssm_tracker = keras.metrics.Mean(name="ssm")
+        self.ntr_tracker = keras.metrics.Mean(name="ntr")
+
+    def build_all(self) -> None:
+        """Create every variable (so checkpoints can be restored before training)."""
+        h = self.config.model.history_length
+        d = self.config.model.dislike_length
+        self.user_tower((tf.zeros([1, h], tf.int32), tf.zeros([1, d], tf.int32)))
+        self.item_tower(tf.ones([1], tf.int32))
+
+    def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        user = self.user_tower((features["history"], features["dislikes"]), training=training)
+        item = self.item_tower(features["item"], training=training)
+        extra_ids = extra = None
+        m = self.config.loss.mixed_negatives
+        if m > 0:
+            extra_ids = tf.random.uniform([m], 1, self.num_items + 1, dtype=tf.int32)
+            extra = self.item_tower(extra_ids, training=training)
+        out = self.task(
+            user,
+            item,
+            features["item"],
+            features["is_positive"],
+            features["weight"],
+            extra_item_embeddings=extra,
+            extra_ids=extra_ids,
+            training=training,
+        )
+        self.ssm_tracker.update_state(out.ssm_mean)
+        self.ntr_tracker.update_state(out.ntr_mean)
+        return out.total
+
+    # ---- inference helpers (numpy in, numpy out), used by evaluation and export ----
+
+    def embed_users(self, history: np.ndarray, dislikes: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """float32 [u, dim] raw user embeddings for token arrays [u, H], [u, D]."""
+        out = []
+        for start in range(0, len(history), batch_size):
+            out.append(
+                self._embed_users(
+                    tf.constant(history[start : start + batch_size], tf.int32),
+                    tf.constant(dislikes[start : start + batch_size], tf.int32),
+                ).numpy()
+            )
+        dim = self.config.model.embedding_dim
+        return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+
+    def embed_items(self, batch_size: int = 65536) -> np.ndarray:
+        """float32 [N, dim] raw embeddings of every item, in index order."""
+        out = []
+        for start in range(1, self.num_items + 1, batch_size):
+            tokens = tf.range(start, min(start + batch_size, self.num_items + 1), dtype=tf.int32)
+            out.append(self._embed_items(tokens).numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    @tf.function(reduce_retracing=True)
+    def _embed_users(self, history: tf.Tensor, dislikes: tf.Tensor) -> tf.Tensor:
+        return self.user_tower((history, dislikes), training=False)
+
+    @tf.function(reduce_retracing=True)
+    def _embed_items(self, tokens: tf.Tensor) -> tf.Tensor:
+        return self.item_tower(tokens, training=False)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation, safe for zero rows."""
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
