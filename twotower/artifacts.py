@@ -49,9 +49,10 @@ class ArtifactError(RuntimeError):
 
 
 def new_version_id(now: float | None = None) -> str:
-    """A sortable, unique version id such as ``20261122T051500Z-3f2a``."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time()))
-    return f"{stamp}-{secrets.token_hex(2)}"
+    """A sortable, unique version id such as ``20261122T051500.123456Z-3f2a``."""
+    now = time.time() if now is None else now
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    return f"{stamp}.{int(now % 1 * 1e6):06d}Z-{secrets.token_hex(2)}"
 
 
 def _fsync_path(path: Path) -> None:
