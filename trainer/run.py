@@ -45,6 +45,7 @@ class TrainOutcome:
     baseline_popular: dict[str, Any]
     training: dict[str, Any]
     manifest_extra: dict[str, Any]
+    model: TwoTowerModel | None = None
 
 
 def trainer_config(
@@ -180,7 +181,7 @@ def train(
     )
     artifacts.prune_versions(out, cfg.export.keep_versions)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return TrainOutcome(version, metrics, baseline, training, extra)
+    return TrainOutcome(version, metrics, baseline, training, extra, model)
 
 
 def _model_embed(model: TwoTowerModel, similarity: str):

@@ -1,0 +1,193 @@
+"""Train -> evaluate -> export -> load round trips on a tiny synthetic data set."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainer.data.sources import load_source
+from trainer.index_build import read_index
+from trainer.run import ExportedModel, evaluate_version, train, trainer_config
+from twotower import artifacts
+
+TINY = "synthetic:users=150,items=120,events_per_user=20,seed=3"
+SETS = [
+    "train.epochs=2",
+    "train.batch_size=64",
+    "model.embedding_dim=16",
+    "model.hidden_units=16",
+    "model.history_length=10",
+    "model.dislike_length=5",
+    "frequency.buckets=4096",
+    "train.checkpoint_every=5",
+]
+SPEC_METRICS = [f"{m}@{k}" for m in ("recall", "ndcg", "hit_rate") for k in (10, 20, 50)] + [
+    "coverage@20",
+    "dislike_rate@20",
+    "responsiveness@20",
+    "longtail_recall@20",
+]
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    art = tmp_path_factory.mktemp("art")
+    cfg = trainer_config("synthetic", overrides=SETS)
+    outcome = train(TINY, art, cfg, progress=False)
+    return art, outcome
+
+
+def test_manifest_contract(trained):
+    art, outcome = trained
+    assert artifacts.latest_version(art) == outcome.version
+    m = artifacts.read_manifest(art)
+    for key in ("version", "created_at", "embedding_dim", "num_items", "similarity", "index", "metrics", "data", "config"):
+        assert key in m, key
+    assert m["similarity"] in ("cosine", "dot")
+    assert m["embedding_dim"] == 16 and m["num_items"] == 120
+    assert {"type", "params", "recall_at_k_vs_exact"} <= set(m["index"])
+    for name in SPEC_METRICS:
+        assert name in m["metrics"], name
+        assert name in m["baseline_popular"], name
+    assert len(m["metrics"]["longtail_recall@20"]) == 10
+    for name in SPEC_METRICS[:-2]:
+        assert 0.0 <= m["metrics"][name] <= 1.0
+    assert m["data"]["counts"]["items"] == 120 and m["data"]["time_range"]["min"] > 0
+    assert m["config"]["model"]["embedding_dim"] == 16
+    vdir = artifacts.version_dir(art, outcome.version)
+    assert (vdir / "user_tower" / "saved_model.pb").is_file()
+    assert (vdir / "index.faiss").is_file() and (vdir / "items.npz").is_file()
+    # the checkpoint directory of a finished run is cleaned up
+    assert not [p for p in Path(art).iterdir() if p.name.startswith(".train-")]
+
+
+def test_export_round_trip_matches_in_memory_model(trained):
+    art, outcome = trained
+    model = outcome.model
+    exported = ExportedModel(art)
+    rng = np.random.default_rng(0)
+    hist = rng.integers(0, 121, size=(32, 10)).astype(np.int32)
+    disl = rng.integers(0, 121, size=(32, 5)).astype(np.int32)
+    mem_users = model.embed_users(hist, disl)
+    mem_items = model.embed_items()
+    if exported.manifest["similarity"] == "cosine":
+        mem_users = mem_users / np.linalg.norm(mem_users, axis=1, keepdims=True)
+        mem_items = mem_items / np.linalg.norm(mem_items, axis=1, keepdims=True)
+    np.testing.assert_allclose(exported.embed(hist, disl), mem_users, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(exported.item_emb, mem_items, rtol=1e-4, atol=1e-5)
+    index = read_index(
+        artifacts.version_dir(art, exported.version) / "index.faiss",
+        exported.manifest["index"]["params"],
+    )
+    _, faiss_top = index.search(exported.embed(hist, disl), 10)
+    mem_top = np.argsort(-(mem_users @ mem_items.T), axis=1, kind="stable")[:, :10]
+    agree = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(faiss_top, mem_top, strict=True)])
+    assert agree >= 0.99
+
+
+def test_evaluate_reproduces_training_metrics(trained):
+    art, outcome = trained
+    result = evaluate_version(art, None, load_source(TINY))
+    for name in ("recall@20", "ndcg@20", "hit_rate@50", "dislike_rate@20"):
+        assert result["metrics"][name] == pytest.approx(outcome.metrics[name], abs=0.02), name
+    assert result["baseline_popular"]["recall@20"] == pytest.approx(outcome.baseline_popular["recall@20"])
+
+
+def test_topk_out_lets_anyone_recompute_recall(trained, tmp_path):
+    art, _ = trained
+    out = tmp_path / "topk.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "twotower.cli", "evaluate", "--artifacts", str(art), "--data", TINY, "--topk-out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = json.loads(proc.stdout)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines and all(len(r["items"]) == 50 for r in lines)
+    # Recompute recall@20 from the file and the data's test split, independently of the code under test.
+    ds = load_source(TINY)
+    test_items: dict[str, set[str]] = {}
+    sel = (ds.split == 2) & (ds.labels == 1)
+    for u, i in zip(ds.users[sel], ds.items[sel], strict=True):
+        test_items.setdefault(str(ds.user_ids[u]), set()).add(str(ds.item_ids[i]))
+    recalls = [len(set(r["items"][:20]) & test_items[r["user_id"]]) / len(test_items[r["user_id"]]) for r in lines]
+    assert np.mean(recalls) == pytest.approx(printed["metrics"]["recall@20"], abs=1e-9)
+
+
+def _train_cmd(art: Path, ckpt: Path, epochs: int) -> list[str]:
+    sets = [s for s in SETS if not s.startswith(("train.epochs", "train.checkpoint_every"))]
+    cmd = [sys.executable, "-m", "twotower.cli", "train", "--data", TINY, "--out", str(art), "--checkpoint-dir", str(ckpt)]
+    for s in [*sets, f"train.epochs={epochs}", "train.checkpoint_every=3", "train.early_stopping_patience=0"]:
+        cmd += ["--set", s]
+    return cmd
+
+
+@pytest.mark.slow
+def test_kill_mid_run_then_resume(tmp_path):
+    art, ckpt = tmp_path / "art", tmp_path / "ckpt"
+    cmd = _train_cmd(art, ckpt, epochs=8)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    marker = ckpt / "latest" / "checkpoint"
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        assert proc.poll() is None, f"training ended before its first checkpoint: {proc.stderr.read()[-2000:]!r}"
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert artifacts.latest_version(art) is None  # nothing published by the killed run
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    resumed = result["training"]["resumed_from"]
+    assert resumed is not None and resumed["global_step"] >= 3
+    steps_per_epoch = result["training"]["steps"] // 8
+    assert result["training"]["steps"] == 8 * steps_per_epoch  # no step replayed or lost
+    assert result["training"]["epochs_run"] == 8
+    assert artifacts.latest_version(art) == result["version"]
+
+
+MIRRORED_SCRIPT = r"""
+import json, os, sys
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from trainer.run import train, trainer_config
+sets = json.loads(sys.argv[2])
+out = {}
+for strategy in ("default", "mirrored"):
+    cfg = trainer_config("synthetic", overrides=sets + [f"train.strategy={strategy}"])
+    res = train(sys.argv[1], os.path.join(sys.argv[3], strategy), cfg, progress=False)
+    out[strategy] = [h["loss"] for h in res.training["history"]]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_two_devices_matches_one_device(tmp_path):
+    sets = [*SETS, "train.epochs=3", "train.early_stopping_patience=0"]
+    proc = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT, TINY, json.dumps(sets), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    curves = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(curves["default"]) == len(curves["mirrored"]) == 3
+    np.testing.assert_allclose(curves["mirrored"], curves["default"], rtol=2e-3)
+    assert curves["default"][-1] < curves["default"][0]  # it learns
