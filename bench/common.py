@@ -1,0 +1,72 @@
+"""Shared benchmark plumbing: machine facts, git revision, JSON results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def versions(*packages: str) -> dict[str, str]:
+    out = {}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def machine_facts(*packages: str) -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu_model(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": versions(*packages),
+    }
+
+
+def write_result(name: str, figures: dict[str, Any], *, packages: tuple[str, ...] = ()) -> Path:
+    """Write ``bench/results/<name>.json`` with the command, revision and machine facts."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "benchmark": name,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "git_revision": git_revision(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_facts(*packages),
+        **figures,
+    }
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return path
