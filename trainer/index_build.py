@@ -1,0 +1,292 @@
+"""Build, tune, write and read the FAISS index of an export.
+
+The index is inner product over the exported item vectors (the caller has
+normalised them when the export's similarity is cosine). Small catalogs get an
+exact ``IndexFlatIP``; above ``exact_max_items`` an IVF (default) or HNSW index
+whose search parameter is doubled until recall@k against the exact index
+reaches the target on sampled queries. That measured recall goes into the
+manifest, so the serving index's quality is a recorded number, not a hope.
+
+Threads: FAISS uses OpenMP, TensorFlow its own pools. The build runs after
+training, when TensorFlow is idle, so it takes all the process's cores and
+restores the previous OpenMP setting afterwards; serving decides its own
+thread count (see ``faiss_threads``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
+
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 100
+# k-means on more than this many points per list buys nothing (FAISS warns below 39).
+IVF_TRAIN_POINTS_PER_LIST = 64
+
+
+class IndexMismatchError(ValueError):
+    """A serialized index does not match the export it belongs to."""
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def faiss_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``n`` OpenMP threads for FAISS (None: all available cores).
+
+    OpenMP's thread count is process-global, so it is restored on exit.
+    """
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, n if n is not None else _available_cores()))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def default_queries(item_emb: np.ndarray, num_queries: int, seed: int) -> np.ndarray:
+    """float32 [q, d]: a seeded sample of items plus Gaussian noise of 0.3x their scale.
+
+    Noise keeps queries off the stored points (a query equal to an item finds it
+    trivially); users are the better queries and the caller passes them when it has them.
+    """
+    rng = np.random.default_rng(seed)
+    n, d = item_emb.shape
+    pick = rng.choice(n, size=min(num_queries, n), replace=False)
+    base = item_emb[np.sort(pick)].astype(np.float32)
+    scale = 0.3 * float(np.sqrt((base**2).sum(axis=1).mean() / max(d, 1)))
+    return (base + rng.normal(0.0, scale, size=base.shape)).astype(np.float32)
+
+
+def recall_vs_exact(
+    index: faiss.Index, exact_ids: np.ndarray, queries: np.ndarray, k: int
+) -> float:
+    """Mean over queries of |approximate top-k ∩ exact top-k| / k."""
+    _, ids = index.search(queries, k)
+    hits = sum(
+        len(np.intersect1d(a[a >= 0], e[e >= 0])) for a, e in zip(ids, exact_ids, strict=True)
+    )
+    return hits / float(k * len(queries))
+
+
+def _set_search_param(index: faiss.Index, name: str, value: int) -> None:
+    if name == "nprobe":
+        faiss.extract_index_ivf(index).nprobe = int(value)
+    elif name == "efSearch":
+        faiss.downcast_index(index).hnsw.efSearch = int(value)
+    else:
+        raise ValueError(f"unknown FAISS search parameter {name!r} (known: nprobe, efSearch)")
+
+
+def build_index(
+    item_emb: np.ndarray,
+    *,
+    kind: IndexKind = "auto",
+    exact_max_items: int = 50_000,
+    target_recall: float = 0.95,
+    k: int = 100,
+    num_queries: int = 500,
+    seed: int = 0,
+    queries: np.ndarray | None = None,
+    threads: int | None = None,
+) -> tuple[faiss.Index, dict[str, Any]]:
+    """An inner-product index over ``item_emb`` and the manifest's description of it.
+
+    Args:
+      item_emb: float32 [N, d]; FAISS id i = row i = item index i.
+      kind: ``auto`` (flat up to ``exact_max_items``, IVF above), or force one.
+      target_recall: recall@k vs exact search that IVF/HNSW must reach.
+      k: the k of that recall (capped at N).
+      num_queries: sampled queries when ``queries`` is None (see ``default_queries``).
+      queries: float32 [q, d] real query vectors (user embeddings), preferred.
+      threads: OpenMP threads for the build (None = all cores).
+    Returns:
+      (index, info) with info = ``{"type", "metric": "inner_product", "params",
+      "recall_at_k_vs_exact", "k", "num_queries"}``; ``params`` holds nlist/nprobe
+      (IVF) or M/efConstruction/efSearch (HNSW), ``{}`` for flat (recall 1.0, 0 queries).
+    """
+    x = np.ascontiguousarray(item_emb, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"item embeddings must be a non-empty [N, d] matrix, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("item embeddings contain NaN or inf; refusing to build an index")
+    n, d = x.shape
+    if kind == "auto":
+        kind = "flat" if n <= exact_max_items else "ivf"
+    if kind not in ("flat", "ivf", "hnsw"):
+        raise ValueError(f"unknown index kind {kind!r} (choose auto, flat, ivf or hnsw)")
+    with faiss_threads(threads):
+        if kind == "flat":
+            index = faiss.IndexFlatIP(d)
+            index.add(x)
+            info = _info("flat", {}, 1.0, min(k, n), 0)
+            return index, info
+        q = (
+            default_queries(x, num_queries, seed)
+            if queries is None
+            else np.ascontiguousarray(queries, np.float32)
+        )
+        if q.ndim != 2 or q.shape[1] != d or len(q) == 0:
+            raise ValueError(f"queries must be [q, {d}] with q >= 1, got shape {q.shape}")
+        kk = min(k, n)
+        exact = faiss.IndexFlatIP(d)
+        exact.add(x)
+        _, exact_ids = exact.search(q, kk)
+        if kind == "ivf":
+            index, params, name, value, limit = _build_ivf(x, seed)
+        else:
+            index, params, name, value, limit = _build_hnsw(x, kk)
+        while True:
+            _set_search_param(index, name, value)
+            recall = recall_vs_exact(index, exact_ids, q, kk)
+            if recall >= target_recall or value >= limit:
+                break
+            value = min(2 * value, limit)
+        if recall < target_recall:
+            log.warning(
+                "%s index reached recall@%d %.4f < target %.4f at %s=%d",
+                kind,
+                kk,
+                recall,
+                target_recall,
+                name,
+                value,
+            )
+        params[name] = int(value)
+        log.info(
+            "%s index: %s, recall@%d vs exact %.4f on %d queries", kind, params, kk, recall, len(q)
+        )
+        return index, _info(kind, params, recall, kk, len(q))
+
+
+def _info(
+    kind: str, params: dict[str, Any], recall: float, k: int, num_queries: int
+) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "metric": "inner_product",
+        "params": params,
+        "recall_at_k_vs_exact": float(recall),
+        "k": int(k),
+        "num_queries": int(num_queries),
+    }
+
+
+def _build_ivf(x: np.ndarray, seed: int) -> tuple[faiss.Index, dict[str, Any], str, int, int]:
+    n, d = x.shape
+    nlist = max(1, min(n, int(round(4 * math.sqrt(n)))))
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    train_n = min(n, IVF_TRAIN_POINTS_PER_LIST * nlist)
+    sample = (
+        x
+        if train_n == n
+        else x[np.sort(np.random.default_rng(seed).choice(n, train_n, replace=False))]
+    )
+    index.train(sample)
+    index.add(x)
+    # FAISS's Python wrapper keeps ``quantizer`` referenced by ``index``.
+    return index, {"nlist": nlist}, "nprobe", 1, nlist
+
+
+def _build_hnsw(x: np.ndarray, k: int) -> tuple[faiss.Index, dict[str, Any], str, int, int]:
+    n, d = x.shape
+    index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    index.add(x)
+    params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
+    # efSearch below k cannot return k good results; past N it is a full scan.
+    return index, params, "efSearch", max(k, 16), max(k, 16, n)
+
+
+def write_index(index: faiss.Index, path: str | Path) -> None:
+    """Serialize a CPU copy of ``index`` to ``path`` atomically (temp, fsync, rename, fsync dir)."""
+    path = Path(path)
+    if hasattr(faiss, "index_gpu_to_cpu") and faiss.get_num_gpus() > 0:
+        with contextlib.suppress(Exception):  # already a CPU index: nothing to convert
+            index = faiss.index_gpu_to_cpu(index)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        faiss.write_index(index, str(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def read_index(
+    path: str | Path,
+    params: dict[str, Any] | None = None,
+    *,
+    ntotal: int | None = None,
+    dim: int | None = None,
+) -> faiss.Index:
+    """Load a CPU index, check it against the export, and apply its search parameters.
+
+    Args:
+      path: the ``index.faiss`` file.
+      params: the manifest's ``index.params`` (or the whole ``index`` entry);
+        ``nprobe`` / ``efSearch`` found there are set on the loaded index.
+      ntotal: expected number of vectors (the manifest's ``num_items``).
+      dim: expected dimension (the manifest's ``embedding_dim``).
+    Raises:
+      FileNotFoundError: no file at ``path``.
+      IndexMismatchError: unreadable file, or size/dimension differ from expected.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"FAISS index not found: {path}")
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise IndexMismatchError(f"{path}: not a readable FAISS index ({first})") from e
+    if ntotal is not None and index.ntotal != ntotal:
+        raise IndexMismatchError(
+            f"{path}: index holds {index.ntotal} vectors, the manifest expects {ntotal}"
+        )
+    if dim is not None and index.d != dim:
+        raise IndexMismatchError(
+            f"{path}: index dimension is {index.d}, the manifest expects {dim}"
+        )
+    p = dict(params or {})
+    if isinstance(p.get("params"), dict):
+        p = dict(p["params"])
+    for name in ("nprobe", "efSearch"):
+        if name in p:
+            try:
+                _set_search_param(index, name, int(p[name]))
+            except (RuntimeError, AttributeError) as e:
+                raise IndexMismatchError(
+                    f"{path}: cannot set {name}={p[name]} on a {type(index).__name__}"
+                ) from e
+    return index
