@@ -1,0 +1,395 @@
+"""Sampled softmax with logQ correction over positives + not-to-recommend (NTR) over dislikes.
+
+The convention is /work/shared/LOSSES.md (``../shared/LOSSES.md`` from the
+repository), restated in terms of one helper quantity. For a row r with own
+logit ``z_r = u_r . v_r / tau - log q_r`` (its label item, positive or
+disliked) let ``o_r = logsumexp_{j in C, id_j != id_r} z_rj`` be the
+log-partition over the candidate slots holding *another* item. Then
+
+* positive row, accidental hits removed (C_r = C minus other copies of y_r,
+  own slot kept): ``loss_r = logaddexp(o_r, z_r) - z_r = softplus(o_r - z_r)``;
+  without hit removal ``loss_r = logsumexp_{j in C} z_rj - z_r``;
+* dislike row of item d: ``p = sigmoid(z_r - o_r)`` and
+  ``ntr_r = -w_r log(1 - p) = w_r softplus(z_r - o_r)``, which is finite for
+  p -> 0 and p -> 1. A dislike row with no other item in C contributes 0 and
+  is counted in ``num_dislike_without_candidates`` (and in the mean's count).
+
+``L = mean_pos loss_r + lambda * mean_dislike ntr_r``; an empty group
+contributes 0. Candidate slots are the batch's positive rows' label items
+plus M uniform extras; dislike items are never candidates for other rows.
+``q_j = clip(p_j + M / N, 1e-6, 1)``. Only dislike rows are weighted, as in
+LOSSES.md (positives have w = 1).
+
+Under ``tf.distribute`` (:class:`NTRRetrievalTask` inside ``strategy.run``)
+the candidate slots are all-gathered from every replica, so a replica's rows
+see the global batch's candidate set, and the per-replica ``total`` is this
+replica's *sum* of terms divided by the *global* row counts: summing
+``total`` (or the gradients) over replicas gives the single-device value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from trainer._tf import keras, tf
+from trainer.frequency import (
+    StreamingFrequencyEstimator,
+    all_gather_rows,
+    replica_context_to_gather,
+)
+
+#: Masked logits: far below any real logit (|z| <= 1/tau + 14), finite so gradients stay finite.
+_MASKED = -1e9
+_Q_MIN, _Q_MAX = 1e-6, 1.0
+
+LogQ = Callable[[tf.Tensor], tf.Tensor] | tf.Tensor | None
+
+
+class LossOutput(NamedTuple):
+    """Loss and its parts (scalars).
+
+    total: L, what to differentiate. Inside ``strategy.run``: this replica's
+      share (sum over replicas = L of the global batch).
+    ssm_mean: mean sampled-softmax loss over positive rows (global batch).
+    ntr_mean: mean NTR term over dislike rows (global batch).
+    num_positive, num_dislike, num_dislike_without_candidates: float32 row
+      counts of the (global) batch.
+    """
+
+    total: tf.Tensor
+    ssm_mean: tf.Tensor
+    ntr_mean: tf.Tensor
+    num_positive: tf.Tensor
+    num_dislike: tf.Tensor
+    num_dislike_without_candidates: tf.Tensor
+
+
+class _RowTerms(NamedTuple):
+    ssm: tf.Tensor  # [B] loss_r on positive rows, 0 elsewhere
+    ntr: tf.Tensor  # [B] ntr_r on dislike rows, 0 elsewhere
+    positive: tf.Tensor  # [B] float 1/0
+    dislike: tf.Tensor  # [B] float 1/0
+    no_candidates: tf.Tensor  # [B] float 1/0: dislike row without another item in C
+
+
+def _normalize(x: tf.Tensor) -> tf.Tensor:
+    return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1)
+
+
+def _row_terms(
+    user: tf.Tensor,
+    own_item: tf.Tensor,
+    own_ids: tf.Tensor,
+    own_logq: tf.Tensor,
+    is_positive: tf.Tensor,
+    weight: tf.Tensor,
+    cand_item: tf.Tensor,
+    cand_ids: tf.Tensor,
+    cand_logq: tf.Tensor,
+    cand_valid: tf.Tensor,
+    temperature: float,
+    remove_accidental_hits: bool,
+) -> _RowTerms:
+    """Per-row terms for rows [B] against candidate slots [K] (all inputs normalised).
+
+    ``own_*`` describe each row's label item; the candidate slots include the
+    positive rows' own slots (their own logits equal the own logit).
+    """
+    own_z = tf.reduce_sum(user * own_item, axis=-1) / temperature - own_logq  # [B]
+    z = tf.matmul(user, cand_item, transpose_b=True) / temperature - cand_logq[None, :]  # [B, K]
+    same = tf.equal(own_ids[:, None], cand_ids[None, :])  # [B, K]
+    other = tf.logical_and(cand_valid[None, :], tf.logical_not(same))
+    has_other = tf.reduce_any(other, axis=1)
+    lse_other = tf.reduce_logsumexp(tf.where(other, z, _MASKED), axis=1)  # [B]
+    positive = is_positive > 0.5
+    dislike = tf.logical_not(positive)
+
+    if remove_accidental_hits:
+        ssm = tf.nn.softplus(tf.where(has_other, lse_other - own_z, _MASKED))
+    else:
+        # Every candidate slot, own slot included (a positive row's own slot is a candidate).
+        lse_all = tf.reduce_logsumexp(tf.where(cand_valid[None, :], z, _MASKED), axis=1)
+        ssm = lse_all - own_z
+    ntr = weight * tf.nn.softplus(tf.where(has_other, own_z - lse_other, _MASKED))
+
+    f = lambda b: tf.cast(b, tf.float32)  # noqa: E731
+    return _RowTerms(
+        ssm=tf.where(positive, ssm, 0.0),
+        ntr=tf.where(dislike & has_other, ntr, 0.0),
+        positive=f(positive),
+        dislike=f(dislike),
+        no_candidates=f(dislike & tf.logical_not(has_other)),
+    )
+
+
+def _log_q_for(log_q: LogQ, ids: tf.Tensor, rows: int | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(log q of the rows [B], log q of the extras [M]) for ids [B + M]."""
+    if log_q is None:
+        values = tf.zeros(tf.shape(ids), tf.float32)
+    elif callable(log_q):
+        values = tf.cast(log_q(ids), tf.float32)
+    else:
+        values = tf.reshape(tf.cast(log_q, tf.float32), [-1])
+        tf.debugging.assert_equal(
+            tf.shape(values),
+            tf.shape(ids),
+            message="log_q tensor must have one value per row then per extra item",
+        )
+    return values[:rows], values[rows:]
+
+
+def sampled_softmax_ntr(
+    user: tf.Tensor,
+    item: tf.Tensor,
+    item_ids: tf.Tensor,
+    is_positive: tf.Tensor,
+    weight: tf.Tensor,
+    log_q: LogQ,
+    temperature: float,
+    ntr_weight: float,
+    extra_item: tf.Tensor | None = None,
+    extra_ids: tf.Tensor | None = None,
+    remove_accidental_hits: bool = True,
+) -> LossOutput:
+    """The loss of LOSSES.md on one (single-device) batch.
+
+    Args:
+      user: [B, d] user-tower outputs (normalised here).
+      item: [B, d] item-tower outputs of each row's label item (normalised here).
+      item_ids: int [B] label item ids (accidental hits are detected by id).
+      is_positive: float [B], 1 = positive row, 0 = dislike row.
+      weight: float [B], w_r of dislike rows (ignored on positive rows).
+      log_q: log q_j, either a callable ids [K] -> float [K], or a float
+        tensor [B + M] for ``concat(item_ids, extra_ids)``, or None (no
+        correction).
+      temperature: tau (> 0).
+      ntr_weight: lambda.
+      extra_item: [M, d] mixed-negative item outputs, or None.
+      extra_ids: int [M] their ids, or None.
+      remove_accidental_hits: drop other slots holding a positive row's label.
+
+    Returns:
+      :class:`LossOutput` of the batch.
+    """
+    ids = tf.reshape(tf.cast(item_ids, tf.int64), [-1])
+    user, item = _normalize(user), _normalize(item)
+    is_positive = tf.reshape(tf.cast(is_positive, tf.float32), [-1])
+    weight = tf.reshape(tf.cast(weight, tf.float32), [-1])
+    rows = tf.shape(ids)[0]
+    if (extra_item is None) != (extra_ids is None):
+        raise ValueError("extra_item and extra_ids must be given together")
+    if extra_item is None:
+        extra_item = tf.zeros([0, item.shape[-1] or tf.shape(item)[-1]], tf.float32)
+        extra_ids = tf.zeros([0], tf.int64)
+    extra_item = _normalize(extra_item)
+    extra_ids = tf.reshape(tf.cast(extra_ids, tf.int64), [-1])
+    all_ids = tf.concat([ids, extra_ids], axis=0)
+    row_logq, extra_logq = _log_q_for(log_q, all_ids, rows)
+    terms = _row_terms(
+        user,
+        item,
+        ids,
+        row_logq,
+        is_positive,
+        weight,
+        cand_item=tf.concat([item, extra_item], axis=0),
+        cand_ids=all_ids,
+        cand_logq=tf.concat([row_logq, extra_logq], axis=0),
+        cand_valid=tf.concat([is_positive > 0.5, tf.ones(tf.shape(extra_ids), tf.bool)], axis=0),
+        temperature=temperature,
+        remove_accidental_hits=remove_accidental_hits,
+    )
+    sums = _sums(terms)
+    return _output(sums, sums, ntr_weight)
+
+
+def _sums(terms: _RowTerms) -> tf.Tensor:
+    """float32 [5]: sum of ssm, sum of ntr, #positive, #dislike, #dislike without candidates."""
+    return tf.stack(
+        [
+            tf.reduce_sum(terms.ssm),
+            tf.reduce_sum(terms.ntr),
+            tf.reduce_sum(terms.positive),
+            tf.reduce_sum(terms.dislike),
+            tf.reduce_sum(terms.no_candidates),
+        ]
+    )
+
+
+def _output(local: tf.Tensor, global_: tf.Tensor, ntr_weight: float) -> LossOutput:
+    """Scale this replica's sums by the global counts (equal without a strategy)."""
+    n_pos, n_dis = global_[2], global_[3]
+    total = tf.math.divide_no_nan(local[0], n_pos) + ntr_weight * tf.math.divide_no_nan(
+        local[1], n_dis
+    )
+    return LossOutput(
+        total=total,
+        ssm_mean=tf.math.divide_no_nan(global_[0], n_pos),
+        ntr_mean=tf.math.divide_no_nan(global_[1], n_dis),
+        num_positive=n_pos,
+        num_dislike=n_dis,
+        num_dislike_without_candidates=global_[4],
+    )
+
+
+class NTRRetrievalTask(keras.layers.Layer):
+    """The retrieval task: holds the loss (and the logQ source) and nothing else.
+
+    Args:
+      num_items: N, catalog size; item ids are tokens 1..N (0 = padding).
+      temperature: tau.
+      ntr_weight: lambda of the NTR term.
+      logq: ``streaming`` (``estimator`` updated with each training batch's
+        distinct positive ids, read after that update), ``counts`` (fixed
+        ``item_probabilities``) or ``none`` (no correction).
+      estimator: required for ``streaming``; create it under the strategy's scope.
+      item_probabilities: for ``counts``, float [N + 1] expected occurrences
+        of each token per batch (index 0 = padding, unused).
+      mixed_negatives: M uniform extra items each call receives (0 = none).
+      remove_accidental_hits: see :func:`sampled_softmax_ntr`.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        temperature: float,
+        ntr_weight: float,
+        logq: Literal["streaming", "counts", "none"] = "streaming",
+        estimator: StreamingFrequencyEstimator | None = None,
+        item_probabilities: np.ndarray | None = None,
+        mixed_negatives: int = 0,
+        remove_accidental_hits: bool = True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if logq not in ("streaming", "counts", "none"):
+            raise ValueError(f"loss.logq must be 'streaming', 'counts' or 'none', got {logq!r}")
+        if temperature <= 0.0:
+            raise ValueError(f"loss.temperature must be > 0, got {temperature}")
+        if mixed_negatives < 0:
+            raise ValueError(f"loss.mixed_negatives must be >= 0, got {mixed_negatives}")
+        if logq == "streaming" and estimator is None:
+            raise ValueError(
+                "loss.logq='streaming' needs a StreamingFrequencyEstimator (estimator=None)"
+            )
+        self.probability_table: tf.Tensor | None = None
+        if logq == "counts":
+            if item_probabilities is None:
+                raise ValueError(
+                    "loss.logq='counts' needs item_probabilities (float [num_items + 1])"
+                )
+            table = np.asarray(item_probabilities, np.float32).reshape(-1)
+            if table.shape[0] != num_items + 1:
+                raise ValueError(
+                    f"item_probabilities has {table.shape[0]} entries; expected num_items + 1 = {num_items + 1} "
+                    "(indexed by token, entry 0 = padding)"
+                )
+            self.probability_table = tf.constant(table)
+        self.num_items = int(num_items)
+        self.temperature = float(temperature)
+        self.ntr_weight = float(ntr_weight)
+        self.logq = logq
+        self.estimator = estimator
+        self.mixed_negatives = int(mixed_negatives)
+        self.remove_accidental_hits = bool(remove_accidental_hits)
+
+    def _log_q(self, ids: tf.Tensor, num_extra: tf.Tensor) -> tf.Tensor:
+        """float32 [n] log q for ids [n]; ``num_extra`` = M extras in the candidate set."""
+        if self.logq == "none":
+            return tf.zeros(tf.shape(ids), tf.float32)
+        if self.logq == "counts":
+            assert self.probability_table is not None
+            p = tf.gather(self.probability_table, ids)
+        else:
+            assert self.estimator is not None
+            p = self.estimator.probability(ids)
+        q = p + tf.cast(num_extra, tf.float32) / float(self.num_items)
+        return tf.math.log(tf.clip_by_value(q, _Q_MIN, _Q_MAX))
+
+    def call(
+        self,
+        user_embeddings: tf.Tensor,
+        item_embeddings: tf.Tensor,
+        item_ids: tf.Tensor,
+        is_positive: tf.Tensor,
+        weight: tf.Tensor,
+        extra_item_embeddings: tf.Tensor | None = None,
+        extra_ids: tf.Tensor | None = None,
+        training: bool = True,
+    ) -> LossOutput:
+        """Loss of this replica's rows against the global batch's candidates.
+
+        Args:
+          user_embeddings: [B, d]; item_embeddings: [B, d] of each row's label.
+          item_ids: int [B] tokens; is_positive: float [B] 1/0; weight: float [B].
+          extra_item_embeddings: [M, d] and extra_ids: int [M] tokens of the
+            mixed negatives (required iff ``mixed_negatives`` > 0).
+          training: when true and logq is ``streaming``, the estimator takes
+            one step with this batch first.
+        """
+        if (extra_item_embeddings is None) != (extra_ids is None):
+            raise ValueError("extra_item_embeddings and extra_ids must be given together")
+        if (extra_ids is None) != (self.mixed_negatives == 0):
+            raise ValueError(
+                f"loss.mixed_negatives={self.mixed_negatives} but extra items were "
+                f"{'not ' if extra_ids is None else ''}given"
+            )
+        ids = tf.reshape(tf.cast(item_ids, tf.int64), [-1])
+        is_positive = tf.reshape(tf.cast(is_positive, tf.float32), [-1])
+        weight = tf.reshape(tf.cast(weight, tf.float32), [-1])
+        positive = is_positive > 0.5
+        user, item = _normalize(user_embeddings), _normalize(item_embeddings)
+        if extra_ids is None:
+            extra = tf.zeros([0, tf.shape(item)[-1]], tf.float32)
+            extra_ids = tf.zeros([0], tf.int64)
+        else:
+            extra = _normalize(extra_item_embeddings)
+            extra_ids = tf.reshape(tf.cast(extra_ids, tf.int64), [-1])
+
+        if self.logq == "streaming" and training:
+            assert self.estimator is not None
+            self.estimator.update(ids, mask=positive)
+
+        # The candidate set is the global batch's: gather every replica's slots.
+        g_item, g_ids, g_positive, g_extra, g_extra_ids = all_gather_rows(
+            item, ids, positive, extra, extra_ids
+        )
+        num_extra = tf.shape(g_extra_ids)[0]
+        cand_ids = tf.concat([g_ids, g_extra_ids], axis=0)
+        cand_logq = self._log_q(cand_ids, num_extra)
+        terms = _row_terms(
+            user,
+            item,
+            ids,
+            self._log_q(ids, num_extra),
+            is_positive,
+            weight,
+            cand_item=tf.concat([g_item, g_extra], axis=0),
+            cand_ids=cand_ids,
+            cand_logq=cand_logq,
+            cand_valid=tf.concat([g_positive, tf.ones([num_extra], tf.bool)], axis=0),
+            temperature=self.temperature,
+            remove_accidental_hits=self.remove_accidental_hits,
+        )
+        local = _sums(terms)
+        ctx = replica_context_to_gather()
+        global_ = (
+            local
+            if ctx is None
+            else ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(local))
+        )
+        return _output(local, global_, self.ntr_weight)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "num_items": self.num_items,
+            "temperature": self.temperature,
+            "ntr_weight": self.ntr_weight,
+            "logq": self.logq,
+            "mixed_negatives": self.mixed_negatives,
+            "remove_accidental_hits": self.remove_accidental_hits,
+        }
