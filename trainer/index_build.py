@@ -91,7 +91,8 @@ def _set_search_param(index: faiss.Index, name: str, value: int) -> None:
     if name == "nprobe":
         faiss.extract_index_ivf(index).nprobe = int(value)
     elif name == "efSearch":
-        faiss.downcast_index(index).hnsw.efSearch = int(value)
+        hnsw: Any = faiss.downcast_index(index)
+        hnsw.hnsw.efSearch = int(value)
     else:
         raise ValueError(f"unknown FAISS search parameter {name!r} (known: nprobe, efSearch)")
 
@@ -135,10 +136,9 @@ def build_index(
         raise ValueError(f"unknown index kind {kind!r} (choose auto, flat, ivf or hnsw)")
     with faiss_threads(threads):
         if kind == "flat":
-            index = faiss.IndexFlatIP(d)
-            index.add(x)
-            info = _info("flat", {}, 1.0, min(k, n), 0)
-            return index, info
+            flat = faiss.IndexFlatIP(d)
+            flat.add(x)
+            return flat, _info("flat", {}, 1.0, min(k, n), 0)
         q = (
             default_queries(x, num_queries, seed)
             if queries is None
