@@ -57,6 +57,8 @@ class LossOutput(NamedTuple):
     ntr_mean: mean NTR term over dislike rows (global batch).
     num_positive, num_dislike, num_dislike_without_candidates: float32 row
       counts of the (global) batch.
+    ssm_rows: [B] loss_r of this batch's (replica's) rows, 0 on dislike rows.
+    ntr_rows: [B] ntr_r of this batch's (replica's) rows, 0 on positive rows.
     """
 
     total: tf.Tensor
@@ -65,6 +67,8 @@ class LossOutput(NamedTuple):
     num_positive: tf.Tensor
     num_dislike: tf.Tensor
     num_dislike_without_candidates: tf.Tensor
+    ssm_rows: tf.Tensor
+    ntr_rows: tf.Tensor
 
 
 class _RowTerms(NamedTuple):
@@ -203,7 +207,7 @@ def sampled_softmax_ntr(
         remove_accidental_hits=remove_accidental_hits,
     )
     sums = _sums(terms)
-    return _output(sums, sums, ntr_weight)
+    return _output(terms, sums, sums, ntr_weight)
 
 
 def _sums(terms: _RowTerms) -> tf.Tensor:
@@ -219,7 +223,9 @@ def _sums(terms: _RowTerms) -> tf.Tensor:
     )
 
 
-def _output(local: tf.Tensor, global_: tf.Tensor, ntr_weight: float) -> LossOutput:
+def _output(
+    terms: _RowTerms, local: tf.Tensor, global_: tf.Tensor, ntr_weight: float
+) -> LossOutput:
     """Scale this replica's sums by the global counts (equal without a strategy)."""
     n_pos, n_dis = global_[2], global_[3]
     total = tf.math.divide_no_nan(local[0], n_pos) + ntr_weight * tf.math.divide_no_nan(
@@ -232,6 +238,8 @@ def _output(local: tf.Tensor, global_: tf.Tensor, ntr_weight: float) -> LossOutp
         num_positive=n_pos,
         num_dislike=n_dis,
         num_dislike_without_candidates=global_[4],
+        ssm_rows=terms.ssm,
+        ntr_rows=terms.ntr,
     )
 
 
@@ -381,7 +389,7 @@ class NTRRetrievalTask(keras.layers.Layer):
             if ctx is None
             else ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(local))
         )
-        return _output(local, global_, self.ntr_weight)
+        return _output(terms, local, global_, self.ntr_weight)
 
     def get_config(self) -> dict:
         return {

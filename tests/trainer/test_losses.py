@@ -1,0 +1,347 @@
+"""The loss of LOSSES.md: worked example, a literal NumPy reference, TFRS parity, extremes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow_recommenders as tfrs
+
+from trainer._tf import keras, tf
+from trainer.frequency import StreamingFrequencyEstimator
+from trainer.losses import LossOutput, NTRRetrievalTask, sampled_softmax_ntr
+
+# ---------------------------------------------------------------- references
+
+
+def reference_loss(
+    user: np.ndarray,
+    item: np.ndarray,
+    ids: np.ndarray,
+    is_positive: np.ndarray,
+    weight: np.ndarray,
+    q_of: dict[int, float] | None,
+    tau: float,
+    lam: float,
+    extra: np.ndarray | None = None,
+    extra_ids: np.ndarray | None = None,
+    remove_hits: bool = True,
+) -> dict[str, object]:
+    """LOSSES.md read literally, in float64 with explicit loops and sets."""
+    norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    user, item = norm(user.astype(np.float64)), norm(item.astype(np.float64))
+    slots_v = [item[r] for r in range(len(ids)) if is_positive[r] == 1]
+    slots_id = [int(ids[r]) for r in range(len(ids)) if is_positive[r] == 1]
+    slots_row = [r for r in range(len(ids)) if is_positive[r] == 1]
+    if extra is not None:
+        extra = norm(extra.astype(np.float64))
+        slots_v += list(extra)
+        slots_id += [int(j) for j in extra_ids]
+        slots_row += [-1] * len(extra_ids)
+    logq = (lambda j: 0.0) if q_of is None else (lambda j: math.log(q_of[j]))
+
+    def z(r: int, v: np.ndarray, j: int) -> float:
+        return float(user[r] @ v) / tau - logq(j)
+
+    ssm, ntr, no_cand = [], [], 0
+    ssm_rows, ntr_rows = np.zeros(len(ids)), np.zeros(len(ids))
+    for r in range(len(ids)):
+        y = int(ids[r])
+        if is_positive[r] == 1:
+            keep = [
+                k
+                for k in range(len(slots_id))
+                if not (remove_hits and slots_id[k] == y and slots_row[k] != r)
+            ]
+            logits = [z(r, slots_v[k], slots_id[k]) for k in keep]
+            loss = -z(r, item[r], y) + math.log(sum(math.exp(x) for x in logits))
+            ssm.append(loss)
+            ssm_rows[r] = loss
+        else:
+            others = [
+                z(r, slots_v[k], slots_id[k]) for k in range(len(slots_id)) if slots_id[k] != y
+            ]
+            if not others:
+                no_cand += 1
+                ntr.append(0.0)
+                continue
+            e_d = math.exp(z(r, item[r], y))
+            p = e_d / (e_d + sum(math.exp(x) for x in others))
+            val = -weight[r] * math.log(1.0 - p)
+            ntr.append(val)
+            ntr_rows[r] = val
+    ssm_mean = float(np.mean(ssm)) if ssm else 0.0
+    ntr_mean = float(np.mean(ntr)) if ntr else 0.0
+    return {
+        "total": ssm_mean + lam * ntr_mean,
+        "ssm_mean": ssm_mean,
+        "ntr_mean": ntr_mean,
+        "num_positive": len(ssm),
+        "num_dislike": len(ntr),
+        "num_dislike_without_candidates": no_cand,
+        "ssm_rows": ssm_rows,
+        "ntr_rows": ntr_rows,
+    }
+
+
+def assert_matches(out: LossOutput, ref: dict[str, object], atol: float = 1e-5) -> None:
+    for key, want in ref.items():
+        got = getattr(out, key).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=atol, err_msg=key)
+
+
+def table_log_q(q_of: dict[int, float], size: int = 64):
+    table = np.zeros(size, np.float32)
+    for j, q in q_of.items():
+        table[j] = math.log(q)
+    return lambda ids: tf.gather(table, ids)
+
+
+# ---------------------------------------------------------------- worked example
+
+WORKED = {
+    "user": np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], np.float32),
+    "item": np.array([[0.8, 0.6], [0.0, 1.0], [0.6, 0.8]], np.float32),
+    "ids": np.array([10, 11, 12]),
+    "pos": np.array([1.0, 1.0, 0.0], np.float32),
+    "q": {10: 0.5, 11: 0.25, 12: 0.1},
+}
+
+
+def _worked(log_q) -> LossOutput:
+    w = WORKED
+    return sampled_softmax_ntr(
+        w["user"],
+        w["item"],
+        w["ids"],
+        w["pos"],
+        np.ones(3, np.float32),
+        log_q,
+        temperature=0.5,
+        ntr_weight=0.5,
+    )
+
+
+def test_worked_example_of_losses_md():
+    out = _worked(table_log_q(WORKED["q"]))
+    np.testing.assert_allclose(out.ssm_rows.numpy()[:2], [0.339178, 0.523878], atol=1e-5)
+    np.testing.assert_allclose(out.ssm_mean.numpy(), 0.431528, atol=1e-5)
+    np.testing.assert_allclose(out.ntr_rows.numpy()[2], 0.862204, atol=1e-5)
+    # p recovered from the NTR term: ntr = -log(1 - p).
+    np.testing.assert_allclose(1.0 - np.exp(-out.ntr_rows.numpy()[2]), 0.577770, atol=1e-5)
+    np.testing.assert_allclose(out.total.numpy(), 0.862630, atol=1e-5)
+    assert (out.num_positive.numpy(), out.num_dislike.numpy()) == (2.0, 1.0)
+
+
+def test_worked_example_without_logq():
+    np.testing.assert_allclose(_worked(None).ssm_mean.numpy(), 0.524897, atol=1e-5)
+    # The same through a log q tensor [B] of zeros.
+    np.testing.assert_allclose(
+        _worked(np.zeros(3, np.float32)).ssm_mean.numpy(), 0.524897, atol=1e-5
+    )
+
+
+# ---------------------------------------------------------------- NumPy reference on random batches
+
+
+def _random_batch(seed: int):
+    """8 rows: duplicated positives (accidental hits), a dislike of an in-batch positive item."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([3, 5, 3, 7, 9, 5, 7, 11])
+    pos = np.array(
+        [1, 1, 1, 1, 1, 0, 0, 0], np.float32
+    )  # dislike of 5 and 7 (both candidates), of 11 (not)
+    weight = np.array([1, 1, 1, 1, 1, 0.7, 1.3, 2.0], np.float32)
+    user = rng.normal(size=(8, 4)).astype(np.float32)
+    item = rng.normal(size=(8, 4)).astype(np.float32)
+    extra_ids = np.array([9, 12, 3])  # 9 and 3 are accidental hits of positive rows
+    extra = rng.normal(size=(3, 4)).astype(np.float32)
+    q = {j: float(rng.uniform(0.01, 0.9)) for j in range(1, 13)}
+    return user, item, ids, pos, weight, extra, extra_ids, q
+
+
+@pytest.mark.parametrize("remove_hits", [True, False])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_each_term_matches_numpy_reference(seed: int, remove_hits: bool):
+    user, item, ids, pos, weight, extra, extra_ids, q = _random_batch(seed)
+    out = sampled_softmax_ntr(
+        user,
+        item,
+        ids,
+        pos,
+        weight,
+        table_log_q(q),
+        0.3,
+        0.7,
+        extra,
+        extra_ids,
+        remove_accidental_hits=remove_hits,
+    )
+    ref = reference_loss(
+        user, item, ids, pos, weight, q, 0.3, 0.7, extra, extra_ids, remove_hits=remove_hits
+    )
+    assert_matches(out, ref)
+    assert ref["num_dislike_without_candidates"] == 0
+
+
+def test_dislike_without_other_candidates_contributes_nothing_but_counts():
+    rng = np.random.default_rng(3)
+    user = rng.normal(size=(4, 3)).astype(np.float32)
+    item = rng.normal(size=(4, 3)).astype(np.float32)
+    ids = np.array(
+        [5, 5, 5, 7]
+    )  # C = {5, 5}: the dislike of 5 has no other item, the dislike of 7 has
+    pos = np.array([1, 1, 0, 0], np.float32)
+    weight = np.ones(4, np.float32)
+    out = sampled_softmax_ntr(user, item, ids, pos, weight, None, 0.2, 1.0)
+    ref = reference_loss(user, item, ids, pos, weight, None, 0.2, 1.0)
+    assert_matches(out, ref)
+    assert out.num_dislike_without_candidates.numpy() == 1.0
+    assert out.ntr_rows.numpy()[2] == 0.0 and out.ntr_rows.numpy()[3] > 0.0
+
+
+@pytest.mark.parametrize("kind", ["only_dislikes", "only_positives"])
+def test_empty_groups_contribute_zero(kind: str):
+    rng = np.random.default_rng(4)
+    user = rng.normal(size=(3, 3)).astype(np.float32)
+    item = rng.normal(size=(3, 3)).astype(np.float32)
+    pos = np.zeros(3, np.float32) if kind == "only_dislikes" else np.ones(3, np.float32)
+    out = sampled_softmax_ntr(
+        user, item, np.array([1, 2, 3]), pos, np.ones(3, np.float32), None, 0.5, 0.5
+    )
+    assert np.isfinite(out.total.numpy())
+    if kind == "only_dislikes":  # no candidates at all: everything is zero, all rows counted
+        assert out.total.numpy() == 0.0 and out.num_dislike_without_candidates.numpy() == 3.0
+    else:
+        assert out.ntr_mean.numpy() == 0.0 and out.total.numpy() == pytest.approx(
+            out.ssm_mean.numpy()
+        )
+
+
+# ---------------------------------------------------------------- extremes
+
+
+@pytest.mark.parametrize("tau", [1e-3, 0.05])
+def test_gradients_finite_for_extreme_inputs(tau: float):
+    """p -> 1 (user on the disliked item, q tiny), p -> 0 (user opposite it, q clipped high)."""
+    d = tf.Variable([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]])
+    items = tf.Variable([[0.0, 1.0], [1.0, 0.0], [1.0, 1e-4], [1.0, 0.0]])
+    ids = tf.constant([1, 2, 3, 4])
+    pos = tf.constant([1.0, 1.0, 0.0, 0.0])
+    log_q = tf.math.log(tf.constant([1.0, 1.0, 1e-6, 1.0]))
+    with tf.GradientTape() as tape:
+        out = sampled_softmax_ntr(d, items, ids, pos, tf.ones(4), log_q, tau, 1.0)
+    grads = tape.gradient(out.total, [d, items])
+    ntr = out.ntr_rows.numpy()
+    assert np.all(np.isfinite(ntr)) and np.isfinite(out.total.numpy())
+    assert ntr[2] > 10.0  # p ~ 1: -log(1 - p) large but finite
+    assert ntr[3] < 1e-3  # p ~ 0
+    for g in grads:
+        assert np.all(np.isfinite(g.numpy()))
+
+
+# ---------------------------------------------------------------- TFRS parity
+
+
+@pytest.mark.parametrize("with_q", [False, True])
+def test_lambda_zero_equals_tfrs_in_batch_softmax(with_q: bool):
+    """lambda = 0: our positive mean is TFRS's Retrieval loss (SUM-reduced cross-entropy / rows)."""
+    rng = np.random.default_rng(7)
+    b, m = 6, 2
+    user = rng.normal(size=(b, 5)).astype(np.float32)
+    item = rng.normal(size=(b, 5)).astype(np.float32)
+    ids = np.array([1, 2, 1, 3, 4, 5])  # a duplicate: accidental hit for rows 0 and 2
+    extra, extra_ids = rng.normal(size=(m, 5)).astype(np.float32), np.array([2, 6])
+    q = (
+        rng.uniform(0.05, 0.9, size=7).astype(np.float32)
+        if with_q
+        else np.full(7, 0.25, np.float32)
+    )
+    all_ids = np.concatenate([ids, extra_ids])
+    ours = sampled_softmax_ntr(
+        user, item, ids, np.ones(b, np.float32), np.ones(b, np.float32),
+        np.log(q[all_ids]), 0.1, 0.0, extra, extra_ids,
+    )  # fmt: skip
+    task = tfrs.tasks.Retrieval(
+        loss=keras.losses.CategoricalCrossentropy(
+            from_logits=True, reduction=keras.losses.Reduction.SUM
+        ),
+        temperature=0.1,
+        remove_accidental_hits=True,
+    )
+    n = lambda x: tf.math.l2_normalize(x, axis=-1)  # noqa: E731
+    theirs = task(
+        n(user),
+        n(np.concatenate([item, extra])),
+        candidate_sampling_probability=q[all_ids] if with_q else None,
+        candidate_ids=all_ids,
+        compute_metrics=False,
+    )
+    np.testing.assert_allclose(ours.total.numpy(), theirs.numpy() / b, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- the task layer
+
+
+def _task_batch():
+    user, item, ids, pos, weight, extra, extra_ids, q = _random_batch(5)
+    return user, item, ids, pos, weight, extra, extra_ids
+
+
+def test_task_counts_uses_q_plus_mixed_share():
+    user, item, ids, pos, weight, extra, extra_ids = _task_batch()
+    n = 12
+    probs = np.linspace(0.0, 1.2, n + 1).astype(np.float32)  # some q > 1 (clipped), token 0 unused
+    task = NTRRetrievalTask(n, 0.3, 0.7, logq="counts", item_probabilities=probs, mixed_negatives=3)
+    out = task(user, item, ids, pos, weight, extra_item_embeddings=extra, extra_ids=extra_ids)
+    q = {j: float(np.clip(probs[j] + 3 / n, 1e-6, 1.0)) for j in range(1, n + 1)}
+    assert_matches(out, reference_loss(user, item, ids, pos, weight, q, 0.3, 0.7, extra, extra_ids))
+
+
+def test_task_streaming_updates_then_reads_in_graph_mode():
+    user, item, ids, pos, weight, _, _ = _task_batch()
+    est = StreamingFrequencyEstimator(buckets=64, hashes=2, alpha=0.5, initial_gap=4.0, seed=1)
+    task = NTRRetrievalTask(12, 0.3, 0.7, logq="streaming", estimator=est)
+    step = tf.function(lambda: task(user, item, ids, pos, weight, training=True))
+    for _ in range(3):
+        out = step()
+    assert int(est.step.numpy()) == 3
+    # q read after the update of the step: the estimator's state now.
+    p = est.probability(tf.range(13)).numpy()
+    q = {j: float(np.clip(p[j], 1e-6, 1.0)) for j in range(1, 13)}
+    assert_matches(out, reference_loss(user, item, ids, pos, weight, q, 0.3, 0.7))
+    # Evaluation does not move the estimator.
+    task(user, item, ids, pos, weight, training=False)
+    assert int(est.step.numpy()) == 3
+    assert any(v is est.step for v in task.non_trainable_variables)
+    assert not task.trainable_variables
+
+
+def test_task_none_has_no_correction():
+    user, item, ids, pos, weight, _, _ = _task_batch()
+    out = NTRRetrievalTask(12, 0.3, 0.7, logq="none")(user, item, ids, pos, weight)
+    assert_matches(out, reference_loss(user, item, ids, pos, weight, None, 0.3, 0.7))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"logq": "streaming"}, "needs a StreamingFrequencyEstimator"),
+        ({"logq": "counts"}, "needs item_probabilities"),
+        ({"logq": "counts", "item_probabilities": np.ones(12)}, "expected num_items \\+ 1 = 13"),
+        ({"logq": "bogus"}, "loss.logq must be"),
+        ({"logq": "none", "temperature": 0.0}, "temperature must be > 0"),
+    ],
+)
+def test_task_config_errors(kwargs: dict, message: str):
+    args = {"num_items": 12, "temperature": 0.1, "ntr_weight": 0.5, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        NTRRetrievalTask(**args)
+
+
+def test_task_refuses_missing_mixed_negatives():
+    user, item, ids, pos, weight, _, _ = _task_batch()
+    task = NTRRetrievalTask(12, 0.3, 0.7, logq="none", mixed_negatives=2)
+    with pytest.raises(ValueError, match="mixed_negatives=2 but extra items were not given"):
+        task(user, item, ids, pos, weight)
