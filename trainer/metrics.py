@@ -48,10 +48,13 @@ def select_topk(neg_scores: np.ndarray, k: int) -> np.ndarray:
         return out
     part = np.argpartition(neg_scores, kk - 1)[:kk]
     kth = neg_scores[part].max()
-    # Everything at or better than the k-th value, in index order; a stable sort by
-    # value then breaks ties at the boundary (and inside) by index.
-    cand = np.flatnonzero(neg_scores <= kth)
-    cand = cand[np.argsort(neg_scores[cand], kind="stable")[:kk]]
+    # Strictly better than the k-th value, plus the lowest-index items tied with it
+    # (flatnonzero is in index order); a stable sort by value then orders ties by
+    # index. O(N) even when most scores tie (an untrained or collapsed model).
+    better = np.flatnonzero(neg_scores < kth)
+    tied = np.flatnonzero(neg_scores == kth)[: kk - len(better)]
+    cand = np.concatenate([better, tied])
+    cand = cand[np.argsort(neg_scores[cand], kind="stable")]
     cand = cand[np.isfinite(neg_scores[cand])]
     out[: len(cand)] = cand
     return out

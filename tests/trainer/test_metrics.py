@@ -92,6 +92,16 @@ def test_topk_pads_when_the_mask_leaves_too_few_items() -> None:
     np.testing.assert_array_equal(got, [[5, 4, -1, -1], [5, 4, 3, 2]])
 
 
+def test_topk_collapsed_scores_rank_by_index() -> None:
+    """Every score equal (a collapsed model): the list is the unmasked items in index order."""
+    rng = np.random.default_rng(2)
+    ev = make_evalset(rng, 12, 60)
+    got = topk_all_ranking(np.ones((12, 4), np.float32), np.ones((60, 4), np.float32), ev, k=15)
+    for r in range(12):
+        masked = set(ev.mask(r).tolist())
+        np.testing.assert_array_equal(got[r], [i for i in range(60) if i not in masked][:15])
+
+
 def test_topk_refuses_bad_input() -> None:
     rng = np.random.default_rng(0)
     ev = make_evalset(rng, 4, 10)
