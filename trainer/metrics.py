@@ -178,7 +178,7 @@ def ranking_metrics(topk: np.ndarray, evalset: EvalSet, item_counts: np.ndarray)
       - ``recall@K`` = |L_K ∩ T| / |T|; ``hit_rate@K`` = [|L_K ∩ T| > 0];
       - ``ndcg@K`` = DCG / IDCG, binary gains, DCG = sum_{j<K, L_j in T} 1/log2(j+2),
         IDCG over min(|T|, K) hits; all three are means over users with |T| >= 1.
-      - ``coverage@20`` = distinct items over all top-20 lists / N.
+      - ``coverage@20`` = distinct items over all top-20 lists / N, N = len(item_counts).
       - ``dislike_rate@20``: over users with >= 1 held-out dislike (set D), the mean of
         |L_20 ∩ D| / |D|; 0.0 when no user has one (``num_users_with_dislikes`` = 0).
       - ``longtail_recall@20``: items sorted by train popularity ascending (ties by
@@ -194,7 +194,8 @@ def ranking_metrics(topk: np.ndarray, evalset: EvalSet, item_counts: np.ndarray)
       item_counts: int [N] train popularity; N is the catalog size.
     Returns:
       metric name -> float (list of 10 floats for ``longtail_recall@20``), plus the
-      counts ``num_users`` and ``num_users_with_dislikes``.
+      counts ``num_users`` (users with >= 1 target: the recall/ndcg/hit denominator)
+      and ``num_users_with_dislikes`` (the dislike_rate denominator).
     """
     u, k = topk.shape
     if u != len(evalset):
