@@ -1,0 +1,208 @@
+"""The FastAPI application factory. Importing this module loads nothing heavy.
+
+``create_app(settings)`` builds the app; its lifespan pins thread pools, starts
+the batcher, opens the store (a store that is down does not stop start-up: the
+API answers degraded and /readyz says so), loads the published version and
+starts following ART/LATEST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.batcher import Batcher
+from serving.deps import AppState
+from serving.metrics import LimitsAndTimingMiddleware, Metrics
+from serving.reload import ModelHolder, Reloader
+from serving.retrieval import Demotion
+from serving.routes import InputError, floor_router, router
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_STATUS_NAMES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    503: "unavailable",
+}
+
+
+def _field(loc: Any) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for err in exc.errors():
+        message = err.get("msg", "invalid")
+        loc = err.get("loc", ())
+        if err.get("type") == "json_invalid":
+            loc = ("body",)
+            message = f"body is not valid JSON: {err.get('ctx', {}).get('error', 'decode error')} (at character {err['loc'][-1]})"
+        elif err.get("type") == "extra_forbidden":
+            message = "unknown field (not part of the request schema)"
+        errors.append(
+            {"field": _field(loc), "message": message, "type": err.get("type", "value_error")}
+        )
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return JSONResponse(
+        {"error": "validation_error", "detail": detail, "errors": errors}, status_code=422
+    )
+
+
+async def _input_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InputError)
+    err = {"field": exc.field, "message": exc.message, "type": exc.type}
+    return JSONResponse(
+        {"error": "validation_error", "detail": str(exc), "errors": [err]}, status_code=422
+    )
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    name = _STATUS_NAMES.get(exc.status_code, "error")
+    return JSONResponse(
+        {"error": name, "detail": str(exc.detail), "errors": []},
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(
+        {"error": "internal_error", "detail": "internal error (logged)", "errors": []},
+        status_code=500,
+    )
+
+
+async def _open_store(state: AppState) -> None:
+    from feature_store import open_store
+
+    s = state.settings
+    try:
+        store = open_store(s.store_url)
+    except Exception as exc:  # a bad URL is a configuration error: refuse to start
+        raise ValueError(f"store_url {s.public()['store_url']!r}: {exc}") from exc
+    state.store = store
+    try:
+        await asyncio.wait_for(store.open(), max(1.0, s.store_timeout_s * 4))
+        state.store_error = None
+    except Exception as exc:
+        # Start anyway: recommendations degrade to the request's own lists, /readyz reports 503.
+        state.store_error = f"{type(exc).__name__}: {exc}"
+        log.warning(
+            "store %s unreachable at start-up: %s", s.public()["store_url"], state.store_error
+        )
+
+
+def _build_state(settings: Settings) -> AppState:
+    metrics = Metrics()
+    holder = ModelHolder()
+
+    def on_swap(model: Any) -> None:
+        metrics.set_model(
+            model.version,
+            model.num_items,
+            model.index.device,
+            str(model.manifest["index"].get("type")),
+        )
+        metrics.reloads.labels("ok").inc()
+
+    reloader = Reloader(
+        settings.artifacts,
+        holder,
+        poll_s=settings.reload_poll_s,
+        use_gpu=settings.use_gpu,
+        on_swap=on_swap,
+        on_failure=lambda _v, _e: metrics.reloads.labels("failed").inc(),
+    )
+    batcher = Batcher(
+        settings.batch_max_size,
+        settings.batch_max_wait_ms,
+        Demotion(settings.demote_weight, settings.demote_threshold),
+        on_batch=metrics.batch_size.observe,
+    )
+    return AppState(
+        settings=settings, metrics=metrics, holder=holder, batcher=batcher, reloader=reloader
+    )
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: AppState = app.state.twotower
+    s = state.settings
+    from serving.model import configure_threads
+
+    await asyncio.to_thread(configure_threads, s.tf_threads, s.faiss_threads)
+    await state.batcher.start()
+    await _open_store(state)
+    await state.reloader.check_once()
+    if state.holder.current is None:
+        log.warning(
+            "no model loaded yet (%s); /v1/recommend answers 503 until a version is published",
+            state.holder.last_error or f"nothing published in {s.artifacts}",
+        )
+    state.reloader.start()
+    try:
+        yield
+    finally:
+        await state.reloader.stop()
+        await state.batcher.stop()
+        if state.store is not None:
+            try:
+                await state.store.close()
+            except Exception:
+                log.exception("closing the store failed")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API for ``settings`` (nothing is loaded until the lifespan starts)."""
+    if not settings.artifacts.is_dir():
+        from twotower.artifacts import ArtifactError
+
+        raise ArtifactError(f"artifacts directory {settings.artifacts} does not exist")
+    app = FastAPI(
+        title="twotower",
+        summary="Two-tower candidate retrieval with negative-feedback filtering",
+        version=_package_version(),
+        lifespan=_lifespan,
+    )
+    state = _build_state(settings)
+    app.state.twotower = state
+    app.include_router(router)
+    if settings.floor_route:
+        app.include_router(floor_router)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(InputError, _input_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(
+        LimitsAndTimingMiddleware, metrics=state.metrics, max_body_bytes=settings.max_body_bytes
+    )
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` and worker processes: settings from ``TWOTOWER_SERVE_*``."""
+    return create_app(Settings())  # type: ignore[call-arg]
+
+
+def _package_version() -> str:
+    from twotower import __version__
+
+    return __version__

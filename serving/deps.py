@@ -1,0 +1,59 @@
+"""Request dependencies: routes read ``state: StateDep, model: ModelDep, ...``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from feature_store.base import OnlineStore
+from serving.batcher import Batcher
+from serving.metrics import Metrics
+from serving.model import LoadedModel
+from serving.reload import ModelHolder, Reloader
+from serving.settings import Settings
+
+
+@dataclass
+class AppState:
+    """Everything the app holds between requests (one per app instance / worker)."""
+
+    settings: Settings
+    metrics: Metrics
+    holder: ModelHolder
+    batcher: Batcher
+    reloader: Reloader
+    store: OnlineStore | None = None
+    store_error: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.twotower
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+def get_model(state: StateDep) -> LoadedModel:
+    """The current version, read once per request (hot reload swaps the holder, not this object)."""
+    model = state.holder.current
+    if model is None:
+        reason = state.holder.last_error or f"nothing published in {state.settings.artifacts} yet"
+        raise HTTPException(503, f"no model loaded: {reason}")
+    return model
+
+
+def get_metrics(state: StateDep) -> Metrics:
+    return state.metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ModelDep = Annotated[LoadedModel, Depends(get_model)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

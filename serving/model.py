@@ -1,0 +1,296 @@
+"""A loaded model version: user tower, item id maps, FAISS index (CPU or GPU).
+
+A :class:`LoadedModel` is immutable once built; hot reload swaps whole objects
+(see ``reload.py``), so a request that took a reference finishes on that version.
+Nothing here touches the event loop: every method is blocking and runs in the
+batcher's worker thread (or at load time in a background thread).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from twotower import artifacts
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+log = logging.getLogger(__name__)
+
+#: Largest k a FAISS GPU search accepts; deeper searches fall back to exact scoring.
+GPU_MAX_K = 2048
+
+#: Manifest keys shown by ``GET /v1/model`` (the config and raw data are left out).
+PUBLIC_MANIFEST_KEYS = (
+    "version",
+    "created_at",
+    "embedding_dim",
+    "num_items",
+    "similarity",
+    "history_length",
+    "dislike_length",
+    "index",
+    "metrics",
+    "baseline_popular",
+    "data",
+)
+
+
+class ModelLoadError(artifacts.ArtifactError):
+    """A version directory cannot be served (missing file, shape mismatch, bad signature)."""
+
+
+def choose_device(index_type: str, num_gpus: int, use_gpu: str = "auto") -> str:
+    """Where a FAISS index of ``index_type`` should live: ``"gpu"`` or ``"cpu"``.
+
+    HNSW has no FAISS GPU implementation, so it stays on the CPU.
+    """
+    if use_gpu == "never" or num_gpus <= 0:
+        return "cpu"
+    if index_type == "hnsw":
+        return "cpu"
+    return "gpu"
+
+
+@dataclass
+class PlacedIndex:
+    """A FAISS index and where it lives; ``resources`` keeps GPU memory alive."""
+
+    index: Any
+    device: str
+    resources: Any = None
+
+    @property
+    def max_k(self) -> int:
+        return GPU_MAX_K if self.device == "gpu" else int(self.index.ntotal)
+
+
+def apply_index_params(index: Any, index_type: str, params: dict[str, Any]) -> None:
+    """Set search-time parameters from the manifest (``nprobe`` for IVF, ``efSearch`` for HNSW)."""
+    if index_type == "ivf" and "nprobe" in params:
+        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
+    elif index_type == "hnsw" and "efSearch" in params:
+        index.hnsw.efSearch = int(params["efSearch"])
+
+
+def place_index(
+    cpu_index: Any,
+    index_type: str,
+    *,
+    num_gpus: int | None = None,
+    use_gpu: str = "auto",
+    faiss_module: Any = faiss,
+    gpu_device: int = 0,
+) -> PlacedIndex:
+    """Move ``cpu_index`` to GPU ``gpu_device`` when one is present, else keep it on the CPU.
+
+    Args:
+      cpu_index: a CPU FAISS index with its search parameters already set.
+      index_type: manifest ``index.type`` (``flat``, ``ivf``, ``hnsw``).
+      num_gpus: GPU count; ``faiss_module.get_num_gpus()`` when None (injectable for tests).
+      faiss_module: the faiss module (injectable for tests).
+    """
+    n = faiss_module.get_num_gpus() if num_gpus is None else num_gpus
+    device = choose_device(index_type, n, use_gpu)
+    if device == "cpu":
+        return PlacedIndex(cpu_index, "cpu")
+    resources = faiss_module.StandardGpuResources()
+    gpu_index = faiss_module.index_cpu_to_gpu(resources, gpu_device, cpu_index)
+    return PlacedIndex(gpu_index, "gpu", resources)
+
+
+def _import_tf() -> Any:
+    import tensorflow as tf
+
+    return tf
+
+
+def configure_threads(tf_threads: int, faiss_threads: int) -> None:
+    """Pin TF and FAISS thread pools; TF only accepts this before its runtime starts."""
+    if faiss_threads > 0:
+        faiss.omp_set_num_threads(faiss_threads)
+    if tf_threads > 0:
+        tf = _import_tf()
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(tf_threads)
+            tf.config.threading.set_inter_op_parallelism_threads(tf_threads)
+        except RuntimeError:
+            # Already initialised (a second app in the same process): keep what is set.
+            log.debug("TF threads already configured")
+
+
+@dataclass
+class LoadedModel:
+    """One servable version.
+
+    Attributes:
+      version: version id (the directory name under ``ART/versions``).
+      manifest: the parsed manifest.json.
+      item_ids: str array [N], index order (row i = FAISS id i = tower token i + 1).
+      id_to_index: item id -> row.
+      embeddings: float32 [N, dim] item embeddings (for similar items, exact fallback, demotion).
+      index: the placed FAISS index (inner product).
+      popular: row indices, most popular first (cold-start fallback).
+    """
+
+    version: str
+    manifest: dict[str, Any]
+    item_ids: np.ndarray
+    id_to_index: dict[str, int]
+    embeddings: np.ndarray
+    index: PlacedIndex
+    popular: np.ndarray
+    history_length: int
+    dislike_length: int
+    loaded_at: float = field(default_factory=time.time)
+    _tower: Any = None
+    _saved: Any = None
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def embed(self, history: np.ndarray, dislikes: np.ndarray) -> np.ndarray:
+        """User embeddings from the exported tower.
+
+        Args:
+          history: int32 [B, H] tokens (row + 1, 0 = padding, right-aligned).
+          dislikes: int32 [B, D] tokens, same convention.
+        Returns:
+          float32 [B, dim].
+        """
+        out = self._tower(history=history, dislikes=dislikes)["embedding"]
+        return np.ascontiguousarray(out.numpy(), dtype=np.float32)
+
+    def search(self, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS top-``depth`` by inner product: (scores float32 [B, depth], rows int64 [B, depth]; -1 = none)."""
+        return self.index.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
+
+    def exact_scores(self, query: np.ndarray) -> np.ndarray:
+        """Inner products of one query [dim] with every item: float32 [N]."""
+        return self.embeddings @ query
+
+    def public_manifest(self) -> dict[str, Any]:
+        out = {k: self.manifest[k] for k in PUBLIC_MANIFEST_KEYS if k in self.manifest}
+        out["version"] = self.version
+        out["serving"] = {"device": self.index.device, "loaded_at": self.loaded_at}
+        return out
+
+    def tokens(self, item_ids: list[str], length: int) -> np.ndarray:
+        """Right-aligned int32 [length] tokens of the last ``length`` known ids (unknown ids dropped)."""
+        rows = [self.id_to_index[x] + 1 for x in item_ids if x in self.id_to_index][-length:]
+        out = np.zeros(length, dtype=np.int32)
+        if rows:
+            out[length - len(rows) :] = rows
+        return out
+
+    def warm(self) -> None:
+        """One tower call and one search, so the first real request pays no tracing/allocation."""
+        h = np.zeros((1, self.history_length), np.int32)
+        d = np.zeros((1, self.dislike_length), np.int32)
+        if self.num_items:
+            h[0, -1] = 1
+        q = self.embed(h, d)
+        self.search(q, min(10, self.num_items))
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise ModelLoadError(f"{path}: {what} is missing")
+    return path
+
+
+def load_model(art: str | os.PathLike[str], version: str, *, use_gpu: str = "auto") -> LoadedModel:
+    """Load, check and warm one version of ``art``. Blocking (seconds); call off the event loop.
+
+    Raises:
+      ModelLoadError: naming the file and what is wrong with it.
+    """
+    vdir = artifacts.version_dir(art, version)
+    mpath = _require(vdir / artifacts.MANIFEST, "manifest")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{mpath}: not valid JSON: {exc}") from exc
+    for key in ("embedding_dim", "history_length", "dislike_length", "index"):
+        if key not in manifest:
+            raise ModelLoadError(f"{mpath}: field {key!r} is missing")
+
+    with np.load(_require(vdir / artifacts.ITEMS, "item table"), allow_pickle=False) as npz:
+        item_ids = np.asarray(npz["ids"]).astype(str)
+        embeddings = np.ascontiguousarray(npz["embeddings"], dtype=np.float32)
+    n, dim = embeddings.shape
+    if len(item_ids) != n:
+        raise ModelLoadError(f"{vdir / artifacts.ITEMS}: {len(item_ids)} ids but {n} embeddings")
+    if dim != int(manifest["embedding_dim"]):
+        raise ModelLoadError(
+            f"{vdir / artifacts.ITEMS}: dim {dim} != manifest embedding_dim {manifest['embedding_dim']}"
+        )
+    id_to_index = {x: i for i, x in enumerate(item_ids.tolist())}
+    if len(id_to_index) != n:
+        raise ModelLoadError(f"{vdir / artifacts.ITEMS}: item ids are not unique")
+
+    cpu_index = faiss.read_index(str(_require(vdir / artifacts.INDEX, "FAISS index")))
+    if cpu_index.ntotal != n or cpu_index.d != dim:
+        raise ModelLoadError(
+            f"{vdir / artifacts.INDEX}: index holds {cpu_index.ntotal} x {cpu_index.d}, items.npz {n} x {dim}"
+        )
+    index_info = manifest["index"]
+    index_type = str(index_info.get("type", "flat"))
+    apply_index_params(cpu_index, index_type, dict(index_info.get("params") or {}))
+    placed = place_index(cpu_index, index_type, use_gpu=use_gpu)
+
+    tf = _import_tf()
+    saved = tf.saved_model.load(str(_require(vdir / artifacts.USER_TOWER, "user tower SavedModel")))
+    if "serving_default" not in saved.signatures:
+        raise ModelLoadError(f"{vdir / artifacts.USER_TOWER}: no serving_default signature")
+    tower = saved.signatures["serving_default"]
+
+    popular_ids = manifest.get("popular_items") or []
+    popular = np.asarray(
+        [id_to_index[x] for x in map(str, popular_ids) if x in id_to_index], dtype=np.int64
+    )
+
+    model = LoadedModel(
+        version=version,
+        manifest=manifest,
+        item_ids=item_ids,
+        id_to_index=id_to_index,
+        embeddings=embeddings,
+        index=placed,
+        popular=popular,
+        history_length=int(manifest["history_length"]),
+        dislike_length=int(manifest["dislike_length"]),
+        _tower=tower,
+        _saved=saved,
+    )
+    model.warm()
+    out = model.embed(
+        np.zeros((1, model.history_length), np.int32), np.zeros((1, model.dislike_length), np.int32)
+    )
+    if out.shape != (1, dim):
+        raise ModelLoadError(
+            f"{vdir / artifacts.USER_TOWER}: embedding shape {out.shape}, expected (1, {dim})"
+        )
+    log.info(
+        "loaded version %s: %d items, dim %d, %s index on %s",
+        version,
+        n,
+        dim,
+        index_type,
+        placed.device,
+    )
+    return model

@@ -1,0 +1,174 @@
+"""Top-k retrieval with negative-feedback filtering, exact k, and optional soft demotion.
+
+Blocking code, run in the batcher's worker thread. Filtering strategy (SPEC
+invariants 1 and 2): search ``k + |blocked|`` deep (enough for an exact index),
+drop blocked rows, and while fewer than ``k`` survive double the depth; when an
+approximate index runs dry (FAISS pads with -1) or the depth passes what the
+index can return, score the whole catalog exactly. So a blocked row is never
+returned and exactly ``min(k, catalog - blocked)`` rows are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serving.model import LoadedModel
+
+
+@dataclass(frozen=True)
+class Demotion:
+    """Soft demotion: score -= weight * max(0, sim - threshold), sim = max inner product with a recent dislike."""
+
+    weight: float = 0.0
+    threshold: float = 0.8
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0.0
+
+
+@dataclass
+class Query:
+    """One retrieval request against one model version.
+
+    Exactly one of (``history``, ``dislikes``) tokens or ``vector`` is used:
+    tokens go through the user tower; a vector (similar items) is searched as is.
+
+    Attributes:
+      k: wanted results.
+      blocked: rows never to return.
+      history: int32 [H] tower tokens; dislikes: int32 [D].
+      vector: float32 [dim] query vector.
+      demote_rows: rows of recent dislikes for soft demotion (may be empty).
+    """
+
+    model: LoadedModel
+    k: int
+    blocked: set[int] = field(default_factory=set)
+    history: np.ndarray | None = None
+    dislikes: np.ndarray | None = None
+    vector: np.ndarray | None = None
+    demote_rows: np.ndarray | None = None
+
+
+@dataclass
+class Result:
+    """Rows (best first) and inner-product scores, plus what it took to get them."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    filtered: int = 0
+    searches: int = 1
+    exact: bool = False
+    demoted: int = 0
+
+
+def _exact(
+    model: LoadedModel, vec: np.ndarray, blocked: set[int], want: int
+) -> tuple[np.ndarray, np.ndarray]:
+    scores = model.exact_scores(vec).astype(np.float32, copy=True)
+    if blocked:
+        scores[np.fromiter(blocked, dtype=np.int64, count=len(blocked))] = -np.inf
+    available = int(np.isfinite(scores).sum())
+    want = min(want, available)
+    if want <= 0:
+        return np.empty(0, np.int64), np.empty(0, np.float32)
+    top = (
+        np.argpartition(-scores, want - 1)[:want] if want < len(scores) else np.arange(len(scores))
+    )
+    top = top[np.argsort(-scores[top], kind="stable")]
+    top = top[np.isfinite(scores[top])]
+    return top.astype(np.int64), scores[top]
+
+
+def _keep(
+    rows: np.ndarray, scores: np.ndarray, blocked: set[int]
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Drop padding (-1) and blocked rows; also say whether padding was seen (index ran dry)."""
+    valid = rows >= 0
+    dry = not bool(valid.all())
+    if blocked:
+        valid &= np.fromiter((int(r) not in blocked for r in rows), dtype=bool, count=len(rows))
+    return rows[valid], scores[valid], dry
+
+
+def _demote(
+    model: LoadedModel, q: Query, rows: np.ndarray, scores: np.ndarray, demotion: Demotion
+) -> tuple[np.ndarray, np.ndarray, int]:
+    if not demotion.enabled or q.demote_rows is None or len(q.demote_rows) == 0 or len(rows) == 0:
+        return rows, scores, 0
+    sims = (model.embeddings[rows] @ model.embeddings[q.demote_rows].T).max(axis=1)
+    adjusted = scores - demotion.weight * np.maximum(0.0, sims - demotion.threshold)
+    order = np.argsort(-adjusted, kind="stable")
+    before = set(rows[: q.k].tolist())
+    rows, scores = rows[order], adjusted[order].astype(np.float32)
+    return rows, scores, len(before - set(rows[: q.k].tolist()))
+
+
+def initial_depth(q: Query, demotion: Demotion) -> int:
+    """First search depth: k + |blocked| (twice k with demotion, to have replacements)."""
+    k = q.k * 2 if demotion.enabled and q.demote_rows is not None and len(q.demote_rows) else q.k
+    return min(q.model.num_items, k + len(q.blocked))
+
+
+def finish(
+    q: Query, vec: np.ndarray, rows: np.ndarray, scores: np.ndarray, depth: int, demotion: Demotion
+) -> Result:
+    """Filter one query's search result, widening or going exact until ``k`` survive."""
+    model = q.model
+    n = model.num_items
+    cap = model.index.max_k
+    # With demotion on, keep 2k candidates so demoted items have replacements.
+    want = max(q.k, initial_depth(q, demotion) - len(q.blocked))
+    searches = 1
+    while True:
+        kept_rows, kept_scores, dry = _keep(rows, scores, q.blocked)
+        filtered = int((rows >= 0).sum()) - len(kept_rows)
+        complete = depth >= n and not dry  # every item was ranked: nothing more to find
+        if len(kept_rows) >= want or complete:
+            exact = False
+            break
+        if dry or depth >= min(n, cap):
+            # An approximate index ran dry, or it cannot go deeper: rank the whole catalog.
+            kept_rows, kept_scores = _exact(model, vec, q.blocked, want)
+            filtered = len(q.blocked)
+            exact = True
+            break
+        depth = min(depth * 2, n, cap)
+        s, r = model.search(vec[None, :], depth)
+        rows, scores = r[0], s[0]
+        searches += 1
+    kept_rows, kept_scores, demoted = _demote(model, q, kept_rows, kept_scores, demotion)
+    return Result(kept_rows[: q.k], kept_scores[: q.k], filtered, searches, exact, demoted)
+
+
+def run_batch(queries: Sequence[Query], demotion: Demotion = Demotion()) -> list[Result]:
+    """Answer ``queries``: one tower call and one FAISS search per model version in the batch."""
+    results: list[Result | None] = [None] * len(queries)
+    groups: dict[int, list[int]] = {}
+    for i, q in enumerate(queries):
+        groups.setdefault(id(q.model), []).append(i)
+    for members in groups.values():
+        model = queries[members[0]].model
+        vecs = np.empty((len(members), model.dim), np.float32)
+        tower = [j for j, i in enumerate(members) if queries[i].vector is None]
+        if tower:
+            hist = np.stack([queries[members[j]].history for j in tower]).astype(np.int32)
+            disl = np.stack([queries[members[j]].dislikes for j in tower]).astype(np.int32)
+            vecs[tower] = model.embed(hist, disl)
+        for j, i in enumerate(members):
+            if queries[i].vector is not None:
+                vecs[j] = queries[i].vector
+        depths = [initial_depth(queries[i], demotion) for i in members]
+        depth = min(max(max(depths), 1), model.index.max_k, max(model.num_items, 1))
+        if model.num_items == 0:
+            for i in members:
+                results[i] = Result(np.empty(0, np.int64), np.empty(0, np.float32))
+            continue
+        scores, rows = model.search(vecs, depth)
+        for j, i in enumerate(members):
+            results[i] = finish(queries[i], vecs[j], rows[j], scores[j], depth, demotion)
+    return [r for r in results if r is not None]

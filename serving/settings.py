@@ -1,0 +1,156 @@
+"""Serving configuration: one typed settings object, from defaults < environment < CLI.
+
+Environment names are ``TWOTOWER_SERVE_<FIELD>`` (e.g. ``TWOTOWER_SERVE_STORE_URL``,
+``TWOTOWER_SERVE_BATCH_MAX_SIZE=32``). ``twotower serve`` flags override them.
+Several uvicorn workers receive the settings through these same variables
+(see :func:`serving.main.serve_command`), so every field must round-trip
+through :meth:`Settings.to_env`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TWOTOWER_SERVE_"
+DEFAULT_STORE_URL = "sqlite:///twotower-store.sqlite"
+
+#: Hard caps of the public API (SPEC): settings may lower them, never raise them.
+K_CAP = 1000
+LIST_CAP = 10_000
+EVENTS_CAP = 10_000
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Everything ``serving`` reads; validated once at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    # --- where things are -------------------------------------------------------
+    artifacts: Path = Field(description="artifact directory (ART); the app follows ART/LATEST")
+    store_url: str = Field(
+        DEFAULT_STORE_URL,
+        description="online store: redis://[:password@]host:port/db, rediss://..., sqlite:///path",
+    )
+    environment: Literal["development", "production"] = Field(
+        "development",
+        description="production refuses unsafe values (sqlite store, unauthenticated remote redis)",
+    )
+
+    # --- HTTP server ------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(8000, ge=0, le=65535, description="bind port (0 = any free port)")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
+
+    # --- request limits -----------------------------------------------------------
+    max_k: int = Field(K_CAP, ge=1, le=K_CAP, description="largest k accepted by /v1/recommend")
+    default_k: int = Field(20, ge=1, le=K_CAP, description="k when the request omits it")
+    max_list_length: int = Field(
+        1000, ge=1, le=LIST_CAP, description="longest history/dislikes/exclude list in a request"
+    )
+    max_events: int = Field(
+        1000, ge=1, le=EVENTS_CAP, description="most events per /v1/events call"
+    )
+    max_body_bytes: int = Field(
+        1_000_000, ge=1024, description="request bodies larger than this get 413 (bytes)"
+    )
+
+    # --- micro-batching -----------------------------------------------------------
+    batch_max_size: int = Field(64, ge=1, le=4096, description="most queries per tower call/search")
+    batch_max_wait_ms: float = Field(
+        1.0, ge=0.0, le=100.0, description="longest wait for more queries once one is queued (ms)"
+    )
+
+    # --- dependencies ---------------------------------------------------------------
+    store_timeout_s: float = Field(
+        0.25,
+        gt=0.0,
+        le=30.0,
+        description="per-request store read budget; past it the answer is degraded",
+    )
+    reload_poll_s: float = Field(
+        2.0, gt=0.0, le=3600.0, description="how often ART/LATEST is checked for a new version (s)"
+    )
+    use_gpu: Literal["auto", "never"] = Field(
+        "auto", description="auto: FAISS on GPU 0 when faiss.get_num_gpus() > 0 (not HNSW)"
+    )
+    tf_threads: int = Field(
+        1, ge=0, le=256, description="TF intra- and inter-op threads (0 = TF default)"
+    )
+    faiss_threads: int = Field(1, ge=0, le=256, description="FAISS OpenMP threads (0 = default)")
+
+    floor_route: bool = Field(
+        False,
+        description="register POST /_floor (same body parsing, fixed answer): the benchmark floor",
+    )
+
+    # --- soft demotion near recent dislikes (off by default) -------------------------
+    demote_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=100.0,
+        description="score penalty factor for items similar to recent dislikes; 0 = off",
+    )
+    demote_threshold: float = Field(
+        0.8,
+        ge=-1.0,
+        le=1.0,
+        description="similarity (inner product) to a recent dislike above which an item is demoted",
+    )
+    demote_recent: int = Field(
+        5, ge=1, le=100, description="how many recent dislikes demotion looks at"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
+        scheme = urlsplit(self.store_url).scheme
+        if scheme not in ("redis", "rediss", "sqlite"):
+            raise ValueError(
+                f"store_url {self.store_url!r}: unsupported scheme {scheme!r}; use redis://, rediss:// or sqlite:///path"
+            )
+        if self.environment == "production":
+            # An embedded file store cannot be shared by several pods and has no auth;
+            # a remote Redis without a password or TLS would expose every user's history.
+            if scheme == "sqlite":
+                raise ValueError(
+                    "environment=production needs a redis:// or rediss:// store_url, not sqlite"
+                )
+            parts = urlsplit(self.store_url)
+            remote = not _is_loopback(parts.hostname or "")
+            if remote and scheme == "redis" and not parts.password:
+                raise ValueError(
+                    "environment=production: a remote redis store needs a password (redis://:PASSWORD@host) or TLS (rediss://)"
+                )
+        return self
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``TWOTOWER_SERVE_*`` variables (for worker processes)."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            out[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        return out
+
+    def public(self) -> dict[str, object]:
+        """Settings safe to show (the store password is masked)."""
+        data = self.model_dump(mode="json")
+        parts = urlsplit(self.store_url)
+        if parts.password:
+            data["store_url"] = self.store_url.replace(f":{parts.password}@", ":***@", 1)
+        return data

@@ -1,0 +1,163 @@
+"""Build small but genuine artifacts (SavedModel tower, items.npz, FAISS index, manifest).
+
+The user tower is a tiny ``tf.Module``: user = normalise(mean(history item vectors)
+- dislike_weight * mean(dislike item vectors)), exported with the exact
+``serving_default`` signature of the trainer's export. Item ids are
+``f"{prefix}{i}"`` so two versions can be told apart by their ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from twotower import artifacts
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+def item_vectors(num_items: int, dim: int, seed: int) -> np.ndarray:
+    """Unit-norm float32 [num_items, dim] item vectors, reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((num_items, dim)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v
+
+
+def save_tower(
+    path: Path, vectors: np.ndarray, H: int, D: int, dislike_weight: float = 0.5
+) -> None:
+    """Save the mean-of-history tower over ``vectors`` [N, dim] as a SavedModel at ``path``."""
+    import tensorflow as tf
+
+    table = np.concatenate([np.zeros((1, vectors.shape[1]), np.float32), vectors], axis=0)
+
+    class Tower(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = tf.Variable(table, trainable=False, name="item_table")
+            self.dislike_weight = tf.Variable(
+                dislike_weight, trainable=False, name="dislike_weight"
+            )
+
+        def _mean(self, tokens: tf.Tensor) -> tf.Tensor:
+            mask = tf.cast(tokens > 0, tf.float32)[..., None]
+            vecs = tf.gather(self.table, tokens) * mask
+            return tf.reduce_sum(vecs, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, H], tf.int32, name="history"),
+                tf.TensorSpec([None, D], tf.int32, name="dislikes"),
+            ]
+        )
+        def serve(self, history: tf.Tensor, dislikes: tf.Tensor) -> dict[str, tf.Tensor]:
+            u = self._mean(history) - self.dislike_weight * self._mean(dislikes)
+            return {"embedding": tf.math.l2_normalize(u, axis=1)}
+
+    tower = Tower()
+    tf.saved_model.save(tower, str(path), signatures={"serving_default": tower.serve})
+
+
+def build_index(vectors: np.ndarray, index_type: str, seed: int) -> tuple[Any, dict[str, Any]]:
+    """A CPU inner-product FAISS index of ``index_type`` over ``vectors`` and its params."""
+    n, dim = vectors.shape
+    if index_type == "flat":
+        return faiss.IndexFlatIP(dim), {}
+    if index_type == "ivf":
+        nlist = max(1, min(64, n // 40))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(vectors)
+        return index, {"nlist": nlist, "nprobe": max(1, nlist // 4)}
+    if index_type == "hnsw":
+        return faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT), {"M": 16, "efSearch": 64}
+    raise ValueError(f"index_type {index_type!r}")
+
+
+def index_recall(
+    index: Any, vectors: np.ndarray, k: int = 100, num_queries: int = 200, seed: int = 0
+) -> float:
+    """Recall@k of ``index`` against exact inner-product search on random item-derived queries."""
+    rng = np.random.default_rng(seed)
+    q = vectors[rng.choice(len(vectors), size=min(num_queries, len(vectors)), replace=False)]
+    q = q + 0.1 * rng.standard_normal(q.shape).astype(np.float32)
+    k = min(k, len(vectors))
+    exact = np.argsort(-(q @ vectors.T), axis=1)[:, :k]
+    _, approx = index.search(np.ascontiguousarray(q), k)
+    hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact, strict=True))
+    return hits / (k * len(q))
+
+
+def make_artifact(
+    art_dir: str | os.PathLike[str],
+    *,
+    num_items: int = 300,
+    dim: int = 16,
+    H: int = 8,
+    D: int = 4,
+    seed: int = 0,
+    publish: bool = True,
+    index_type: str = "flat",
+    prefix: str = "i",
+    num_popular: int | None = None,
+) -> str:
+    """Write one complete version under ``art_dir`` (published unless ``publish=False``); return its id.
+
+    The popular list is a seeded permutation of the catalog (first ``num_popular``
+    items, default min(100, num_items)).
+    """
+    vectors = item_vectors(num_items, dim, seed)
+    ids = np.array([f"{prefix}{i}" for i in range(num_items)])
+    rng = np.random.default_rng(seed + 1)
+    popular = ids[
+        rng.permutation(num_items)[
+            : num_popular if num_popular is not None else min(100, num_items)
+        ]
+    ]
+    index, params = build_index(vectors, index_type, seed)
+    index.add(vectors)
+    if index_type == "ivf":
+        index.nprobe = params["nprobe"]
+    elif index_type == "hnsw":
+        index.hnsw.efSearch = params["efSearch"]
+    recall = index_recall(index, vectors, seed=seed)
+    with artifacts.staging_version(art_dir) as (version, vdir):
+        save_tower(vdir / artifacts.USER_TOWER, vectors, H, D)
+        np.savez(vdir / artifacts.ITEMS, ids=ids, embeddings=vectors)
+        faiss.write_index(index, str(vdir / artifacts.INDEX))
+        manifest = {
+            "version": version,
+            "created_at": 0.0,
+            "embedding_dim": dim,
+            "num_items": num_items,
+            "similarity": "cosine",
+            "history_length": H,
+            "dislike_length": D,
+            "index": {
+                "type": index_type,
+                "metric": "inner_product",
+                "params": params,
+                "recall_at_k_vs_exact": recall,
+                "k": 100,
+                "num_queries": 200,
+            },
+            "popular_items": popular.tolist(),
+            "metrics": {"recall@20": 0.0},
+            "baseline_popular": {"recall@20": 0.0},
+            "data": {"source": "artifact_factory", "seed": seed},
+            "config": {"factory": True},
+        }
+        artifacts.write_manifest(vdir, manifest)
+    if publish:
+        artifacts.publish(art_dir, version)
+    return version
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
