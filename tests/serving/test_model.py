@@ -1,0 +1,122 @@
+"""Loading a version: GPU/CPU placement logic, index parameters, recall against exact search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serving.model import GPU_MAX_K, ModelLoadError, choose_device, load_model, place_index
+from tests.serving.artifact_factory import make_artifact
+from twotower import artifacts
+
+
+class FakeFaiss:
+    """Records GPU calls; stands in for a faiss build with GPUs (this machine has none)."""
+
+    def __init__(self, gpus: int) -> None:
+        self.gpus = gpus
+        self.copied: list[tuple[Any, int, Any]] = []
+
+    def get_num_gpus(self) -> int:
+        return self.gpus
+
+    def StandardGpuResources(self) -> str:  # noqa: N802 - faiss name
+        return "resources"
+
+    def index_cpu_to_gpu(self, res: Any, device: int, index: Any) -> str:
+        self.copied.append((res, device, index))
+        return f"gpu:{index}"
+
+
+@pytest.mark.parametrize(
+    ("index_type", "gpus", "use_gpu", "expected"),
+    [
+        ("flat", 0, "auto", "cpu"),
+        ("flat", 1, "auto", "gpu"),
+        ("ivf", 2, "auto", "gpu"),
+        ("hnsw", 1, "auto", "cpu"),  # no GPU HNSW in FAISS
+        ("ivf", 1, "never", "cpu"),
+    ],
+)
+def test_choose_device(index_type: str, gpus: int, use_gpu: str, expected: str) -> None:
+    assert choose_device(index_type, gpus, use_gpu) == expected
+
+
+def test_place_index_copies_to_gpu_only_when_present() -> None:
+    with_gpu = FakeFaiss(gpus=1)
+    placed = place_index("cpu-index", "ivf", faiss_module=with_gpu)
+    assert (placed.device, placed.index, placed.resources) == ("gpu", "gpu:cpu-index", "resources")
+    assert with_gpu.copied == [("resources", 0, "cpu-index")]
+    assert placed.max_k == GPU_MAX_K
+
+    without = FakeFaiss(gpus=0)
+    placed = place_index("cpu-index", "flat", faiss_module=without)
+    assert (placed.device, placed.index) == ("cpu", "cpu-index")
+    assert without.copied == []
+    hnsw = FakeFaiss(gpus=4)
+    assert place_index("cpu-index", "hnsw", faiss_module=hnsw).device == "cpu"
+    assert hnsw.copied == []
+
+
+def test_real_faiss_on_this_machine_is_cpu(art: Path) -> None:
+    import faiss
+
+    model = load_model(art, artifacts.latest_version(art))
+    assert model.index.device == ("gpu" if faiss.get_num_gpus() > 0 else "cpu")
+
+
+@pytest.mark.parametrize(("index_type", "min_recall"), [("flat", 1.0), ("ivf", 0.5), ("hnsw", 0.9)])
+def test_index_recall_against_exact_search(
+    tmp_path: Path, index_type: str, min_recall: float
+) -> None:
+    version = make_artifact(tmp_path, num_items=2000, dim=16, index_type=index_type, seed=3)
+    model = load_model(tmp_path, version, use_gpu="never")
+    params = model.manifest["index"]["params"]
+    if index_type == "ivf":
+        import faiss
+
+        assert faiss.extract_index_ivf(model.index.index).nprobe == params["nprobe"]
+    if index_type == "hnsw":
+        assert model.index.index.hnsw.efSearch == params["efSearch"]
+    rng = np.random.default_rng(0)
+    hist = np.zeros((64, model.history_length), np.int32)
+    hist[:, -3:] = rng.integers(1, model.num_items + 1, size=(64, 3))
+    queries = model.embed(hist, np.zeros((64, model.dislike_length), np.int32))
+    k = 50
+    _, approx = model.search(queries, k)
+    exact = np.argsort(-(queries @ model.embeddings.T), axis=1)[:, :k]
+    recall = np.mean(
+        [len(set(a) & set(e)) / k for a, e in zip(approx.tolist(), exact.tolist(), strict=True)]
+    )
+    assert recall >= min_recall, f"{index_type} recall@{k} {recall:.3f} < {min_recall}"
+    # The manifest's own figure is of the same order (it was measured the same way at export).
+    assert model.manifest["index"]["recall_at_k_vs_exact"] >= min_recall - 0.15
+
+
+def test_tower_matches_its_definition(art: Path) -> None:
+    model = load_model(art, artifacts.latest_version(art))
+    hist = model.tokens(["i5", "i7", "unknown"], model.history_length)
+    assert hist.tolist() == [0] * (model.history_length - 2) + [6, 8]  # right-aligned, row + 1
+    u = model.embed(hist[None], np.zeros((1, model.dislike_length), np.int32))[0]
+    expected = model.embeddings[[5, 7]].mean(axis=0)
+    np.testing.assert_allclose(u, expected / np.linalg.norm(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_broken_versions_are_refused_with_the_file(tmp_path: Path) -> None:
+    version = make_artifact(tmp_path, num_items=50, publish=False)
+    vdir = artifacts.version_dir(tmp_path, version)
+    (vdir / artifacts.INDEX).unlink()
+    with pytest.raises(ModelLoadError, match="index.faiss"):
+        load_model(tmp_path, version)
+    other = make_artifact(tmp_path, num_items=50, dim=8, publish=False)
+    # A 16-dim item table next to an 8-dim index: caught, not served.
+    np.savez(
+        artifacts.version_dir(tmp_path, other) / artifacts.ITEMS,
+        ids=np.array([f"i{i}" for i in range(50)]),
+        embeddings=np.zeros((50, 16), np.float32),
+    )
+    with pytest.raises(ModelLoadError, match="dim 16"):
+        load_model(tmp_path, other)
