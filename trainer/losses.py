@@ -30,7 +30,7 @@ replica's *sum* of terms divided by the *global* row counts: summing
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeAlias
 
 import numpy as np
 
@@ -45,7 +45,7 @@ from trainer.frequency import (
 _MASKED = -1e9
 _Q_MIN, _Q_MAX = 1e-6, 1.0
 
-LogQ = Callable[[tf.Tensor], tf.Tensor] | tf.Tensor | None
+LogQ: TypeAlias = Callable[[tf.Tensor], tf.Tensor] | tf.Tensor | None
 
 
 class LossOutput(NamedTuple):
