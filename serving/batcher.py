@@ -111,26 +111,30 @@ class Batcher:
         return batch
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = await self._collect()
-            live = [(q, f) for q, f in batch if not f.done()]  # cancelled clients drop out
-            if not live:
-                continue
-            try:
-                results = await loop.run_in_executor(
-                    self.executor, run_batch, [q for q, _ in live], self.demotion
-                )
-            except Exception as exc:  # a failing batch must not kill the loop
-                log.exception("batch of %d failed", len(live))
-                for _q, fut in live:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            self.batches += 1
-            self.queries += len(live)
-            if self.on_batch is not None:
-                self.on_batch(len(live))
-            for (_q, fut), res in zip(live, results, strict=True):
+            await self._run_one(await self._collect())
+
+    async def _run_one(self, batch: list[tuple[Query, asyncio.Future[Result]]]) -> None:
+        # A separate coroutine so that nothing of a finished batch (queries hold their
+        # model version) stays referenced by loop locals until the next batch arrives.
+        live = [(q, f) for q, f in batch if not f.done()]  # cancelled clients drop out
+        if not live:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(
+                self.executor, run_batch, [q for q, _ in live], self.demotion
+            )
+        except Exception as exc:  # a failing batch must not kill the loop
+            log.exception("batch of %d failed", len(live))
+            for _q, fut in live:
                 if not fut.done():
-                    fut.set_result(res)
+                    fut.set_exception(exc)
+            return
+        self.batches += 1
+        self.queries += len(live)
+        if self.on_batch is not None:
+            self.on_batch(len(live))
+        for (_q, fut), res in zip(live, results, strict=True):
+            if not fut.done():
+                fut.set_result(res)

@@ -64,17 +64,27 @@ def save_tower(
     tf.saved_model.save(tower, str(path), signatures={"serving_default": tower.serve})
 
 
-def build_index(vectors: np.ndarray, index_type: str, seed: int) -> tuple[Any, dict[str, Any]]:
-    """A CPU inner-product FAISS index of ``index_type`` over ``vectors`` and its params."""
+def build_index(
+    vectors: np.ndarray, index_type: str, seed: int, params: dict[str, Any] | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """A CPU inner-product FAISS index of ``index_type`` over ``vectors`` and its params.
+
+    ``params`` may set ``nlist``/``nprobe`` (IVF; trained on at most 64 points per list).
+    """
     n, dim = vectors.shape
+    params = dict(params or {})
     if index_type == "flat":
         return faiss.IndexFlatIP(dim), {}
     if index_type == "ivf":
-        nlist = max(1, min(64, n // 40))
+        nlist = int(params.get("nlist", max(1, min(64, n // 40))))
+        nprobe = int(params.get("nprobe", max(1, nlist // 4)))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        index.train(vectors)
-        return index, {"nlist": nlist, "nprobe": max(1, nlist // 4)}
+        sample = vectors
+        if n > 64 * nlist:
+            sample = vectors[np.random.default_rng(seed).choice(n, 64 * nlist, replace=False)]
+        index.train(sample)
+        return index, {"nlist": nlist, "nprobe": nprobe}
     if index_type == "hnsw":
         return faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT), {"M": 16, "efSearch": 64}
     raise ValueError(f"index_type {index_type!r}")
@@ -88,7 +98,9 @@ def index_recall(
     q = vectors[rng.choice(len(vectors), size=min(num_queries, len(vectors)), replace=False)]
     q = q + 0.1 * rng.standard_normal(q.shape).astype(np.float32)
     k = min(k, len(vectors))
-    exact = np.argsort(-(q @ vectors.T), axis=1)[:, :k]
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    _, exact = flat.search(np.ascontiguousarray(q), k)
     _, approx = index.search(np.ascontiguousarray(q), k)
     hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact, strict=True))
     return hits / (k * len(q))
@@ -106,6 +118,8 @@ def make_artifact(
     index_type: str = "flat",
     prefix: str = "i",
     num_popular: int | None = None,
+    index_params: dict[str, Any] | None = None,
+    ids: list[str] | None = None,
 ) -> str:
     """Write one complete version under ``art_dir`` (published unless ``publish=False``); return its id.
 
@@ -113,14 +127,13 @@ def make_artifact(
     items, default min(100, num_items)).
     """
     vectors = item_vectors(num_items, dim, seed)
-    ids = np.array([f"{prefix}{i}" for i in range(num_items)])
+    ids_arr = np.array(ids if ids is not None else [f"{prefix}{i}" for i in range(num_items)])
+    if len(ids_arr) != num_items:
+        raise ValueError(f"{len(ids_arr)} ids for num_items={num_items}")
     rng = np.random.default_rng(seed + 1)
-    popular = ids[
-        rng.permutation(num_items)[
-            : num_popular if num_popular is not None else min(100, num_items)
-        ]
-    ]
-    index, params = build_index(vectors, index_type, seed)
+    top = num_popular if num_popular is not None else min(100, num_items)
+    popular = ids_arr[rng.permutation(num_items)[:top]]
+    index, params = build_index(vectors, index_type, seed, index_params)
     index.add(vectors)
     if index_type == "ivf":
         index.nprobe = params["nprobe"]
@@ -129,7 +142,7 @@ def make_artifact(
     recall = index_recall(index, vectors, seed=seed)
     with artifacts.staging_version(art_dir) as (version, vdir):
         save_tower(vdir / artifacts.USER_TOWER, vectors, H, D)
-        np.savez(vdir / artifacts.ITEMS, ids=ids, embeddings=vectors)
+        np.savez(vdir / artifacts.ITEMS, ids=ids_arr, embeddings=vectors)
         faiss.write_index(index, str(vdir / artifacts.INDEX))
         manifest = {
             "version": version,
