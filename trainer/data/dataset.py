@@ -37,6 +37,8 @@ class Dataset:
       item_features: name -> int32 [N] categorical feature per item (0 = unknown).
       item_feature_sizes: name -> vocabulary size of that feature (incl. 0).
       skipped_lines: lines skipped by an opt-in lenient reader (0 when strict).
+      neutral: rows the reader read but dropped as neither positive nor dislike
+        (MovieLens rating 3, neutral event types).
     Events are sorted by (user, ts, original order).
     """
 
@@ -53,6 +55,7 @@ class Dataset:
     item_features: dict[str, np.ndarray] = field(default_factory=dict)
     item_feature_sizes: dict[str, int] = field(default_factory=dict)
     skipped_lines: int = 0
+    neutral: int = 0
 
     @property
     def num_users(self) -> int:
@@ -80,6 +83,7 @@ class Dataset:
             "valid": int((self.split == VALID).sum()),
             "test": int((self.split == TEST).sum()),
             "skipped_lines": int(self.skipped_lines),
+            "neutral": int(self.neutral),
         }
         time_range = (
             {"min": float(finite.min()), "max": float(finite.max())} if len(finite) else None

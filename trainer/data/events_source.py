@@ -1,0 +1,96 @@
+"""The project's own event log as a data source (``events:STORE_URL``).
+
+Events become a timestamped :class:`Dataset` split by temporal leave-last-out
+(:mod:`trainer.data.split`). Roles come from
+``feature_store.events.EVENT_TYPES``: ``positive`` -> POSITIVE, ``dislike``
+-> DISLIKE, ``neutral`` (impressions) -> dropped and counted in
+``Dataset.neutral``. The log is at-least-once durable storage, so a repeated
+``event_id`` is kept once (first occurrence). Events keep their log order as
+the tie-break between equal timestamps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from feature_store.events import DISLIKE as ROLE_DISLIKE
+from feature_store.events import EVENT_TYPES, Event
+from feature_store.events import POSITIVE as ROLE_POSITIVE
+from trainer.data.dataset import DISLIKE, POSITIVE, Dataset
+from trainer.data.errors import DataError
+from trainer.data.split import assemble
+
+log = logging.getLogger(__name__)
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe to log and to put in manifests)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def dataset_from_events(events: Iterable[Event], source: str) -> Dataset:
+    """A timestamped Dataset from feature-store events (rules in the module docstring).
+
+    Args:
+      events: any iterable of :class:`feature_store.events.Event`, in log order.
+      source: the SRC string to record.
+    Raises:
+      DataError: no positive or dislike event, or an event of an unknown type.
+    """
+    users: list[str] = []
+    items: list[str] = []
+    labels: list[int] = []
+    ts: list[float] = []
+    seen: set[str] = set()
+    neutral = duplicates = 0
+    for n, ev in enumerate(events):
+        if ev.event_id in seen:
+            duplicates += 1
+            continue
+        seen.add(ev.event_id)
+        role = EVENT_TYPES.get(ev.type)
+        if role is None:
+            raise DataError(
+                f"event #{n} ({ev.event_id}): unknown type {ev.type!r}; known: {sorted(EVENT_TYPES)}"
+            )
+        if role == ROLE_POSITIVE:
+            labels.append(POSITIVE)
+        elif role == ROLE_DISLIKE:
+            labels.append(DISLIKE)
+        else:
+            neutral += 1
+            continue
+        users.append(ev.user_id)
+        items.append(ev.item_id)
+        ts.append(float(ev.ts))
+    if duplicates:
+        log.info("%s: %d repeated event ids kept once", source, duplicates)
+    if not labels:
+        raise DataError(f"{source}: no positive or dislike events ({neutral} neutral)")
+    return assemble(
+        source=source,
+        kind="events",
+        user_raw=np.array(users, dtype=object),
+        item_raw=np.array(items, dtype=object),
+        labels=np.array(labels, dtype=np.int8),
+        ts=np.array(ts, dtype=np.float64),
+        neutral=neutral,
+    )
+
+
+def read_event_log(url: str) -> Dataset:
+    """Every event of the store's durable log at ``url`` as a Dataset."""
+    from feature_store.log import iter_events  # written alongside the stores; imported on use
+
+    return dataset_from_events(iter_events(url), source=f"events:{redact(url)}")

@@ -1,0 +1,239 @@
+"""Training rows and evaluation sets from a split :class:`Dataset`.
+
+Histories are token matrices (item index + 1, 0 = padding), right-aligned:
+the most recent item is in the last column.
+
+Timestamped sources (synthetic, movielens, events)
+--------------------------------------------------
+A training row is a TRAIN event (positive -> softmax target, dislike -> NTR
+target) at time t. Its inputs are the user's last H positives and last D
+dislikes with time **strictly before t**, oldest to newest. Events sharing a
+timestamp never see each other (their order within a second is arbitrary,
+so showing one to the other would leak the future). Every event strictly
+before a TRAIN event is itself TRAIN (see :mod:`trainer.data.split`).
+
+Evaluation of a split (``"valid"`` or ``"test"``) uses the same rule at the
+held-out positive's time t: the input is every positive (TRAIN, and VALID for
+``"test"``) and every dislike strictly before t; the target is the held-out
+positive; the mask is the user's TRAIN positives (+ VALID positives for
+``"test"``) -- dislikes are not masked, the dislike metrics need them. The
+held-out dislikes are the user's non-TRAIN dislikes (all after their last TRAIN
+event) that are not part of the input: all of them for ``"valid"``, those not
+before t for ``"test"`` -- an item is never both an input and an answer.
+
+Untimed sources (lightgcn)
+--------------------------
+Items have no order. A training row is a TRAIN positive; its history is a
+random sample (without replacement, in random order) of up to H of the user's
+*other* TRAIN items -- never the target itself -- resampled every epoch from
+``(seed, epoch)``. At evaluation the input is the user's TRAIN items (a seeded
+sample of H when there are more), the targets are the split's items, and the
+mask is TRAIN (+ VALID for ``"test"``) items. There are no dislikes.
+
+In both cases a target the user already has in the mask (a repeat of an item
+they had) is dropped: it can never be ranked, as serving excludes seen items.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trainer.data.dataset import DISLIKE, POSITIVE, TEST, TRAIN, VALID, Dataset, EvalSet, Examples
+from trainer.data.split import group_starts, tie_starts
+
+#: rows per chunk of window gathering: bounds memory at ~CHUNK * H * 8 bytes.
+CHUNK = 65536
+
+
+def item_popularity(ds: Dataset, splits: tuple[int, ...] = (TRAIN,)) -> np.ndarray:
+    """int64 [N]: positive events per item in ``splits`` (default: TRAIN popularity)."""
+    sel = np.isin(ds.split, splits) & (ds.labels == POSITIVE)
+    return np.bincount(ds.items[sel], minlength=ds.num_items).astype(np.int64)
+
+
+def _windows(
+    end: np.ndarray, begin: np.ndarray, positions: np.ndarray, items: np.ndarray, length: int
+) -> np.ndarray:
+    """int32 [n, length]: tokens of ``items[positions[end - length : end]]``, right-aligned.
+
+    ``positions`` is a global list (events of one kind, in sorted order); row r
+    takes its entries ``begin[r] <= j < end[r]``, the last ``length`` of them.
+    """
+    n = len(end)
+    out = np.zeros((n, length), dtype=np.int32)
+    if length == 0 or n == 0 or len(positions) == 0:
+        return out
+    tokens = items[positions].astype(np.int32) + 1
+    cols = np.arange(length, dtype=np.int64)
+    for lo in range(0, n, CHUNK):
+        hi = min(lo + CHUNK, n)
+        j = end[lo:hi, None] - length + cols
+        ok = j >= begin[lo:hi, None]
+        out[lo:hi] = np.where(ok, tokens[np.where(ok, j, 0)], 0)
+    return out
+
+
+class _Timeline:
+    """Per-event lookups for "what did this user do strictly before this event"."""
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+        self.tie = tie_starts(ds.users, ds.ts)
+        self.user_start = group_starts(ds.users)
+        self.pos = np.flatnonzero(ds.labels == POSITIVE)
+        self.dis = np.flatnonzero(ds.labels == DISLIKE)
+        # c[i] = events of the kind before position i.
+        self.cpos = np.concatenate([[0], np.cumsum(ds.labels == POSITIVE)])
+        self.cdis = np.concatenate([[0], np.cumsum(ds.labels == DISLIKE)])
+
+    def inputs(self, rows: np.ndarray, H: int, D: int) -> tuple[np.ndarray, np.ndarray]:
+        """(history [n, H], dislikes [n, D]) tokens strictly before the events ``rows``."""
+        tie, start = self.tie[rows], self.user_start[rows]
+        history = _windows(self.cpos[tie], self.cpos[start], self.pos, self.ds.items, H)
+        dislikes = _windows(self.cdis[tie], self.cdis[start], self.dis, self.ds.items, D)
+        return history, dislikes
+
+
+def _sample_other_items(
+    ds: Dataset, rows: np.ndarray, H: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``rows`` (one user's TRAIN positives, grouped by user): H tokens of the
+    user's other TRAIN positives, a uniform sample in random order, right-aligned.
+
+    Returns (rows in the shuffled order used, history int32 [n, H]).
+    """
+    users = ds.users[rows]
+    shuffled = rows[np.lexsort((rng.random(len(rows)), users))]
+    u = ds.users[shuffled]
+    begin = group_starts(u)
+    size = np.bincount(u, minlength=ds.num_users)[u]
+    # For a uniformly shuffled block, the L entries after the target (cyclically)
+    # are a uniform L-subset of the others, in random order, and never the target.
+    take = np.minimum(H, size - 1)
+    tokens = ds.items[shuffled].astype(np.int32) + 1
+    out = np.zeros((len(rows), H), dtype=np.int32)
+    cols = np.arange(H, dtype=np.int64)
+    for lo in range(0, len(rows), CHUNK):
+        hi = min(lo + CHUNK, len(rows))
+        k = cols - (H - take[lo:hi, None])
+        ok = k >= 0
+        pos = np.arange(lo, hi)[:, None]
+        src = begin[lo:hi, None] + (pos - begin[lo:hi, None] + 1 + k) % size[lo:hi, None]
+        out[lo:hi] = np.where(ok, tokens[np.where(ok, src, 0)], 0)
+    return shuffled, out
+
+
+def build_train_examples(
+    ds: Dataset, history_length: int, dislike_length: int, *, seed: int = 0, epoch: int = 0
+) -> Examples:
+    """One row per TRAIN event (rules in the module docstring).
+
+    Args:
+      ds: a split Dataset.
+      history_length: H, positives per row.
+      dislike_length: D, dislikes per row.
+      seed, epoch: the history sample of untimed sources (ignored when timestamped).
+    Returns:
+      Examples with history int32 [n, H], dislikes int32 [n, D], item int32 [n]
+      (tokens), is_positive float32 [n] and weight float32 [n] (all 1).
+    """
+    H, D = int(history_length), int(dislike_length)
+    if ds.timestamped:
+        rows = np.flatnonzero(ds.split == TRAIN)
+        history, dislikes = _Timeline(ds).inputs(rows, H, D)
+    else:
+        rows = np.flatnonzero((ds.split == TRAIN) & (ds.labels == POSITIVE))
+        rows, history = _sample_other_items(ds, rows, H, np.random.default_rng([seed, epoch]))
+        dislikes = np.zeros((len(rows), D), dtype=np.int32)
+    n = len(rows)
+    return Examples(
+        history=history,
+        dislikes=dislikes,
+        item=(ds.items[rows] + 1).astype(np.int32),
+        is_positive=(ds.labels[rows] == POSITIVE).astype(np.float32),
+        weight=np.ones(n, dtype=np.float32),
+    )
+
+
+def _csr(rows: np.ndarray, items: np.ndarray, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ptr int64 [num_rows + 1], items int32) of (row, item) pairs, deduplicated, sorted per row."""
+    if len(rows):
+        key = np.unique(rows.astype(np.int64) * (int(items.max()) + 1) + items)
+        rows, items = key // (int(items.max()) + 1), key % (int(items.max()) + 1)
+    counts = np.bincount(rows, minlength=num_rows) if len(rows) else np.zeros(num_rows, np.int64)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), items.astype(np.int32)
+
+
+def _row_of(users: np.ndarray, eval_users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(is the user evaluated [len(users)], its row in ``eval_users`` (sorted))."""
+    at = np.clip(np.searchsorted(eval_users, users), 0, max(len(eval_users) - 1, 0))
+    hit = (eval_users[at] == users) if len(eval_users) else np.zeros(len(users), bool)
+    return hit, at
+
+
+def build_eval_set(
+    ds: Dataset, which: str, history_length: int, dislike_length: int, *, seed: int = 0
+) -> EvalSet:
+    """Inputs and ground truth of the all-ranking protocol on ``which`` split.
+
+    Args:
+      ds: a split Dataset.
+      which: ``"valid"`` or ``"test"``.
+      history_length, dislike_length: H and D.
+      seed: the history sample of untimed users with more than H train items.
+    Returns:
+      an EvalSet over the users with at least one target (sorted by user index).
+    """
+    if which not in ("valid", "test"):
+        raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
+    H, D = int(history_length), int(dislike_length)
+    held = VALID if which == "valid" else TEST
+    known = (TRAIN,) if which == "valid" else (TRAIN, VALID)
+    pos = ds.labels == POSITIVE
+    mask_sel = pos & np.isin(ds.split, known)
+    target_sel = pos & (ds.split == held)
+    # Drop targets the user already has among the masked items (repeats).
+    n_items = max(ds.num_items, 1)
+    mask_keys = ds.users[mask_sel].astype(np.int64) * n_items + ds.items[mask_sel]
+    target_idx = np.flatnonzero(target_sel)
+    target_keys = ds.users[target_idx].astype(np.int64) * n_items + ds.items[target_idx]
+    target_idx = target_idx[~np.isin(target_keys, mask_keys)]
+    eval_users = np.unique(ds.users[target_idx])
+    u = len(eval_users)
+
+    if ds.timestamped:
+        # One held-out positive per user and split: its event is the input's cut-off.
+        first = target_idx[np.unique(ds.users[target_idx], return_index=True)[1]]
+        timeline = _Timeline(ds)
+        history, dislikes = timeline.inputs(first, H, D)
+        dis = np.flatnonzero((ds.labels == DISLIKE) & (ds.split != TRAIN))
+        if which == "test":
+            # Not an input: at or after the target's time.
+            cut = np.full(ds.num_users, np.inf)
+            cut[ds.users[first]] = ds.ts[first]
+            dis = dis[ds.ts[dis] >= cut[ds.users[dis]]]
+    else:
+        train = np.flatnonzero(pos & (ds.split == TRAIN))
+        rng = np.random.default_rng([seed, held])
+        shuffled = train[np.lexsort((rng.random(len(train)), ds.users[train]))]
+        su = ds.users[shuffled]
+        rank = np.arange(len(shuffled)) - group_starts(su)
+        keep = shuffled[rank < H]
+        ku = ds.users[keep]
+        hit, row = _row_of(ku, eval_users)
+        counts = np.bincount(row[hit], minlength=u)
+        history = np.zeros((u, H), dtype=np.int32)
+        # Right-align: the c-th kept item of a row with n items goes to column H - n + c.
+        kept_rank = rank[rank < H][hit]
+        history[row[hit], H - counts[row[hit]] + kept_rank] = ds.items[keep[hit]] + 1
+        dislikes = np.zeros((u, D), dtype=np.int32)
+        dis = np.zeros(0, dtype=np.int64)
+
+    def csr_of(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hit, row = _row_of(ds.users[idx], eval_users)
+        return _csr(row[hit], ds.items[idx][hit].astype(np.int64), u)
+
+    tp, ti = csr_of(target_idx)
+    mp, mi = csr_of(np.flatnonzero(mask_sel))
+    dp, di = csr_of(dis)
+    return EvalSet(eval_users.astype(np.int32), history, dislikes, tp, ti, mp, mi, dp, di)

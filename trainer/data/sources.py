@@ -1,0 +1,125 @@
+"""``SRC`` strings (SPEC "Data sources") -> :class:`Dataset`.
+
+Accepted forms::
+
+    synthetic[:key=value,...]   seeded generator (see trainer.data.synthetic)
+    movielens:PATH              a u.data file, a ratings.csv, or a directory holding one
+    lightgcn:DIR                DIR/train.txt, valid.txt, test.txt (the given split)
+    events:STORE_URL            every event of the store's durable log
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from trainer.data.dataset import Dataset
+from trainer.data.errors import DataError
+
+if TYPE_CHECKING:
+    from feature_store.events import Event
+
+log = logging.getLogger(__name__)
+
+FORMS = (
+    "synthetic[:key=value,...]",
+    "movielens:PATH (u.data, ratings.csv or a directory holding one)",
+    "lightgcn:DIR (with train.txt, valid.txt, test.txt)",
+    "events:STORE_URL (sqlite:///path, redis://...)",
+)
+
+
+def _bad_spec(spec: str, why: str) -> DataError:
+    return DataError(f"bad data source {spec!r}: {why}; accepted forms: " + "; ".join(FORMS))
+
+
+def load_source(spec: str, *, skip_bad_lines: bool = False, progress: bool = False) -> Dataset:
+    """Read the data source named by ``spec`` (a SPEC ``SRC`` string).
+
+    Args:
+      spec: one of the forms in this module's docstring.
+      skip_bad_lines: skip malformed lines of data files (counted in
+        ``Dataset.skipped_lines`` and logged) instead of raising.
+      progress: log what is being read (the readers are fast; no bar needed).
+    Raises:
+      DataError: a bad spec, a missing file, or a malformed line (file:line).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise _bad_spec(str(spec), "empty")
+    spec = spec.strip()
+    kind, _, arg = spec.partition(":")
+    if progress:
+        log.info("reading %s", spec)
+    if kind == "synthetic":
+        from trainer.data.synthetic import generate, parse_params
+
+        return generate(parse_params(arg), source=spec)
+    if not arg:
+        if kind in ("movielens", "lightgcn", "events"):
+            raise _bad_spec(
+                spec, f"{kind} needs a {'URL' if kind == 'events' else 'path'} after the colon"
+            )
+        raise _bad_spec(spec, f"unknown source kind {kind!r}")
+    if kind == "movielens":
+        from trainer.data.movielens import read_movielens
+
+        return read_movielens(arg, skip_bad_lines=skip_bad_lines, source=spec)
+    if kind == "lightgcn":
+        from trainer.data.lightgcn import read_lightgcn
+
+        return read_lightgcn(arg, skip_bad_lines=skip_bad_lines, source=spec)
+    if kind == "events":
+        from trainer.data.events_source import read_event_log
+
+        return read_event_log(arg)
+    raise _bad_spec(spec, f"unknown source kind {kind!r}")
+
+
+def dataset_from_events(events: Iterable[Event], source: str) -> Dataset:
+    """A timestamped :class:`Dataset` from feature-store events.
+
+    Roles come from ``feature_store.events.EVENT_TYPES``: ``positive`` events
+    are positives, ``dislike`` events dislikes, ``neutral`` ones are counted in
+    ``Dataset.neutral`` and dropped. A repeated ``event_id`` is kept once.
+    """
+    from trainer.data.events_source import dataset_from_events as build
+
+    return build(events, source)
+
+
+class BadLines:
+    """The malformed-line policy of the file readers: raise, or skip and count.
+
+    Never a silent drop: strict mode raises a :class:`DataError` naming the
+    file and line; lenient mode counts every skipped line and logs the count
+    with the first offender.
+    """
+
+    def __init__(self, path: str, skip: bool):
+        self.path = path
+        self.skip = skip
+        self.count = 0
+        self.first: tuple[int, str] | None = None
+
+    def bad(self, line: int, why: str) -> None:
+        if not self.skip:
+            raise DataError(
+                f"{why} (pass --skip-bad-lines to skip malformed lines)", path=self.path, line=line
+            )
+        self.count += 1
+        if self.first is None:
+            self.first = (line, why)
+
+    def report(self) -> int:
+        """Log the skipped count (if any) and return it."""
+        if self.count and self.first is not None:
+            line, why = self.first
+            log.warning(
+                "%s: skipped %d malformed line(s); first at line %d: %s",
+                self.path,
+                self.count,
+                line,
+                why,
+            )
+        return self.count
