@@ -75,8 +75,18 @@ async def _input_error(_request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     name = _STATUS_NAMES.get(exc.status_code, "error")
+    detail = str(exc.detail)
+    cause = exc.__cause__
+    if exc.status_code == 400 and cause is not None:
+        # FastAPI's generic "error parsing the body": say what was wrong with it.
+        if isinstance(cause, RecursionError):
+            detail = "body: JSON is nested too deeply to parse"
+        elif isinstance(cause, UnicodeDecodeError):
+            detail = f"body: not valid UTF-8 JSON ({cause.reason} at byte {cause.start})"
+        else:
+            detail = f"body: cannot be parsed ({type(cause).__name__}: {cause})"
     return JSONResponse(
-        {"error": name, "detail": str(exc.detail), "errors": []},
+        {"error": name, "detail": detail, "errors": []},
         status_code=exc.status_code,
         headers=getattr(exc, "headers", None),
     )

@@ -21,10 +21,17 @@ from twotower import artifacts
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
-def item_vectors(num_items: int, dim: int, seed: int) -> np.ndarray:
-    """Unit-norm float32 [num_items, dim] item vectors, reproducible from ``seed``."""
+def item_vectors(num_items: int, dim: int, seed: int, clusters: int = 0) -> np.ndarray:
+    """Unit-norm float32 [num_items, dim] item vectors, reproducible from ``seed``.
+
+    ``clusters > 0`` draws items around that many topic centres (like trained
+    embeddings, and unlike isotropic noise, on which no IVF index does well).
+    """
     rng = np.random.default_rng(seed)
     v = rng.standard_normal((num_items, dim)).astype(np.float32)
+    if clusters > 0:
+        centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+        v = centres[rng.integers(0, clusters, num_items)] + 0.7 * v
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     return v
 
@@ -120,13 +127,14 @@ def make_artifact(
     num_popular: int | None = None,
     index_params: dict[str, Any] | None = None,
     ids: list[str] | None = None,
+    clusters: int = 0,
 ) -> str:
     """Write one complete version under ``art_dir`` (published unless ``publish=False``); return its id.
 
     The popular list is a seeded permutation of the catalog (first ``num_popular``
     items, default min(100, num_items)).
     """
-    vectors = item_vectors(num_items, dim, seed)
+    vectors = item_vectors(num_items, dim, seed, clusters)
     ids_arr = np.array(ids if ids is not None else [f"{prefix}{i}" for i in range(num_items)])
     if len(ids_arr) != num_items:
         raise ValueError(f"{len(ids_arr)} ids for num_items={num_items}")
