@@ -1,1 +1,93 @@
-"""Online feature store (Redis, SQLite) and the durable event log."""
+"""Online feature store (Redis, SQLite) and the durable event log.
+
+Usage::
+
+    async with open_store("sqlite:///store.sqlite") as store:
+        await store.append_events([make_event({...})])
+        state = await store.get_user("u1")
+
+Synchronous callers wrap a coroutine with :func:`run_sync`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from feature_store.base import (
+    AppendResult,
+    LogBatch,
+    OnlineStore,
+    StoreError,
+    StoreUnavailable,
+    UserState,
+)
+from feature_store.events import EVENT_TYPES, Event, EventError, check_events, make_event
+from feature_store.urls import RedisConfig, SQLiteConfig, StoreURLError, parse_url
+
+T = TypeVar("T")
+
+__all__ = [
+    "EVENT_TYPES",
+    "AppendResult",
+    "Event",
+    "EventError",
+    "LogBatch",
+    "OnlineStore",
+    "StoreError",
+    "StoreURLError",
+    "StoreUnavailable",
+    "UserState",
+    "check_events",
+    "make_event",
+    "open_store",
+    "run_sync",
+]
+
+
+def open_store(url: str, **options: Any) -> OnlineStore:
+    """The store a URL names, configured but not yet connected.
+
+    Call ``await store.open()`` (or use ``async with``). Keyword ``options``
+    override the URL's query parameters (see :mod:`feature_store.urls`).
+
+    Raises:
+      StoreURLError: the URL or an option is malformed.
+    """
+    config = parse_url(url, **options)
+    if isinstance(config, SQLiteConfig):
+        from feature_store.sqlite import SQLiteStore
+
+        return SQLiteStore(url, config)
+    assert isinstance(config, RedisConfig)
+    from feature_store.redis import RedisStore
+
+    return RedisStore(url, config)
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous code and return its result.
+
+    Works whether or not an event loop is already running in this thread
+    (inside one, the coroutine runs on a fresh loop in a helper thread).
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="feature-store-run-sync")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

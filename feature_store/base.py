@@ -122,6 +122,13 @@ class OnlineStore(abc.ABC):
     async def read_log(self, cursor: str | None, limit: int = 10_000) -> LogBatch:
         """Events appended after ``cursor`` (None = from the start), in log order."""
 
+    async def note_consumed(self, consumer: str, cursor: str) -> None:  # noqa: B027 - optional hook
+        """Record that ``consumer`` has durably exported the log up to ``cursor``.
+
+        Informational (lag monitoring, retention); the exporter's own cursor file
+        is the source of truth. Default: nothing.
+        """
+
     async def __aenter__(self) -> OnlineStore:
         await self.open()
         return self

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -114,3 +114,40 @@ def make_event(
         if ts < MIN_TS:
             raise EventError("ts", f"{ts} is before 2000-01-01; timestamps are seconds since epoch", index)
     return Event(event_id=event_id, user_id=user_id, item_id=item_id, type=etype, ts=ts, received_at=now)
+
+
+def check_events(events: Sequence[Event], *, now: float | None = None) -> None:
+    """Validate already-built events before a store applies them (all or nothing).
+
+    The store accepts historical timestamps (bulk loads of old data sets), so
+    only what would corrupt state is refused: unknown types, bad ids,
+    non-finite or far-future ``ts``. Raises :class:`EventError` naming
+    ``events[i].field``.
+    """
+    now = time.time() if now is None else now
+    for i, ev in enumerate(events):
+        if not isinstance(ev, Event):
+            raise EventError(
+                "event", f"expected an Event, got {type(ev).__name__} (build it with make_event)", i
+            )
+        _check_id(ev.event_id, "event_id", i)
+        _check_id(ev.user_id, "user_id", i)
+        _check_id(ev.item_id, "item_id", i)
+        if ev.type not in EVENT_TYPES:
+            raise EventError(
+                "type", f"unknown event type {ev.type!r}; expected one of {sorted(EVENT_TYPES)}", i
+            )
+        if (
+            isinstance(ev.ts, bool)
+            or not isinstance(ev.ts, (int, float))
+            or not math.isfinite(ev.ts)
+        ):
+            raise EventError(
+                "ts", f"must be a finite number of seconds since epoch, got {ev.ts!r}", i
+            )
+        if ev.ts > now + MAX_FUTURE_SKEW_S:
+            raise EventError(
+                "ts",
+                f"{ev.ts} is in the future (now {now:.0f}); timestamps are seconds since epoch",
+                i,
+            )
