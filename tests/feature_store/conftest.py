@@ -1,0 +1,49 @@
+"""Backends for the shared contract suite: a SQLite file and real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.feature_store.servers import RedisServer, drop_prefix, shared_redis_url
+
+
+@dataclass
+class Backend:
+    """A store URL for one test plus, where the backend allows it, a way to restart it."""
+
+    name: str
+    url: str
+    restart: Callable[[], None] | None = None
+
+    def with_options(self, **options: object) -> str:
+        sep = "&" if "?" in self.url else "?"
+        return self.url + sep + "&".join(f"{k}={v}" for k, v in options.items())
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Every contract test runs once per backend (shared Redis: DB 1, a prefix per test)."""
+    if request.param == "sqlite":
+        yield Backend("sqlite", f"sqlite:///{tmp_path / 'store.sqlite'}")
+    else:
+        url = shared_redis_url(1)
+        yield Backend("redis", url)
+        drop_prefix(url)
+
+
+@pytest.fixture(params=["sqlite", "redis-aof"])
+def durable_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Backends that can be restarted: the SQLite file, a private redis-server with AOF."""
+    if request.param == "sqlite":
+        yield Backend("sqlite", f"sqlite:///{tmp_path / 'store.sqlite'}", restart=lambda: None)
+        return
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield Backend("redis", server.url + "?prefix=durable", restart=server.restart)
+    finally:
+        server.kill()
