@@ -80,17 +80,19 @@ def _check_rows(rows: np.ndarray) -> np.ndarray | None:
     return values if ok.all() else None
 
 
-def _fast_rows(lines: list[str], sep: str) -> np.ndarray | None:
+def _fast_rows(lines: list[str], sep: str, perm: list[int]) -> np.ndarray | None:
     """Vectorised parse of well-formed lines; None when any line needs a closer look."""
     if not lines:
         return np.zeros((0, 4))
     if any(line.count(sep) != 3 for line in lines):
         return None
-    rows = np.array(sep.join(lines).split(sep)).reshape(len(lines), 4)
+    rows = np.array(sep.join(lines).split(sep)).reshape(len(lines), 4)[:, perm]
     return _check_rows(np.char.strip(rows))
 
 
-def _slow_rows(numbered: list[tuple[int, str]], sep: str | None, bad: BadLines) -> np.ndarray:
+def _slow_rows(
+    numbered: list[tuple[int, str]], sep: str | None, perm: list[int], bad: BadLines
+) -> np.ndarray:
     """Line-by-line parse with exact diagnostics; float64 [L, 4] of the good rows."""
     out: list[tuple[float, float, float, float]] = []
     for no, line in numbered:
@@ -98,7 +100,7 @@ def _slow_rows(numbered: list[tuple[int, str]], sep: str | None, bad: BadLines) 
         if len(fields) != 4:
             bad.bad(no, f"expected 4 fields (user, item, rating, timestamp), found {len(fields)}")
             continue
-        user, item, rating_s, ts_s = fields
+        user, item, rating_s, ts_s = (fields[j] for j in perm)
         if not (user.isdigit() and item.isdigit()):
             bad.bad(no, f"user and item ids must be non-negative integers, got {user!r}, {item!r}")
             continue
@@ -133,6 +135,7 @@ def read_ratings(path: Path, fmt: str, bad: BadLines) -> np.ndarray:
     numbered = _read_lines(path)
     # u.data is tab-separated; the slow path also takes any whitespace.
     fast_sep, sep = "\t", None
+    perm = [0, 1, 2, 3]
     if fmt == "csv":
         fast_sep = sep = ","
         if not numbered:
@@ -149,12 +152,8 @@ def read_ratings(path: Path, fmt: str, bad: BadLines) -> np.ndarray:
             )
         numbered = numbered[1:]
         perm = [names.index(c) for c in CSV_COLUMNS]
-    rows = _fast_rows([line for _, line in numbered], fast_sep)
-    if rows is None:
-        rows = _slow_rows(numbered, sep, bad)
-    if fmt == "csv":
-        rows = rows[:, perm]
-    return rows
+    rows = _fast_rows([line for _, line in numbered], fast_sep, perm)
+    return rows if rows is not None else _slow_rows(numbered, sep, perm, bad)
 
 
 def _udata_genres(path: Path, bad: BadLines) -> tuple[np.ndarray, np.ndarray, int] | None:

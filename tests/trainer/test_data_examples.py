@@ -1,0 +1,214 @@
+"""Training rows and eval sets: no leakage, right alignment, lightgcn sampling, masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer.data.dataset import DISLIKE, POSITIVE, TEST, TRAIN, VALID
+from trainer.data.examples import build_eval_set, build_train_examples, item_popularity
+from trainer.data.sources import load_source
+from trainer.data.split import assemble
+
+P, D = POSITIVE, DISLIKE
+
+
+def build(rows, split=None):
+    users, items, labels, ts = zip(*rows, strict=True)
+    return assemble(
+        source="test",
+        kind="test",
+        user_raw=np.array(users),
+        item_raw=np.array(items),
+        labels=np.array(labels, dtype=np.int8),
+        ts=None if split is not None else np.array(ts, dtype=float),
+        split=None if split is None else np.array(split, dtype=np.int8),
+    )
+
+
+def tok(ds, *ids):
+    """Tokens (index + 1) of item ids."""
+    index = {x: i for i, x in enumerate(ds.item_ids)}
+    return [index[x] + 1 for x in ids]
+
+
+def test_same_timestamp_events_do_not_see_each_other():
+    ds = build(
+        [
+            ("u", "a", P, 1), ("u", "x", D, 1), ("u", "b", P, 5), ("u", "c", P, 5), ("u", "y", D, 5),
+            ("u", "d", P, 9), ("u", "v", P, 20), ("u", "t", P, 30),
+        ]
+    )  # fmt: skip
+    ex = build_train_examples(ds, history_length=3, dislike_length=2)
+    rows = {ds.item_ids[i - 1]: r for r, i in enumerate(ex.item)}
+    assert set(rows) == {"a", "x", "b", "c", "y", "d"}  # TRAIN events only
+    # At t=5, b, c and y see only what happened at t=1 -- not each other.
+    for item in ("b", "c", "y"):
+        assert ex.history[rows[item]].tolist() == [0, 0] + tok(ds, "a")
+        assert ex.dislikes[rows[item]].tolist() == [0] + tok(ds, "x")
+    # At t=1 nothing came before (not even the event sharing the second).
+    assert ex.history[rows["a"]].tolist() == [0, 0, 0] and ex.dislikes[rows["x"]].tolist() == [0, 0]
+    # Later: the last H positives, oldest first, right-aligned; ties keep file order.
+    assert ex.history[rows["d"]].tolist() == tok(ds, "a", "b", "c")
+    assert ex.dislikes[rows["d"]].tolist() == tok(ds, "x", "y")
+    assert ex.is_positive[[rows["x"], rows["y"], rows["d"]]].tolist() == [0.0, 0.0, 1.0]
+    assert (ex.weight == 1.0).all() and ex.history.dtype == np.int32
+
+
+def test_history_keeps_only_the_last_h_positives():
+    ds = build([("u", f"i{k}", P, k) for k in range(8)])
+    ex = build_train_examples(ds, history_length=3, dislike_length=1)
+    last_train = ex.item.tolist().index(tok(ds, "i5")[0])
+    assert ex.history[last_train].tolist() == tok(ds, "i2", "i3", "i4")
+    assert len(ex) == 6  # i6 is VALID, i7 TEST
+
+
+def reference_inputs(ds, rows, H, D):
+    """Plain-Python reading of the rule: last H positives / D dislikes strictly earlier."""
+    hist = np.zeros((len(rows), H), np.int32)
+    dis = np.zeros((len(rows), D), np.int32)
+    for n, r in enumerate(rows):
+        same = np.flatnonzero((ds.users == ds.users[r]) & (ds.ts < ds.ts[r]))
+        same = same[np.argsort(ds.ts[same], kind="stable")]
+        for out, label, width in ((hist, POSITIVE, H), (dis, DISLIKE, D)):
+            toks = (ds.items[same[ds.labels[same] == label]] + 1)[-width:]
+            if len(toks):
+                out[n, width - len(toks) :] = toks
+    return hist, dis
+
+
+def test_train_rows_match_a_plain_python_reference_on_synthetic_data_with_ties():
+    ds = load_source("synthetic:users=60,items=80,events_per_user=15,categories=5,seed=11")
+    ds.ts = np.floor(ds.ts / 86400.0 / 20) * 86400.0 * 20  # coarse clock: many equal timestamps
+    rows = np.flatnonzero(ds.split == TRAIN)
+    ex = build_train_examples(ds, 6, 3)
+    hist, dis = reference_inputs(ds, rows, 6, 3)
+    assert (ex.history == hist).all() and (ex.dislikes == dis).all()
+    assert (ex.item == ds.items[rows] + 1).all()
+    assert (ex.is_positive == (ds.labels[rows] == P)).all()
+
+
+def test_eval_sets_timestamped():
+    ds = build(
+        [
+            ("u", "a", P, 1), ("u", "x", D, 2), ("u", "b", P, 3), ("u", "c", P, 4), ("u", "y", D, 5),
+            ("u", "v", P, 6), ("u", "z", D, 7), ("u", "t", P, 8), ("u", "w", D, 9),
+            ("s", "a", P, 1), ("s", "b", P, 2),
+        ]
+    )  # fmt: skip
+    test = build_eval_set(ds, "test", 4, 4)
+    assert len(test) == 1 and ds.user_ids[test.users[0]] == "u"  # s has < 3 positives
+    assert test.history[0].tolist() == tok(ds, "a", "b", "c", "v")
+    assert test.dislikes[0].tolist() == [0] + tok(ds, "x", "y", "z")
+    assert (test.targets(0) + 1).tolist() == tok(ds, "t")
+    assert sorted(test.mask(0) + 1) == sorted(tok(ds, "a", "b", "c", "v"))
+    assert (test.heldout_dislikes(0) + 1).tolist() == tok(ds, "w")  # z is an input, not an answer
+
+    valid = build_eval_set(ds, "valid", 4, 4)
+    assert valid.history[0].tolist() == [0] + tok(ds, "a", "b", "c")
+    assert valid.dislikes[0].tolist() == [0, 0] + tok(ds, "x", "y")
+    assert (valid.targets(0) + 1).tolist() == tok(ds, "v")
+    assert sorted(valid.mask(0) + 1) == sorted(tok(ds, "a", "b", "c"))
+    assert sorted(valid.heldout_dislikes(0) + 1) == sorted(tok(ds, "z", "w"))
+
+
+def test_eval_input_excludes_events_in_the_targets_second_and_repeats_are_dropped():
+    # x is VALID (after v in file order) and shares t's second: held out, not an input.
+    ds = build(
+        [("u", "a", P, 1), ("u", "b", P, 2), ("u", "v", P, 3), ("u", "x", D, 3), ("u", "t", P, 3)]
+    )
+    test = build_eval_set(ds, "test", 3, 2)
+    assert test.history[0].tolist() == [0] + tok(ds, "a", "b")  # v shares t's second
+    assert test.dislikes[0].tolist() == [0, 0]
+    assert sorted(test.heldout_dislikes(0) + 1) == tok(ds, "x")
+    # A user whose held-out positive repeats a train item has nothing to rank.
+    rep = build([("u", "a", P, 1), ("u", "b", P, 2), ("u", "c", P, 3), ("u", "a", P, 4)])
+    assert (
+        len(build_eval_set(rep, "test", 3, 2)) == 0 and len(build_eval_set(rep, "valid", 3, 2)) == 1
+    )
+
+
+def lightgcn_ds(disjoint=False):
+    rng = np.random.default_rng(5)
+    rows, split = [], []
+    for u in range(30):
+        n = int(rng.integers(1, 12))
+        items = u * 20 + np.arange(n + 4) if disjoint else rng.choice(40, n + 4, replace=False)
+        for k, i in enumerate(items):
+            rows.append((f"{u}", f"{i}", P, 0))
+            split.append(TRAIN if k < n else (VALID if k == n else TEST))
+    return build(rows, split=split)
+
+
+def test_lightgcn_history_is_a_sample_of_other_train_items_never_the_target():
+    ds = lightgcn_ds(disjoint=True)  # an item names its user
+    H = 5
+    ex = build_train_examples(ds, H, 2, seed=1, epoch=0)
+    train = (ds.split == TRAIN) & (ds.labels == P)
+    assert len(ex) == train.sum() and (ex.dislikes == 0).all()
+    assert sorted(ex.item.tolist()) == sorted((ds.items[train] + 1).tolist())
+    owner = dict(zip((ds.items[train] + 1).tolist(), ds.users[train].tolist(), strict=True))
+    sizes = np.bincount(ds.users[train])
+    lengths = set()
+    for r in range(len(ex)):
+        h = ex.history[r]
+        got = h[h > 0].tolist()
+        target = int(ex.item[r])
+        assert target not in got  # never the target itself
+        assert len(set(got)) == len(got)  # without replacement
+        assert all(owner[i] == owner[target] for i in got)  # the same user's train items
+        assert len(got) == min(H, sizes[owner[target]] - 1)
+        assert (h[: H - len(got)] == 0).all()  # right-aligned
+        lengths.add(len(got))
+    assert 0 in lengths and H in lengths  # both a one-item user and a capped sample occur
+
+
+def test_lightgcn_samples_change_per_epoch_and_repeat_per_seed():
+    ds = lightgcn_ds()
+    a = build_train_examples(ds, 3, 1, seed=1, epoch=0)
+    b = build_train_examples(ds, 3, 1, seed=1, epoch=0)
+    c = build_train_examples(ds, 3, 1, seed=1, epoch=1)
+    assert (a.history == b.history).all() and (a.item == b.item).all()
+    assert not ((a.history == c.history).all() and (a.item == c.item).all())
+
+
+def test_lightgcn_eval_sets():
+    ds = lightgcn_ds()
+    for which, known in (("test", (TRAIN, VALID)), ("valid", (TRAIN,))):
+        held = TEST if which == "test" else VALID
+        ev = build_eval_set(ds, which, 4, 3)
+        assert len(ev) == ds.num_users and (ev.dislikes == 0).all() and len(ev.dislike_items) == 0
+        for r, u in enumerate(ev.users):
+            mine = ds.users == u
+            train = set(ds.items[mine & (ds.split == TRAIN)].tolist())
+            h = ev.history[r]
+            got = h[h > 0] - 1
+            assert (
+                set(got.tolist()) <= train
+                and len(got) == min(4, len(train))
+                and (h[: 4 - len(got)] == 0).all()
+            )
+            assert set(ev.targets(r).tolist()) == set(ds.items[mine & (ds.split == held)].tolist())
+            assert set(ev.mask(r).tolist()) == set(
+                ds.items[mine & np.isin(ds.split, known)].tolist()
+            )
+
+
+def test_item_popularity_counts_train_positives():
+    ds = build(
+        [
+            ("u", "a", P, 1),
+            ("u", "a", D, 2),
+            ("w", "a", P, 1),
+            ("w", "b", P, 2),
+            ("w", "c", P, 3),
+            ("w", "d", P, 4),
+        ]
+    )
+    assert item_popularity(ds).tolist() == [2, 1, 0, 0]
+    assert item_popularity(ds, (TRAIN, VALID, TEST)).tolist() == [2, 1, 1, 1]
+
+
+def test_bad_eval_split_name():
+    with pytest.raises(ValueError, match="'valid' or 'test'"):
+        build_eval_set(lightgcn_ds(), "train", 3, 1)
