@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,6 +24,19 @@ log = logging.getLogger(__name__)
 
 class BatcherClosed(RuntimeError):
     """The batcher was stopped; no more queries are answered."""
+
+
+class Arrival:
+    """A request announced to the batcher; ``landed()`` once its query is queued (idempotent)."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher = batcher
+        self._landed = False
+
+    def landed(self) -> None:
+        if not self._landed:
+            self._landed = True
+            self._batcher.arriving -= 1
 
 
 class Batcher:
@@ -54,6 +67,8 @@ class Batcher:
         self._executor: ThreadPoolExecutor | None = None
         self.batches = 0
         self.queries = 0
+        # Requests that will submit soon (reading the store): worth waiting for.
+        self.arriving = 0
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -82,12 +97,28 @@ class Batcher:
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    async def submit(self, query: Query) -> Result:
-        """Answer one query (awaits its batch)."""
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[Arrival]:
+        """Announce a request that will submit a query shortly (e.g. after reading the store).
+
+        The collector waits up to ``max_wait_ms`` only while announced queries are on
+        their way, so a lone request (concurrency 1) is dispatched at once.
+        """
+        arrival = Arrival(self)
+        self.arriving += 1
+        try:
+            yield arrival
+        finally:
+            arrival.landed()
+
+    async def submit(self, query: Query, arrival: Arrival | None = None) -> Result:
+        """Answer one query (awaits its batch); ``arrival`` is the announcement from :meth:`incoming`."""
         if self._queue is None or self._task is None or self._task.done():
             raise BatcherClosed("batcher is not running")
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((query, fut))
+        if arrival is not None:
+            arrival.landed()
         return await fut
 
     async def _collect(self) -> list[tuple[Query, asyncio.Future[Result]]]:
@@ -102,8 +133,8 @@ class Batcher:
             except asyncio.QueueEmpty:
                 pass
             remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
+            if remaining <= 0 or self.arriving <= 0:
+                break  # out of time, or nobody else is on the way: do not wait for nothing
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
             except TimeoutError:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from feature_store.base import StoreError, UserState
+from serving.batcher import Arrival
 from serving.deps import AppState
 from serving.model import LoadedModel
 from serving.retrieval import Query
@@ -80,6 +81,13 @@ async def recommend(
     app: AppState, model: LoadedModel, req: RecommendRequest, k: int
 ) -> RecommendResponse:
     """Top-k for one request on ``model`` (the version read once at the start of the request)."""
+    with app.batcher.incoming() as arrival:
+        return await _recommend(app, model, req, k, arrival)
+
+
+async def _recommend(
+    app: AppState, model: LoadedModel, req: RecommendRequest, k: int, arrival: Arrival
+) -> RecommendResponse:
     metrics = app.metrics
     stored: UserState | None = None
     degraded = False
@@ -104,6 +112,7 @@ async def recommend(
     if not known_history:
         fallback = "popular"
         metrics.fallbacks.labels("popular").inc()
+        arrival.landed()  # no query for the batcher
         rows, scores = popular_fallback(model, blocked, k)
         metrics.filtered.inc(len(blocked))
     else:
@@ -116,7 +125,7 @@ async def recommend(
             dislikes=model.tokens(dislikes, model.dislike_length),
             demote_rows=np.asarray(recent_dislikes, dtype=np.int64),
         )
-        result = await app.batcher.submit(query)
+        result = await app.batcher.submit(query, arrival)
         rows, scores = result.rows.tolist(), result.scores.tolist()
         metrics.filtered.inc(result.filtered)
         metrics.widened.inc(result.searches - 1)

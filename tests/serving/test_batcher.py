@@ -91,3 +91,31 @@ def test_a_failing_batch_fails_its_queries_not_the_loop(model: LoadedModel) -> N
             await b.stop()
 
     assert len(asyncio.run(go())) == 10
+
+
+def test_waits_only_for_announced_queries(model: LoadedModel) -> None:
+    q1, q2 = _queries(model, 2)
+
+    async def go(announce: bool) -> list[int]:
+        sizes: list[int] = []
+        b = Batcher(max_size=8, max_wait_ms=2000.0, on_batch=sizes.append)
+        await b.start()
+        try:
+            if announce:
+                with b.incoming() as arrival:
+                    first = asyncio.create_task(b.submit(q1))
+                    await asyncio.sleep(0.02)  # the second request is still "reading the store"
+                    assert not first.done()  # held back: a query is announced
+                    await b.submit(q2, arrival)
+                    await first
+            else:
+                loop = asyncio.get_running_loop()
+                t0 = loop.time()
+                await b.submit(q1)
+                assert loop.time() - t0 < 1.0  # nobody announced: no 2 s wait
+        finally:
+            await b.stop()
+        return sizes
+
+    assert asyncio.run(go(True)) == [2]
+    assert asyncio.run(go(False)) == [1]
