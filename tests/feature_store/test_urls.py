@@ -1,0 +1,75 @@
+"""Store URL parsing: every accepted form, and a clear StoreURLError for the rest."""
+
+from __future__ import annotations
+
+import pytest
+
+from feature_store import open_store
+from feature_store.redis import RedisStore
+from feature_store.sqlite import SQLiteStore
+from feature_store.urls import RedisConfig, SQLiteConfig, StoreURLError, parse_url
+
+
+def test_sqlite_relative_and_absolute_paths() -> None:
+    assert parse_url("sqlite:///data/store.sqlite") == SQLiteConfig(path="data/store.sqlite")
+    cfg = parse_url("sqlite:////var/lib/tt.sqlite?busy_timeout=2.5&positives_cap=50")
+    assert cfg == SQLiteConfig(path="/var/lib/tt.sqlite", busy_timeout=2.5, positives_cap=50)
+    assert isinstance(open_store("sqlite:///x.sqlite"), SQLiteStore)
+
+
+def test_redis_url_with_auth_db_timeouts_pool_and_prefix() -> None:
+    cfg = parse_url(
+        "redis://:s%40cret@cache.internal:6380/3?socket_timeout=0.25&max_connections=8&prefix=prod&state_ttl=3600"
+    )
+    assert isinstance(cfg, RedisConfig)
+    assert (cfg.host, cfg.port, cfg.db, cfg.password, cfg.tls) == (
+        "cache.internal",
+        6380,
+        3,
+        "s@cret",
+        False,
+    )
+    assert (cfg.socket_timeout, cfg.max_connections, cfg.prefix, cfg.state_ttl) == (
+        0.25,
+        8,
+        "prod",
+        3600,
+    )
+    assert "s@cret" not in cfg.redacted() and "***" in cfg.redacted()
+    tls = parse_url("rediss://svc:pw@h/0?ssl_cert_reqs=none")
+    assert isinstance(tls, RedisConfig) and tls.tls and tls.username == "svc" and tls.port == 6379
+    assert isinstance(open_store("redis://127.0.0.1:6379/0"), RedisStore)
+
+
+def test_keyword_options_override_the_query() -> None:
+    cfg = parse_url("redis://h:1/0?retries=5", retries=0, dislikes_cap=7)
+    assert isinstance(cfg, RedisConfig) and (cfg.retries, cfg.dislikes_cap) == (0, 7)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://h/db", "unknown scheme 'mysql'"),
+        ("store.sqlite", "expected sqlite:///path"),
+        ("sqlite://", "expected sqlite:///relative/path"),
+        ("sqlite:///", "expected sqlite:///relative/path"),
+        ("sqlite:///dir/", "names a directory"),
+        ("redis://h:notaport/0", "port must be a number"),
+        ("redis://h:6379/abc", "database must be a number"),
+        ("redis:///0", "missing host"),
+        ("redis://h/0?colour=blue", r"unknown store option\(s\) \['colour'\]"),
+        ("redis://h/0?socket_timeout=soon", "socket_timeout='soon': expected float"),
+        ("redis://h/0?prefix=a{b}", "prefix="),
+        ("redis://h/0?socket_timeout=0", "socket_timeout > 0"),
+        ("sqlite:///x.sqlite?positives_cap=0", "positives_cap must be >= 1"),
+        ("sqlite:///x.sqlite?prefix=p", "unknown store option"),
+        ("rediss://h/0?ssl_cert_reqs=maybe", "ssl_cert_reqs"),
+    ],
+)
+def test_bad_urls_say_what_is_wrong(url: str, message: str) -> None:
+    with pytest.raises(StoreURLError, match=message):
+        open_store(url)
+
+
+def test_store_url_error_is_a_value_error_for_the_cli() -> None:
+    assert issubclass(StoreURLError, ValueError)
