@@ -248,3 +248,23 @@ def test_redact_hides_passwords_only():
     assert redact("rediss://app:pw@h/0") == "rediss://app:***@h/0"
     assert redact("sqlite:///var/x.db") == "sqlite:///var/x.db"
     assert redact("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_events_source_reads_a_real_sqlite_store(tmp_path):
+    from feature_store import open_store, run_sync
+
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    t0 = 1.7e9
+    events = [ev(k, "u", f"i{k}", "like", t0 + k) for k in range(5)] + [
+        ev(9, "u", "bad", "dislike", t0 + 2.5)
+    ]
+
+    async def put() -> None:
+        async with open_store(url) as store:
+            await store.append_events(events)
+
+    run_sync(put())
+    ds = load_source(f"events:{url}")
+    assert ds.kind == "events" and ds.source == f"events:{url}"
+    assert ds.item_ids[ds.items].tolist() == ["i0", "i1", "i2", "bad", "i3", "i4"]
+    assert ds.split.tolist() == [TRAIN, TRAIN, TRAIN, TRAIN, VALID, TEST]

@@ -38,7 +38,7 @@ import numpy as np
 
 from trainer.data.dataset import DISLIKE, POSITIVE, Dataset
 from trainer.data.errors import DataError
-from trainer.data.split import assemble
+from trainer.data.split import assemble, group_starts
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,10 @@ def _segment_sampler(weights: np.ndarray, groups: np.ndarray, num_groups: int):
 
     def sample(group: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         target = base[group] + rng.random(len(group)) * total[group]
-        at = np.searchsorted(cum, target, side="right")
+        # Sorted queries walk ``cum`` once instead of jumping around it.
+        by_target = np.argsort(target)
+        at = np.empty(len(target), dtype=np.int64)
+        at[by_target] = np.searchsorted(cum, target[by_target], side="right")
         return order[np.clip(at, starts[group], ends[group] - 1)]
 
     return sample
@@ -147,8 +150,7 @@ def _first_k_per_user(
     idx = np.flatnonzero(keep)
     order = idx[np.lexsort((rng.random(len(idx)), users[idx]))]
     u = users[order]
-    first = np.searchsorted(u, u)  # position of each user's first row
-    rank = np.arange(len(order)) - first
+    rank = np.arange(len(order)) - group_starts(u)
     return np.sort(order[rank < k[u]])
 
 
@@ -239,7 +241,7 @@ def generate(params: SyntheticParams, source: str | None = None) -> Dataset:
     ts = np.floor(begin[users] + s * length[users]).astype(np.int64)
     order = np.lexsort((ts, users))
     users, items, labels, ts = users[order], items[order], labels[order], ts[order]
-    rank = np.arange(len(users)) - np.searchsorted(users, users)
+    rank = np.arange(len(users)) - group_starts(users)
     # ts - rank non-decreasing within a user <=> ts strictly increasing.
     shifted = ts - rank + users.astype(np.int64) * 10**11
     ts = np.maximum.accumulate(shifted) - users.astype(np.int64) * 10**11 + rank
