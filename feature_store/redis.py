@@ -74,6 +74,8 @@ T = TypeVar("T")
 
 #: Events per pipeline (one round trip); larger batches are split.
 PIPELINE_CHUNK = 1000
+#: Stream entries per XRANGE call.
+LOG_PAGE = 2000
 _APPEND_SHA = hashlib.sha1(APPEND.encode()).hexdigest()
 _FORGET_SHA = hashlib.sha1(FORGET.encode()).hexdigest()
 _STREAM_ID = re.compile(r"^\d+-\d+$")
@@ -303,14 +305,24 @@ class RedisStore(OnlineStore):
     async def read_log(self, cursor: str | None, limit: int = 10_000) -> LogBatch:
         if cursor not in (None, "", "0") and not _STREAM_ID.match(str(cursor)):
             raise StoreError(f"log cursor {cursor!r} is not a Redis stream id (<ms>-<seq>)")
-        start = "-" if cursor in (None, "", "0") else f"({cursor}"
-        entries = await self._retrying(
-            "read_log",
-            lambda: self.client.xrange(self.keys.stream, start, "+", count=max(1, limit)),
-            size=limit,
-        )
-        events = [_event_from_fields(fields) for _sid, fields in entries]
-        last = entries[-1][0] if entries else (cursor or "0-0")
+        last = cursor or "0-0"
+        events: list[Event] = []
+        # Pages of at most LOG_PAGE entries: a reply must parse within socket_timeout.
+        while len(events) < max(1, limit):
+            start = "-" if last in ("", "0", "0-0") else f"({last}"
+            count = min(LOG_PAGE, max(1, limit) - len(events))
+            entries = await self._retrying(
+                "read_log",
+                lambda start=start, count=count: self.client.xrange(
+                    self.keys.stream, start, "+", count=count
+                ),
+                size=count,
+            )
+            events.extend(_event_from_fields(fields) for _sid, fields in entries)
+            if entries:
+                last = entries[-1][0]
+            if len(entries) < count:
+                break
         return LogBatch(events=events, cursor=last)
 
     async def note_consumed(self, consumer: str, cursor: str) -> None:
