@@ -311,19 +311,22 @@ class RedisStore(OnlineStore):
         while len(events) < max(1, limit):
             start = "-" if last in ("", "0", "0-0") else f"({last}"
             count = min(LOG_PAGE, max(1, limit) - len(events))
-            entries = await self._retrying(
-                "read_log",
-                lambda start=start, count=count: self.client.xrange(
-                    self.keys.stream, start, "+", count=count
-                ),
-                size=count,
-            )
+            entries = await self._retrying("read_log", self._xrange_page(start, count), size=count)
             events.extend(_event_from_fields(fields) for _sid, fields in entries)
             if entries:
                 last = entries[-1][0]
             if len(entries) < count:
                 break
         return LogBatch(events=events, cursor=last)
+
+    def _xrange_page(
+        self, start: str, count: int
+    ) -> Callable[[], Awaitable[list[tuple[str, dict[str, str]]]]]:
+        async def page() -> list[tuple[str, dict[str, str]]]:
+            reply: Any = await self.client.xrange(self.keys.stream, start, "+", count=count)
+            return list(reply or [])
+
+        return page
 
     async def note_consumed(self, consumer: str, cursor: str) -> None:
         """Mirror an exporter's committed cursor into a consumer group (``XINFO GROUPS`` shows lag)."""
