@@ -1,0 +1,147 @@
+"""Every command line the deployment starts is a real ``twotower`` command.
+
+Effective argv per container is computed the way compose / the kubelet build
+it (entrypoint or command + command or args, variables interpolated, the
+preflight wrapper stripped) and parsed with ``twotower.cli.build_parser()``;
+argparse exits on an unknown flag or subcommand, which fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.deploy import _deploy as d
+from twotower.cli import build_parser
+
+SUBCOMMANDS = {"demo", "train", "evaluate", "serve", "ingest", "pipeline"}
+# Example secret values for $(VAR) expansion in Kubernetes args.
+K8S_ENV = {"TWOTOWER_STORE_URL": "rediss://:0123456789abcdef0123@redis.internal:6380/0"}
+
+
+def _parse(args: list[str], where: str):
+    try:
+        ns = build_parser().parse_args(args)
+    except SystemExit as exc:  # argparse's way of refusing
+        pytest.fail(f"{where}: `twotower {' '.join(args)}` does not parse (exit {exc.code})")
+    assert ns.command in SUBCOMMANDS, where
+    return ns
+
+
+def _dockerfile_exec_form(path, instruction: str) -> list[str]:
+    for line in path.read_text().splitlines():
+        if line.startswith(instruction + " "):
+            return json.loads(line[len(instruction) :].strip())
+    raise AssertionError(f"{path.name}: no {instruction}")
+
+
+def compose_commands(env=None) -> dict[str, list[str]]:
+    """Effective argv of every service that runs the twotower image."""
+    out = {}
+    entry = _dockerfile_exec_form(d.DOCKERFILES[0], "ENTRYPOINT")
+    cmd = _dockerfile_exec_form(d.DOCKERFILES[0], "CMD")
+    for name, svc in d.compose(env)["services"].items():
+        if name == "redis":
+            continue
+        if "entrypoint" in svc:  # compose drops the image's CMD when entrypoint is overridden
+            argv = d.as_argv(svc["entrypoint"]) + d.as_argv(svc.get("command"))
+        else:
+            argv = entry + (d.as_argv(svc["command"]) if "command" in svc else cmd)
+        out[name] = argv
+    return out
+
+
+def test_compose_commands_parse_with_the_cli():
+    commands = compose_commands()
+    api = _parse(d.twotower_args(commands["api"]), "compose api")
+    assert (api.command, api.artifacts, api.host) == ("serve", "/artifacts", "0.0.0.0")
+    assert api.store is None, "the API's store URL comes from TWOTOWER_SERVE_STORE_URL, not argv"
+    trainer = _parse(d.twotower_args(commands["trainer"]), "compose trainer")
+    assert trainer.command == "pipeline" and trainer.artifacts == "/artifacts"
+    assert trainer.store.startswith("redis://") and trainer.every == "3600"
+    assert commands["seed"] == [d.PREFLIGHT, "--", "twotower-seed"]
+
+
+def test_seed_plan_commands_parse_with_the_cli(tmp_path):
+    seed = d.load_script("seed")
+    env = d.env_dict(d.compose()["services"]["seed"]["environment"])
+    env["TWOTOWER_ARTIFACTS"] = str(tmp_path)  # nothing published there yet
+    steps = seed.plan(env)
+    parsed = [_parse(step, "seed") for step in steps]
+    assert [p.command for p in parsed] == ["ingest", "train"]
+    ingest, train = parsed
+    assert ingest.store == env["TWOTOWER_STORE_URL"] and ingest.data == train.data
+    assert train.out == str(tmp_path)
+    assert train.overrides == env["TWOTOWER_SEED_SETTINGS"].split()
+
+
+def test_image_default_command_is_the_cli_help():
+    for path in d.DOCKERFILES:
+        entry = _dockerfile_exec_form(path, "ENTRYPOINT")
+        assert entry == ["twotower"], path.name
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args(_dockerfile_exec_form(path, "CMD"))
+        assert exc.value.code == 0, f"{path.name}: CMD is not a valid twotower invocation"
+
+
+def test_kubernetes_commands_parse_with_the_cli():
+    seen = set()
+    for path, doc in d.k8s_objects():
+        for where, _pod, c in d.containers(doc):
+            argv = d.expand_k8s(c.get("command", []) + c.get("args", []), K8S_ENV)
+            assert not re.search(r"\$\([A-Z_]+\)", " ".join(argv)), (
+                f"{path.name} {where}: unexpanded {argv}"
+            )
+            args = d.twotower_args(argv)
+            assert args is not None, f"{path.name} {where}: does not run twotower: {argv}"
+            ns = _parse(args, f"{path.name} {where}")
+            seen.add(ns.command)
+            if ns.command == "train" and doc["kind"] == "TFJob":
+                assert ns.strategy == "multiworker", where
+                assert ns.data == f"events:{K8S_ENV['TWOTOWER_STORE_URL']}"
+            if ns.command == "pipeline":
+                assert ns.every is None, "Kubernetes schedules the CronJob: no --every"
+                assert ns.store == K8S_ENV["TWOTOWER_STORE_URL"]
+            if ns.command == "serve":
+                assert ns.store is None and ns.artifacts == "/artifacts" and ns.host == "0.0.0.0"
+    assert seen == {"serve", "pipeline", "train"}
+
+
+def test_k8s_variable_references_are_defined_in_the_container_env():
+    """$(VAR) stays literal when VAR is not in the container's env: the command would get '$(VAR)'."""
+    for path, doc in d.k8s_objects():
+        for where, _pod, c in d.containers(doc):
+            refs = set(
+                re.findall(
+                    r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                    " ".join(c.get("command", []) + c.get("args", [])),
+                )
+            )
+            missing = refs - d.container_env_names(c)
+            assert not missing, f"{path.name} {where}: $({', '.join(sorted(missing))}) not in env"
+
+
+def test_helper_executables_are_installed_by_both_images():
+    """Every twotower-* program the deployment starts exists in the images."""
+    used = set()
+    for argv in compose_commands().values():
+        used |= {a for a in argv if a.startswith("twotower-")}
+    for _name, svc in d.compose()["services"].items():
+        test = svc.get("healthcheck", {}).get("test") or []
+        used |= {a for a in test if a.startswith("twotower-")}
+    for _path, doc in d.k8s_objects():
+        for _where, _pod, c in d.containers(doc):
+            used |= {a for a in c.get("command", []) if a.startswith("twotower-")}
+    assert used == {"twotower-preflight", "twotower-seed", "twotower-healthcheck"}
+    for path in d.DOCKERFILES:
+        text = path.read_text()
+        installed = dict(
+            re.findall(r"^COPY --chmod=0755 (deploy/\S+\.py) /usr/local/bin/(\S+)$", text, re.M)
+        )
+        assert set(installed.values()) >= used, path.name
+        for source in installed:
+            assert (d.REPO / source).is_file(), f"{path.name}: {source} missing"
+            assert (d.REPO / source).read_text().startswith("#!/usr/bin/env python3\n"), source
+        assert "twotower-healthcheck" in re.search(r"HEALTHCHECK[^\n]*\n[^\n]*", text).group(0)

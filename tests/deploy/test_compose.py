@@ -1,0 +1,280 @@
+"""docker-compose.yml (and the GPU override): schema, wiring, environment names.
+
+No Docker engine here: the file is validated against the Compose Specification
+(a closed subset written from the public schema, ``compose_schema.json``; plus
+the full vendored schema of ``check-jsonschema`` and ``docker compose config``
+when either is installed) and its wiring is checked the way compose resolves it.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from serving.settings import Settings
+from tests.deploy import _deploy as d
+from trainer.pipeline import PipelineConfig, next_run_delay
+from twotower.config import load_config
+
+SCHEMA = json.loads((Path(__file__).parent / "compose_schema.json").read_text())
+
+
+def _validate(model: dict) -> None:
+    jsonschema.Draft7Validator(SCHEMA).validate(model)
+
+
+@pytest.fixture(scope="module")
+def stack() -> dict:
+    return d.compose()
+
+
+def test_compose_file_validates_against_the_compose_schema(stack):
+    jsonschema.Draft7Validator.check_schema(SCHEMA)
+    _validate(stack)
+    _validate(d.compose(path=d.GPU_OVERRIDE))
+
+
+@pytest.mark.parametrize(
+    "mutate, where",
+    [
+        (lambda m: m["services"]["api"].update(helthcheck={}), "helthcheck"),
+        (
+            lambda m: m["services"]["api"]["depends_on"]["redis"].update(condition="healthy"),
+            "healthy",
+        ),
+        (lambda m: m["services"]["api"]["healthcheck"].update(interval=10), "10"),
+        (lambda m: m.update(service={}), "service"),
+        (lambda m: m["services"]["api"]["deploy"]["resources"]["limits"].update(gpu=1), "gpu"),
+    ],
+)
+def test_schema_rejects_what_compose_would_reject(stack, mutate, where):
+    """The schema is not vacuous: typos, bad enums and bad types fail."""
+    broken = copy.deepcopy(stack)
+    mutate(broken)
+    with pytest.raises(jsonschema.ValidationError) as err:
+        _validate(broken)
+    assert where in str(err.value)
+
+
+def test_full_vendored_compose_spec_when_installed(stack):
+    """The complete Compose Specification schema, if check-jsonschema ships it here."""
+    package = importlib.util.find_spec(
+        "check_jsonschema"
+    )  # locate only: its imports are not needed
+    if package is None or package.origin is None:
+        pytest.skip(
+            "check-jsonschema not installed: the full schema is checked by hand (deploy/README.md)"
+        )
+    full = json.loads(
+        (Path(package.origin).parent / "builtin_schemas/vendor/compose-spec.json").read_text()
+    )
+    jsonschema.Draft7Validator(full).validate(stack)
+    jsonschema.Draft7Validator(full).validate(d.compose(path=d.GPU_OVERRIDE))
+
+
+def test_docker_compose_config_when_the_client_is_installed(tmp_path):
+    """`docker compose config -q` parses without an engine, where the plugin exists."""
+    for argv in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(argv[0]) is None:
+            continue
+        probe = subprocess.run([*argv, "version"], capture_output=True, text=True)
+        if probe.returncode != 0:
+            continue
+        out = subprocess.run(
+            [*argv, "-f", str(d.COMPOSE_FILE), "-f", str(d.GPU_OVERRIDE), "config", "-q"],
+            capture_output=True,
+            text=True,
+            cwd=d.REPO,
+        )
+        assert out.returncode == 0, out.stderr
+        return
+    pytest.skip("no docker compose client here; the schema tests above stand in for it")
+
+
+def test_every_named_volume_is_declared_and_used(stack):
+    declared = set(stack["volumes"])
+    used = set()
+    for name, svc in stack["services"].items():
+        for vol in svc.get("volumes", []):
+            source = vol.split(":", 1)[0] if isinstance(vol, str) else vol.get("source", "")
+            if source.startswith((".", "/")):
+                pytest.fail(
+                    f"service {name}: bind mount {source}; the stack uses named volumes only"
+                )
+            assert source in declared, f"service {name}: volume {source!r} is not declared"
+            used.add(source)
+    assert used == declared, f"declared but unused volumes: {declared - used}"
+
+
+def test_artifacts_volume_is_read_only_for_the_api_and_writable_for_the_jobs(stack):
+    mounts = {
+        name: {v.split(":")[0]: v.split(":")[2:] for v in svc.get("volumes", [])}
+        for name, svc in stack["services"].items()
+    }
+    assert mounts["api"]["artifacts"] == ["ro"]
+    assert mounts["trainer"]["artifacts"] == []
+    assert mounts["seed"]["artifacts"] == []
+    assert "redis-data" in mounts["redis"]
+
+
+def test_depends_on_targets_exist_with_the_right_conditions(stack):
+    services = stack["services"]
+    for name, svc in services.items():
+        for target, spec in svc.get("depends_on", {}).items():
+            assert target in services, f"{name} depends on unknown service {target}"
+            condition = spec["condition"]
+            if condition == "service_healthy":
+                hc = services[target].get("healthcheck", {})
+                assert hc.get("test") and not hc.get("disable"), (
+                    f"{name} waits for {target} healthy, but it has no healthcheck"
+                )
+            if condition == "service_completed_successfully":
+                assert services[target].get("restart") == "no", (
+                    f"{target} is awaited to complete but restarts"
+                )
+    assert services["api"]["depends_on"] == {
+        "redis": {"condition": "service_healthy"},
+        "seed": {"condition": "service_completed_successfully"},
+    }
+    assert services["trainer"]["depends_on"]["redis"] == {"condition": "service_healthy"}
+    assert services["seed"]["depends_on"]["redis"] == {"condition": "service_healthy"}
+
+
+def test_healthchecks(stack):
+    services = stack["services"]
+    assert services["redis"]["healthcheck"]["test"][0] == "CMD-SHELL"
+    assert "redis-cli ping" in services["redis"]["healthcheck"]["test"][1]
+    # redis-cli authenticates through REDISCLI_AUTH, set to the same password as --requirepass.
+    redis_cmd = services["redis"]["command"]
+    password = redis_cmd[redis_cmd.index("--requirepass") + 1]
+    assert d.env_dict(services["redis"]["environment"])["REDISCLI_AUTH"] == password
+    assert services["api"]["healthcheck"]["test"] == ["CMD", "twotower-healthcheck", "/readyz"]
+    # One-shot / server-less services must not inherit the image's HTTP healthcheck.
+    assert services["seed"]["healthcheck"] == {"disable": True}
+    assert services["trainer"]["healthcheck"] == {"disable": True}
+
+
+def test_redis_persistence_and_password(stack):
+    cmd = stack["services"]["redis"]["command"]
+    assert stack["services"]["redis"]["image"].startswith("redis:7")
+    assert cmd[cmd.index("--appendonly") + 1] == "yes"
+    assert cmd[cmd.index("--appendfsync") + 1] in ("always", "everysec")
+    assert cmd[cmd.index("--maxmemory-policy") + 1] == "noeviction"
+    assert "redis-data:/data" in stack["services"]["redis"]["volumes"]
+    assert "ports" not in stack["services"]["redis"], "Redis must not be published on the host"
+    # The password reaches every store URL: the same value everywhere, by default and when set.
+    for env in ({}, {"TWOTOWER_REDIS_PASSWORD": "s3cr3t-abcdefghijklmnop"}):
+        model = d.compose(env)
+        password = model["services"]["redis"]["command"][-1]
+        if env:
+            assert password == env["TWOTOWER_REDIS_PASSWORD"]
+        api_env = d.env_dict(model["services"]["api"]["environment"])
+        seed_env = d.env_dict(model["services"]["seed"]["environment"])
+        trainer_cmd = model["services"]["trainer"]["command"]
+        for url in (
+            api_env["TWOTOWER_SERVE_STORE_URL"],
+            seed_env["TWOTOWER_STORE_URL"],
+            trainer_cmd[trainer_cmd.index("--store") + 1],
+        ):
+            assert url == f"redis://:{password}@redis:6379/0"
+
+
+def test_restart_policies_and_resource_limits(stack):
+    services = stack["services"]
+    assert services["seed"]["restart"] == "no"
+    for name in ("redis", "api", "trainer"):
+        assert services[name]["restart"] in ("unless-stopped", "always", "on-failure")
+    for name, svc in services.items():
+        limits = svc["deploy"]["resources"]["limits"]
+        assert float(limits["cpus"]) > 0 and limits["memory"][-1] in "gm", name
+
+
+def test_api_is_published_on_loopback_by_default(stack):
+    assert stack["services"]["api"]["ports"] == ["127.0.0.1:8000:8000"]
+    assert d.compose({"TWOTOWER_API_BIND": "0.0.0.0", "TWOTOWER_API_PORT": "9000"})["services"][
+        "api"
+    ]["ports"] == ["0.0.0.0:9000:8000"]
+
+
+def test_twotower_services_share_one_image_and_are_hardened(stack):
+    twotower = {n: s for n, s in stack["services"].items() if n != "redis"}
+    assert {s["image"] for s in twotower.values()} == {"twotower:local"}
+    for name, svc in twotower.items():
+        assert svc["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}, name
+        assert (d.REPO / svc["build"]["dockerfile"]).is_file()
+        assert svc["cap_drop"] == ["ALL"] and svc["init"] is True, name
+        assert d.as_argv(svc["entrypoint"])[0] == d.PREFLIGHT, (
+            f"{name} must start through the preflight"
+        )
+    assert stack["services"]["api"]["read_only"] is True
+
+
+def test_serving_environment_names_are_real_settings_fields(stack):
+    """Serving ignores unknown TWOTOWER_SERVE_* names silently: catch typos here."""
+    fields = {f"TWOTOWER_SERVE_{name.upper()}" for name in Settings.model_fields}
+    for name, svc in stack["services"].items():
+        for var in d.env_dict(svc.get("environment")):
+            if var.startswith("TWOTOWER_SERVE_"):
+                assert var in fields, f"service {name}: {var} is not a serving setting"
+
+
+def test_api_environment_builds_valid_serving_settings(stack, monkeypatch, tmp_path):
+    for env in ({}, {"TWOTOWER_ENV": "production", "TWOTOWER_REDIS_PASSWORD": "a" * 32}):
+        api_env = d.env_dict(d.compose(env)["services"]["api"]["environment"])
+        for var, value in api_env.items():
+            if var.startswith("TWOTOWER_SERVE_"):
+                monkeypatch.setenv(var, value)
+        settings = Settings(artifacts=tmp_path)
+        assert settings.store_url.startswith("redis://")
+        assert settings.environment == env.get("TWOTOWER_ENV", "development")
+
+
+def test_trainer_config_environment_and_file_load(stack):
+    """TWOTOWER_<SECTION>__<KEY> variables and the mounted config are real pipeline keys."""
+    trainer = stack["services"]["trainer"]
+    env = {k: v for k, v in d.env_dict(trainer["environment"]).items() if "__" in k}
+    assert env, "expected at least one config key set through the environment"
+    config_target = trainer["configs"][0]["target"]
+    cmd = d.as_argv(trainer["command"])
+    assert cmd[cmd.index("--config") + 1] == config_target
+    source = stack["configs"][trainer["configs"][0]["source"]]["file"]
+    assert (d.REPO / source).resolve() == d.PIPELINE_CONFIG
+    config = load_config(PipelineConfig, file=d.PIPELINE_CONFIG, environ=env)
+    assert config.pipeline.min_new_events == int(env["TWOTOWER_PIPELINE__MIN_NEW_EVENTS"])
+
+
+@pytest.mark.parametrize("schedule", [None, "900", "0 */6 * * *", "*/15 * * * *"])
+def test_schedule_default_and_examples_are_valid(schedule):
+    env = {} if schedule is None else {"TWOTOWER_SCHEDULE": schedule}
+    cmd = d.compose(env)["services"]["trainer"]["command"]
+    every = cmd[cmd.index("--every") + 1]
+    assert every == (schedule or "3600")
+    assert next_run_delay(every, now=0.0) > 0
+
+
+def test_env_example_documents_exactly_the_variables_compose_reads():
+    documented = {}
+    for line in d.ENV_EXAMPLE.read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            documented[key] = value.strip('"')
+    referenced = d.referenced_variables(d.COMPOSE_FILE) | d.referenced_variables(d.GPU_OVERRIDE)
+    assert set(documented) == referenced
+    # The documented values are the defaults: interpolating with them changes nothing.
+    assert d.compose(documented) == d.compose({})
+
+
+def test_gpu_override_targets_existing_services_with_the_gpu_image(stack):
+    gpu = d.compose(path=d.GPU_OVERRIDE)
+    assert set(gpu["services"]) <= set(stack["services"])
+    for name, svc in gpu["services"].items():
+        assert svc["build"]["dockerfile"] == "deploy/Dockerfile.gpu", name
+        devices = svc["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"], name

@@ -1,0 +1,304 @@
+"""Kubernetes manifests: they parse, have the fields their kind requires, and
+reference each other consistently (selectors, probes, volumes, config, secret).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from serving.settings import Settings
+from tests.deploy import _deploy as d
+
+ROUTES = {"/healthz", "/readyz"}
+API_VERSIONS = {
+    "Namespace": "v1",
+    "ServiceAccount": "v1",
+    "ConfigMap": "v1",
+    "Secret": "v1",
+    "PersistentVolumeClaim": "v1",
+    "Service": "v1",
+    "Deployment": "apps/v1",
+    "HorizontalPodAutoscaler": "autoscaling/v2",
+    "PodDisruptionBudget": "policy/v1",
+    "CronJob": "batch/v1",
+    "TFJob": "kubeflow.org/v1",
+}
+
+
+def one(kind: str) -> dict:
+    found = [doc for _p, doc in d.k8s_objects(kind)]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def test_every_document_parses_with_apiversion_kind_and_name():
+    docs = d.k8s_objects()
+    assert len(docs) >= 10
+    for path, doc in docs:
+        kind = doc.get("kind")
+        assert kind in API_VERSIONS, f"{path.name}: unexpected kind {kind}"
+        assert doc.get("apiVersion") == API_VERSIONS[kind], f"{path.name}: {kind} apiVersion"
+        assert doc.get("metadata", {}).get("name"), f"{path.name}: {kind} without metadata.name"
+        assert "namespace" not in doc["metadata"] or kind == "Namespace", (
+            "namespaces come from kustomize"
+        )
+
+
+def test_kustomizations_list_every_manifest_and_nothing_missing():
+    listed = set()
+    for kfile in sorted(d.K8S.rglob("kustomization.yaml")):
+        k = yaml.safe_load(kfile.read_text())
+        assert k["apiVersion"] == "kustomize.config.k8s.io/v1beta1" and k["kind"] == "Kustomization"
+        assert k["namespace"] == "twotower"
+        for res in k["resources"]:
+            path = (kfile.parent / res).resolve()
+            assert path.is_file(), f"{kfile}: resource {res} does not exist"
+            listed.add(path)
+        assert {i["name"] for i in k["images"]} == {"twotower"}
+    manifests = {p.resolve() for p, _ in d.k8s_objects()}
+    # Only the example Secret stays out (applying it would overwrite the real one).
+    assert manifests - listed == {(d.K8S / "secret.example.yaml").resolve()}
+
+
+def test_kubectl_kustomize_builds_when_kubectl_is_installed():
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl not installed; the kustomization structure is checked above")
+    for kdir in (d.K8S, d.K8S / "multiworker"):
+        out = subprocess.run(
+            ["kubectl", "kustomize", str(kdir)], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        built = [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+        assert all(
+            doc["metadata"].get("namespace") == "twotower"
+            for doc in built
+            if doc["kind"] != "Namespace"
+        )
+        images = {c["image"] for doc in built for _w, _p, c in d.containers(doc)}
+        assert images <= {"registry.example.com/twotower:0.1.0"}, images
+
+
+def test_deployment_selector_probes_and_security():
+    dep = one("Deployment")
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    selector = dep["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= labels.items(), "selector must match the template labels"
+    assert dep["spec"]["replicas"] >= 2
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    port_names = {p["name"]: p["containerPort"] for p in c["ports"]}
+    for probe, route in (
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+        ("startupProbe", "/healthz"),
+    ):
+        http = c[probe]["httpGet"]
+        assert http["path"] == route, probe
+        assert http["port"] in port_names or http["port"] in port_names.values(), probe
+    assert port_names["http"] == 8000
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 120
+    assert (
+        pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    )
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    assert {"configMapRef": {"name": "twotower-config"}} in c["envFrom"]
+
+
+def test_probe_routes_exist_in_the_api():
+    """/healthz and /readyz are real routes of the app the Deployment runs."""
+    from serving.app import create_app
+
+    app = create_app(Settings(artifacts="."))
+    paths = {path for path, ops in app.openapi()["paths"].items() if "get" in ops}
+    assert ROUTES | {"/metrics"} <= paths, paths
+
+
+def test_pod_volumes_resolve_and_artifacts_are_read_only_only_for_the_api():
+    pvc = one("PersistentVolumeClaim")
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+    configmaps = {doc["metadata"]["name"] for _p, doc in d.k8s_objects("ConfigMap")}
+    for path, doc in d.k8s_objects():
+        for where, template in d.pod_templates(doc):
+            pod = template["spec"]
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            for c in pod["containers"]:
+                for m in c.get("volumeMounts", []):
+                    assert m["name"] in volumes, (
+                        f"{path.name} {where}: mount of undeclared volume {m['name']}"
+                    )
+                    vol = volumes[m["name"]]
+                    if "persistentVolumeClaim" in vol:
+                        assert vol["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+                        read_only = m.get("readOnly", False)
+                        assert read_only == (doc["kind"] == "Deployment"), (
+                            f"{path.name} {where}: readOnly={read_only}"
+                        )
+                        assert vol["persistentVolumeClaim"].get("readOnly", False) == read_only
+                    if "configMap" in vol:
+                        assert vol["configMap"]["name"] in configmaps
+                assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), (
+                    f"{where}: read-only root needs /tmp"
+                )
+
+
+def test_env_sources_exist_and_names_are_known():
+    secret = one("Secret")
+    secret_keys = set(secret["stringData"])
+    config = next(
+        doc
+        for _p, doc in d.k8s_objects("ConfigMap")
+        if doc["metadata"]["name"] == "twotower-config"
+    )
+    serve_fields = {f"TWOTOWER_SERVE_{n.upper()}" for n in Settings.model_fields}
+    for name in config["data"]:
+        if name.startswith("TWOTOWER_SERVE_"):
+            assert name in serve_fields, f"ConfigMap: {name} is not a serving setting"
+        else:
+            assert name in {"TWOTOWER_ENV", "HOME", "MPLCONFIGDIR"}, f"ConfigMap: unexpected {name}"
+    for _path, doc in d.k8s_objects():
+        for where, _pod, c in d.containers(doc):
+            for src in c.get("envFrom", []):
+                ref = src.get("configMapRef") or src.get("secretRef")
+                assert ref["name"] in {"twotower-config", secret["metadata"]["name"]}, where
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert (
+                        ref["name"] == secret["metadata"]["name"] and ref["key"] in secret_keys
+                    ), f"{where}: {e}"
+
+
+def test_configmap_settings_are_valid_production_serving_settings(monkeypatch):
+    config = next(
+        doc
+        for _p, doc in d.k8s_objects("ConfigMap")
+        if doc["metadata"]["name"] == "twotower-config"
+    )
+    secret = one("Secret")["stringData"]
+    for name, value in config["data"].items():
+        if name.startswith("TWOTOWER_SERVE_"):
+            monkeypatch.setenv(name, value)
+    settings = Settings(artifacts="/artifacts", store_url=secret["TWOTOWER_STORE_URL"])
+    assert settings.environment == "production" and config["data"]["TWOTOWER_ENV"] == "production"
+
+
+def test_example_secret_is_refused_by_the_preflight_as_is():
+    """Deploying the placeholders must fail loudly, not run with them."""
+    preflight = d.load_script("preflight")
+    config = next(
+        doc
+        for _p, doc in d.k8s_objects("ConfigMap")
+        if doc["metadata"]["name"] == "twotower-config"
+    )
+    env = {**config["data"], **one("Secret")["stringData"]}
+    env["TWOTOWER_SERVE_STORE_URL"] = env["TWOTOWER_STORE_URL"]
+    verdict = preflight.check(env, ["twotower", "serve", "--artifacts", "/artifacts"])
+    assert not verdict.ok
+    assert any("placeholder" in p for p in verdict.problems)
+    env_real = {k: v.replace("CHANGE-ME-openssl-rand-hex-32", "9f" * 16) for k, v in env.items()}
+    assert preflight.check(env_real, ["twotower", "serve", "--artifacts", "/artifacts"]).ok
+
+
+def test_service_targets_the_api_pods():
+    svc, dep = one("Service"), one("Deployment")
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert svc["spec"]["ports"][0]["targetPort"] in {p["name"] for p in c["ports"]}
+
+
+def test_hpa_targets_the_deployment():
+    hpa, dep = one("HorizontalPodAutoscaler"), one("Deployment")
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["apiVersion"], ref["kind"], ref["name"]) == (
+        "apps/v1",
+        "Deployment",
+        dep["metadata"]["name"],
+    )
+    assert 1 <= hpa["spec"]["minReplicas"] <= dep["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["resources"]["requests"]["cpu"], "CPU utilisation needs a CPU request"
+
+
+def test_pdb_selects_the_api_pods_and_leaves_room_to_drain():
+    pdb, dep, hpa = one("PodDisruptionBudget"), one("Deployment"), one("HorizontalPodAutoscaler")
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"], (
+        "a drain must be able to evict one pod"
+    )
+
+
+def test_cronjob_schedule_concurrency_and_retries():
+    from croniter import croniter
+
+    cron = one("CronJob")
+    spec = cron["spec"]
+    assert croniter.is_valid(spec["schedule"])
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert 0 < spec["startingDeadlineSeconds"] <= 3600
+    job = spec["jobTemplate"]["spec"]
+    assert 0 <= job["backoffLimit"] <= 3
+    assert job["template"]["spec"]["restartPolicy"] == "Never"  # required by podFailurePolicy
+    names = {c["name"] for c in job["template"]["spec"]["containers"]}
+    for rule in job["podFailurePolicy"]["rules"]:
+        if "onExitCodes" in rule:
+            assert rule["onExitCodes"]["containerName"] in names
+    selector = job["template"]["metadata"]["labels"]
+    assert selector["app.kubernetes.io/component"] == "trainer"
+
+
+def test_pipeline_configmap_matches_the_compose_config_file():
+    cm = next(
+        doc
+        for _p, doc in d.k8s_objects("ConfigMap")
+        if doc["metadata"]["name"] == "twotower-pipeline"
+    )
+    assert yaml.safe_load(cm["data"]["pipeline.yaml"]) == yaml.safe_load(
+        d.PIPELINE_CONFIG.read_text()
+    )
+    cron = one("CronJob")
+    c = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "pipeline-config")
+    args = c["args"]
+    assert args[args.index("--config") + 1] == f"{mount['mountPath']}/pipeline.yaml"
+
+
+def test_tfjob_multiworker_shape():
+    tfjob = one("TFJob")
+    replicas = tfjob["spec"]["tfReplicaSpecs"]
+    assert replicas["Chief"]["replicas"] == 1 and replicas["Worker"]["replicas"] >= 1
+    for role, rspec in replicas.items():
+        (c,) = rspec["template"]["spec"]["containers"]
+        assert c["name"] == "tensorflow", "the training-operator finds the container by this name"
+        assert "TF_CONFIG" not in d.container_env_names(c), "TF_CONFIG is injected by the operator"
+        args = c["args"]
+        publishes = "--no-publish" not in args
+        assert publishes == (role == "Chief"), f"{role}: only the chief publishes"
+        out = args[args.index("--out") + 1]
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        volumes = {v["name"]: v for v in rspec["template"]["spec"]["volumes"]}
+        root = "/" + out.strip("/").split("/")[0]
+        assert ("persistentVolumeClaim" in volumes[mounts[root]]) == (role == "Chief"), role
+
+
+def test_every_pod_runs_non_root_with_a_read_only_root():
+    for path, doc in d.k8s_objects():
+        for where, pod, c in d.containers(doc):
+            assert pod["securityContext"]["runAsNonRoot"] is True, f"{path.name} {where}"
+            assert pod["securityContext"]["runAsUser"] == 10001, (
+                f"{path.name} {where}: the image's uid"
+            )
+            assert pod.get("automountServiceAccountToken") is False, f"{path.name} {where}"
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, f"{path.name} {where}"
+            assert c["securityContext"]["capabilities"]["drop"] == ["ALL"], f"{path.name} {where}"
+            assert c["image"] == "twotower", f"{path.name} {where}: set by kustomize images"
