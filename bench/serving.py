@@ -196,8 +196,14 @@ def in_process(art: Path, users: int, iterations: int) -> dict[str, Any]:
 
 def bench_corpus(name: str, art: Path, users: int, duration: int, tmp: Path) -> dict[str, Any]:
     from tests.serving.server import running_server
+    from twotower import artifacts
 
-    out: dict[str, Any] = {"corpus": name}
+    manifest = artifacts.read_manifest(art)
+    out: dict[str, Any] = {
+        "corpus": name,
+        "num_items": manifest["num_items"],
+        "index": manifest["index"],
+    }
     env = {**THREADS, "TWOTOWER_SERVE_FLOOR_ROUTE": "true", "TWOTOWER_SERVE_RELOAD_POLL_S": "3600"}
     with running_server(art, REDIS_URL, timeout_s=600, **env) as srv:
         for label, path in (("floor", "/_floor"), ("recommend", "/v1/recommend")):

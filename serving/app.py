@@ -9,6 +9,7 @@ starts following ART/LATEST.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from serving.metrics import LimitsAndTimingMiddleware, Metrics
 from serving.reload import ModelHolder, Reloader
 from serving.retrieval import Demotion
 from serving.routes import InputError, floor_router, router
+from serving.service import reopen_store
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,13 @@ async def _open_store(state: AppState) -> None:
         )
 
 
+async def _store_watchdog(state: AppState, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        if state.store_error is not None:
+            await reopen_store(state)
+
+
 def _build_state(settings: Settings) -> AppState:
     metrics = Metrics()
     holder = ModelHolder()
@@ -168,9 +177,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             state.holder.last_error or f"nothing published in {s.artifacts}",
         )
     state.reloader.start()
+    watchdog = asyncio.create_task(
+        _store_watchdog(state, min(5.0, s.reload_poll_s)), name="twotower-store-watchdog"
+    )
     try:
         yield
     finally:
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
         await state.reloader.stop()
         await state.batcher.stop()
         if state.store is not None:

@@ -159,7 +159,7 @@ async def readyz(state: StateDep) -> Response:
     """200 when a model is loaded and the store answers within the timeout, else 503 saying which."""
     model = state.holder.current
     store_ok = False
-    if state.store is not None:
+    if state.store is not None and await service.reopen_store(state):
         try:
             store_ok = bool(
                 await asyncio.wait_for(state.store.ping(), state.settings.store_timeout_s)

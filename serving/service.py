@@ -24,6 +24,22 @@ from serving.schemas import RecommendRequest, RecommendResponse, ScoredItem
 log = logging.getLogger(__name__)
 
 
+async def reopen_store(state: AppState) -> bool:
+    """Retry opening a store that was down at start-up; True when it is open now."""
+    if state.store is None:
+        return False
+    if state.store_error is None:
+        return True
+    try:
+        await asyncio.wait_for(state.store.open(), max(1.0, state.settings.store_timeout_s * 4))
+    except Exception as exc:
+        state.store_error = f"{type(exc).__name__}: {exc}"
+        return False
+    log.info("store %s reachable again", state.settings.public()["store_url"])
+    state.store_error = None
+    return True
+
+
 @dataclass
 class UserRead:
     state: UserState | None

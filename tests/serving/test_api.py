@@ -266,3 +266,51 @@ def test_no_published_version_is_503_until_one_is(
     assert c.portal.call(state.reloader.check_once) is True
     assert c.post("/v1/recommend", json={"k": 3}).status_code == 200
     del asyncio
+
+
+def test_store_that_comes_back_is_used_again(
+    make_client: Callable[..., TestClient], tmp_path
+) -> None:
+    import shutil
+    import subprocess
+
+    import redis
+
+    port = closed_port()
+    c = make_client(store_url=f"redis://127.0.0.1:{port}/0", store_timeout_s=0.3)
+    assert c.get("/readyz").status_code == 503
+    assert c.post("/v1/recommend", json={"user_id": "u1", "k": 3}).json()["degraded"] is True
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server is needed for this test (apt-get install -y redis-server)"
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        probe = redis.Redis(port=port, socket_timeout=1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                probe.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)  # our own child process: no event to await
+        ready = c.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        body = c.post("/v1/recommend", json={"user_id": "u1", "k": 3}).json()
+        assert body["degraded"] is False and len(body["items"]) == 3
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
