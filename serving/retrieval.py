@@ -145,6 +145,12 @@ def finish(
     return Result(kept_rows[: q.k], kept_scores[: q.k], filtered, searches, exact, demoted)
 
 
+def _tokens(arr: np.ndarray | None) -> np.ndarray:
+    if arr is None:
+        raise ValueError("a tower query needs history and dislikes tokens")
+    return arr
+
+
 def run_batch(queries: Sequence[Query], demotion: Demotion = Demotion()) -> list[Result]:
     """Answer ``queries``: one tower call and one FAISS search per model version in the batch."""
     results: list[Result | None] = [None] * len(queries)
@@ -154,10 +160,11 @@ def run_batch(queries: Sequence[Query], demotion: Demotion = Demotion()) -> list
     for members in groups.values():
         model = queries[members[0]].model
         vecs = np.empty((len(members), model.dim), np.float32)
+        # Tower queries carry tokens; similar-item queries carry a vector.
         tower = [j for j, i in enumerate(members) if queries[i].vector is None]
         if tower:
-            hist = np.stack([queries[members[j]].history for j in tower]).astype(np.int32)
-            disl = np.stack([queries[members[j]].dislikes for j in tower]).astype(np.int32)
+            hist = np.stack([_tokens(queries[members[j]].history) for j in tower]).astype(np.int32)
+            disl = np.stack([_tokens(queries[members[j]].dislikes) for j in tower]).astype(np.int32)
             vecs[tower] = model.embed(hist, disl)
         for j, i in enumerate(members):
             if queries[i].vector is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -124,7 +125,7 @@ async def _recommend(
     blocked = {index[x] for x in blocked_ids if x in index}
 
     known_history = [x for x in history if x in index]
-    fallback = None
+    fallback: Literal["popular"] | None = None
     if not known_history:
         fallback = "popular"
         metrics.fallbacks.labels("popular").inc()
