@@ -44,12 +44,11 @@ class SeedError(ValueError):
 
 
 def published_version(art: Path) -> str | None:
-    """The version ``ART/LATEST`` names, if it names an existing version directory."""
-    try:
-        version = (art / "LATEST").read_text().strip()
-    except FileNotFoundError:
-        return None
-    if version and (art / "versions" / version).is_dir():
+    """The version ``ART/LATEST`` names, if that version is complete (has its manifest)."""
+    from twotower.artifacts import MANIFEST, latest_version, version_dir
+
+    version = latest_version(art)
+    if version and (version_dir(art, version) / MANIFEST).is_file():
         return version
     return None
 

@@ -1,0 +1,199 @@
+"""deploy/preflight.py: production mode refuses unsafe values and accepts safe
+ones; the wrapper execs the command only when the verdict is ok.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.deploy import _deploy as d
+
+preflight = d.load_script("preflight")
+STRONG = "3f1c0e9a7b5d4e2f8a6c1b0d9e7f5a3c"  # 32 hex chars, as `openssl rand -hex 32` would give (shorter)
+SERVE = ["twotower", "serve", "--artifacts", "/artifacts", "--host", "0.0.0.0"]
+
+
+def prod(**extra: str) -> dict[str, str]:
+    """A safe production environment of the API; tests break one thing at a time."""
+    env = {
+        "TWOTOWER_ENV": "production",
+        "TWOTOWER_REDIS_PASSWORD": STRONG,
+        "TWOTOWER_SERVE_ENVIRONMENT": "production",
+        "TWOTOWER_SERVE_STORE_URL": f"rediss://:{STRONG}@redis.internal:6380/0",
+    }
+    env.update(extra)
+    return env
+
+
+def test_safe_production_values_are_accepted():
+    verdict = preflight.check(prod(), SERVE)
+    assert verdict.ok, verdict.problems
+    assert verdict.mode == "production"
+    trainer = [
+        "twotower",
+        "pipeline",
+        "--store",
+        f"redis://:{STRONG}@redis:6379/0",
+        "--artifacts",
+        "/a",
+    ]
+    env = prod()
+    del env["TWOTOWER_SERVE_STORE_URL"]
+    del env["TWOTOWER_SERVE_ENVIRONMENT"]
+    verdict = preflight.check(env, trainer)
+    assert verdict.ok, verdict.problems
+    assert any("plain redis://" in w for w in verdict.warnings), (
+        "plaintext to a remote host is worth a warning"
+    )
+
+
+def test_compose_defaults_run_in_development_with_a_warning_only():
+    for name in ("api", "trainer", "seed"):
+        svc = d.compose()["services"][name]
+        env = d.env_dict(svc["environment"])
+        argv = d.strip_preflight(d.as_argv(svc["entrypoint"]) + d.as_argv(svc.get("command")))
+        verdict = preflight.check(env, argv)
+        assert verdict.ok, (name, verdict.problems)
+        assert any("default" in w for w in verdict.warnings), name
+
+
+@pytest.mark.parametrize("name", ["api", "trainer", "seed"])
+def test_compose_in_production_mode_refuses_the_default_password_and_accepts_a_real_one(name):
+    def verdict_for(env):
+        svc = d.compose(env)["services"][name]
+        argv = d.strip_preflight(d.as_argv(svc["entrypoint"]) + d.as_argv(svc.get("command")))
+        return preflight.check(d.env_dict(svc["environment"]), argv)
+
+    refused = verdict_for({"TWOTOWER_ENV": "production"})
+    assert not refused.ok
+    assert any("local-stack default" in p for p in refused.problems)
+    accepted = verdict_for({"TWOTOWER_ENV": "production", "TWOTOWER_REDIS_PASSWORD": STRONG})
+    assert accepted.ok, accepted.problems
+
+
+@pytest.mark.parametrize(
+    "env, argv, needle",
+    [
+        (prod(TWOTOWER_REDIS_PASSWORD="twotower-local-only"), SERVE, "local-stack default"),
+        (prod(TWOTOWER_REDIS_PASSWORD="CHANGE-ME-openssl-rand-hex-32"), SERVE, "placeholder"),
+        (prod(TWOTOWER_REDIS_PASSWORD="short"), SERVE, "shorter than 16"),
+        (
+            prod(TWOTOWER_SERVE_STORE_URL="redis://:twotower-local-only@redis:6379/0"),
+            SERVE,
+            "local-stack default",
+        ),
+        (prod(TWOTOWER_SERVE_STORE_URL="rediss://:abc@redis:6379/0"), SERVE, "shorter than 16"),
+        (prod(TWOTOWER_SERVE_STORE_URL="redis://redis.internal:6379/0"), SERVE, "password"),
+        (prod(TWOTOWER_SERVE_STORE_URL="sqlite:///store.sqlite"), SERVE, "sqlite"),
+        (
+            prod(TWOTOWER_SERVE_STORE_URL=f"rediss://:{STRONG}@r:6380/0?ssl_cert_reqs=none"),
+            SERVE,
+            "ssl_cert_reqs",
+        ),
+        (prod(TWOTOWER_SERVE_ENVIRONMENT="development"), SERVE, "TWOTOWER_SERVE_ENVIRONMENT"),
+        (prod(TWOTOWER_SERVE_FLOOR_ROUTE="true"), SERVE, "/_floor"),
+        (prod(TWOTOWER_SEED_DATA="movielens:/data/CHANGE-ME"), SERVE, "TWOTOWER_SEED_DATA"),
+        (prod(TWOTOWER_ENV="prod"), SERVE, "expected one of"),
+        (
+            prod(),
+            ["twotower", "pipeline", "--store", "sqlite:///x.sqlite", "--artifacts", "/a"],
+            "--store",
+        ),
+        (
+            prod(),
+            ["twotower", "train", "--data", "events:redis://other:6379/0", "--out", "/a"],
+            "--data",
+        ),
+        (
+            prod(),
+            ["twotower", "pipeline", "--store=redis://:short@r:6379/0", "--artifacts", "/a"],
+            "--store",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_unsafe_production_values_are_refused(env, argv, needle):
+    verdict = preflight.check(env, argv)
+    assert not verdict.ok
+    assert any(needle in p for p in verdict.problems), verdict.problems
+
+
+def test_unknown_mode_fails_closed():
+    """A typo in the mode must not switch the production checks off."""
+    verdict = preflight.check(
+        prod(TWOTOWER_ENV="prod", TWOTOWER_REDIS_PASSWORD="twotower-local-only"), SERVE
+    )
+    assert any("local-stack default" in p for p in verdict.problems)
+
+
+def test_password_that_is_not_url_safe_is_refused_in_any_mode():
+    for mode in ("development", "production"):
+        verdict = preflight.check(
+            prod(TWOTOWER_ENV=mode, TWOTOWER_REDIS_PASSWORD=STRONG + "@/#"), SERVE
+        )
+        assert any("URL-safe" in p for p in verdict.problems), mode
+    # A percent-encoded password in a URL is fine.
+    verdict = preflight.check(
+        prod(TWOTOWER_SERVE_STORE_URL=f"rediss://:{STRONG}%40x@r:6380/0"), SERVE
+    )
+    assert verdict.ok, verdict.problems
+
+
+def test_development_accepts_local_defaults():
+    env = {
+        "TWOTOWER_REDIS_PASSWORD": "twotower-local-only",
+        "TWOTOWER_STORE_URL": "sqlite:///s.sqlite",
+    }
+    verdict = preflight.check(env, SERVE)
+    assert verdict.ok and verdict.mode == "development"
+
+
+def test_problems_never_print_the_secret():
+    env = prod(
+        TWOTOWER_SERVE_STORE_URL="sqlite:///x", TWOTOWER_REDIS_PASSWORD="CHANGE-ME-" + STRONG
+    )
+    env["TWOTOWER_STORE_URL"] = "redis://:tooshortpw@redis.internal:6379/0"
+    verdict = preflight.check(env, SERVE)
+    text = "\n".join(verdict.problems + verdict.warnings)
+    assert len(verdict.problems) >= 3
+    assert STRONG not in text and "tooshortpw" not in text
+
+
+# --- the wrapper, as a real process ------------------------------------------------------------
+
+
+def _run(env: dict[str, str], *cmd: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_")}
+    return subprocess.run(
+        [sys.executable, str(d.REPO / "deploy" / "preflight.py"), "--", *cmd],
+        # The images install the package; here the checkout is the package.
+        env={**base, "PYTHONPATH": str(d.REPO), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_wrapper_execs_the_command_when_ok():
+    out = _run(prod(), sys.executable, "-c", "import os; print('ran', os.getpid())")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ran ")
+
+
+def test_wrapper_refuses_with_exit_2_and_does_not_run_the_command():
+    out = _run(
+        prod(TWOTOWER_REDIS_PASSWORD="twotower-local-only"), sys.executable, "-c", "print('ran')"
+    )
+    assert out.returncode == 2
+    assert "ran" not in out.stdout
+    assert "refusing to start" in out.stderr and "TWOTOWER_REDIS_PASSWORD" in out.stderr
+
+
+def test_wrapper_passes_the_exit_code_through_and_reports_a_missing_program():
+    assert _run(prod(), sys.executable, "-c", "raise SystemExit(7)").returncode == 7
+    missing = _run(prod(), "no-such-program-twotower")
+    assert missing.returncode == 127 and "no-such-program-twotower" in missing.stderr

@@ -1,0 +1,95 @@
+"""deploy/seed.py: what it plans, and a real run against Redis (slow)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.deploy import _deploy as d
+from twotower import artifacts
+
+seed = d.load_script("seed")
+TINY = "synthetic:users=150,items=80,events_per_user=12,seed=3"
+
+
+def _publish_fake_version(art: Path, version: str = "v1") -> None:
+    (art / "versions" / version).mkdir(parents=True)
+    (art / "versions" / version / "manifest.json").write_text("{}")
+    (art / "LATEST").write_text(version + "\n")
+
+
+def test_plan_ingests_then_trains_when_nothing_is_published(tmp_path):
+    env = {"TWOTOWER_STORE_URL": "redis://:pw@redis:6379/0", "TWOTOWER_ARTIFACTS": str(tmp_path)}
+    ingest, train = seed.plan(env)
+    assert ingest == ["ingest", "--data", seed.DEFAULT_DATA, "--store", env["TWOTOWER_STORE_URL"]]
+    assert train[:5] == ["train", "--data", seed.DEFAULT_DATA, "--out", str(tmp_path)]
+    assert train[5:] == ["--set", "train.epochs=4", "--set", "train.batch_size=512"]
+
+
+def test_plan_is_empty_once_a_version_is_published(tmp_path):
+    env = {"TWOTOWER_STORE_URL": "redis://:pw@redis:6379/0", "TWOTOWER_ARTIFACTS": str(tmp_path)}
+    (tmp_path / "LATEST").write_text("v-missing\n")  # names no complete version: not published
+    assert len(seed.plan(env)) == 2
+    (tmp_path / "LATEST").unlink()
+    _publish_fake_version(tmp_path)
+    assert seed.plan(env) == []
+    assert seed.published_version(tmp_path) == "v1"
+
+
+def test_plan_errors(tmp_path):
+    with pytest.raises(seed.SeedError, match="TWOTOWER_STORE_URL"):
+        seed.plan({"TWOTOWER_ARTIFACTS": str(tmp_path)})
+    env = {
+        "TWOTOWER_STORE_URL": "redis://r/0",
+        "TWOTOWER_ARTIFACTS": str(tmp_path),
+        "TWOTOWER_SEED_SETTINGS": "epochs",
+    }
+    with pytest.raises(seed.SeedError, match="key=value"):
+        seed.plan(env)
+
+
+def run_seed(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The compose seed service's command line: preflight -- seed, as processes."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_")}
+    return subprocess.run(
+        [
+            sys.executable,
+            str(d.REPO / "deploy" / "preflight.py"),
+            "--",
+            sys.executable,
+            str(d.REPO / "deploy" / "seed.py"),
+        ],
+        env={**base, "PYTHONPATH": str(d.REPO), "TF_USE_LEGACY_KERAS": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_seed_publishes_once_and_loads_the_store(stack_redis, tmp_path):
+    art = tmp_path / "artifacts"
+    env = {
+        "TWOTOWER_ENV": "production",  # and the preflight lets a strong password through
+        "TWOTOWER_REDIS_PASSWORD": stack_redis.password,
+        "TWOTOWER_STORE_URL": stack_redis.url(),
+        "TWOTOWER_ARTIFACTS": str(art),
+        "TWOTOWER_SEED_DATA": TINY,
+        "TWOTOWER_SEED_SETTINGS": "train.epochs=1 train.batch_size=256",
+    }
+    first = run_seed(env)
+    assert first.returncode == 0, first.stderr[-4000:]
+    version = artifacts.latest_version(art)
+    assert (art / "versions" / version / "manifest.json").is_file()
+    keys = stack_redis.client().dbsize()
+    assert keys > 150, f"expected per-user state and the log in Redis, found {keys} keys"
+
+    again = run_seed(env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "nothing to do" in again.stderr
+    assert (art / "LATEST").read_text().strip() == version
+    assert stack_redis.client().dbsize() == keys
