@@ -62,6 +62,10 @@ def open_store(url: str, **options: Any) -> OnlineStore:
 
         return SQLiteStore(url, config)
     assert isinstance(config, RedisConfig)
+    if config.cluster:
+        from feature_store.redis_cluster import RedisClusterStore
+
+        return RedisClusterStore(url, config)
     from feature_store.redis import RedisStore
 
     return RedisStore(url, config)

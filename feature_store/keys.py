@@ -8,6 +8,7 @@ Layout (``P`` = ``<prefix>:v1``; the version changes when the layout does)::
     P:{u:<user_id>}:log        LIST   "<stream id> <event_id>" of the user's log entries
     P:{u:<user_id>}:e:<event_id> STRING  idempotency key (value: the writing call's nonce), expires
     P:{log}:events             STREAM the durable event log
+    P:{log}:g:<len>:<user_id>:<event_id>  STRING  Cluster mode only: the event's stream id, expires
     P:{i:<item_id>}:meta       STRING item metadata (JSON)
 
 The ``{u:<user_id>}`` hash tag puts all of one user's keys in one Redis
@@ -48,6 +49,10 @@ class Keys:
         return UserKeys(
             pos=f"{tag}:pos", dis=f"{tag}:dis", seen=f"{tag}:seen", log=f"{tag}:log", tag=tag
         )
+
+    def log_guard(self, user_id: str, event_id: str) -> str:
+        """Cluster mode: marks an event as logged, in the stream's slot (length-prefixed: unambiguous)."""
+        return f"{self.base}:{{log}}:g:{len(user_id)}:{user_id}:{event_id}"
 
     def item_meta(self, item_id: str) -> str:
         return f"{self.base}:{{i:{item_id}}}:meta"

@@ -16,15 +16,9 @@ is off.
 
 Redis Cluster: every per-user key carries the ``{u:<id>}`` hash tag and the
 stream the ``{log}`` tag, so APPEND touches two slots and runs as one script
-only on a single node (standalone Redis, Sentinel, a one-shard cluster). The
-cluster plan, not implemented here: split APPEND in two single-slot scripts,
-log first: (1) on the ``{log}`` slot, ``SET NX`` a log guard
-``{log}:g:<user>:<event_id>`` and XADD only if it was new, returning the
-stream id; (2) on the user's slot, the idempotency key and state change as
-now. A call acknowledges only after both; a failure between them is reported
-(StoreUnavailable) and the retry finds the log guard set (no second log
-entry) and still applies (2), so an acknowledged event is always in the log
-exactly once. Reads and FORGET are already per slot except FORGET's XDEL.
+only on a single node (standalone Redis, Sentinel, a one-shard cluster).
+With ``?cluster=true``, :class:`feature_store.redis_cluster.RedisClusterStore`
+splits each write into single-slot steps, log first (see that module).
 
 Failures: every operation is tried ``1 + retries`` times with exponential
 backoff (``backoff * 2**attempt``, capped at 1 s); each attempt is bounded by
@@ -56,6 +50,7 @@ from redis import exceptions as rexc
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from feature_store import redis_scripts
 from feature_store.base import (
     AppendResult,
     LogBatch,
@@ -66,7 +61,6 @@ from feature_store.base import (
 )
 from feature_store.events import EVENT_TYPES, Event, check_events
 from feature_store.keys import Keys
-from feature_store.redis_scripts import APPEND, FORGET
 from feature_store.urls import RedisConfig
 
 log = logging.getLogger(__name__)
@@ -76,8 +70,10 @@ T = TypeVar("T")
 PIPELINE_CHUNK = 1000
 #: Stream entries per XRANGE call.
 LOG_PAGE = 2000
-_APPEND_SHA = hashlib.sha1(APPEND.encode()).hexdigest()
-_FORGET_SHA = hashlib.sha1(FORGET.encode()).hexdigest()
+SHA = {
+    name: hashlib.sha1(getattr(redis_scripts, name).encode()).hexdigest()
+    for name in ("APPEND", "APPLY", "LOG_ONCE", "FORGET", "FORGET_LOG", "FORGET_STATE")
+}
 _STREAM_ID = re.compile(r"^\d+-\d+$")
 _TRANSIENT = (rexc.ConnectionError, rexc.TimeoutError, asyncio.TimeoutError, OSError)
 
@@ -144,6 +140,10 @@ class RedisStore(OnlineStore):
             f"{type(last).__name__}: {last or 'timed out'}"
         )
 
+    async def _load_scripts(self) -> None:
+        for script in redis_scripts.ALL:
+            await self.client.script_load(script)
+
     async def _scripts(self, build: Callable[[Any], None]) -> list[Any]:
         """Run a pipeline of EVALSHA calls; on NOSCRIPT (restarted server, SCRIPT FLUSH) load and rerun.
 
@@ -156,8 +156,7 @@ class RedisStore(OnlineStore):
             try:
                 return list(await pipe.execute())
             except rexc.NoScriptError:
-                for script in (APPEND, FORGET):
-                    await self.client.script_load(script)
+                await self._load_scripts()
         raise StoreError(f"{self.config.redacted()}: Lua scripts vanished right after SCRIPT LOAD")
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -193,7 +192,9 @@ class RedisStore(OnlineStore):
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
-            await client.connection_pool.disconnect()
+            pool = getattr(client, "connection_pool", None)  # RedisCluster has one per node
+            if pool is not None:
+                await pool.disconnect()
 
     async def ping(self) -> bool:
         try:
@@ -213,28 +214,38 @@ class RedisStore(OnlineStore):
             unique.setdefault((ev.user_id, ev.event_id), ev)
         batch = list(unique.values())
         nonce = uuid.uuid4().hex
-        cfg = self.config
         accepted = 0
         for start in range(0, len(batch), PIPELINE_CHUNK):
             chunk = batch[start : start + PIPELINE_CHUNK]
-
-            def build(pipe: Any, chunk: list[Event] = chunk) -> None:
-                for ev in chunk:
-                    uk = self.keys.user(ev.user_id)
-                    pipe.evalsha(
-                        _APPEND_SHA, 6,
-                        uk.idem(ev.event_id), uk.pos, uk.dis, uk.seen, uk.log, self.keys.stream,
-                        nonce, ev.event_id, ev.user_id, ev.item_id, ev.type, EVENT_TYPES[ev.type],
-                        repr(float(ev.ts)), repr(now), cfg.positives_cap, cfg.dislikes_cap,
-                        cfg.seen_cap, cfg.idempotency_ttl, cfg.state_ttl,
-                    )  # fmt: skip
-
-            async def attempt(build: Callable[[Any], None] = build) -> list[Any]:
-                return await self._scripts(build)
-
-            codes = await self._retrying("append", attempt, size=len(chunk))
+            codes = await self._retrying(
+                "append",
+                lambda chunk=chunk: self._append_chunk(chunk, nonce, now),  # type: ignore[misc]
+                size=len(chunk),
+            )
             accepted += sum(1 for c in codes if c in (1, 2))
         return AppendResult(accepted=accepted, duplicates=len(events) - accepted)
+
+    def _state_args(self, ev: Event, nonce: str, now: float) -> list[Any]:
+        """ARGV 1-13 of APPEND / APPLY (see redis_scripts)."""
+        cfg = self.config
+        return [
+            nonce, ev.event_id, ev.user_id, ev.item_id, ev.type, EVENT_TYPES[ev.type],
+            repr(float(ev.ts)), repr(now), cfg.positives_cap, cfg.dislikes_cap,
+            cfg.seen_cap, cfg.idempotency_ttl, cfg.state_ttl,
+        ]  # fmt: skip
+
+    async def _append_chunk(self, chunk: list[Event], nonce: str, now: float) -> list[Any]:
+        """One attempt at appending ``chunk``: one pipeline of APPEND scripts; returns their codes."""
+
+        def build(pipe: Any) -> None:
+            for ev in chunk:
+                uk = self.keys.user(ev.user_id)
+                keys = [uk.idem(ev.event_id), uk.pos, uk.dis, uk.seen, uk.log, self.keys.stream]
+                pipe.execute_command(
+                    "EVALSHA", SHA["APPEND"], len(keys), *keys, *self._state_args(ev, nonce, now)
+                )
+
+        return await self._scripts(build)
 
     async def get_users(
         self, user_ids: Sequence[str], *, with_seen: bool = False
@@ -271,8 +282,16 @@ class RedisStore(OnlineStore):
         uk = self.keys.user(user_id)
 
         def build(pipe: Any) -> None:
-            pipe.evalsha(
-                _FORGET_SHA, 5, uk.pos, uk.dis, uk.seen, uk.log, self.keys.stream, f"{uk.tag}:e:"
+            pipe.execute_command(
+                "EVALSHA",
+                SHA["FORGET"],
+                5,
+                uk.pos,
+                uk.dis,
+                uk.seen,
+                uk.log,
+                self.keys.stream,
+                f"{uk.tag}:e:",
             )
 
         return int((await self._retrying("forget_user", lambda: self._scripts(build)))[0])

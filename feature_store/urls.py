@@ -17,7 +17,7 @@ after the first attempt), ``backoff`` (base delay in seconds, 0.05, doubled
 per retry, capped at 1 s), ``max_connections`` (32), ``prefix`` ("tt"),
 ``state_ttl`` (seconds of inactivity after which a user's state expires; 0 =
 never, the default), ``idempotency_ttl`` (seconds an event id is remembered,
-7 days), ``ssl_cert_reqs`` (rediss: ``required``/``optional``/``none``).
+7 days), ``cluster`` (``true``: the URL names one node of a Redis Cluster), ``ssl_cert_reqs`` (rediss: ``required``/``optional``/``none``).
 SQLite options: ``busy_timeout`` (seconds, 10.0).
 """
 
@@ -75,6 +75,7 @@ class RedisConfig(CommonOptions):
     prefix: str = "tt"
     state_ttl: int = 0
     idempotency_ttl: int = 7 * 86400
+    cluster: bool = False
 
     def redacted(self) -> str:
         """The URL without the password, for logs and reports."""
@@ -183,6 +184,10 @@ def parse_url(url: str, **options: Any) -> SQLiteConfig | RedisConfig:
         if cfg.socket_timeout <= 0 or cfg.retries < 0 or cfg.backoff < 0 or cfg.max_connections < 1:
             raise StoreURLError(
                 "options socket_timeout > 0, retries >= 0, backoff >= 0, max_connections >= 1 are required"
+            )
+        if cfg.cluster and cfg.db != 0:
+            raise StoreURLError(
+                f"store URL {url!r}: Redis Cluster has only database 0, got {cfg.db}"
             )
         if cfg.ssl_cert_reqs not in ("required", "optional", "none"):
             raise StoreURLError(

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.feature_store.servers import RedisServer, drop_prefix, shared_redis_url
+from tests.feature_store.servers import (
+    RedisClusterServers,
+    RedisServer,
+    drop_prefix,
+    shared_redis_url,
+)
 
 
 @dataclass
@@ -24,11 +30,27 @@ class Backend:
         return self.url + sep + "&".join(f"{k}={v}" for k, v in options.items())
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A private three-node Redis Cluster, started once per test session."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    yield cluster
+    cluster.kill()
+
+
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """Every contract test runs once per backend (shared Redis: DB 1, a prefix per test)."""
+    """Every contract test runs once per backend.
+
+    Shared Redis: DB 1 and a key prefix per test; Redis Cluster: a private
+    cluster (session-wide) and a key prefix per test.
+    """
     if request.param == "sqlite":
         yield Backend("sqlite", f"sqlite:///{tmp_path / 'store.sqlite'}")
+    elif request.param == "redis-cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        yield Backend("redis-cluster", f"{cluster.url}&prefix=t{uuid.uuid4().hex[:12]}")
     else:
         url = shared_redis_url(1)
         yield Backend("redis", url)

@@ -7,6 +7,7 @@ its own key prefix. Durability and fault tests start a private
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -45,21 +46,38 @@ def drop_prefix(url: str) -> None:
         client.delete(*keys[i : i + 500])
 
 
-def free_port() -> int:
+def _is_free(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(*, cluster: bool = False) -> int:
+    """A free loopback port; for a cluster node also its bus port (+10000), both <= 65535."""
+    if not cluster:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    for _ in range(200):
+        port = random.randint(20000, 55000)
+        if _is_free(port) and _is_free(port + 10000):
+            return port
+    pytest.fail("no free port pair (port, port + 10000) for a Redis Cluster node")
 
 
 class RedisServer:
     """A private redis-server with AOF (``appendfsync always``) in ``workdir``."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, cluster: bool = False) -> None:
         if shutil.which("redis-server") is None:
             pytest.fail("redis-server is not installed (apt-get install redis-server)")
         self.workdir = workdir
-        self.port = port or free_port()
+        self.port = port or free_port(cluster=cluster)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_args: list[str] = []
 
     @property
     def url(self) -> str:
@@ -71,6 +89,7 @@ class RedisServer:
             [
                 "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
                 "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -100,3 +119,41 @@ class RedisServer:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+
+class RedisClusterServers:
+    """A private three-primary Redis Cluster (no replicas, no persistence) in ``workdir``."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.nodes = [RedisServer(workdir / f"node{i}", cluster=True) for i in range(3)]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0?cluster=true"
+
+    def start(self, timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            node.extra_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                               "--cluster-node-timeout", "2000", "--appendonly", "no"]  # fmt: skip
+            node.start()
+        clients = [redis.Redis(port=n.port, decode_responses=True) for n in self.nodes]
+        bounds = [(0, 5460), (5461, 10922), (10923, 16383)]
+        for client, (lo, hi) in zip(clients, bounds, strict=True):
+            client.execute_command("CLUSTER ADDSLOTSRANGE", lo, hi)
+        for node in self.nodes[1:]:
+            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port)
+        deadline = time.monotonic() + timeout
+        while True:  # poll the condition "every node sees an OK cluster of three"
+            infos = [c.cluster("INFO") for c in clients]
+            if all(
+                i["cluster_state"] == "ok" and int(i["cluster_known_nodes"]) == 3 for i in infos
+            ):
+                return
+            if time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"the test Redis Cluster did not form within {timeout}s: {infos}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()

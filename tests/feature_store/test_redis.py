@@ -16,8 +16,14 @@ from redis.crc import key_slot
 from feature_store import StoreUnavailable, make_event, open_store
 from feature_store.keys import Keys
 from feature_store.redis import RedisStore
+from feature_store.redis_cluster import RedisClusterStore
 from feature_store.urls import parse_url
-from tests.feature_store.servers import drop_prefix, free_port, shared_redis_url
+from tests.feature_store.servers import (
+    RedisClusterServers,
+    drop_prefix,
+    free_port,
+    shared_redis_url,
+)
 
 T0 = 1_700_000_000.0
 
@@ -168,3 +174,36 @@ def test_append_retried_after_a_lost_reply_counts_each_event_once(
 
     asyncio.run(go())
     assert state["failed"]
+
+
+def test_cluster_append_failing_between_log_and_state_is_logged_once(
+    redis_cluster: RedisClusterServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"{redis_cluster.url}&prefix=between&backoff=0"
+    original = RedisClusterStore._scripts
+    calls = {"n": 0}
+
+    async def fail_before_second_step(self: RedisClusterStore, build: object) -> list:
+        calls["n"] += 1
+        if calls["n"] == 2:  # LOG_ONCE ran; the connection drops before APPLY
+            raise redis.ConnectionError("connection reset between the two steps")
+        return await original(self, build)  # type: ignore[arg-type]
+
+    async def go() -> None:
+        async with open_store(url) as store:
+            assert isinstance(store, RedisClusterStore)
+            monkeypatch.setattr(RedisClusterStore, "_scripts", fail_before_second_step)
+            events = _events("c", 6)
+            res = await store.append_events(events)
+            assert (res.accepted, res.duplicates) == (6, 0)
+            logged = (await store.read_log(None)).events
+            assert [e.event_id for e in logged] == [e.event_id for e in events]  # once each
+            state = await store.get_user("c")
+            assert state.positives == ["i0", "i2", "i4"] and len(state.dislikes) == 3
+            assert await store.forget_user("c") == 6
+            assert (await store.read_log(None)).events == [] and not (
+                await store.get_user("c")
+            ).known
+
+    asyncio.run(go())
+    assert calls["n"] >= 4  # log, failed apply, log again (guarded), apply

@@ -64,6 +64,8 @@ def test_keyword_options_override_the_query() -> None:
         ("sqlite:///x.sqlite?positives_cap=0", "positives_cap must be >= 1"),
         ("sqlite:///x.sqlite?prefix=p", "unknown store option"),
         ("rediss://h/0?ssl_cert_reqs=maybe", "ssl_cert_reqs"),
+        ("redis://h/3?cluster=true", "Redis Cluster has only database 0"),
+        ("redis://h/0?cluster=perhaps", "cluster='perhaps': expected bool"),
     ],
 )
 def test_bad_urls_say_what_is_wrong(url: str, message: str) -> None:
