@@ -146,16 +146,17 @@ class SQLiteStore(OnlineStore):
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise StoreError(f"{self.path}: could not enable WAL mode (got {mode!r})")
-                conn.executescript(SCHEMA)  # IF NOT EXISTS: safe when processes race
-                self._write(
-                    conn,
-                    lambda c: c.execute(
-                        "INSERT OR IGNORE INTO schema_info VALUES ('version', ?)", (SCHEMA_VERSION,)
-                    ),
-                )
-                found = conn.execute(
-                    "SELECT value FROM schema_info WHERE key = 'version'"
-                ).fetchone()[0]
+                found = _schema_version(conn)
+                if found is None:  # a new file: create the schema (a write; readers need none)
+                    conn.executescript(SCHEMA)  # IF NOT EXISTS: safe when processes race
+                    self._write(
+                        conn,
+                        lambda c: c.execute(
+                            "INSERT OR IGNORE INTO schema_info VALUES ('version', ?)",
+                            (SCHEMA_VERSION,),
+                        ),
+                    )
+                    found = _schema_version(conn)
                 if found != SCHEMA_VERSION:
                     raise StoreError(
                         f"{self.path}: schema version {found}, this code reads {SCHEMA_VERSION}"
@@ -306,6 +307,16 @@ class SQLiteStore(OnlineStore):
                 ),
             )
         )
+
+
+def _schema_version(conn: sqlite3.Connection) -> str | None:
+    try:
+        row = conn.execute("SELECT value FROM schema_info WHERE key = 'version'").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return None
+        raise
+    return None if row is None else str(row[0])
 
 
 def _parse_cursor(cursor: str | None) -> int:
