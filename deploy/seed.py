@@ -7,11 +7,15 @@ a version it does nothing (exit 0): the seed never overwrites a model the
 pipeline has published since. Otherwise it runs, as separate processes::
 
     twotower ingest --data SRC --store URL
-    twotower train  --data SRC --out ART [--set k=v ...]
+    twotower train  --data events:URL --out ART [--set k=v ...]
 
-Ingest goes first because it is idempotent (events carry stable ids, a second
-load counts duplicates), so a seed interrupted anywhere is simply run again;
-the version is published last, and only then does the API become ready.
+The version is trained from the store's event log, not from SRC directly, so
+it has exactly the inputs the scheduled pipeline trains on (which reads the
+same log) and the pipeline can warm-start from it: a model trained on SRC may
+carry source-only features (synthetic item categories) an events-trained
+model lacks. Ingest goes first and is idempotent (events carry stable ids, a
+second load counts duplicates), so a seed interrupted anywhere is simply run
+again; the version is published last, and only then does the API become ready.
 
 Environment (all optional but the store):
 
@@ -66,7 +70,7 @@ def plan(environ: Mapping[str, str]) -> list[list[str]]:
     if published_version(Path(art)) is not None:
         return []
     data = environ.get("TWOTOWER_SEED_DATA", "").strip() or DEFAULT_DATA
-    train = ["train", "--data", data, "--out", art]
+    train = ["train", "--data", f"events:{store}", "--out", art]
     for item in shlex.split(environ.get("TWOTOWER_SEED_SETTINGS", DEFAULT_SETTINGS)):
         if "=" not in item:
             raise SeedError(

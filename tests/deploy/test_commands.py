@@ -72,7 +72,7 @@ def test_seed_plan_commands_parse_with_the_cli(tmp_path):
     parsed = [_parse(step, "seed") for step in steps]
     assert [p.command for p in parsed] == ["ingest", "train"]
     ingest, train = parsed
-    assert ingest.store == env["TWOTOWER_STORE_URL"] and ingest.data == train.data
+    assert ingest.store == env["TWOTOWER_STORE_URL"] and train.data == f"events:{ingest.store}"
     assert train.out == str(tmp_path)
     assert train.overrides == env["TWOTOWER_SEED_SETTINGS"].split()
 

@@ -26,7 +26,14 @@ def test_plan_ingests_then_trains_when_nothing_is_published(tmp_path):
     env = {"TWOTOWER_STORE_URL": "redis://:pw@redis:6379/0", "TWOTOWER_ARTIFACTS": str(tmp_path)}
     ingest, train = seed.plan(env)
     assert ingest == ["ingest", "--data", seed.DEFAULT_DATA, "--store", env["TWOTOWER_STORE_URL"]]
-    assert train[:5] == ["train", "--data", seed.DEFAULT_DATA, "--out", str(tmp_path)]
+    # Trained from the log it just loaded: the inputs the pipeline warm-starts from.
+    assert train[:5] == [
+        "train",
+        "--data",
+        f"events:{env['TWOTOWER_STORE_URL']}",
+        "--out",
+        str(tmp_path),
+    ]
     assert train[5:] == ["--set", "train.epochs=4", "--set", "train.batch_size=512"]
 
 
