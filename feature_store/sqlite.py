@@ -21,8 +21,9 @@ from it with indexed queries, so one event's state change is one row insert
 * ``synchronous=FULL``: a returned append has been fsynced (the WAL), so it
   survives a process or machine crash. ``busy_timeout`` bounds lock waits;
   running out of it raises :class:`StoreUnavailable`.
-* Blocking calls run in worker threads (``asyncio.to_thread``), each thread
-  with its own connection.
+* Blocking calls run off the event loop in the store's own small thread pool
+  (``THREADS`` threads, each with its own connection, reused for the store's
+  lifetime whatever loop awaits them).
 
 The TTL policy of the Redis backend does not apply: this file is the log.
 """
@@ -35,6 +36,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,6 +53,8 @@ from feature_store.urls import SQLiteConfig
 
 T = TypeVar("T")
 
+#: Worker threads (and connections) per store: WAL readers run in parallel, writers queue.
+THREADS = 4
 SCHEMA_VERSION = "1"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -84,6 +88,7 @@ class SQLiteStore(OnlineStore):
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._opened = False
+        self._executor: ThreadPoolExecutor | None = None
 
     # -- connections ---------------------------------------------------------------------
 
@@ -119,7 +124,12 @@ class SQLiteStore(OnlineStore):
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"{self.path}: {exc}") from exc
 
-        return await asyncio.to_thread(call)
+        return await self._offload(call)
+
+    async def _offload(self, fn: Callable[[], T]) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(THREADS, thread_name_prefix="sqlite-store")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     @staticmethod
     def _write(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
@@ -170,11 +180,14 @@ class SQLiteStore(OnlineStore):
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"{self.path}: not a usable SQLite store: {exc}") from exc
 
-        await asyncio.to_thread(create)
+        await self._offload(create)
         self._opened = True
 
     async def close(self) -> None:
         self._opened = False
+        executor, self._executor = self._executor, None
+        if executor is not None:  # let in-flight calls finish before their connections close
+            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:
