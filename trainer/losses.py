@@ -362,9 +362,14 @@ class NTRRetrievalTask(keras.layers.Layer):
             self.estimator.update(ids, mask=positive)
 
         # The candidate set is the global batch's: gather every replica's slots.
-        g_item, g_ids, g_positive, g_extra, g_extra_ids = all_gather_rows(
-            item, ids, positive, extra, extra_ids
-        )
+        # Empty tensors are never gathered: a zero-size collective crashes TF's CPU kernels.
+        if self.mixed_negatives > 0:
+            g_item, g_ids, g_positive, g_extra, g_extra_ids = all_gather_rows(
+                item, ids, positive, extra, extra_ids
+            )
+        else:
+            g_item, g_ids, g_positive = all_gather_rows(item, ids, positive)
+            g_extra, g_extra_ids = extra, extra_ids
         num_extra = tf.shape(g_extra_ids)[0]
         cand_ids = tf.concat([g_ids, g_extra_ids], axis=0)
         cand_logq = self._log_q(cand_ids, num_extra)
