@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -199,6 +200,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 }
             out["batch_append_1000"] = batch
             durability = getattr(rstore, "durability", {})
+            server = await raw.info("server")
+            out["servers"] = {
+                "redis_server": server.get("redis_version"),
+                "redis_location": args.redis,
+                "sqlite": sqlite3.sqlite_version,
+            }
             out["notes"] = {
                 "redis_server_durability": durability,
                 "sqlite": "WAL, synchronous=FULL: every acknowledged append is fsynced",
