@@ -90,7 +90,9 @@ def run_lock(art: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise PipelineLocked(f"another pipeline run holds {art / LOCK_FILE}; not starting a second one") from exc
+            raise PipelineLocked(
+                f"another pipeline run holds {art / LOCK_FILE}; not starting a second one"
+            ) from exc
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
@@ -107,7 +109,15 @@ def apply_gate(
     for name, rule in rules.items():
         new = float(candidate[name])
         if published is None:
-            rows.append({"metric": name, "candidate": new, "published": None, "ok": True, "why": "nothing published"})
+            rows.append(
+                {
+                    "metric": name,
+                    "candidate": new,
+                    "published": None,
+                    "ok": True,
+                    "why": "nothing published",
+                }
+            )
             continue
         old = float(published[name])
         delta = new - old
@@ -132,7 +142,9 @@ def _metric_history(art: Path) -> list[dict[str, Any]]:
     hist = []
     for v in artifacts.list_versions(art):
         m = artifacts.read_manifest(art, v)
-        hist.append({"version": v, "created_at": m.get("created_at"), "metrics": m.get("metrics", {})})
+        hist.append(
+            {"version": v, "created_at": m.get("created_at"), "metrics": m.get("metrics", {})}
+        )
     return hist
 
 
@@ -186,12 +198,18 @@ def write_report(art: Path, report: dict[str, Any]) -> Path:
 
 
 def run_once(
-    store_url: str, art: str | Path, config: PipelineConfig, *, force: bool = False, progress: bool = True
+    store_url: str,
+    art: str | Path,
+    config: PipelineConfig,
+    *,
+    force: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """One pipeline run; returns the report (``outcome``: published | refused | skipped)."""
     from feature_store.log import compact, read_compacted
     from trainer.data.sources import dataset_from_events
     from trainer.run import evaluate_version, train
+    from trainer.warmstart import WarmStartError
 
     art = Path(art)
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -206,8 +224,12 @@ def run_once(
         published = artifacts.latest_version(art)
         published_manifest = artifacts.read_manifest(art, published) if published else None
         trained_through = (published_manifest or {}).get("pipeline", {}).get("archived_events", 0)
-        archived = compacted.total if hasattr(compacted, "total") else len(read_compacted(art / EVENTS_DIR))
-        report["events"] = {"new": _count(compacted), "archived": archived, "window": len(events)}
+        archived = compacted.total
+        report["events"] = {
+            "new": compacted.new_events,
+            "archived": archived,
+            "window": len(events),
+        }
         if not events:
             report.update(outcome="skipped", reason="the event log is empty")
             return report
@@ -219,15 +241,33 @@ def run_once(
             return report
         ds = dataset_from_events(events, source=f"events:{_redact(store_url)}")
         tcfg = config.trainer()
-        warm = None
-        if published:
-            prev = artifacts.read_manifest(art, published)
-            try:
-                TrainerConfig.model_validate(prev["config"])
-                warm = published
-            except Exception as exc:  # an incompatible config means a cold start, not a failure
-                log.warning("not warm-starting from %s: %s", published, exc)
-        outcome = train(f"events:{store_url}", art, tcfg, ds=ds, warm_version=warm, publish=False, progress=progress)
+        warm = published if published and _can_warm_start(published_manifest, tcfg) else None
+        if warm and tcfg.model.use_item_features:
+            old_features = set((published_manifest or {}).get("item_feature_sizes", {}))
+            if old_features != set(ds.item_feature_sizes):
+                log.warning(
+                    "not warm-starting from %s: item features differ (%s vs %s)",
+                    warm,
+                    old_features,
+                    set(ds.item_feature_sizes),
+                )
+                warm = None
+        try:
+            outcome = train(
+                f"events:{store_url}",
+                art,
+                tcfg,
+                ds=ds,
+                warm_version=warm,
+                publish=False,
+                progress=progress,
+            )
+        except WarmStartError as exc:
+            log.warning("warm start from %s failed (%s); training from scratch", warm, exc)
+            outcome = train(
+                f"events:{store_url}", art, tcfg, ds=ds, publish=False, progress=progress
+            )
+        report["warm_start"] = outcome.training.get("warm_start")
         candidate = evaluate_version(art, outcome.version, ds)
         report["candidate"] = {"version": outcome.version, "metrics": candidate["metrics"]}
         old = evaluate_version(art, published, ds) if published else None
@@ -235,20 +275,65 @@ def run_once(
             report["published"] = {"version": published, "metrics": old["metrics"]}
         passed, rows = apply_gate(candidate["metrics"], old["metrics"] if old else None, pc.gate)
         report["gate"] = rows
-        _annotate(art, outcome.version, {"archived_events": archived, "run_id": run_id, "gate_passed": passed})
+        _annotate(
+            art,
+            outcome.version,
+            {"archived_events": archived, "run_id": run_id, "gate_passed": passed},
+        )
         if passed or force:
             if not passed:
-                log.warning("quality gate FAILED but --force given: publishing %s anyway", outcome.version)
+                log.warning(
+                    "quality gate FAILED but --force given: publishing %s anyway", outcome.version
+                )
             artifacts.publish(art, outcome.version)
             report.update(outcome="published", version=outcome.version)
             report["reason"] = "gate passed" if passed else "gate failed, published with --force"
         else:
             bad = [r["metric"] for r in rows if not r["ok"]]
-            report.update(outcome="refused", version=outcome.version, reason=f"regression on {', '.join(bad)}")
+            report.update(
+                outcome="refused", version=outcome.version, reason=f"regression on {', '.join(bad)}"
+            )
         artifacts.prune_versions(art, pc.keep_versions)
         report["history"] = _metric_history(art)
         report["report_path"] = str(write_report(art, report))
     return report
+
+
+def _can_warm_start(manifest: dict[str, Any] | None, config: TrainerConfig) -> bool:
+    """Same architecture as the published version? Otherwise the run cold-starts (logged)."""
+    if not manifest:
+        return False
+    try:
+        old = TrainerConfig.model_validate(manifest["config"])
+    except Exception as exc:  # a config from another release: cold start, not a failure
+        log.warning(
+            "not warm-starting from %s: its config does not load (%s)", manifest.get("version"), exc
+        )
+        return False
+    keys = (
+        "embedding_dim",
+        "encoder",
+        "hidden_units",
+        "attention_heads",
+        "attention_layers",
+        "use_item_features",
+    )
+    changed = [k for k in keys if getattr(old.model, k) != getattr(config.model, k)]
+    if old.loss.logq != config.loss.logq:
+        changed.append("loss.logq")
+    if (old.frequency.buckets, old.frequency.hashes) != (
+        config.frequency.buckets,
+        config.frequency.hashes,
+    ):
+        changed.append("frequency.buckets/hashes")
+    if changed:
+        log.warning(
+            "not warm-starting from %s: %s changed; training from scratch",
+            manifest.get("version"),
+            changed,
+        )
+        return False
+    return True
 
 
 def _annotate(art: Path, version: str, info: dict[str, Any]) -> None:
@@ -256,15 +341,9 @@ def _annotate(art: Path, version: str, info: dict[str, Any]) -> None:
     vdir = artifacts.version_dir(art, version)
     manifest = artifacts.read_manifest(art, version)
     manifest["pipeline"] = info
-    artifacts.atomic_write_text(vdir / artifacts.MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
-
-
-def _count(compacted: Any) -> int:
-    for attr in ("new_events", "count", "events"):
-        if hasattr(compacted, attr):
-            val = getattr(compacted, attr)
-            return int(val if isinstance(val, int) else len(val))
-    return 0
+    artifacts.atomic_write_text(
+        vdir / artifacts.MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str)
+    )
 
 
 def _redact(url: str) -> str:
@@ -287,7 +366,9 @@ def next_run_delay(every: str, now: float | None = None) -> float:
         if not croniter.is_valid(every):
             from twotower.config import ConfigError
 
-            raise ConfigError(f"--every {every!r}: not a number of seconds nor a valid cron expression") from None
+            raise ConfigError(
+                f"--every {every!r}: not a number of seconds nor a valid cron expression"
+            ) from None
         return max(0.0, croniter(every, now).get_next(float) - now)
     if seconds <= 0:
         from twotower.config import ConfigError
@@ -318,10 +399,15 @@ def _one(args: argparse.Namespace, config: PipelineConfig) -> int:
     except PipelineLocked as exc:
         print(f"twotower pipeline: {exc}", file=sys.stderr)
         return 1
-    json.dump({k: v for k, v in report.items() if k != "history"}, sys.stdout, indent=2, default=str)
+    json.dump(
+        {k: v for k, v in report.items() if k != "history"}, sys.stdout, indent=2, default=str
+    )
     print()
     if report["outcome"] == "refused":
-        print(f"twotower pipeline: quality gate refused {report['version']}: {report['reason']}", file=sys.stderr)
+        print(
+            f"twotower pipeline: quality gate refused {report['version']}: {report['reason']}",
+            file=sys.stderr,
+        )
         for row in report["gate"]:
             print(
                 f"  {row['metric']:>18}: published {row['published']:.4f} -> candidate {row['candidate']:.4f} "

@@ -49,7 +49,10 @@ class TrainOutcome:
 
 
 def trainer_config(
-    kind: str, file: str | None = None, overrides: list[str] | None = None, epochs: int | None = None,
+    kind: str,
+    file: str | None = None,
+    overrides: list[str] | None = None,
+    epochs: int | None = None,
     strategy: str | None = None,
 ) -> TrainerConfig:
     """The effective config: tuned defaults for the source kind < file < env < --set."""
@@ -95,14 +98,18 @@ def train(
         ds = load_source(spec, skip_bad_lines=skip_bad_lines, progress=progress)
     warm_from = None
     if warm_version is not None:
-        warm_from = artifacts.resolve_version(out, None if warm_version == "latest" else warm_version)
+        warm_from = artifacts.resolve_version(
+            out, None if warm_version == "latest" else warm_version
+        )
         _manifest, old_ids = load_version_items(out, warm_from)
         ds = align_items(ds, old_ids)
     cfg = config
     seed_everything(cfg.train.seed)
     strategy = make_strategy(cfg.train.strategy)
     H, D = cfg.model.history_length, cfg.model.dislike_length
-    probs = exact_item_probabilities(ds, cfg.train.batch_size) if cfg.loss.logq == "counts" else None
+    probs = (
+        exact_item_probabilities(ds, cfg.train.batch_size) if cfg.loss.logq == "counts" else None
+    )
     with strategy.scope():
         model = TwoTowerModel(cfg, ds.num_items, ds.item_features, ds.item_feature_sizes, probs)
         model.build_all()
@@ -118,9 +125,15 @@ def train(
             cache[key] = build_train_examples(ds, H, D, seed=cfg.train.seed, epoch=epoch)
         return cache[key]
 
-    valid = sample_rows(build_eval_set(ds, "valid", H, D), cfg.train.valid_max_users, cfg.train.seed)
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else _checkpoint_dir(out, spec, cfg, warm_from)
-    trainer = Trainer(model, cfg, examples_fn, valid if len(valid) else None, ckpt_dir, strategy, progress)
+    valid = sample_rows(
+        build_eval_set(ds, "valid", H, D), cfg.train.valid_max_users, cfg.train.seed
+    )
+    ckpt_dir = (
+        Path(checkpoint_dir) if checkpoint_dir else _checkpoint_dir(out, spec, cfg, warm_from)
+    )
+    trainer = Trainer(
+        model, cfg, examples_fn, valid if len(valid) else None, ckpt_dir, strategy, progress
+    )
     result = trainer.fit()
 
     # Similarity of the export: cosine (the training geometry) or raw inner product,
@@ -133,10 +146,28 @@ def train(
         embed = _model_embed(model, sim)
         items = l2_normalize(item_raw) if sim == "cosine" else item_raw
         if len(valid):
-            valid_by_sim[sim] = float(evaluate(embed, items, valid, item_counts, None).metrics["recall@20"])
+            valid_by_sim[sim] = float(
+                evaluate(embed, items, valid, item_counts, None).metrics["recall@20"]
+            )
     if similarity == "auto":
-        similarity = max(valid_by_sim, key=lambda s: (valid_by_sim[s], s == "cosine")) if valid_by_sim else "cosine"
+        similarity = (
+            max(valid_by_sim, key=lambda s: (valid_by_sim[s], s == "cosine"))
+            if valid_by_sim
+            else "cosine"
+        )
 
+    # Full validation metrics of the exported geometry: what tuning reads (never the test split).
+    valid_metrics = (
+        evaluate(
+            _model_embed(model, similarity),
+            l2_normalize(item_raw) if similarity == "cosine" else item_raw,
+            valid,
+            item_counts,
+            None,
+        ).metrics
+        if len(valid)
+        else {}
+    )
     test = sample_rows(build_eval_set(ds, "test", H, D), cfg.split.max_users_eval, cfg.train.seed)
     neighbors = reference_neighbors(ds, ds.num_items)
     items_export = l2_normalize(item_raw) if similarity == "cosine" else item_raw
@@ -145,7 +176,9 @@ def train(
     metrics = ev.metrics
     other = "dot" if similarity == "cosine" else "cosine"
     other_items = l2_normalize(item_raw) if other == "cosine" else item_raw
-    metrics_other = evaluate(_model_embed(model, other), other_items, test, item_counts, None).metrics
+    metrics_other = evaluate(
+        _model_embed(model, other), other_items, test, item_counts, None
+    ).metrics
     baseline = popular_baseline(test, item_counts)
     queries = embed(test.history[:500], test.dislikes[:500]) if len(test) else None
     training = {
@@ -159,12 +192,17 @@ def train(
         "resumed_from": result.resumed_from,
         "warm_start": warm_summary,
         "valid_recall@20_by_similarity": valid_by_sim,
+        "valid_metrics": valid_metrics,
     }
     extra = {
         "training": training,
         "metrics_other_similarity": {"similarity": other, "metrics": metrics_other},
         "item_feature_sizes": dict(ds.item_feature_sizes) if cfg.model.use_item_features else {},
-        "eval": {"split": "test", "users": len(test), "protocol": "all-ranking, train/valid items masked"},
+        "eval": {
+            "split": "test",
+            "users": len(test),
+            "protocol": "all-ranking, train/valid items masked",
+        },
     }
     version = export_version(
         out,
@@ -252,14 +290,18 @@ class ExportedModel:
         return np.concatenate(out) if out else np.zeros((0, self.item_emb.shape[1]), np.float32)
 
 
-def evaluate_version(art: str | Path, version: str | None, ds: Dataset, topk_out: str | None = None) -> dict:
+def evaluate_version(
+    art: str | Path, version: str | None, ds: Dataset, topk_out: str | None = None
+) -> dict:
     """Metrics of an exported version on ``ds``'s test split (SPEC protocol)."""
     exported = ExportedModel(art, version)
     m = exported.manifest
     ds = align_items(ds, exported.item_ids)
     cfg = TrainerConfig.model_validate(m["config"])
     test = sample_rows(
-        build_eval_set(ds, "test", m["history_length"], m["dislike_length"]), cfg.split.max_users_eval, cfg.train.seed
+        build_eval_set(ds, "test", m["history_length"], m["dislike_length"]),
+        cfg.split.max_users_eval,
+        cfg.train.seed,
     )
     n = len(exported.item_ids)
     counts = ds.train_item_counts()[:n]
@@ -267,7 +309,9 @@ def evaluate_version(art: str | Path, version: str | None, ds: Dataset, topk_out
     neighbors = np.where(neighbors >= n, -1, neighbors)
     ev = evaluate(exported.embed, exported.item_emb, test, counts, neighbors)
     if topk_out:
-        write_topk_jsonl(topk_out, [str(ds.user_ids[u]) for u in test.users], ev.topk, exported.item_ids)
+        write_topk_jsonl(
+            topk_out, [str(ds.user_ids[u]) for u in test.users], ev.topk, exported.item_ids
+        )
     return {
         "version": exported.version,
         "similarity": m["similarity"],
