@@ -140,7 +140,7 @@ def train(
     # whichever ranks the validation users better (SSM paper: cosine-train/dot-test can win).
     item_raw = model.embed_items()
     item_counts = ds.train_item_counts()
-    similarity = cfg.export.similarity
+    similarity: str = cfg.export.similarity
     valid_by_sim: dict[str, float] = {}
     for sim in ("cosine", "dot"):
         embed = _model_embed(model, sim)
