@@ -132,10 +132,14 @@ class RedisClusterServers:
         return f"redis://127.0.0.1:{self.nodes[0].port}/0?cluster=true"
 
     def start(self, timeout: float = 30.0) -> None:
-        for node in self.nodes:
-            node.extra_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                               "--cluster-node-timeout", "2000", "--appendonly", "no"]  # fmt: skip
-            node.start()
+        try:
+            for node in self.nodes:
+                node.extra_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                   "--cluster-node-timeout", "2000", "--appendonly", "no"]  # fmt: skip
+                node.start()
+        except BaseException:  # pytest.fail included: leave no node running
+            self.kill()
+            raise
         clients = [redis.Redis(port=n.port, decode_responses=True) for n in self.nodes]
         bounds = [(0, 5460), (5461, 10922), (10923, 16383)]
         for client, (lo, hi) in zip(clients, bounds, strict=True):
