@@ -23,7 +23,14 @@ from typing import Any
 
 from bench.common import RESULTS, SHARED_DATA, write_result
 
-KEYS = ["recall@20", "ndcg@20", "hit_rate@20", "dislike_rate@20", "coverage@20", "responsiveness@20"]
+KEYS = [
+    "recall@20",
+    "ndcg@20",
+    "hit_rate@20",
+    "dislike_rate@20",
+    "coverage@20",
+    "responsiveness@20",
+]
 
 
 def _run(spec: str, sets: list[str], ds: Any) -> dict[str, Any]:
@@ -80,7 +87,11 @@ def suite_gowalla(extra: list[str]) -> dict[str, Any]:
 
     spec = f"lightgcn:{SHARED_DATA / 'gowalla'}"
     ds = load_source(spec)
-    arms = {"logq_streaming": ["loss.logq=streaming"], "logq_none": ["loss.logq=none"], "logq_counts": ["loss.logq=counts"]}
+    arms = {
+        "logq_streaming": ["loss.logq=streaming"],
+        "logq_none": ["loss.logq=none"],
+        "logq_counts": ["loss.logq=counts"],
+    }
     results: dict[str, Any] = {}
     for arm, sets in arms.items():
         run = _run(spec, [*extra, *sets], ds)
@@ -102,7 +113,15 @@ def markdown(name: str, doc: dict[str, Any]) -> str:
         cells = []
         for k in KEYS:
             s = res["summary"].get(k)
-            cells.append("-" if s is None else (f"{s['mean']:.4f} ± {s['std']:.4f}" if len(s["values"]) > 1 else f"{s['mean']:.4f}"))
+            cells.append(
+                "-"
+                if s is None
+                else (
+                    f"{s['mean']:.4f} ± {s['std']:.4f}"
+                    if len(s["values"]) > 1
+                    else f"{s['mean']:.4f}"
+                )
+            )
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     base = doc["arms"]["baseline_popular"]
     lines.append("| most popular | " + " | ".join(f"{base.get(k, 0):.4f}" for k in KEYS) + " |")
@@ -110,13 +129,29 @@ def markdown(name: str, doc: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--suite", choices=["ml100k", "gowalla"], required=True)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--set", dest="extra", action="append", default=[], help="extra config overrides for every arm")
+    p.add_argument(
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        help="extra config overrides for every arm",
+    )
     args = p.parse_args(argv)
-    doc = suite_ml100k(args.seeds, args.extra) if args.suite == "ml100k" else suite_gowalla(args.extra)
-    path = write_result(f"quality_{args.suite}", doc, packages=("tensorflow", "tensorflow-recommenders", "faiss-gpu"))
+    doc = (
+        suite_ml100k(args.seeds, args.extra)
+        if args.suite == "ml100k"
+        else suite_gowalla(args.extra)
+    )
+    path = write_result(
+        f"quality_{args.suite}",
+        doc,
+        packages=("tensorflow", "tensorflow-recommenders", "faiss-gpu"),
+    )
     md = markdown(args.suite, doc)
     (RESULTS / f"quality_{args.suite}.md").write_text(md)
     print(md)

@@ -53,7 +53,15 @@ def restrict_to_catalog(evalset: EvalSet, num_items: int) -> EvalSet:
     mp, mi = keep(evalset.mask_ptr, evalset.mask_items)
     dp, di = keep(evalset.dislike_ptr, evalset.dislike_items)
     return EvalSet(
-        evalset.users, evalset.history, evalset.dislikes, evalset.target_ptr, evalset.target_items, mp, mi, dp, di
+        evalset.users,
+        evalset.history,
+        evalset.dislikes,
+        evalset.target_ptr,
+        evalset.target_items,
+        mp,
+        mi,
+        dp,
+        di,
     )
 
 
@@ -80,7 +88,9 @@ def evaluate(
     topk = topk_all_ranking(users, item_emb, evalset, k=TOPK)
     metrics = ranking_metrics(topk, evalset, item_counts)
     if neighbors is not None:
-        metrics["responsiveness@20"] = responsiveness(embed, item_emb, evalset, topk, neighbors, k=20)
+        metrics["responsiveness@20"] = responsiveness(
+            embed, item_emb, evalset, topk, neighbors, k=20
+        )
     return Evaluation(metrics=metrics, topk=topk)
 
 

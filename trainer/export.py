@@ -95,7 +95,9 @@ def export_version(
     popular = [str(item_ids[i]) for i in order[: cfg.export.popular_items] if item_counts[i] > 0]
     with artifacts.staging_version(art) as (version, vdir):
         tower = ServingTower(model, normalize=similarity == "cosine")
-        tf.saved_model.save(tower, str(vdir / artifacts.USER_TOWER), signatures={SIGNATURE: tower.serve})
+        tf.saved_model.save(
+            tower, str(vdir / artifacts.USER_TOWER), signatures={SIGNATURE: tower.serve}
+        )
         np.savez(vdir / artifacts.ITEMS, ids=np.asarray(item_ids).astype(str), embeddings=items)
         write_index(index, vdir / artifacts.INDEX)
         tf.train.Checkpoint(model=model).write(str(vdir / artifacts.CHECKPOINT / "model"))
@@ -110,7 +112,10 @@ def export_version(
             "user_tower": {
                 "path": artifacts.USER_TOWER,
                 "signature": SIGNATURE,
-                "inputs": {"history": ["batch", cfg.model.history_length], "dislikes": ["batch", cfg.model.dislike_length]},
+                "inputs": {
+                    "history": ["batch", cfg.model.history_length],
+                    "dislikes": ["batch", cfg.model.dislike_length],
+                },
                 "output": "embedding",
                 "token": "item index + 1; 0 = padding; right-aligned, most recent last",
             },

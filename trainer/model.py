@@ -94,7 +94,9 @@ class TwoTowerModel(tfrs.Model):
 
     # ---- inference helpers (numpy in, numpy out), used by evaluation and export ----
 
-    def embed_users(self, history: np.ndarray, dislikes: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    def embed_users(
+        self, history: np.ndarray, dislikes: np.ndarray, batch_size: int = 4096
+    ) -> np.ndarray:
         """float32 [u, dim] raw user embeddings for token arrays [u, H], [u, D]."""
         out = []
         for start in range(0, len(history), batch_size):

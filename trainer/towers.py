@@ -114,7 +114,9 @@ class UserTower(keras.Model):
             self.attention_blocks = [
                 (
                     keras.layers.MultiHeadAttention(
-                        config.attention_heads, max(dim // config.attention_heads, 4), name=f"mha_{i}"
+                        config.attention_heads,
+                        max(dim // config.attention_heads, 4),
+                        name=f"mha_{i}",
                     ),
                     keras.layers.LayerNormalization(name=f"mha_norm_{i}"),
                     keras.layers.Dense(dim, activation="relu", name=f"ffn_{i}"),
@@ -158,7 +160,9 @@ class UserTower(keras.Model):
         if self.config.use_dislike_input:
             dislikes = tf.cast(dislikes, tf.int32)
             dmask = tf.cast(dislikes > 0, tf.float32)
-            neg = self.dislike_projection(self._normalised_sum(self.item_embedding(dislikes), dmask))
+            neg = self.dislike_projection(
+                self._normalised_sum(self.item_embedding(dislikes), dmask)
+            )
             x = tf.concat([seq, neg], axis=-1)
         else:
             x = tf.concat([seq, tf.zeros_like(seq)], axis=-1)

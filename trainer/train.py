@@ -115,9 +115,13 @@ class Trainer:
         with strategy.scope():
             self.optimizer = keras.optimizers.Adam(learning_rate=tc.learning_rate)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-            self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+            self.step_in_epoch = tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="step_in_epoch"
+            )
             self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-            self.best_recall = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_recall")
+            self.best_recall = tf.Variable(
+                -1.0, dtype=tf.float64, trainable=False, name="best_recall"
+            )
             self.best_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch")
             self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_epochs")
         self.ckpt = tf.train.Checkpoint(
@@ -130,7 +134,9 @@ class Trainer:
             best_epoch=self.best_epoch,
             bad_epochs=self.bad_epochs,
         )
-        self.manager = tf.train.CheckpointManager(self.ckpt, str(self.checkpoint_dir / "latest"), max_to_keep=2)
+        self.manager = tf.train.CheckpointManager(
+            self.ckpt, str(self.checkpoint_dir / "latest"), max_to_keep=2
+        )
         self.best_ckpt = tf.train.Checkpoint(model=model)
         self.best_manager = tf.train.CheckpointManager(
             self.best_ckpt, str(self.checkpoint_dir / "best"), max_to_keep=1
@@ -149,7 +155,11 @@ class Trainer:
                 total = loss + reg / strategy.num_replicas_in_sync
             grads = tape.gradient(total, model.trainable_variables)
             optimizer.apply_gradients(
-                [(g, v) for g, v in zip(grads, model.trainable_variables, strict=True) if g is not None]
+                [
+                    (g, v)
+                    for g, v in zip(grads, model.trainable_variables, strict=True)
+                    if g is not None
+                ]
             )
             return loss
 
@@ -214,7 +224,9 @@ class Trainer:
             for batch in dist:
                 loss = float(self._train_step(batch).numpy())
                 if not math.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss} at epoch {epoch + 1}, step {skip + loss_n + 1}")
+                    raise FloatingPointError(
+                        f"loss became {loss} at epoch {epoch + 1}, step {skip + loss_n + 1}"
+                    )
                 loss_sum += loss
                 loss_n += 1
                 trained_rows += tc.batch_size
@@ -252,7 +264,10 @@ class Trainer:
             self.step_in_epoch.assign(0)
             self._save()
             if stop:
-                log.info("early stopping: no better valid recall@20 for %d epochs", tc.early_stopping_patience)
+                log.info(
+                    "early stopping: no better valid recall@20 for %d epochs",
+                    tc.early_stopping_patience,
+                )
                 break
         if self.best_manager.latest_checkpoint is not None:
             self.best_ckpt.restore(self.best_manager.latest_checkpoint).expect_partial()

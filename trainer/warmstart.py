@@ -45,10 +45,19 @@ def warm_start(model: TwoTowerModel, art: str | Path, version: str) -> dict[str,
     manifest, _ids = load_version_items(art, version)
     ckpt_path = artifacts.version_dir(art, version) / artifacts.CHECKPOINT / "model"
     if not Path(str(ckpt_path) + ".index").is_file():
-        raise WarmStartError(f"version {version} has no checkpoint ({ckpt_path}); it cannot be warm-started from")
+        raise WarmStartError(
+            f"version {version} has no checkpoint ({ckpt_path}); it cannot be warm-started from"
+        )
     old_config = TrainerConfig.model_validate(manifest["config"])
     new_config = model.config
-    for key in ("embedding_dim", "encoder", "hidden_units", "attention_heads", "attention_layers", "use_item_features"):
+    for key in (
+        "embedding_dim",
+        "encoder",
+        "hidden_units",
+        "attention_heads",
+        "attention_layers",
+        "use_item_features",
+    ):
         if getattr(old_config.model, key) != getattr(new_config.model, key):
             raise WarmStartError(
                 f"model.{key} changed ({getattr(old_config.model, key)!r} -> {getattr(new_config.model, key)!r}); "
@@ -58,7 +67,9 @@ def warm_start(model: TwoTowerModel, art: str | Path, version: str) -> dict[str,
     old_n = int(manifest["num_items"])
     old_features = {name: np.zeros(old_n, np.int32) for name in old_sizes}
     old_model = TwoTowerModel(
-        new_config.model_copy(update={"model": old_config.model, "frequency": old_config.frequency}),
+        new_config.model_copy(
+            update={"model": old_config.model, "frequency": old_config.frequency}
+        ),
         old_n,
         item_features=old_features,
         feature_sizes=old_sizes,
@@ -69,17 +80,31 @@ def warm_start(model: TwoTowerModel, art: str | Path, version: str) -> dict[str,
     new_vars = model.variables
     old_vars = old_model.variables
     if len(new_vars) != len(old_vars):
-        raise WarmStartError(f"variable count differs: {len(old_vars)} in {version}, {len(new_vars)} now")
+        raise WarmStartError(
+            f"variable count differs: {len(old_vars)} in {version}, {len(new_vars)} now"
+        )
     for new, old in zip(new_vars, old_vars, strict=True):
         if new.shape == old.shape:
             new.assign(old)
             copied += 1
-        elif new.shape.rank == old.shape.rank and new.shape[1:] == old.shape[1:] and new.shape[0] >= old.shape[0]:
+        elif (
+            new.shape.rank == old.shape.rank
+            and new.shape[1:] == old.shape[1:]
+            and new.shape[0] >= old.shape[0]
+        ):
             rows = int(old.shape[0])
             new.assign(tf.concat([old.read_value(), new.read_value()[rows:]], axis=0))
             grown += 1
         else:
-            raise WarmStartError(f"variable {new.name}: shape {old.shape} in {version} cannot grow to {new.shape}")
-    summary = {"version": version, "copied": copied, "grown": grown, "old_items": old_n, "new_items": model.num_items}
+            raise WarmStartError(
+                f"variable {new.name}: shape {old.shape} in {version} cannot grow to {new.shape}"
+            )
+    summary = {
+        "version": version,
+        "copied": copied,
+        "grown": grown,
+        "old_items": old_n,
+        "new_items": model.num_items,
+    }
     log.info("warm start %s", summary)
     return summary

@@ -91,7 +91,9 @@ def version_dir(art: str | os.PathLike[str], version: str) -> Path:
 
 
 @contextlib.contextmanager
-def staging_version(art: str | os.PathLike[str], version: str | None = None) -> Iterator[tuple[str, Path]]:
+def staging_version(
+    art: str | os.PathLike[str], version: str | None = None
+) -> Iterator[tuple[str, Path]]:
     """Yield ``(version, staging_dir)``; on clean exit fsync and rename into ``versions/``.
 
     On an exception the staging directory is removed and nothing is published.
@@ -148,9 +150,13 @@ def resolve_version(art: str | os.PathLike[str], version: str | None = None) -> 
     if version is None:
         version = latest_version(art)
         if version is None:
-            raise ArtifactError(f"{art}: nothing published yet (no {LATEST} file); run `twotower train` first")
+            raise ArtifactError(
+                f"{art}: nothing published yet (no {LATEST} file); run `twotower train` first"
+            )
     if not (version_dir(art, version) / MANIFEST).is_file():
-        raise ArtifactError(f"{art}: version {version!r} not found (have: {', '.join(list_versions(art)) or 'none'})")
+        raise ArtifactError(
+            f"{art}: version {version!r} not found (have: {', '.join(list_versions(art)) or 'none'})"
+        )
     return version
 
 
@@ -178,7 +184,9 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
-def prune_versions(art: str | os.PathLike[str], keep: int, stale_after_s: float = 6 * 3600) -> list[str]:
+def prune_versions(
+    art: str | os.PathLike[str], keep: int, stale_after_s: float = 6 * 3600
+) -> list[str]:
     """Delete all but the newest ``keep`` versions, never the published one; return deleted ids."""
     if keep < 1:
         raise ValueError("keep must be >= 1")
@@ -191,6 +199,9 @@ def prune_versions(art: str | os.PathLike[str], keep: int, stale_after_s: float 
     root = versions_dir(art)
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith(STAGING_PREFIX) and time.time() - p.stat().st_mtime > stale_after_s:
+            if (
+                p.name.startswith(STAGING_PREFIX)
+                and time.time() - p.stat().st_mtime > stale_after_s
+            ):
                 shutil.rmtree(p, ignore_errors=True)
     return doomed

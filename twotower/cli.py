@@ -58,17 +58,39 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="ART", help="artifact directory")
     p.add_argument("--config", metavar="FILE", help="YAML/JSON config file")
     p.add_argument("--epochs", type=int, help="shorthand for --set train.epochs=N")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set loss.ntr_weight=0 (repeatable)")
-    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"],
-                   help="tf.distribute strategy (multiworker reads TF_CONFIG)")
-    p.add_argument("--warm-start", metavar="VERSION", nargs="?", const="latest",
-                   help="initialise from a published version's checkpoint (default: LATEST)")
-    p.add_argument("--checkpoint-dir", metavar="DIR",
-                   help="where resumable checkpoints go (default: ART/.train-<hash of the run>)")
-    p.add_argument("--no-publish", action="store_true", help="export the version but leave LATEST alone")
-    p.add_argument("--skip-bad-lines", action="store_true",
-                   help="skip malformed input lines (counted and reported) instead of failing")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set loss.ntr_weight=0 (repeatable)",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=["default", "mirrored", "multiworker"],
+        help="tf.distribute strategy (multiworker reads TF_CONFIG)",
+    )
+    p.add_argument(
+        "--warm-start",
+        metavar="VERSION",
+        nargs="?",
+        const="latest",
+        help="initialise from a published version's checkpoint (default: LATEST)",
+    )
+    p.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        help="where resumable checkpoints go (default: ART/.train-<hash of the run>)",
+    )
+    p.add_argument(
+        "--no-publish", action="store_true", help="export the version but leave LATEST alone"
+    )
+    p.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        help="skip malformed input lines (counted and reported) instead of failing",
+    )
     p.set_defaults(func=_run("trainer.run", "train_command"))
 
 
@@ -77,8 +99,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--artifacts", required=True, metavar="ART")
     p.add_argument("--version", metavar="V", help="version id (default: the published one)")
     p.add_argument("--data", required=True, metavar="SRC", help=SOURCE_HELP)
-    p.add_argument("--topk-out", metavar="FILE",
-                   help='also write one JSON line per test user: {"user_id", "items": [top 50]}')
+    p.add_argument(
+        "--topk-out",
+        metavar="FILE",
+        help='also write one JSON line per test user: {"user_id", "items": [top 50]}',
+    )
     p.add_argument("--skip-bad-lines", action="store_true")
     p.set_defaults(func=_run("trainer.run", "evaluate_command"))
 
@@ -86,8 +111,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the HTTP API (follows ART/LATEST, hot reload)")
     p.add_argument("--artifacts", required=True, metavar="ART")
-    p.add_argument("--store", default=None, metavar="URL",
-                   help=f"online store URL (redis://, rediss://, sqlite:///path; default {DEFAULT_STORE})")
+    p.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help=f"online store URL (redis://, rediss://, sqlite:///path; default {DEFAULT_STORE})",
+    )
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
     p.add_argument("--workers", type=int, default=None, help="uvicorn worker processes (default 1)")
@@ -95,7 +124,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_ingest(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ingest", help="bulk-load a source's events into the online store and event log")
+    p = sub.add_parser(
+        "ingest", help="bulk-load a source's events into the online store and event log"
+    )
     p.add_argument("--data", required=True, metavar="SRC", help=SOURCE_HELP)
     p.add_argument("--store", default=DEFAULT_STORE, metavar="URL")
     p.add_argument("--skip-bad-lines", action="store_true")
@@ -112,15 +143,24 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--force", action="store_true", help="publish even if the quality gate fails (logged)")
-    p.add_argument("--every", metavar="INTERVAL|CRON",
-                   help="keep running on a schedule: seconds (e.g. 3600) or a cron expression")
+    p.add_argument(
+        "--force", action="store_true", help="publish even if the quality gate fails (logged)"
+    )
+    p.add_argument(
+        "--every",
+        metavar="INTERVAL|CRON",
+        help="keep running on a schedule: seconds (e.g. 3600) or a cron expression",
+    )
     p.set_defaults(func=_run("trainer.pipeline", "pipeline_command"))
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="zero-setup quickstart: synthetic data, brief training, API on :8000")
-    p.add_argument("--dir", default="twotower-demo", help="working directory for data, store and artifacts")
+    p = sub.add_parser(
+        "demo", help="zero-setup quickstart: synthetic data, brief training, API on :8000"
+    )
+    p.add_argument(
+        "--dir", default="twotower-demo", help="working directory for data, store and artifacts"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--no-serve", action="store_true", help="train and export, then exit")

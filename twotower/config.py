@@ -59,11 +59,15 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}") from exc
+        raise ConfigError(
+            f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}"
+        ) from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(
+            f"{p}: top level must be a mapping of sections, got {type(data).__name__}"
+        )
     return data
 
 

@@ -26,7 +26,18 @@ DEMO_SETTINGS = [
 
 def _curl_lines(base: str, user: str, item: str) -> str:
     rec = json.dumps({"user_id": user, "k": 5})
-    dis = json.dumps({"events": [{"event_id": f"demo-{user}-{item}", "user_id": user, "item_id": item, "type": "dislike"}]})
+    dis = json.dumps(
+        {
+            "events": [
+                {
+                    "event_id": f"demo-{user}-{item}",
+                    "user_id": user,
+                    "item_id": item,
+                    "type": "dislike",
+                }
+            ]
+        }
+    )
     return "\n".join(
         [
             "# 1. top-5 candidates for a user (their history comes from the store):",
@@ -97,7 +108,11 @@ def demo_command(args: argparse.Namespace) -> int:
         disl_arr[0, -len(disl) :] = disl
     scores = exported.embed(hist_arr, disl_arr)[0] @ exported.item_emb.T
     seen = set(state.positives) | {x for x, _ in state.dislikes}
-    top = next(str(exported.item_ids[i]) for i in np.argsort(-scores) if str(exported.item_ids[i]) not in seen)
+    top = next(
+        str(exported.item_ids[i])
+        for i in np.argsort(-scores)
+        if str(exported.item_ids[i]) not in seen
+    )
 
     base = f"http://{args.host}:{args.port}"
     print(f"[4/4] ready in {time.perf_counter() - started:.0f}s. Try:\n", file=sys.stderr)
@@ -108,5 +123,7 @@ def demo_command(args: argparse.Namespace) -> int:
     from serving.main import serve_command
 
     return serve_command(
-        argparse.Namespace(artifacts=str(art), store=store_url, host=args.host, port=args.port, workers=1)
+        argparse.Namespace(
+            artifacts=str(art), store=store_url, host=args.host, port=args.port, workers=1
+        )
     )

@@ -68,11 +68,23 @@ def test_gate_rules():
         "recall@20": GateRule(direction="higher", tolerance=0.01),
         "dislike_rate@20": GateRule(direction="lower", tolerance=0.0),
     }
-    ok, rows = apply_gate({"recall@20": 0.295, "dislike_rate@20": 0.1}, {"recall@20": 0.3, "dislike_rate@20": 0.1}, rules)
+    ok, rows = apply_gate(
+        {"recall@20": 0.295, "dislike_rate@20": 0.1},
+        {"recall@20": 0.3, "dislike_rate@20": 0.1},
+        rules,
+    )
     assert ok and all(r["ok"] for r in rows)
-    ok, rows = apply_gate({"recall@20": 0.28, "dislike_rate@20": 0.1}, {"recall@20": 0.3, "dislike_rate@20": 0.1}, rules)
+    ok, rows = apply_gate(
+        {"recall@20": 0.28, "dislike_rate@20": 0.1},
+        {"recall@20": 0.3, "dislike_rate@20": 0.1},
+        rules,
+    )
     assert not ok and [r["metric"] for r in rows if not r["ok"]] == ["recall@20"]
-    ok, rows = apply_gate({"recall@20": 0.4, "dislike_rate@20": 0.11}, {"recall@20": 0.3, "dislike_rate@20": 0.1}, rules)
+    ok, rows = apply_gate(
+        {"recall@20": 0.4, "dislike_rate@20": 0.11},
+        {"recall@20": 0.3, "dislike_rate@20": 0.1},
+        rules,
+    )
     assert not ok and [r["metric"] for r in rows if not r["ok"]] == ["dislike_rate@20"]
     ok, rows = apply_gate({"recall@20": 0.0, "dislike_rate@20": 1.0}, None, rules)
     assert ok  # nothing published yet: the first version always passes
@@ -117,12 +129,20 @@ def test_publish_skip_refuse_force(tmp_path):
     _append(
         url,
         [
-            {"event_id": f"new-{u}", "user_id": f"u{u}", "item_id": "brand-new", "type": "like", "ts": now - 60 + u}
+            {
+                "event_id": f"new-{u}",
+                "user_id": f"u{u}",
+                "item_id": "brand-new",
+                "type": "like",
+                "ts": now - 60 + u,
+            }
             for u in range(40)
         ],
     )
     # A gate that cannot be met (recall must not drop at all and must rise by >1) refuses.
-    strict = _config("pipeline.gate={'recall@20': {'direction': 'lower', 'tolerance': 0.0}, 'coverage@20': {'direction': 'higher', 'tolerance': 0.0}}")
+    strict = _config(
+        "pipeline.gate={'recall@20': {'direction': 'lower', 'tolerance': 0.0}, 'coverage@20': {'direction': 'higher', 'tolerance': 0.0}}"
+    )
     refused = run_once(url, art, strict, progress=False)
     published_before = artifacts.latest_version(art)
     if refused["outcome"] == "refused":
@@ -136,12 +156,25 @@ def test_publish_skip_refuse_force(tmp_path):
     with __import__("numpy").load(artifacts.version_dir(art, m["version"]) / "items.npz") as npz:
         ids = list(npz["ids"].astype(str))
     assert "brand-new" in ids
-    first_ids = list(__import__("numpy").load(artifacts.version_dir(art, first["version"]) / "items.npz")["ids"].astype(str))
+    first_ids = list(
+        __import__("numpy")
+        .load(artifacts.version_dir(art, first["version"]) / "items.npz")["ids"]
+        .astype(str)
+    )
     assert ids[: len(first_ids)] == first_ids  # old ids keep their rows
 
 
 def _pipeline_cmd(url: str, art: Path, *sets: str) -> list[str]:
-    cmd = [sys.executable, "-m", "twotower.cli", "pipeline", "--store", url, "--artifacts", str(art)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "twotower.cli",
+        "pipeline",
+        "--store",
+        url,
+        "--artifacts",
+        str(art),
+    ]
     for s in [*SETS, *sets]:
         cmd += ["--set", s]
     return cmd
@@ -152,15 +185,29 @@ def test_killed_run_leaves_published_version_and_next_run_starts_clean(tmp_path)
     url = f"sqlite:///{tmp_path / 'store.sqlite'}"
     art = tmp_path / "art"
     _ingest(url)
-    first = subprocess.run(_pipeline_cmd(url, art), capture_output=True, text=True, timeout=600, cwd=REPO)
+    first = subprocess.run(
+        _pipeline_cmd(url, art), capture_output=True, text=True, timeout=600, cwd=REPO
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     published = artifacts.latest_version(art)
     assert published
 
-    _append(url, [{"event_id": f"k-{u}", "user_id": f"u{u}", "item_id": "i1", "type": "like"} for u in range(30)])
+    _append(
+        url,
+        [
+            {"event_id": f"k-{u}", "user_id": f"u{u}", "item_id": "i1", "type": "like"}
+            for u in range(30)
+        ],
+    )
     # A long run, killed once training has checkpointed.
     proc = subprocess.Popen(
-        _pipeline_cmd(url, art, "train.epochs=50", "train.checkpoint_every=2", "train.early_stopping_patience=0"),
+        _pipeline_cmd(
+            url,
+            art,
+            "train.epochs=50",
+            "train.checkpoint_every=2",
+            "train.early_stopping_patience=0",
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=REPO,
@@ -173,10 +220,15 @@ def test_killed_run_leaves_published_version_and_next_run_starts_clean(tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert artifacts.latest_version(art) == published
-    assert all((artifacts.version_dir(art, v) / "manifest.json").is_file() for v in artifacts.list_versions(art))
+    assert all(
+        (artifacts.version_dir(art, v) / "manifest.json").is_file()
+        for v in artifacts.list_versions(art)
+    )
 
     # The lock died with the process; the next run completes (gate forced: quality is not the point here).
-    nxt = subprocess.run(_pipeline_cmd(url, art) + ["--force"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    nxt = subprocess.run(
+        _pipeline_cmd(url, art) + ["--force"], capture_output=True, text=True, timeout=600, cwd=REPO
+    )
     assert nxt.returncode == 0, nxt.stderr[-3000:]
     report = json.loads(nxt.stdout)
     assert report["outcome"] == "published"

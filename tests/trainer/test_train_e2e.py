@@ -50,7 +50,17 @@ def test_manifest_contract(trained):
     art, outcome = trained
     assert artifacts.latest_version(art) == outcome.version
     m = artifacts.read_manifest(art)
-    for key in ("version", "created_at", "embedding_dim", "num_items", "similarity", "index", "metrics", "data", "config"):
+    for key in (
+        "version",
+        "created_at",
+        "embedding_dim",
+        "num_items",
+        "similarity",
+        "index",
+        "metrics",
+        "data",
+        "config",
+    ):
         assert key in m, key
     assert m["similarity"] in ("cosine", "dot")
     assert m["embedding_dim"] == 16 and m["num_items"] == 120
@@ -99,14 +109,27 @@ def test_evaluate_reproduces_training_metrics(trained):
     result = evaluate_version(art, None, load_source(TINY))
     for name in ("recall@20", "ndcg@20", "hit_rate@50", "dislike_rate@20"):
         assert result["metrics"][name] == pytest.approx(outcome.metrics[name], abs=0.02), name
-    assert result["baseline_popular"]["recall@20"] == pytest.approx(outcome.baseline_popular["recall@20"])
+    assert result["baseline_popular"]["recall@20"] == pytest.approx(
+        outcome.baseline_popular["recall@20"]
+    )
 
 
 def test_topk_out_lets_anyone_recompute_recall(trained, tmp_path):
     art, _ = trained
     out = tmp_path / "topk.jsonl"
     proc = subprocess.run(
-        [sys.executable, "-m", "twotower.cli", "evaluate", "--artifacts", str(art), "--data", TINY, "--topk-out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "twotower.cli",
+            "evaluate",
+            "--artifacts",
+            str(art),
+            "--data",
+            TINY,
+            "--topk-out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -122,14 +145,33 @@ def test_topk_out_lets_anyone_recompute_recall(trained, tmp_path):
     sel = (ds.split == 2) & (ds.labels == 1)
     for u, i in zip(ds.users[sel], ds.items[sel], strict=True):
         test_items.setdefault(str(ds.user_ids[u]), set()).add(str(ds.item_ids[i]))
-    recalls = [len(set(r["items"][:20]) & test_items[r["user_id"]]) / len(test_items[r["user_id"]]) for r in lines]
+    recalls = [
+        len(set(r["items"][:20]) & test_items[r["user_id"]]) / len(test_items[r["user_id"]])
+        for r in lines
+    ]
     assert np.mean(recalls) == pytest.approx(printed["metrics"]["recall@20"], abs=1e-9)
 
 
 def _train_cmd(art: Path, ckpt: Path, epochs: int) -> list[str]:
     sets = [s for s in SETS if not s.startswith(("train.epochs", "train.checkpoint_every"))]
-    cmd = [sys.executable, "-m", "twotower.cli", "train", "--data", TINY, "--out", str(art), "--checkpoint-dir", str(ckpt)]
-    for s in [*sets, f"train.epochs={epochs}", "train.checkpoint_every=3", "train.early_stopping_patience=0"]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "twotower.cli",
+        "train",
+        "--data",
+        TINY,
+        "--out",
+        str(art),
+        "--checkpoint-dir",
+        str(ckpt),
+    ]
+    for s in [
+        *sets,
+        f"train.epochs={epochs}",
+        "train.checkpoint_every=3",
+        "train.early_stopping_patience=0",
+    ]:
         cmd += ["--set", s]
     return cmd
 
@@ -142,7 +184,9 @@ def test_kill_mid_run_then_resume(tmp_path):
     marker = ckpt / "latest" / "checkpoint"
     deadline = time.monotonic() + 240
     while not marker.exists():
-        assert proc.poll() is None, f"training ended before its first checkpoint: {proc.stderr.read()[-2000:]!r}"
+        assert proc.poll() is None, (
+            f"training ended before its first checkpoint: {proc.stderr.read()[-2000:]!r}"
+        )
         assert time.monotonic() < deadline, "no checkpoint within 240 s"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)

@@ -33,7 +33,9 @@ def test_bad_source_exits_2_and_says_what(tmp_path, capsys):
 
 
 def test_bad_config_exits_2(tmp_path, capsys):
-    code = main(["train", "--data", "synthetic", "--out", str(tmp_path), "--set", "model.encoder=lstm"])
+    code = main(
+        ["train", "--data", "synthetic", "--out", str(tmp_path), "--set", "model.encoder=lstm"]
+    )
     assert code == 2
     assert "model.encoder" in capsys.readouterr().err
 
@@ -53,7 +55,11 @@ def test_console_script_help_is_fast_and_works():
         assert command in out.stdout
     # --help must not import TensorFlow
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, twotower.cli as c; c.build_parser(); print('tensorflow' in sys.modules)"],
+        [
+            sys.executable,
+            "-c",
+            "import sys, twotower.cli as c; c.build_parser(); print('tensorflow' in sys.modules)",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -63,6 +69,16 @@ def test_console_script_help_is_fast_and_works():
 
 def test_parser_accepts_spec_forms():
     args = build_parser().parse_args(
-        ["train", "--data", "movielens:u.data", "--out", "a", "--epochs", "3", "--set", "loss.ntr_weight=0"]
+        [
+            "train",
+            "--data",
+            "movielens:u.data",
+            "--out",
+            "a",
+            "--epochs",
+            "3",
+            "--set",
+            "loss.ntr_weight=0",
+        ]
     )
     assert args.epochs == 3 and args.overrides == ["loss.ntr_weight=0"]

@@ -88,7 +88,12 @@ class Dataset:
         time_range = (
             {"min": float(finite.min()), "max": float(finite.max())} if len(finite) else None
         )
-        return {"source": self.source, "kind": self.kind, "counts": counts, "time_range": time_range}
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "counts": counts,
+            "time_range": time_range,
+        }
 
 
 @dataclass
@@ -163,4 +168,6 @@ class EvalSet:
         tp, ti = csr(self.target_ptr, self.target_items)
         mp, mi = csr(self.mask_ptr, self.mask_items)
         dp, di = csr(self.dislike_ptr, self.dislike_items)
-        return EvalSet(self.users[rows], self.history[rows], self.dislikes[rows], tp, ti, mp, mi, dp, di)
+        return EvalSet(
+            self.users[rows], self.history[rows], self.dislikes[rows], tp, ti, mp, mi, dp, di
+        )

@@ -28,7 +28,9 @@ def align_items(ds: Dataset, item_ids: np.ndarray) -> Dataset:
     extra = [str(x) for x in ds.item_ids if str(x) not in known]
     new_ids = np.concatenate([np.asarray(item_ids).astype(str), np.asarray(extra, dtype=str)])
     pos = {x: i for i, x in enumerate(new_ids)}
-    old_to_new = np.fromiter((pos[str(x)] for x in ds.item_ids), dtype=np.int64, count=len(ds.item_ids))
+    old_to_new = np.fromiter(
+        (pos[str(x)] for x in ds.item_ids), dtype=np.int64, count=len(ds.item_ids)
+    )
     features = {}
     for name, values in ds.item_features.items():
         out = np.zeros(len(new_ids), dtype=np.int32)
