@@ -43,7 +43,8 @@ class UserState:
     Attributes:
       user_id: the user.
       positives: recent positive item ids, oldest first, at most ``positives_cap``.
-      dislikes: ``(item_id, ts)`` of recent dislikes, oldest first, at most ``dislikes_cap``.
+      dislikes: ``(item_id, ts)`` of the distinct disliked items, oldest first, at most
+        ``dislikes_cap`` (default: all of them; serving filters every one).
       seen: every item the user interacted with (capped), when requested, else None.
     """
 
@@ -97,7 +98,9 @@ class OnlineStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def get_users(self, user_ids: Sequence[str], *, with_seen: bool = False) -> dict[str, UserState]:
+    async def get_users(
+        self, user_ids: Sequence[str], *, with_seen: bool = False
+    ) -> dict[str, UserState]:
         """States of several users (one round trip per backend where possible).
 
         Unknown users are returned with empty state. Raises StoreUnavailable.

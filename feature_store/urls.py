@@ -11,7 +11,7 @@ Accepted forms::
     rediss://[user:password@]host:port/db?...   (TLS)
 
 Common options (query or keyword): ``positives_cap`` (200), ``dislikes_cap``
-(200), ``seen_cap`` (1000). Redis options: ``socket_timeout`` (seconds, 1.0),
+(1,000,000: every dislike, since serving filters them all), ``seen_cap`` (1000). Redis options: ``socket_timeout`` (seconds, 1.0),
 ``connect_timeout`` (defaults to socket_timeout), ``retries`` (3 retries
 after the first attempt), ``backoff`` (base delay in seconds, 0.05, doubled
 per retry, capped at 1 s), ``max_connections`` (32), ``prefix`` ("tt"),
@@ -39,12 +39,15 @@ class CommonOptions:
 
     Attributes:
       positives_cap: most recent positives kept/returned per user.
-      dislikes_cap: most recent distinct disliked items kept/returned per user.
+      dislikes_cap: most recent distinct disliked items kept/returned per user. Serving
+        filters every returned dislike (SPEC invariant 1: a disliked item is never
+        recommended again), so the default keeps them all; lower it only to bound
+        memory for abusive clients, knowing older dislikes then stop being filtered.
       seen_cap: most recent distinct interacted items kept/returned per user.
     """
 
     positives_cap: int = 200
-    dislikes_cap: int = 200
+    dislikes_cap: int = 1_000_000
     seen_cap: int = 1000
 
 

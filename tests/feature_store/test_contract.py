@@ -81,6 +81,25 @@ def test_dislikes_distinct_latest_time_capped_and_separate_from_positives(backen
     asyncio.run(body())
 
 
+def test_every_dislike_is_kept_by_default(backend: Backend) -> None:
+    """Serving filters what get_user returns: by default no dislike may age out."""
+
+    async def body() -> None:
+        async with open_store(backend.url) as store:
+            n = 1200  # far beyond any tower input length or cache size
+            await store.append_events(
+                [ev(f"dk{i}", "heavy", f"i{i}", "dislike", T0 + i) for i in range(n)]
+            )
+            state = await store.get_user("heavy")
+            assert len(state.dislikes) == n
+            assert state.dislikes[0] == ("i0", T0) and state.dislikes[-1] == (
+                f"i{n - 1}",
+                T0 + n - 1,
+            )
+
+    asyncio.run(body())
+
+
 def test_seen_covers_every_type_and_is_capped(backend: Backend) -> None:
     async def body() -> None:
         async with open_store(backend.url, seen_cap=3) as store:
