@@ -97,7 +97,9 @@ def make_event(
     item_id = _check_id(raw.get("item_id"), "item_id", index)
     etype = raw.get("type")
     if etype not in EVENT_TYPES:
-        raise EventError("type", f"unknown event type {etype!r}; expected one of {sorted(EVENT_TYPES)}", index)
+        raise EventError(
+            "type", f"unknown event type {etype!r}; expected one of {sorted(EVENT_TYPES)}", index
+        )
     event_id = raw.get("event_id")
     event_id = uuid.uuid4().hex if event_id is None else _check_id(event_id, "event_id", index)
     ts_raw = raw.get("ts")
@@ -105,15 +107,25 @@ def make_event(
         ts = now
     else:
         if isinstance(ts_raw, bool) or not isinstance(ts_raw, (int, float)):
-            raise EventError("ts", f"must be a number (seconds since epoch), got {type(ts_raw).__name__}", index)
+            raise EventError(
+                "ts", f"must be a number (seconds since epoch), got {type(ts_raw).__name__}", index
+            )
         ts = float(ts_raw)
         if not math.isfinite(ts):
             raise EventError("ts", "must be finite", index)
         if ts > now + MAX_FUTURE_SKEW_S:
-            raise EventError("ts", f"{ts} is in the future (now {now:.0f}); timestamps are seconds since epoch", index)
+            raise EventError(
+                "ts",
+                f"{ts} is in the future (now {now:.0f}); timestamps are seconds since epoch",
+                index,
+            )
         if ts < MIN_TS:
-            raise EventError("ts", f"{ts} is before 2000-01-01; timestamps are seconds since epoch", index)
-    return Event(event_id=event_id, user_id=user_id, item_id=item_id, type=etype, ts=ts, received_at=now)
+            raise EventError(
+                "ts", f"{ts} is before 2000-01-01; timestamps are seconds since epoch", index
+            )
+    return Event(
+        event_id=event_id, user_id=user_id, item_id=item_id, type=etype, ts=ts, received_at=now
+    )
 
 
 def check_events(events: Sequence[Event], *, now: float | None = None) -> None:
