@@ -109,6 +109,7 @@ class TrainerConfig(_Section):
 SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
     "synthetic": {},
     "movielens": {},
-    "lightgcn": {},
+    # Gowalla validation recall@20 after 3 epochs: tau 0.05 -> 0.185, 0.1 -> 0.199, 0.2 -> 0.149.
+    "lightgcn": {"loss": {"temperature": 0.1}},
     "events": {},
 }
