@@ -14,6 +14,7 @@ import pytest
 
 from feature_store import open_store, run_sync
 from feature_store.events import make_event
+from tests.trainer.tiny import TINY, TINY_SETS
 from trainer.data.sources import load_source
 from trainer.pipeline import (
     GateRule,
@@ -29,23 +30,15 @@ from twotower.config import ConfigError, load_config
 from twotower.ingest import ingest_dataset
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = "synthetic:users=150,items=120,events_per_user=20,seed=5"
-SETS = [
-    "train.epochs=2",
-    "train.batch_size=64",
-    "model.embedding_dim=16",
-    "model.hidden_units=16",
-    "model.history_length=10",
-    "model.dislike_length=5",
-    "frequency.buckets=4096",
-]
+DATA = TINY.replace("seed=3", "seed=5")
+SETS = TINY_SETS
 
 
 def _config(*extra: str) -> PipelineConfig:
     return load_config(PipelineConfig, overrides=[*SETS, *extra], environ={})
 
 
-def _ingest(url: str, spec: str = TINY) -> None:
+def _ingest(url: str, spec: str = DATA) -> None:
     ds = load_source(spec)
 
     async def go():

@@ -13,22 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.trainer.tiny import TINY, TINY_SETS
 from trainer.data.sources import load_source
 from trainer.index_build import read_index
 from trainer.run import ExportedModel, evaluate_version, train, trainer_config
 from twotower import artifacts
 
-TINY = "synthetic:users=150,items=120,events_per_user=20,seed=3"
-SETS = [
-    "train.epochs=2",
-    "train.batch_size=64",
-    "model.embedding_dim=16",
-    "model.hidden_units=16",
-    "model.history_length=10",
-    "model.dislike_length=5",
-    "frequency.buckets=4096",
-    "train.checkpoint_every=5",
-]
+SETS = [*TINY_SETS, "train.checkpoint_every=5"]
 SPEC_METRICS = [f"{m}@{k}" for m in ("recall", "ndcg", "hit_rate") for k in (10, 20, 50)] + [
     "coverage@20",
     "dislike_rate@20",
@@ -235,3 +226,20 @@ def test_mirrored_two_devices_matches_one_device(tmp_path):
     assert len(curves["default"]) == len(curves["mirrored"]) == 3
     np.testing.assert_allclose(curves["mirrored"], curves["default"], rtol=2e-3)
     assert curves["default"][-1] < curves["default"][0]  # it learns
+
+
+def test_same_seed_same_training(tmp_path):
+    """Seeded determinism: two runs with one seed give the same loss curve and the same vectors."""
+    runs = []
+    for name in ("a", "b"):
+        cfg = trainer_config("synthetic", overrides=[*SETS, "train.epochs=1"])
+        runs.append(train(TINY, tmp_path / name, cfg, progress=False))
+    assert runs[0].training["history"][0]["loss"] == runs[1].training["history"][0]["loss"]
+    np.testing.assert_array_equal(runs[0].model.embed_items(), runs[1].model.embed_items())
+    other = train(
+        TINY,
+        tmp_path / "c",
+        trainer_config("synthetic", overrides=[*SETS, "train.epochs=1", "train.seed=7"]),
+        progress=False,
+    )
+    assert other.training["history"][0]["loss"] != runs[0].training["history"][0]["loss"]
