@@ -264,9 +264,20 @@ def make_corpora(args: argparse.Namespace, tmp: Path) -> list[tuple[str, Path, i
     if (ml / "u.data").is_file() and not args.skip_ml100k:
         items = sorted(set(np.loadtxt(ml / "u.data", dtype=np.int64, usecols=1).tolist()))
         art = tmp / "ml100k"
-        make_artifact(
-            art, num_items=len(items), dim=64, H=20, D=10, seed=2, ids=[str(i) for i in items]
-        )
+        if args.factory_ml100k:
+            make_artifact(
+                art, num_items=len(items), dim=64, H=20, D=10, seed=2, ids=[str(i) for i in items]
+            )
+        else:
+            # The real thing: a model trained by `twotower train` on ml-100k (short run).
+            from trainer.run import train, trainer_config
+
+            t0 = time.perf_counter()
+            spec = f"movielens:{ml / 'u.data'}"
+            train(
+                spec, art, trainer_config("movielens", overrides=["train.epochs=3"]), progress=False
+            )
+            print(f"trained ml-100k artifact in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
         corpora.append(("ml-100k", art, ml))
     return [(n, a, args.users if ml_dir is None else 943, ml_dir) for n, a, ml_dir in corpora]
 
@@ -321,6 +332,11 @@ def main() -> int:
     p.add_argument("--users", type=int, default=1000, help="stored synthetic users")
     p.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     p.add_argument("--skip-ml100k", action="store_true")
+    p.add_argument(
+        "--factory-ml100k",
+        action="store_true",
+        help="ml-100k catalog with made-up vectors instead of a model trained by `twotower train`",
+    )
     args = p.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
@@ -335,6 +351,12 @@ def main() -> int:
         "threads": "1 uvicorn worker (uvloop, httptools); TF intra/inter-op 1; faiss.omp_set_num_threads(1); "
         "wrk -t1; 2 shared cores: one for the server, one for wrk and Redis",
         "settings": {"batch_max_size": 64, "batch_max_wait_ms": 1.0, "k": 20},
+        "towers": {
+            "synthetic": "test-fixture tower (normalised mean of history vectors) over made-up item vectors",
+            "ml-100k": "made-up vectors (fixture)"
+            if args.factory_ml100k
+            else "trained by twotower train (3 epochs)",
+        },
         "corpora": results,
     }
     path = write_result(
