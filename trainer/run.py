@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,11 @@ def train(
     ckpt_dir = (
         Path(checkpoint_dir) if checkpoint_dir else _checkpoint_dir(out, spec, cfg, warm_from)
     )
+    chief = is_chief(strategy)
+    if not chief:
+        # Multi-worker: every worker trains (collectives need all of them), only the
+        # chief checkpoints into ART and exports; the others write to scratch.
+        ckpt_dir = Path(tempfile.mkdtemp(prefix="twotower-worker-"))
     trainer = Trainer(
         model, cfg, examples_fn, valid if len(valid) else None, ckpt_dir, strategy, progress
     )
@@ -204,6 +210,9 @@ def train(
             "protocol": "all-ranking, train/valid items masked",
         },
     }
+    if not chief:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        return TrainOutcome("", metrics, baseline, training, extra, model)
     version = export_version(
         out,
         model,
@@ -220,6 +229,17 @@ def train(
     artifacts.prune_versions(out, cfg.export.keep_versions)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return TrainOutcome(version, metrics, baseline, training, extra, model)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True unless this is a non-chief worker of a multi-worker run (TF_CONFIG)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def _model_embed(model: TwoTowerModel, similarity: str):
@@ -246,7 +266,7 @@ def train_command(args: argparse.Namespace) -> int:
     json.dump(
         {
             "version": outcome.version,
-            "published": not args.no_publish,
+            "published": bool(outcome.version) and not args.no_publish,
             "metrics": outcome.metrics,
             "baseline_popular": outcome.baseline_popular,
             "training": {k: v for k, v in outcome.training.items() if k != "history"},

@@ -243,3 +243,26 @@ def test_same_seed_same_training(tmp_path):
         progress=False,
     )
     assert other.training["history"][0]["loss"] != runs[0].training["history"][0]["loss"]
+
+
+@pytest.mark.parametrize(
+    "cluster, task_type, task_id, expected",
+    [
+        ({"chief": ["a:1"], "worker": ["b:1", "c:1"]}, "chief", 0, True),
+        ({"chief": ["a:1"], "worker": ["b:1", "c:1"]}, "worker", 0, False),
+        ({"worker": ["b:1", "c:1"]}, "worker", 0, True),
+        ({"worker": ["b:1", "c:1"]}, "worker", 1, False),
+    ],
+)
+def test_only_the_chief_exports_in_multiworker_runs(cluster, task_type, task_id, expected):
+    import types
+
+    import tensorflow as tf
+
+    from trainer.run import is_chief
+
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id
+    )
+    assert is_chief(types.SimpleNamespace(cluster_resolver=resolver)) is expected
+    assert is_chief(tf.distribute.get_strategy()) is True  # one process: always exports
