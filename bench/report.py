@@ -7,11 +7,23 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, RESULTS
 
 OUT = REPO / "docs" / "RESULTS.md"
+README = REPO / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+#: Headline tables copied into the README, in this order (when their results exist).
+HEADLINES = [
+    "quality_ml100k",
+    "quality_gowalla",
+    "demotion",
+    "training_speed_mean",
+    "serving",
+    "feature_store",
+]
 
 
 def _header(doc: dict[str, Any]) -> str:
@@ -51,6 +63,33 @@ def _training_speed(doc: dict[str, Any]) -> str:
     )
 
 
+def _section(path: Path) -> str:
+    doc = json.loads(path.read_text())
+    name = doc.get("benchmark", path.stem)
+    md = path.with_suffix(".md")
+    if md.is_file():
+        body = "\n".join(
+            line for line in md.read_text().strip().splitlines() if not line.startswith("# ")
+        )
+    elif name == "feature_store":
+        body = _feature_store(doc)
+    elif name.startswith("training_speed"):
+        body = _training_speed(doc)
+    else:
+        body = f"(see `{path.relative_to(REPO)}`)"
+    return f"{body}\n\n<sub>{_header(doc)}</sub>\n"
+
+
+def readme_block() -> str:
+    parts = [BEGIN, ""]
+    for stem in HEADLINES:
+        path = RESULTS / f"{stem}.json"
+        if path.is_file():
+            parts += [f"#### {stem.replace('_', ' ')}", "", _section(path)]
+    parts.append(END)
+    return "\n".join(parts)
+
+
 def render() -> str:
     parts = [
         "# Benchmark results",
@@ -80,6 +119,11 @@ def render() -> str:
 def main() -> int:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(render())
+    text = README.read_text()
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _old, tail = rest.split(END, 1)
+        README.write_text(head + readme_block() + tail)
     print(f"wrote {OUT}", file=sys.stderr)
     return 0
 
