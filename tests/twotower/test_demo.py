@@ -28,7 +28,16 @@ def test_demo_serves_and_the_printed_dislike_removes_the_item(tmp_path):
     out = (tmp_path / "stdout").open("w+")
     err = (tmp_path / "stderr").open("w+")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "twotower.cli", "demo", "--dir", str(tmp_path / "demo"), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "twotower.cli",
+            "demo",
+            "--dir",
+            str(tmp_path / "demo"),
+            "--port",
+            str(port),
+        ],
         stdout=out,
         stderr=err,
         cwd=tmp_path,
