@@ -31,8 +31,21 @@ def _ids(body: dict) -> list[str]:
 
 @pytest.fixture(scope="module")
 def e2e_art(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model trained by the real trainer (SavedModel tower, FAISS index, manifest)."""
+    from trainer.run import train, trainer_config
+
     d = tmp_path_factory.mktemp("e2e-art")
-    make_artifact(d, num_items=400, dim=16, H=8, D=4, seed=11)
+    sets = [
+        "train.epochs=2",
+        "train.batch_size=128",
+        "model.embedding_dim=16",
+        "model.hidden_units=16",
+        "model.history_length=8",
+        "model.dislike_length=4",
+        "frequency.buckets=4096",
+    ]
+    spec = "synthetic:users=300,items=400,events_per_user=20,seed=11"
+    train(spec, d, trainer_config("synthetic", overrides=sets), progress=False)
     return d
 
 
