@@ -9,7 +9,6 @@ starts following ART/LATEST.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ from serving.retrieval import Demotion
 from serving.routes import InputError, floor_router, router
 from serving.service import reopen_store
 from serving.settings import Settings
+from serving.tasks import cancel_task
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +183,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        watchdog.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watchdog
+        await cancel_task(watchdog)
         await state.reloader.stop()
         await state.batcher.stop()
         if state.store is not None:

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from serving.retrieval import Demotion, Query, Result, run_batch
+from serving.tasks import cancel_task
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,8 @@ class Batcher:
         self._task = asyncio.create_task(self._loop(), name="twotower-batcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_task(self._task)
+        self._task = None
         if self._queue is not None:
             while not self._queue.empty():
                 _q, fut = self._queue.get_nowait()

@@ -10,13 +10,13 @@ request holding it ends (reference counting); nothing closes it under a reader.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
 from collections.abc import Callable
 
 from serving.model import LoadedModel, load_model
+from serving.tasks import cancel_task
 from twotower import artifacts
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,5 @@ class Reloader:
         self._task = asyncio.create_task(self._loop(), name="twotower-reloader")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_task(self._task)
+        self._task = None
