@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import logging
@@ -147,41 +146,30 @@ def train(
     item_raw = model.embed_items()
     item_counts = ds.train_item_counts()
     similarity: str = cfg.export.similarity
-    valid_by_sim: dict[str, float] = {}
-    for sim in ("cosine", "dot"):
-        embed = _model_embed(model, sim)
-        items = l2_normalize(item_raw) if sim == "cosine" else item_raw
-        if len(valid):
-            valid_by_sim[sim] = float(
-                evaluate(embed, items, valid, item_counts, None).metrics["recall@20"]
-            )
+    items_by_sim = {"cosine": l2_normalize(item_raw), "dot": item_raw}
+    # Full validation metrics per geometry: what the similarity choice and tuning read
+    # (never the test split).
+    valid_eval = {
+        sim: evaluate(_model_embed(model, sim), items_by_sim[sim], valid, item_counts, None).metrics
+        for sim in ("cosine", "dot")
+        if len(valid)
+    }
+    valid_by_sim = {sim: float(m["recall@20"]) for sim, m in valid_eval.items()}
     if similarity == "auto":
         similarity = (
             max(valid_by_sim, key=lambda s: (valid_by_sim[s], s == "cosine"))
             if valid_by_sim
             else "cosine"
         )
-
-    # Full validation metrics of the exported geometry: what tuning reads (never the test split).
-    valid_metrics = (
-        evaluate(
-            _model_embed(model, similarity),
-            l2_normalize(item_raw) if similarity == "cosine" else item_raw,
-            valid,
-            item_counts,
-            None,
-        ).metrics
-        if len(valid)
-        else {}
-    )
+    valid_metrics = valid_eval.get(similarity, {})
     test = sample_rows(build_eval_set(ds, "test", H, D), cfg.split.max_users_eval, cfg.train.seed)
     neighbors = reference_neighbors(ds, ds.num_items)
-    items_export = l2_normalize(item_raw) if similarity == "cosine" else item_raw
+    items_export = items_by_sim[similarity]
     embed = _model_embed(model, similarity)
     ev = evaluate(embed, items_export, test, item_counts, neighbors)
     metrics = ev.metrics
     other = "dot" if similarity == "cosine" else "cosine"
-    other_items = l2_normalize(item_raw) if other == "cosine" else item_raw
+    other_items = items_by_sim[other]
     metrics_other = evaluate(
         _model_embed(model, other), other_items, test, item_counts, None
     ).metrics
@@ -325,7 +313,7 @@ def evaluate_version(
     )
     n = len(exported.item_ids)
     counts = ds.train_item_counts()[:n]
-    neighbors = reference_neighbors(dataclasses.replace(ds), ds.num_items)[:n]
+    neighbors = reference_neighbors(ds, ds.num_items)[:n]
     neighbors = np.where(neighbors >= n, -1, neighbors)
     ev = evaluate(exported.embed, exported.item_emb, test, counts, neighbors)
     if topk_out:
