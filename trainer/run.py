@@ -87,11 +87,14 @@ def train(
     publish: bool = True,
     skip_bad_lines: bool = False,
     progress: bool = True,
+    prune: bool = True,
 ) -> TrainOutcome:
     """Train on ``spec`` (or the given ``ds``), evaluate, export a version under ``out``.
 
     ``warm_version`` names a version of ``out`` to warm-start from ("latest" = the
-    published one). Returns the new version id and its metrics.
+    published one). ``prune`` keeps only the newest ``export.keep_versions``
+    versions afterwards (callers with their own retention pass False).
+    Returns the new version id and its metrics.
     """
     out = Path(out)
     if ds is None:
@@ -214,7 +217,8 @@ def train(
         extra=extra,
         publish=publish,
     )
-    artifacts.prune_versions(out, cfg.export.keep_versions)
+    if prune:
+        artifacts.prune_versions(out, cfg.export.keep_versions)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return TrainOutcome(version, metrics, baseline, training, extra, model)
 
