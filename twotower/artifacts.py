@@ -14,26 +14,36 @@ This is the only thing ``trainer`` and ``serving`` share. Layout::
         items.npz               # ids: str [N] in index order; embeddings: float32 [N, dim]
         index.faiss             # CPU-serialized FAISS index over the embeddings
         checkpoint/             # tf.train.Checkpoint for warm starts (optional)
+      PREVIOUS                  # the version LATEST named before the last publish (rollback)
+      .publish.lock             # flock held while LATEST is compared and replaced
 
 Item index ``i`` (0-based row of ``items.npz`` and FAISS id) is fed to the
 tower as ``i + 1``; 0 is padding. A version directory is written under
 ``versions/.staging-*``, fsynced and renamed before ``LATEST`` names it, so a
-reader never sees a half-written version.
+reader never sees a half-written version. ``publish(..., expected=V)`` is a
+compare-and-swap: it replaces ``LATEST`` only while it still names ``V``, so a
+job that gated its candidate against ``V`` never publishes over a version
+someone else published meanwhile. Deleting a version renames it to
+``versions/.trash-*`` first (one atomic step), so a deletion killed midway never
+leaves a directory that still looks like a complete version.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 LATEST = "LATEST"
+PREVIOUS = "PREVIOUS"
+PUBLISH_LOCK = ".publish.lock"
 VERSIONS = "versions"
 MANIFEST = "manifest.json"
 ITEMS = "items.npz"
@@ -41,11 +51,34 @@ INDEX = "index.faiss"
 USER_TOWER = "user_tower"
 CHECKPOINT = "checkpoint"
 STAGING_PREFIX = ".staging-"
+TRASH_PREFIX = ".trash-"
 PAD_INDEX = 0
 
 
 class ArtifactError(RuntimeError):
     """An artifact directory or version is missing or incomplete."""
+
+
+class PublishConflict(ArtifactError):
+    """``LATEST`` no longer names the version a compare-and-swap publish expected."""
+
+    def __init__(self, art: Path, version: str, expected: str | None, found: str | None):
+        self.expected, self.found = expected, found
+        super().__init__(
+            f"{art}: not publishing {version}: LATEST names {found or 'nothing'}, "
+            f"expected {expected or 'nothing'} (another job published meanwhile); "
+            "evaluate the candidate against the new version before publishing it"
+        )
+
+
+class _AnyVersion:
+    """Sentinel of :func:`publish`: replace LATEST whatever it names."""
+
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY = _AnyVersion()
 
 
 def new_version_id(now: float | None = None) -> str:
@@ -116,12 +149,44 @@ def staging_version(
         raise
 
 
-def publish(art: str | os.PathLike[str], version: str) -> None:
-    """Point ``LATEST`` at ``version`` atomically. The version must be complete."""
+@contextlib.contextmanager
+def _publish_lock(art: Path) -> Iterator[None]:
+    """Serialise publishers of one artifact directory (``flock``; released if the process dies)."""
+    fd = os.open(art / PUBLISH_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def publish(
+    art: str | os.PathLike[str], version: str, *, expected: str | None | _AnyVersion = ANY
+) -> None:
+    """Point ``LATEST`` at ``version`` atomically. The version must be complete.
+
+    Args:
+      art: the artifact directory.
+      version: a complete version under ``art/versions``.
+      expected: compare-and-swap. When given, ``LATEST`` is replaced only if it still
+        names ``expected`` (None = nothing published yet); otherwise
+        :class:`PublishConflict` is raised and ``LATEST`` is left alone. The default
+        (``ANY``) publishes unconditionally.
+
+    The version ``LATEST`` named before is recorded in ``PREVIOUS`` (the rollback
+    target, which retention never deletes).
+    """
+    art = Path(art)
     vdir = version_dir(art, version)
     if not (vdir / MANIFEST).is_file():
         raise ArtifactError(f"cannot publish {version}: {vdir / MANIFEST} is missing")
-    atomic_write_text(Path(art) / LATEST, version + "\n")
+    with _publish_lock(art):
+        current = latest_version(art)
+        if not isinstance(expected, _AnyVersion) and current != expected:
+            raise PublishConflict(art, version, expected, current)
+        if current is not None and current != version:
+            atomic_write_text(art / PREVIOUS, current + "\n")
+        atomic_write_text(art / LATEST, version + "\n")
 
 
 def latest_version(art: str | os.PathLike[str]) -> str | None:
@@ -133,8 +198,17 @@ def latest_version(art: str | os.PathLike[str]) -> str | None:
     return text or None
 
 
+def previous_version(art: str | os.PathLike[str]) -> str | None:
+    """The version ``LATEST`` named before the last publish (None if there was none)."""
+    try:
+        text = (Path(art) / PREVIOUS).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
 def list_versions(art: str | os.PathLike[str]) -> list[str]:
-    """Complete versions (with a manifest), oldest first."""
+    """Complete versions (with a manifest), oldest first; staging and trash dirs never count."""
     root = versions_dir(art)
     if not root.is_dir():
         return []
@@ -184,24 +258,62 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
+def remove_version(art: str | os.PathLike[str], version: str) -> None:
+    """Delete one version: rename it to ``versions/.trash-*`` (atomic), then remove that.
+
+    A deletion killed midway leaves only a ``.trash-*`` directory, which no reader
+    takes for a version and :func:`sweep_leftovers` removes. The published version
+    is refused.
+    """
+    if version == latest_version(art):
+        raise ArtifactError(f"{art}: refusing to delete {version}: LATEST names it")
+    root = versions_dir(art)
+    trash = root / f"{TRASH_PREFIX}{version}-{secrets.token_hex(2)}"
+    try:
+        os.rename(root / version, trash)
+    except FileNotFoundError:
+        return
+    _fsync_path(root)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def sweep_leftovers(art: str | os.PathLike[str], stale_after_s: float = 6 * 3600) -> list[str]:
+    """Remove trash of interrupted deletions and staging dirs older than ``stale_after_s``.
+
+    Staging leftovers of killed exports are garbage; a young one may belong to a
+    live export, so only stale ones go. Returns the names removed.
+    """
+    root = versions_dir(art)
+    removed: list[str] = []
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    for p in root.iterdir():
+        if p.name.startswith(TRASH_PREFIX) or (
+            p.name.startswith(STAGING_PREFIX) and now - p.stat().st_mtime > stale_after_s
+        ):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
+
+
 def prune_versions(
-    art: str | os.PathLike[str], keep: int, stale_after_s: float = 6 * 3600
+    art: str | os.PathLike[str],
+    keep: int,
+    stale_after_s: float = 6 * 3600,
+    protect: Iterable[str] = (),
 ) -> list[str]:
-    """Delete all but the newest ``keep`` versions, never the published one; return deleted ids."""
+    """Delete all but the newest ``keep`` versions; return the deleted ids.
+
+    Never deleted: the published version, the previously published one
+    (``PREVIOUS``) and the ids in ``protect``.
+    """
     if keep < 1:
         raise ValueError("keep must be >= 1")
-    published = latest_version(art)
+    kept = {latest_version(art), previous_version(art), *protect}
     versions = list_versions(art)
-    doomed = [v for v in versions[:-keep] if v != published]
+    doomed = [v for v in versions[:-keep] if v not in kept]
     for v in doomed:
-        shutil.rmtree(version_dir(art, v), ignore_errors=True)
-    # Staging leftovers of killed runs are garbage; a young one may be a live run's.
-    root = versions_dir(art)
-    if root.is_dir():
-        for p in root.iterdir():
-            if (
-                p.name.startswith(STAGING_PREFIX)
-                and time.time() - p.stat().st_mtime > stale_after_s
-            ):
-                shutil.rmtree(p, ignore_errors=True)
+        remove_version(art, v)
+    sweep_leftovers(art, stale_after_s)
     return doomed
