@@ -178,6 +178,80 @@ def test_lightgcn_malformed_line(tmp_path, bad):
     assert len(ds.users) == 3 + 1 + 1 + 3  # train 0:{1,2,3} + 2:{1}, valid, test
 
 
+OVERLONG = "99999999999999999999"  # 20 digits: above int64's 9223372036854775807
+
+
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [
+        (
+            "\u00b2",
+            r"'\u00b2' is not a non-negative integer id \(ASCII digits",
+        ),  # '²'.isdigit() is True
+        ("\u0663", r"'\u0663' is not a non-negative integer id"),  # int() reads it as 3
+        (OVERLONG, rf"id {OVERLONG} is out of range"),
+    ],
+)
+def test_lightgcn_non_ascii_digits_and_overlong_ids_name_file_and_line(tmp_path, token, why):
+    root = write_lightgcn(tmp_path / "g", train=f"0 1 2 3\n1 {token}\n2 1\n")
+    with pytest.raises(DataError, match=rf"train\.txt:2: {why}") as err:
+        load_source(f"lightgcn:{root}")
+    assert err.value.line == 2
+    ds = load_source(f"lightgcn:{root}", skip_bad_lines=True)
+    assert ds.skipped_lines == 1 and "1" in ds.user_ids.tolist()  # user 1 still has test items
+
+
+def test_lightgcn_largest_int64_id_is_read_exactly(tmp_path):
+    big = str((1 << 63) - 1)
+    root = write_lightgcn(tmp_path / "g", train=f"0 1 {big}\n1 2\n")
+    ds = load_source(f"lightgcn:{root}")
+    assert big in ds.item_ids.tolist()
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ("\u00b2\t10\t5\t100\n", r"'\u00b2' is not a non-negative integer id"),
+        ("1\t\u00b2\t5\t100\n", r"'\u00b2' is not a non-negative integer id"),
+        (f"{OVERLONG}\t10\t5\t100\n", rf"id {OVERLONG} is out of range"),
+        (f"1\t{OVERLONG}\t5\t100\n", rf"id {OVERLONG} is out of range"),
+        ("1\t10\t\u0664\t100\n", r"rating '\u0664' is not a number"),  # float() reads 4
+        ("1\t10\t5\t1e9\n", "non-negative integer"),
+    ],
+)
+def test_udata_non_ascii_digits_and_overlong_ids_name_file_and_line(tmp_path, line, why):
+    path = tmp_path / "u.data"
+    path.write_text(UDATA + line)
+    with pytest.raises(DataError, match=rf"{path}:6: .*{why}"):
+        load_source(f"movielens:{path}")
+
+
+def test_movielens_ids_above_float_precision_stay_distinct(tmp_path):
+    # 2^53 + 1 and 2^53 are one float64; ids must never pass through floats.
+    a, b = str((1 << 53) + 1), str(1 << 53)
+    path = tmp_path / "u.data"
+    path.write_text(f"1\t{a}\t5\t100\n1\t{b}\t5\t101\n1\t7\t5\t102\n")
+    ds = load_source(f"movielens:{path}")
+    assert sorted(ds.item_ids.tolist()) == sorted([a, b, "7"])
+
+
+def test_movielens_metadata_with_bad_ids_is_an_input_error(tmp_path):
+    (tmp_path / "u.data").write_text(UDATA)
+    (tmp_path / "u.item").write_text("\u00b2|Title|01-Jan-1995||http://x|0|1\n")
+    with pytest.raises(DataError, match=r"u\.item:1: "):
+        load_source(f"movielens:{tmp_path / 'u.data'}")
+
+
+def test_bad_ids_exit_2_through_the_cli(tmp_path, capsys):
+    from twotower.cli import main
+
+    root = write_lightgcn(tmp_path / "g", train=f"0 1 2\n1 {OVERLONG}\n")
+    code = main(["train", "--data", f"lightgcn:{root}", "--out", str(tmp_path / "art")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "train.txt:2" in err and "out of range" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     ("spec", "why"),
     [
@@ -202,8 +276,16 @@ def test_synthetic_spec_and_its_errors():
     assert ds.source == "synthetic:users=30,items=40,events_per_user=10,categories=4"
     with pytest.raises(DataError, match="unknown key 'colour'.*users, items"):
         load_source("synthetic:colour=blue")
-    with pytest.raises(DataError, match="users='many' is not an integer"):
+    with pytest.raises(DataError, match="users='many' is not a non-negative integer"):
         load_source("synthetic:users=many")
+    with pytest.raises(DataError, match="users='\u0663' is not a non-negative integer"):
+        load_source("synthetic:users=\u0663")
+    with pytest.raises(DataError, match="is not a non-negative integer"):
+        load_source(f"synthetic:seed={OVERLONG}")
+    with pytest.raises(DataError, match="users must be in 1..2147483647"):
+        load_source("synthetic:users=3000000000")
+    with pytest.raises(DataError, match="span_days='inf' is not a finite number"):
+        load_source("synthetic:span_days=inf")
     with pytest.raises(DataError, match="not key=value"):
         load_source("synthetic:users")
     with pytest.raises(DataError, match="dislike_rate must be in"):

@@ -41,7 +41,7 @@ def test_defaults_and_parsing():
         ("noise=2", "noise must be"),
         ("dislike_categories=0", "needs dislike_categories"),
         ("start=12", "start must be"),
-        ("items=1.5", "not an integer"),
+        ("items=1.5", "not a non-negative integer"),
     ]:
         with pytest.raises(DataError, match=why):
             parse_params(bad)

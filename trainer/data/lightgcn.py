@@ -10,9 +10,11 @@ and ``test.txt`` are required.
 
 Users and items are numbered in increasing id order, so for the usual
 0..n-1 ids an index equals its id. A user listed with no item in any file has
-no event and is not in the data set. A malformed line (a non-integer or negative
-token) raises a DataError naming file and line, or with ``skip_bad_lines`` is
-skipped and counted in ``Dataset.skipped_lines``. Blank lines are ignored.
+no event and is not in the data set. A malformed line (a token that is not
+an id: anything but ASCII digits, e.g. ``-1``, ``1.5`` or ``²``, or a number
+above int64's range; see :mod:`trainer.data.ids`) raises a DataError naming
+file, line and token, or with ``skip_bad_lines`` is skipped and counted in
+``Dataset.skipped_lines``. Blank lines are ignored.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 
 from trainer.data.dataset import POSITIVE, TEST, TRAIN, VALID, Dataset
 from trainer.data.errors import DataError
+from trainer.data.ids import id_problem, plain_ids
 from trainer.data.sources import BadLines
 from trainer.data.split import assemble
 
@@ -36,12 +39,14 @@ FILES = (("train.txt", TRAIN, True), ("valid.txt", VALID, False), ("test.txt", T
 
 def _parse_fast(lines: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
     """(users [E], items [E]) when every line is clean; None to take the careful path."""
+    if not all(line.isascii() for line in lines):
+        return None
     parts = [line.split() for line in lines]
     counts = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
     tokens = np.array(list(chain.from_iterable(parts)))
     if not len(tokens):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    if not np.char.isdigit(tokens).all():
+    if not plain_ids(tokens):
         return None
     values = tokens.astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -57,11 +62,9 @@ def _parse_slow(numbered: list[tuple[int, str]], bad: BadLines) -> tuple[np.ndar
     items: list[int] = []
     for no, line in numbered:
         fields = line.split()
-        wrong = next((f for f in fields if not f.isdigit()), None)
-        if wrong is not None:
-            bad.bad(
-                no, f"{wrong!r} is not a non-negative integer id (expected 'user item item ...')"
-            )
+        why = next((w for w in map(id_problem, fields) if w is not None), None)
+        if why is not None:
+            bad.bad(no, f"{why} (expected 'user item item ...')")
             continue
         values = [int(f) for f in fields]
         users.extend([values[0]] * (len(values) - 1))

@@ -17,10 +17,12 @@ gives ``item_features["genre"]`` = index of the first set genre flag + 1
 (0 = unknown / no flag); ``movies.csv`` beside ``ratings.csv`` gives the first
 listed genre (numbered in sorted name order, from 1).
 
-A malformed line -- wrong field count, a non-integer id or timestamp, a
-rating outside [0.5, 5], a negative timestamp -- raises a DataError naming
-file and line, or with ``skip_bad_lines`` is skipped and counted in
-``Dataset.skipped_lines``. Blank lines are not data and are ignored.
+A malformed line -- wrong field count, an id that is not ASCII digits or
+does not fit in int64 (``²``, ``-1``, 25 digits; see :mod:`trainer.data.ids`),
+a rating or timestamp that is not a plain decimal, a rating outside [0.5, 5],
+a fractional timestamp -- raises a DataError naming file and line, or with
+``skip_bad_lines`` is skipped and counted in ``Dataset.skipped_lines``. Blank
+lines are not data and are ignored.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -35,6 +38,7 @@ import numpy as np
 
 from trainer.data.dataset import DISLIKE, POSITIVE, Dataset
 from trainer.data.errors import DataError
+from trainer.data.ids import id_problem, number_problem, plain_decimals, plain_ids
 from trainer.data.sources import BadLines
 from trainer.data.split import assemble, attach_feature
 
@@ -60,31 +64,30 @@ def resolve(path: str | os.PathLike) -> tuple[Path, str]:
     return p, ("csv" if p.suffix.lower() == ".csv" else "udata")
 
 
-def _check_rows(rows: np.ndarray) -> np.ndarray | None:
-    """Columns (user, item, rating, ts) as float64 [L, 4] if every row is valid, else None."""
-    try:
-        ids = rows[:, :2]
-        if not np.char.isdigit(ids).all():
-            return None
-        values = rows.astype(np.float64)
-    except ValueError:
+Rows = tuple[np.ndarray, np.ndarray]
+"""(ids int64 [L, 2] = user, item; values float64 [L, 2] = rating, timestamp)."""
+
+
+def _empty_rows() -> Rows:
+    return np.zeros((0, 2), np.int64), np.zeros((0, 2), np.float64)
+
+
+def _check_rows(rows: np.ndarray) -> Rows | None:
+    """The columns (user, item | rating, ts) of ASCII str rows [L, 4] if every row is valid."""
+    ids, nums = rows[:, :2], rows[:, 2:]
+    if not (plain_ids(ids) and plain_decimals(nums)):
         return None
-    rating, ts = values[:, 2], values[:, 3]
-    ok = (
-        (rating >= MIN_RATING)
-        & (rating <= MAX_RATING)
-        & np.isfinite(ts)
-        & (ts >= 0)
-        & (ts == np.floor(ts))
-    )
-    return values if ok.all() else None
+    values = nums.astype(np.float64)
+    rating, ts = values[:, 0], values[:, 1]
+    ok = (rating >= MIN_RATING) & (rating <= MAX_RATING) & (ts == np.floor(ts))
+    return (ids.astype(np.int64), values) if ok.all() else None
 
 
-def _fast_rows(lines: list[str], sep: str, perm: list[int]) -> np.ndarray | None:
+def _fast_rows(lines: list[str], sep: str, perm: list[int]) -> Rows | None:
     """Vectorised parse of well-formed lines; None when any line needs a closer look."""
     if not lines:
-        return np.zeros((0, 4))
-    if any(line.count(sep) != 3 for line in lines):
+        return _empty_rows()
+    if any(line.count(sep) != 3 or not line.isascii() for line in lines):
         return None
     rows = np.array(sep.join(lines).split(sep)).reshape(len(lines), 4)[:, perm]
     return _check_rows(np.char.strip(rows))
@@ -92,36 +95,37 @@ def _fast_rows(lines: list[str], sep: str, perm: list[int]) -> np.ndarray | None
 
 def _slow_rows(
     numbered: list[tuple[int, str]], sep: str | None, perm: list[int], bad: BadLines
-) -> np.ndarray:
-    """Line-by-line parse with exact diagnostics; float64 [L, 4] of the good rows."""
-    out: list[tuple[float, float, float, float]] = []
+) -> Rows:
+    """Line-by-line parse with exact diagnostics; the good rows."""
+    ids: list[tuple[int, int]] = []
+    values: list[tuple[float, float]] = []
     for no, line in numbered:
         fields = line.split() if sep is None else [f.strip() for f in line.split(sep)]
         if len(fields) != 4:
             bad.bad(no, f"expected 4 fields (user, item, rating, timestamp), found {len(fields)}")
             continue
         user, item, rating_s, ts_s = (fields[j] for j in perm)
-        if not (user.isdigit() and item.isdigit()):
-            bad.bad(no, f"user and item ids must be non-negative integers, got {user!r}, {item!r}")
+        why = id_problem(user) or id_problem(item)
+        if why is not None:
+            bad.bad(no, f"user and item ids must be non-negative integers: {why}")
             continue
-        try:
-            rating = float(rating_s)
-        except ValueError:
-            bad.bad(no, f"rating {rating_s!r} is not a number")
+        why = number_problem(rating_s, "rating")
+        if why is not None:
+            bad.bad(no, why)
             continue
+        rating = float(rating_s)
         if not MIN_RATING <= rating <= MAX_RATING:
             bad.bad(no, f"rating {rating_s} is outside [{MIN_RATING}, {MAX_RATING}]")
             continue
-        try:
-            ts = float(ts_s)
-        except ValueError:
-            bad.bad(no, f"timestamp {ts_s!r} is not a number")
+        ts = float(ts_s) if number_problem(ts_s, "timestamp") is None else math.nan
+        if not math.isfinite(ts) or ts != int(ts):
+            bad.bad(no, f"timestamp {ts_s!r} must be a non-negative integer (unix seconds)")
             continue
-        if not np.isfinite(ts) or ts < 0 or ts != int(ts):
-            bad.bad(no, f"timestamp {ts_s} must be a non-negative integer (unix seconds)")
-            continue
-        out.append((float(user), float(item), rating, ts))
-    return np.array(out, dtype=np.float64).reshape(-1, 4)
+        ids.append((int(user), int(item)))
+        values.append((rating, ts))
+    if not ids:
+        return _empty_rows()
+    return np.array(ids, dtype=np.int64), np.array(values, dtype=np.float64)
 
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:
@@ -130,8 +134,8 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
     return [(i, line) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
-def read_ratings(path: Path, fmt: str, bad: BadLines) -> np.ndarray:
-    """float64 [L, 4] (user, item, rating, ts) of a u.data or ratings.csv file."""
+def read_ratings(path: Path, fmt: str, bad: BadLines) -> Rows:
+    """(ids int64 [L, 2] user, item; values float64 [L, 2] rating, ts) of a ratings file."""
     numbered = _read_lines(path)
     # u.data is tab-separated; the slow path also takes any whitespace.
     fast_sep, sep = "\t", None
@@ -164,7 +168,7 @@ def _udata_genres(path: Path, bad: BadLines) -> tuple[np.ndarray, np.ndarray, in
         flags = fields[5:]
         if (
             len(fields) < 6
-            or not fields[0].strip().isdigit()
+            or id_problem(fields[0].strip()) is not None
             or any(f.strip() not in ("0", "1") for f in flags)
         ):
             bad.bad(no, "expected id|title|release|video release|url|genre flags (0/1)")
@@ -184,7 +188,7 @@ def _csv_genres(path: Path, bad: BadLines) -> tuple[np.ndarray, np.ndarray, int]
     for no, row in enumerate(rows[1:], start=2):
         if not row:
             continue
-        if len(row) < 3 or not row[0].strip().isdigit():
+        if len(row) < 3 or id_problem(row[0].strip()) is not None:
             bad.bad(no, "expected movieId,title,genres")
             continue
         genre = row[-1].split("|")[0].strip()
@@ -213,8 +217,8 @@ def read_movielens(
     """
     file, fmt = resolve(path)
     bad = BadLines(str(file), skip_bad_lines)
-    rows = read_ratings(file, fmt, bad)
-    user, item, rating = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64), rows[:, 2]
+    ids, values = read_ratings(file, fmt, bad)
+    user, item, rating = ids[:, 0], ids[:, 1], values[:, 0]
     labels = np.where(rating >= 4, POSITIVE, np.where(rating <= 2, DISLIKE, 0)).astype(np.int8)
     keep = labels != 0
     if not keep.any():
@@ -225,7 +229,7 @@ def read_movielens(
         user_raw=user[keep],
         item_raw=item[keep],
         labels=labels[keep],
-        ts=rows[keep, 3],
+        ts=values[keep, 1],
         catalog=np.unique(item[~keep]),
         neutral=int((~keep).sum()),
         numeric_ids=True,

@@ -32,12 +32,14 @@ identical arrays.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from trainer.data.dataset import DISLIKE, POSITIVE, Dataset
 from trainer.data.errors import DataError
+from trainer.data.ids import id_problem
 from trainer.data.split import assemble, group_starts
 
 
@@ -82,21 +84,39 @@ def parse_params(arg: str) -> SyntheticParams:
             raise DataError(f"synthetic: {piece!r} is not key=value; keys: {', '.join(FIELDS)}")
         if key not in FIELDS:
             raise DataError(f"synthetic: unknown key {key!r}; keys: {', '.join(FIELDS)}")
-        try:
-            values[key] = int(raw) if FIELDS[key] == "int" else float(raw)
-        except ValueError:
+        raw = raw.strip()
+        is_int = FIELDS[key] == "int"
+        # ASCII only: int() and float() also read Unicode digits ('\u0663' -> 3).
+        bad = (
+            id_problem(raw) is not None
+            if is_int
+            else not (raw.isascii() and math.isfinite(_float_or_nan(raw)))
+        )
+        if bad:
             raise DataError(
-                f"synthetic: {key}={raw!r} is not a{'n integer' if FIELDS[key] == 'int' else ' number'}"
-            ) from None
+                f"synthetic: {key}={raw!r} is not a{' non-negative integer' if is_int else ' finite number'}"
+            )
+        values[key] = int(raw) if is_int else float(raw)
     params = SyntheticParams(**values)  # type: ignore[arg-type]
     _validate(params)
     return params
 
 
+def _float_or_nan(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        return math.nan
+
+
+#: Users and items are int32 indices.
+_MAX_INDEX = (1 << 31) - 1
+
+
 def _validate(p: SyntheticParams) -> None:
     checks = [
-        (p.users >= 1, "users must be >= 1"),
-        (p.items >= 2, "items must be >= 2"),
+        (1 <= p.users <= _MAX_INDEX, f"users must be in 1..{_MAX_INDEX}"),
+        (2 <= p.items <= _MAX_INDEX, f"items must be in 2..{_MAX_INDEX}"),
         (p.events_per_user >= 1, "events_per_user must be >= 1"),
         (0.0 <= p.dislike_rate < 1.0, "dislike_rate must be in [0, 1)"),
         (1 <= p.categories <= p.items, "categories must be in 1..items"),
