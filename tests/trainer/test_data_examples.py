@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from trainer.data.dataset import DISLIKE, POSITIVE, TEST, TRAIN, VALID
-from trainer.data.examples import build_eval_set, build_train_examples, item_popularity
+from trainer.data.examples import (
+    build_eval_set,
+    build_train_examples,
+    capped_users,
+    item_popularity,
+)
 from trainer.data.sources import load_source
 from trainer.data.split import assemble
 
@@ -55,6 +60,17 @@ def test_same_timestamp_events_do_not_see_each_other():
     assert (ex.weight == 1.0).all() and ex.history.dtype == np.int32
 
 
+def test_dislike_rows_carry_the_dislike_weight():
+    ds = load_source("synthetic:users=40,items=50,events_per_user=15,categories=5,seed=2")
+    ex = build_train_examples(ds, 4, 2, dislike_weight=2.5)
+    dislike = ex.is_positive == 0.0
+    assert dislike.any() and (~dislike).any()
+    assert (ex.weight[dislike] == 2.5).all() and (ex.weight[~dislike] == 1.0).all()
+    assert (build_train_examples(ds, 4, 2).weight == 1.0).all()  # the default w = 1
+    with pytest.raises(ValueError, match="dislike_weight"):
+        build_train_examples(ds, 4, 2, dislike_weight=float("nan"))
+
+
 def test_history_keeps_only_the_last_h_positives():
     ds = build([("u", f"i{k}", P, k) for k in range(8)])
     ex = build_train_examples(ds, history_length=3, dislike_length=1)
@@ -101,15 +117,45 @@ def test_eval_sets_timestamped():
     assert test.history[0].tolist() == tok(ds, "a", "b", "c", "v")
     assert test.dislikes[0].tolist() == [0] + tok(ds, "x", "y", "z")
     assert (test.targets(0) + 1).tolist() == tok(ds, "t")
-    assert sorted(test.mask(0) + 1) == sorted(tok(ds, "a", "b", "c", "v"))
+    # Masked: every TRAIN and VALID event's item, dislikes included (z is a VALID input).
+    assert sorted(test.mask(0) + 1) == sorted(tok(ds, "a", "b", "c", "v", "x", "y", "z"))
     assert (test.heldout_dislikes(0) + 1).tolist() == tok(ds, "w")  # z is an input, not an answer
 
     valid = build_eval_set(ds, "valid", 4, 4)
     assert valid.history[0].tolist() == [0] + tok(ds, "a", "b", "c")
     assert valid.dislikes[0].tolist() == [0, 0] + tok(ds, "x", "y")
     assert (valid.targets(0) + 1).tolist() == tok(ds, "v")
-    assert sorted(valid.mask(0) + 1) == sorted(tok(ds, "a", "b", "c"))
+    assert sorted(valid.mask(0) + 1) == sorted(tok(ds, "a", "b", "c", "x", "y"))
     assert sorted(valid.heldout_dislikes(0) + 1) == sorted(tok(ds, "z", "w"))
+    for ev in (test, valid):  # an answer is never masked
+        assert not set(ev.heldout_dislikes(0)) & set(ev.mask(0))
+        assert not set(ev.targets(0)) & set(ev.mask(0))
+
+
+def test_items_disliked_in_train_are_masked_and_never_answers():
+    # u disliked x in TRAIN, then "likes" x as its test positive and dislikes x again
+    # after it: x can never be ranked for u, so it is neither a target nor a held-out
+    # dislike. s disliked q in TRAIN; its test target t stays, q is masked, and its
+    # held-out dislike r (same second as t, so not an input) stays unmasked.
+    ds = build(
+        [
+            ("u", "a", P, 1), ("u", "x", D, 2), ("u", "b", P, 3), ("u", "v", P, 4),
+            ("u", "x", P, 5), ("u", "x", D, 6),
+            ("s", "a", P, 1), ("s", "q", D, 2), ("s", "b", P, 3), ("s", "v", P, 4),
+            ("s", "t", P, 5), ("s", "r", D, 5),
+        ]
+    )  # fmt: skip
+    test = build_eval_set(ds, "test", 4, 4)
+    assert [ds.user_ids[u] for u in test.users] == ["s"]  # u's only target is masked
+    assert (test.targets(0) + 1).tolist() == tok(ds, "t")
+    assert sorted(test.mask(0) + 1) == sorted(tok(ds, "a", "q", "b", "v"))
+    assert (test.heldout_dislikes(0) + 1).tolist() == tok(ds, "r")
+    valid = build_eval_set(ds, "valid", 4, 4)
+    u_row = [ds.user_ids[u] for u in valid.users].index("u")
+    assert (valid.targets(u_row) + 1).tolist() == tok(ds, "v")
+    # u's later dislike of x repeats a TRAIN dislike: masked, so not an answer.
+    assert len(valid.heldout_dislikes(u_row)) == 0
+    assert tok(ds, "x")[0] - 1 in valid.mask(u_row)
 
 
 def test_eval_input_excludes_events_in_the_targets_second_and_repeats_are_dropped():
@@ -192,6 +238,28 @@ def test_lightgcn_eval_sets():
             assert set(ev.mask(r).tolist()) == set(
                 ds.items[mine & np.isin(ds.split, known)].tolist()
             )
+
+
+def test_lightgcn_eval_input_is_every_train_item_up_to_h_whatever_the_seed():
+    ds = lightgcn_ds()
+    H = 6
+    a = build_eval_set(ds, "test", H, 1, seed=0)
+    b = build_eval_set(ds, "test", H, 1, seed=1)
+    train = (ds.split == TRAIN) & (ds.labels == P)
+    sizes = np.bincount(ds.users[train], minlength=ds.num_users)
+    capped = sizes[a.users] > H
+    assert capped.any() and (~capped).any()  # both kinds of user occur
+    for r, u in enumerate(a.users):
+        mine = np.sort(ds.items[train & (ds.users == u)]) + 1
+        if not capped[r]:
+            # All train items, in index order, right-aligned; no seed involved.
+            assert a.history[r].tolist() == [0] * (H - len(mine)) + mine.tolist()
+        else:
+            got = a.history[r]
+            assert (got > 0).all() and set(got) <= set(mine) and (np.diff(got) > 0).all()
+    assert (a.history[~capped] == b.history[~capped]).all()
+    assert capped_users(ds, a, H) == int(capped.sum())
+    assert capped_users(ds, a, int(sizes.max())) == 0
 
 
 def test_item_popularity_counts_train_positives():

@@ -15,23 +15,32 @@ before a TRAIN event is itself TRAIN (see :mod:`trainer.data.split`).
 Evaluation of a split (``"valid"`` or ``"test"``) uses the same rule at the
 held-out positive's time t: the input is every positive (TRAIN, and VALID for
 ``"test"``) and every dislike strictly before t; the target is the held-out
-positive; the mask is the user's TRAIN positives (+ VALID positives for
-``"test"``) -- dislikes are not masked, the dislike metrics need them. The
-held-out dislikes are the user's non-TRAIN dislikes (all after their last TRAIN
-event) that are not part of the input: all of them for ``"valid"``, those not
-before t for ``"test"`` -- an item is never both an input and an answer.
+positive. The held-out dislikes (the answers of ``dislike_rate``) are the
+user's non-TRAIN dislikes (all after their last TRAIN event) that are not part
+of the input: all of them for ``"valid"``, those not before t for ``"test"`` --
+an item is never both an input and an answer.
+
+The mask (items removed from the user's ranking) is every item of the user's
+TRAIN events -- positives *and* dislikes -- plus, for ``"test"``, every VALID
+event that is not a held-out dislike. Serving never returns an item the user
+disliked nor one they already have, so the offline top-K does not spend slots
+on them either. The held-out dislikes themselves stay unmasked: they are what
+``dislike_rate`` looks for.
 
 Untimed sources (lightgcn)
 --------------------------
 Items have no order. A training row is a TRAIN positive; its history is a
 random sample (without replacement, in random order) of up to H of the user's
 *other* TRAIN items -- never the target itself -- resampled every epoch from
-``(seed, epoch)``. At evaluation the input is the user's TRAIN items (a seeded
-sample of H when there are more), the targets are the split's items, and the
+``(seed, epoch)``. At evaluation the input is the user's TRAIN items, all of
+them (in item-index order) up to the input width H; only a user with more
+than H train items gets a seeded sample of H (:func:`capped_users` counts
+them, and the manifest records it). The targets are the split's items, the
 mask is TRAIN (+ VALID for ``"test"``) items. There are no dislikes.
 
-In both cases a target the user already has in the mask (a repeat of an item
-they had) is dropped: it can never be ranked, as serving excludes seen items.
+In both cases a target or held-out dislike whose item is masked for that user
+(a repeat of an item they had, or a positive of an item they disliked before)
+is dropped: it can never be ranked, as serving excludes seen and disliked items.
 """
 
 from __future__ import annotations
@@ -124,7 +133,13 @@ def _sample_other_items(
 
 
 def build_train_examples(
-    ds: Dataset, history_length: int, dislike_length: int, *, seed: int = 0, epoch: int = 0
+    ds: Dataset,
+    history_length: int,
+    dislike_length: int,
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    dislike_weight: float = 1.0,
 ) -> Examples:
     """One row per TRAIN event (rules in the module docstring).
 
@@ -133,10 +148,15 @@ def build_train_examples(
       history_length: H, positives per row.
       dislike_length: D, dislikes per row.
       seed, epoch: the history sample of untimed sources (ignored when timestamped).
+      dislike_weight: w, the weight of every dislike row in the NTR term
+        (``loss.dislike_weight``); positive rows weigh 1.
     Returns:
       Examples with history int32 [n, H], dislikes int32 [n, D], item int32 [n]
-      (tokens), is_positive float32 [n] and weight float32 [n] (all 1).
+      (tokens), is_positive float32 [n] and weight float32 [n] (1 on positive
+      rows, ``dislike_weight`` on dislike rows).
     """
+    if not np.isfinite(dislike_weight) or dislike_weight < 0:
+        raise ValueError(f"dislike_weight must be a finite number >= 0, got {dislike_weight}")
     H, D = int(history_length), int(dislike_length)
     if ds.timestamped:
         rows = np.flatnonzero(ds.split == TRAIN)
@@ -145,13 +165,13 @@ def build_train_examples(
         rows = np.flatnonzero((ds.split == TRAIN) & (ds.labels == POSITIVE))
         rows, history = _sample_other_items(ds, rows, H, np.random.default_rng([seed, epoch]))
         dislikes = np.zeros((len(rows), D), dtype=np.int32)
-    n = len(rows)
+    positive = ds.labels[rows] == POSITIVE
     return Examples(
         history=history,
         dislikes=dislikes,
         item=(ds.items[rows] + 1).astype(np.int32),
-        is_positive=(ds.labels[rows] == POSITIVE).astype(np.float32),
-        weight=np.ones(n, dtype=np.float32),
+        is_positive=positive.astype(np.float32),
+        weight=np.where(positive, 1.0, dislike_weight).astype(np.float32),
     )
 
 
@@ -182,7 +202,8 @@ def build_eval_set(
       history_length, dislike_length: H and D.
       seed: the history sample of untimed users with more than H train items.
     Returns:
-      an EvalSet over the users with at least one target (sorted by user index).
+      an EvalSet over the users with at least one target (sorted by user index);
+      masks and held-out dislikes as in the module docstring.
     """
     if which not in ("valid", "test"):
         raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
@@ -190,22 +211,13 @@ def build_eval_set(
     held = VALID if which == "valid" else TEST
     known = (TRAIN,) if which == "valid" else (TRAIN, VALID)
     pos = ds.labels == POSITIVE
-    mask_sel = pos & np.isin(ds.split, known)
-    target_sel = pos & (ds.split == held)
-    # Drop targets the user already has among the masked items (repeats).
-    n_items = max(ds.num_items, 1)
-    mask_keys = ds.users[mask_sel].astype(np.int64) * n_items + ds.items[mask_sel]
-    target_idx = np.flatnonzero(target_sel)
-    target_keys = ds.users[target_idx].astype(np.int64) * n_items + ds.items[target_idx]
-    target_idx = target_idx[~np.isin(target_keys, mask_keys)]
-    eval_users = np.unique(ds.users[target_idx])
-    u = len(eval_users)
+    keys = ds.users.astype(np.int64) * max(ds.num_items, 1) + ds.items
+    target_idx = np.flatnonzero(pos & (ds.split == held))
 
     if ds.timestamped:
-        # One held-out positive per user and split: its event is the input's cut-off.
+        # One held-out positive per user and split (see trainer.data.split): its
+        # event is the input's cut-off.
         first = target_idx[np.unique(ds.users[target_idx], return_index=True)[1]]
-        timeline = _Timeline(ds)
-        history, dislikes = timeline.inputs(first, H, D)
         dis = np.flatnonzero((ds.labels == DISLIKE) & (ds.split != TRAIN))
         if which == "test":
             # Not an input: at or after the target's time.
@@ -213,27 +225,71 @@ def build_eval_set(
             cut[ds.users[first]] = ds.ts[first]
             dis = dis[ds.ts[dis] >= cut[ds.users[dis]]]
     else:
-        train = np.flatnonzero(pos & (ds.split == TRAIN))
-        rng = np.random.default_rng([seed, held])
-        shuffled = train[np.lexsort((rng.random(len(train)), ds.users[train]))]
-        su = ds.users[shuffled]
-        rank = np.arange(len(shuffled)) - group_starts(su)
-        keep = shuffled[rank < H]
-        ku = ds.users[keep]
-        hit, row = _row_of(ku, eval_users)
-        counts = np.bincount(row[hit], minlength=u)
-        history = np.zeros((u, H), dtype=np.int32)
-        # Right-align: the c-th kept item of a row with n items goes to column H - n + c.
-        kept_rank = rank[rank < H][hit]
-        history[row[hit], H - counts[row[hit]] + kept_rank] = ds.items[keep[hit]] + 1
-        dislikes = np.zeros((u, D), dtype=np.int32)
         dis = np.zeros(0, dtype=np.int64)
+
+    # Mask: every known-split event of the user (positives and dislikes) except the
+    # held-out dislikes, which are answers. Targets and held-out dislikes of a masked
+    # item can never be ranked: drop them.
+    mask_sel = np.isin(ds.split, known)
+    mask_sel[dis] = False
+    mask_idx = np.flatnonzero(mask_sel)
+    mask_keys = np.unique(keys[mask_idx])
+    target_idx = target_idx[~np.isin(keys[target_idx], mask_keys)]
+    dis = dis[~np.isin(keys[dis], mask_keys)]
+    eval_users = np.unique(ds.users[target_idx])
+    u = len(eval_users)
+
+    if ds.timestamped:
+        first = target_idx[np.unique(ds.users[target_idx], return_index=True)[1]]
+        history, dislikes = _Timeline(ds).inputs(first, H, D)
+    else:
+        history = _untimed_inputs(ds, eval_users, H, np.random.default_rng([seed, held]))
+        dislikes = np.zeros((u, D), dtype=np.int32)
 
     def csr_of(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         hit, row = _row_of(ds.users[idx], eval_users)
         return _csr(row[hit], ds.items[idx][hit].astype(np.int64), u)
 
     tp, ti = csr_of(target_idx)
-    mp, mi = csr_of(np.flatnonzero(mask_sel))
+    mp, mi = csr_of(mask_idx)
     dp, di = csr_of(dis)
     return EvalSet(eval_users.astype(np.int32), history, dislikes, tp, ti, mp, mi, dp, di)
+
+
+def _untimed_inputs(
+    ds: Dataset, eval_users: np.ndarray, H: int, rng: np.random.Generator
+) -> np.ndarray:
+    """int32 [u, H]: each evaluated user's TRAIN items in index order, right-aligned.
+
+    All of them when the user has at most H; otherwise a uniform sample of H
+    (drawn with ``rng``), still in index order.
+    """
+    u = len(eval_users)
+    history = np.zeros((u, H), dtype=np.int32)
+    train = np.flatnonzero((ds.labels == POSITIVE) & (ds.split == TRAIN))
+    shuffled = train[np.lexsort((rng.random(len(train)), ds.users[train]))]
+    rank = np.arange(len(shuffled)) - group_starts(ds.users[shuffled])
+    keep = shuffled[rank < H]
+    keep = keep[np.lexsort((ds.items[keep], ds.users[keep]))]
+    hit, row = _row_of(ds.users[keep], eval_users)
+    keep, row = keep[hit], row[hit]
+    if len(keep) == 0:
+        return history
+    counts = np.bincount(row, minlength=u)
+    col = np.arange(len(keep)) - group_starts(row)
+    history[row, H - counts[row] + col] = ds.items[keep] + 1
+    return history
+
+
+def capped_users(ds: Dataset, evalset: EvalSet, history_length: int) -> int:
+    """Evaluated users of an untimed source with more than H TRAIN items.
+
+    Their evaluation input is a seeded sample of H of their train items rather
+    than all of them (0 for timestamped sources, whose input is by design the
+    most recent H).
+    """
+    if ds.timestamped or len(evalset) == 0:
+        return 0
+    sel = (ds.labels == POSITIVE) & (ds.split == TRAIN)
+    per_user = np.bincount(ds.users[sel], minlength=ds.num_users)
+    return int((per_user[evalset.users] > int(history_length)).sum())
