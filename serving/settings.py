@@ -4,18 +4,36 @@ Environment names are ``TWOTOWER_SERVE_<FIELD>`` (e.g. ``TWOTOWER_SERVE_STORE_UR
 ``TWOTOWER_SERVE_BATCH_MAX_SIZE=32``). ``twotower serve`` flags override them.
 Several uvicorn workers receive the settings through these same variables
 (see :func:`serving.main.serve_command`), so every field must round-trip
-through :meth:`Settings.to_env`.
+through :meth:`Settings.to_env`. A ``TWOTOWER_SERVE_*`` variable that names no
+field is refused (with the nearest valid name), so a typo never silently
+leaves a default in place.
+
+Degraded mode (the store fails or is slower than ``store_timeout_s``): every
+process keeps the last-known dislikes of up to ``dislike_cache_users`` users
+(filled by each successful state read and each ``/v1/events`` dislike it
+writes) and merges them into every answer, so an acknowledged dislike stays
+filtered while the store is down. A user this process has never seen cannot
+be filtered by stored dislikes it does not know: ``degraded_unknown_users``
+says whether such a request is answered from its own lists
+(``"serve"``, the default: ``degraded: true`` tells the client, and the API
+keeps answering through an outage, as SPEC's "503 only while no model is
+loaded" asks) or refused with 503 (``"refuse"``: for deployments that prefer
+no answer to one that may repeat a dislike made through another pod).
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from feature_store.urls import StoreURLError, parse_url
 
 ENV_PREFIX = "TWOTOWER_SERVE_"
 DEFAULT_STORE_URL = "sqlite:///twotower-store.sqlite"
@@ -38,7 +56,9 @@ def _is_loopback(host: str) -> bool:
 class Settings(BaseSettings):
     """Everything ``serving`` reads; validated once at start-up."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, hide_input_in_errors=True
+    )
 
     # --- where things are -------------------------------------------------------
     artifacts: Path = Field(description="artifact directory (ART); the app follows ART/LATEST")
@@ -80,13 +100,47 @@ class Settings(BaseSettings):
         0.25,
         gt=0.0,
         le=30.0,
-        description="per-request store read budget; past it the answer is degraded",
+        description="per-request store read budget (s); past it the answer is degraded",
+    )
+    store_write_timeout_s: float = Field(
+        1.0,
+        gt=0.0,
+        le=30.0,
+        description="longest /v1/events waits for the store (s); past it the answer is 503",
+    )
+    dislike_cache_users: int = Field(
+        100_000,
+        ge=0,
+        le=10_000_000,
+        description="users whose last-known dislikes this process keeps for degraded mode (LRU; 0 = off)",
+    )
+    dislike_cache_items: int = Field(
+        5_000_000,
+        ge=0,
+        le=1_000_000_000,
+        description="most dislikes held by that cache over all users (LRU eviction past it)",
+    )
+    degraded_unknown_users: Literal["serve", "refuse"] = Field(
+        "serve",
+        description="store down and the user not in the dislike cache: serve the request's own "
+        "lists (degraded) or refuse with 503",
     )
     reload_poll_s: float = Field(
         2.0, gt=0.0, le=3600.0, description="how often ART/LATEST is checked for a new version (s)"
     )
+    reload_retry_max_s: float = Field(
+        60.0,
+        gt=0.0,
+        le=86_400.0,
+        description="a version that failed to load is retried after reload_poll_s, doubling up to this (s)",
+    )
     use_gpu: Literal["auto", "never"] = Field(
         "auto", description="auto: FAISS on GPU 0 when faiss.get_num_gpus() > 0 (not HNSW)"
+    )
+    tf_gpu: Literal["hidden", "memory_growth"] = Field(
+        "hidden",
+        description="hidden: TensorFlow sees no GPU (the user tower is small; the GPU is left to "
+        "FAISS); memory_growth: TF may use GPUs but allocates memory as needed",
     )
     tf_threads: int = Field(
         1, ge=0, le=256, description="TF intra- and inter-op threads (0 = TF default)"
@@ -115,15 +169,21 @@ class Settings(BaseSettings):
         5, ge=1, le=100, description="how many recent dislikes demotion looks at"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_env(cls, data: Any) -> Any:
+        unknown_env(os.environ)  # raises naming the variable and the nearest valid one
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.default_k > self.max_k:
             raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
-        scheme = urlsplit(self.store_url).scheme
-        if scheme not in ("redis", "rediss", "sqlite"):
-            raise ValueError(
-                f"store_url {self.store_url!r}: unsupported scheme {scheme!r}; use redis://, rediss:// or sqlite:///path"
-            )
+        try:
+            parse_url(self.store_url)
+        except StoreURLError as exc:
+            raise ValueError(f"store_url: {_mask(self.store_url, str(exc))}") from None
+        scheme = urlsplit(self.store_url).scheme.lower()
         if self.environment == "production":
             # An embedded file store cannot be shared by several pods and has no auth;
             # a remote Redis without a password or TLS would expose every user's history.
@@ -154,3 +214,33 @@ class Settings(BaseSettings):
         if parts.password:
             data["store_url"] = self.store_url.replace(f":{parts.password}@", ":***@", 1)
         return data
+
+
+def env_names() -> dict[str, str]:
+    """``TWOTOWER_SERVE_<FIELD>`` -> field name, for every settings field."""
+    return {f"{ENV_PREFIX}{name.upper()}": name for name in Settings.model_fields}
+
+
+def unknown_env(environ: Any) -> None:
+    """Refuse ``TWOTOWER_SERVE_*`` variables that name no field (a typo would be ignored otherwise).
+
+    Raises:
+      ValueError: naming the variable and the closest valid name.
+    """
+    valid = env_names()
+    for key in sorted(environ):
+        name = key.upper()
+        if not name.startswith(ENV_PREFIX) or name in valid:
+            continue
+        close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else f"; valid names: {sorted(valid)}"
+        raise ValueError(f"environment variable {key} is not a serve setting{hint}")
+
+
+def _mask(url: str, text: str) -> str:
+    """``text`` with the password of ``url`` replaced by ``***``."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    return text.replace(password, "***") if password else text
