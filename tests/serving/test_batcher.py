@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.batcher import Batcher, BatcherClosed
+import serving.batcher
+from serving.batcher import Batcher, BatcherClosed, run_isolated
 from serving.model import LoadedModel, load_model
 from serving.retrieval import Query, run_batch
 from twotower import artifacts
@@ -119,3 +120,127 @@ def test_waits_only_for_announced_queries(model: LoadedModel) -> None:
 
     assert asyncio.run(go(True)) == [2]
     assert asyncio.run(go(False)) == [1]
+
+
+def _broken_copy(model: LoadedModel) -> LoadedModel:
+    """The same version with a FAISS index of the wrong dimension: every search raises."""
+    import dataclasses
+
+    import faiss
+
+    from serving.model import PlacedIndex
+
+    wrong = faiss.IndexFlatIP(model.dim + 1)
+    wrong.add(np.zeros((model.num_items, model.dim + 1), np.float32))
+    return dataclasses.replace(model, index=PlacedIndex(wrong, "cpu"))
+
+
+def test_one_bad_query_fails_alone_not_its_batch(model: LoadedModel) -> None:
+    good = _queries(model, 3)
+    bad = Query(model=model, k=5, history=np.zeros(3, np.int32), dislikes=np.zeros(2, np.int32))
+
+    async def go() -> tuple[list[object], list[int]]:
+        sizes: list[int] = []
+        b = Batcher(max_size=8, max_wait_ms=50.0, on_batch=sizes.append)
+        await b.start()
+        try:
+            with b.incoming() as a0, b.incoming() as a1, b.incoming() as a2, b.incoming() as a3:
+                out = await asyncio.gather(
+                    b.submit(good[0], a0),
+                    b.submit(bad, a1),
+                    b.submit(good[1], a2),
+                    b.submit(good[2], a3),
+                    return_exceptions=True,
+                )
+        finally:
+            await b.stop()
+        return list(out), sizes
+
+    out, sizes = asyncio.run(go())
+    assert sizes == [4]  # they did share one batch
+    assert isinstance(out[1], Exception)
+    for q, res in zip(good, (out[0], out[2], out[3]), strict=True):
+        assert not isinstance(res, BaseException), res
+        assert res.rows.tolist() == run_batch([q])[0].rows.tolist()  # type: ignore[union-attr]
+
+
+def test_a_broken_version_in_a_batch_fails_only_its_own_queries(model: LoadedModel) -> None:
+    broken = _broken_copy(model)
+    ok = _queries(model, 2)
+    doomed = [dataclasses_replace(q, model=broken) for q in _queries(model, 2)]
+    results = run_isolated([ok[0], doomed[0], ok[1], doomed[1]])
+    assert [isinstance(r, Exception) for r in results] == [False, True, False, True]
+    assert results[0].rows.tolist() == run_batch([ok[0]])[0].rows.tolist()  # type: ignore[union-attr]
+
+
+def dataclasses_replace(q: Query, **changes: object) -> Query:
+    import dataclasses
+
+    return dataclasses.replace(q, **changes)  # type: ignore[arg-type]
+
+
+def test_failing_callback_and_short_results_do_not_kill_the_loop(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(_n: int) -> None:
+        raise RuntimeError("metrics backend down")
+
+    async def go() -> list[int]:
+        b = Batcher(max_size=4, max_wait_ms=1.0, on_batch=explode)
+        await b.start()
+        try:
+            first = await b.submit(_queries(model, 1)[0])
+            # run_batch answering fewer queries than asked: caught, each query is retried alone.
+            real = serving.batcher.run_batch
+            calls: list[int] = []
+
+            def short(queries, demotion):  # type: ignore[no-untyped-def]
+                calls.append(len(queries))
+                return real(queries, demotion)[:-1] if len(queries) > 1 else real(queries, demotion)
+
+            monkeypatch.setattr(serving.batcher, "run_batch", short)
+            qs = _queries(model, 3)
+            with b.incoming() as a0, b.incoming() as a1, b.incoming() as a2:
+                got = await asyncio.gather(
+                    b.submit(qs[0], a0), b.submit(qs[1], a1), b.submit(qs[2], a2)
+                )
+            assert calls == [3, 1, 1, 1] and b.alive
+            return [len(first.rows)] + [len(r.rows) for r in got]
+        finally:
+            await b.stop()
+
+    assert asyncio.run(go()) == [10, 10, 11, 12]
+
+
+def test_a_dead_collector_is_restarted_then_given_up_on(model: LoadedModel) -> None:
+    async def go() -> None:
+        restarts: list[int] = []
+        b = Batcher(max_size=4, max_wait_ms=1.0, on_restart=lambda: restarts.append(1))
+        await b.start()
+        try:
+            real_collect = b._collect
+            deaths = {"left": 1}
+
+            async def dying_collect() -> list:  # type: ignore[type-arg]
+                if deaths["left"] > 0:
+                    deaths["left"] -= 1
+                    raise RuntimeError("collector bug")
+                return await real_collect()
+
+            b._collect = dying_collect  # type: ignore[method-assign]
+            await b.submit(_queries(model, 1)[0])  # answered; the next collect dies once
+            res = await b.submit(_queries(model, 1)[0])  # ... and the restarted task answers
+            assert len(res.rows) == 10 and restarts == [1] and b.alive
+
+            deaths["left"] = 10**6  # now it dies every time: restarts stop, alive turns False
+            await b.submit(_queries(model, 1)[0])
+            while b.alive:
+                await asyncio.sleep(0)  # the done-callbacks run on this loop
+            assert len(restarts) == serving.batcher.MAX_RESTARTS
+            assert "collector bug" in (b.last_error or "")
+            with pytest.raises(BatcherClosed, match="collector bug"):
+                await b.submit(_queries(model, 1)[0])
+        finally:
+            await b.stop()
+
+    asyncio.run(go())
