@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: Largest k a FAISS GPU search accepts; deeper searches fall back to exact scoring.
 GPU_MAX_K = 2048
+#: Largest IVF nprobe FAISS GPU accepts (its k-selection limit).
+GPU_MAX_NPROBE = 2048
 
 #: Manifest keys shown by ``GET /v1/model`` (the config and raw data are left out).
 PUBLIC_MANIFEST_KEYS = (
@@ -49,16 +52,27 @@ class ModelLoadError(artifacts.ArtifactError):
     """A version directory cannot be served (missing file, shape mismatch, bad signature)."""
 
 
-def choose_device(index_type: str, num_gpus: int, use_gpu: str = "auto") -> str:
-    """Where a FAISS index of ``index_type`` should live: ``"gpu"`` or ``"cpu"``.
+def choose_device(
+    index_type: str, num_gpus: int, use_gpu: str = "auto", params: dict[str, Any] | None = None
+) -> tuple[str, str]:
+    """Where a FAISS index of ``index_type`` should live, and why.
 
-    HNSW has no FAISS GPU implementation, so it stays on the CPU.
+    Returns:
+      (``"gpu"`` or ``"cpu"``, reason). HNSW has no FAISS GPU implementation;
+      an IVF index whose manifest ``nprobe`` exceeds :data:`GPU_MAX_NPROBE` stays
+      on the CPU rather than being searched with fewer lists than it was
+      measured with (its recall in the manifest would no longer hold).
     """
-    if use_gpu == "never" or num_gpus <= 0:
-        return "cpu"
+    if use_gpu == "never":
+        return "cpu", "use_gpu=never"
+    if num_gpus <= 0:
+        return "cpu", "no GPU visible to FAISS"
     if index_type == "hnsw":
-        return "cpu"
-    return "gpu"
+        return "cpu", "FAISS has no GPU HNSW index"
+    nprobe = int((params or {}).get("nprobe", 0))
+    if index_type == "ivf" and nprobe > GPU_MAX_NPROBE:
+        return "cpu", f"nprobe {nprobe} exceeds the FAISS GPU limit {GPU_MAX_NPROBE}"
+    return "gpu", f"{num_gpus} GPU(s) visible"
 
 
 @dataclass
@@ -86,25 +100,41 @@ def place_index(
     cpu_index: Any,
     index_type: str,
     *,
+    params: dict[str, Any] | None = None,
     num_gpus: int | None = None,
     use_gpu: str = "auto",
     faiss_module: Any = faiss,
     gpu_device: int = 0,
 ) -> PlacedIndex:
-    """Move ``cpu_index`` to GPU ``gpu_device`` when one is present, else keep it on the CPU.
+    """Move ``cpu_index`` to GPU ``gpu_device`` when :func:`choose_device` says so, else keep it.
+
+    A failed copy (GPU out of memory, driver error) keeps the index on the CPU
+    and logs why: a slower answer beats a version that never loads.
 
     Args:
       cpu_index: a CPU FAISS index with its search parameters already set.
       index_type: manifest ``index.type`` (``flat``, ``ivf``, ``hnsw``).
+      params: manifest ``index.params`` (``nprobe`` decides IVF placement).
       num_gpus: GPU count; ``faiss_module.get_num_gpus()`` when None (injectable for tests).
       faiss_module: the faiss module (injectable for tests).
     """
     n = faiss_module.get_num_gpus() if num_gpus is None else num_gpus
-    device = choose_device(index_type, n, use_gpu)
+    device, why = choose_device(index_type, n, use_gpu, params)
     if device == "cpu":
+        if n > 0 and use_gpu != "never":
+            log.warning("FAISS %s index stays on the CPU: %s", index_type, why)
         return PlacedIndex(cpu_index, "cpu")
-    resources = faiss_module.StandardGpuResources()
-    gpu_index = faiss_module.index_cpu_to_gpu(resources, gpu_device, cpu_index)
+    try:
+        resources = faiss_module.StandardGpuResources()
+        gpu_index = faiss_module.index_cpu_to_gpu(resources, gpu_device, cpu_index)
+    except Exception as exc:  # faiss raises RuntimeError for CUDA errors, incl. out of memory
+        log.warning(
+            "copying the FAISS %s index to GPU %d failed (%s): serving it from the CPU",
+            index_type,
+            gpu_device,
+            exc,
+        )
+        return PlacedIndex(cpu_index, "cpu")
     return PlacedIndex(gpu_index, "gpu", resources)
 
 
@@ -126,6 +156,48 @@ def configure_threads(tf_threads: int, faiss_threads: int) -> None:
         except RuntimeError:
             # Already initialised (a second app in the same process): keep what is set.
             log.debug("TF threads already configured")
+
+
+def configure_tf_gpus(mode: str, tf: Any = None) -> str:
+    """Keep TensorFlow from taking the whole GPU before the first model loads.
+
+    TF reserves nearly all GPU memory when its runtime starts, and the FAISS
+    index copied to the GPU at a (re)load would then run out of memory.
+    ``hidden``: TF sees no GPU (the user tower is a few small matmuls; the GPU is
+    left to FAISS). ``memory_growth``: TF may use GPUs but allocates as needed.
+
+    Args:
+      mode: ``"hidden"`` or ``"memory_growth"``.
+      tf: the tensorflow module (injectable for tests; imported when None).
+    Returns:
+      What was done (for the log).
+    """
+    tf = _import_tf() if tf is None else tf
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "no GPU visible to TensorFlow"
+    try:
+        if mode == "hidden":
+            tf.config.set_visible_devices([], "GPU")
+            return f"{len(gpus)} GPU(s) hidden from TensorFlow (left to FAISS)"
+        for gpu in gpus:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        return f"memory growth on {len(gpus)} GPU(s)"
+    except RuntimeError as exc:
+        # The runtime already started (a second app in one process): too late to change.
+        log.warning("TensorFlow GPU setting %s not applied: %s", mode, exc)
+        return f"not applied ({exc})"
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN/inf floats replaced by None, recursively (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 @dataclass
@@ -184,10 +256,11 @@ class LoadedModel:
         return self.embeddings @ query
 
     def public_manifest(self) -> dict[str, Any]:
+        """The manifest subset ``GET /v1/model`` shows (non-finite figures become None)."""
         out = {k: self.manifest[k] for k in PUBLIC_MANIFEST_KEYS if k in self.manifest}
         out["version"] = self.version
         out["serving"] = {"device": self.index.device, "loaded_at": self.loaded_at}
-        return out
+        return json_safe(out)
 
     def tokens(self, item_ids: list[str], length: int) -> np.ndarray:
         """Right-aligned int32 [length] tokens of the last ``length`` known ids (unknown ids dropped)."""
@@ -250,8 +323,9 @@ def load_model(art: str | os.PathLike[str], version: str, *, use_gpu: str = "aut
         )
     index_info = manifest["index"]
     index_type = str(index_info.get("type", "flat"))
-    apply_index_params(cpu_index, index_type, dict(index_info.get("params") or {}))
-    placed = place_index(cpu_index, index_type, use_gpu=use_gpu)
+    params = dict(index_info.get("params") or {})
+    apply_index_params(cpu_index, index_type, params)
+    placed = place_index(cpu_index, index_type, params=params, use_gpu=use_gpu)
 
     tf = _import_tf()
     saved = tf.saved_model.load(str(_require(vdir / artifacts.USER_TOWER, "user tower SavedModel")))

@@ -8,7 +8,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.model import GPU_MAX_K, ModelLoadError, choose_device, load_model, place_index
+from serving.model import (
+    GPU_MAX_K,
+    GPU_MAX_NPROBE,
+    ModelLoadError,
+    choose_device,
+    configure_tf_gpus,
+    load_model,
+    place_index,
+)
 from tests.serving.artifact_factory import make_artifact
 from twotower import artifacts
 
@@ -16,8 +24,9 @@ from twotower import artifacts
 class FakeFaiss:
     """Records GPU calls; stands in for a faiss build with GPUs (this machine has none)."""
 
-    def __init__(self, gpus: int) -> None:
+    def __init__(self, gpus: int, copy_error: Exception | None = None) -> None:
         self.gpus = gpus
+        self.copy_error = copy_error
         self.copied: list[tuple[Any, int, Any]] = []
 
     def get_num_gpus(self) -> int:
@@ -28,21 +37,28 @@ class FakeFaiss:
 
     def index_cpu_to_gpu(self, res: Any, device: int, index: Any) -> str:
         self.copied.append((res, device, index))
+        if self.copy_error is not None:
+            raise self.copy_error
         return f"gpu:{index}"
 
 
 @pytest.mark.parametrize(
-    ("index_type", "gpus", "use_gpu", "expected"),
+    ("index_type", "gpus", "use_gpu", "params", "expected"),
     [
-        ("flat", 0, "auto", "cpu"),
-        ("flat", 1, "auto", "gpu"),
-        ("ivf", 2, "auto", "gpu"),
-        ("hnsw", 1, "auto", "cpu"),  # no GPU HNSW in FAISS
-        ("ivf", 1, "never", "cpu"),
+        ("flat", 0, "auto", {}, "cpu"),
+        ("flat", 1, "auto", {}, "gpu"),
+        ("ivf", 2, "auto", {"nprobe": 64}, "gpu"),
+        ("ivf", 1, "auto", {"nprobe": GPU_MAX_NPROBE}, "gpu"),
+        ("ivf", 1, "auto", {"nprobe": GPU_MAX_NPROBE + 1}, "cpu"),  # GPU would cut nprobe
+        ("hnsw", 1, "auto", {}, "cpu"),  # no GPU HNSW in FAISS
+        ("ivf", 1, "never", {"nprobe": 8}, "cpu"),
     ],
 )
-def test_choose_device(index_type: str, gpus: int, use_gpu: str, expected: str) -> None:
-    assert choose_device(index_type, gpus, use_gpu) == expected
+def test_choose_device(
+    index_type: str, gpus: int, use_gpu: str, params: dict, expected: str
+) -> None:
+    device, why = choose_device(index_type, gpus, use_gpu, params)
+    assert device == expected and why
 
 
 def test_place_index_copies_to_gpu_only_when_present() -> None:
@@ -59,6 +75,61 @@ def test_place_index_copies_to_gpu_only_when_present() -> None:
     hnsw = FakeFaiss(gpus=4)
     assert place_index("cpu-index", "hnsw", faiss_module=hnsw).device == "cpu"
     assert hnsw.copied == []
+    deep = FakeFaiss(gpus=1)
+    placed = place_index(
+        "cpu-index", "ivf", params={"nprobe": GPU_MAX_NPROBE * 2}, faiss_module=deep
+    )
+    assert placed.device == "cpu" and deep.copied == []
+
+
+def test_a_failed_gpu_copy_keeps_the_index_on_the_cpu(caplog: pytest.LogCaptureFixture) -> None:
+    oom = FakeFaiss(gpus=1, copy_error=RuntimeError("cudaMalloc error out of memory [2]"))
+    placed = place_index("cpu-index", "flat", faiss_module=oom)
+    assert (placed.device, placed.index, placed.resources) == ("cpu", "cpu-index", None)
+    assert len(oom.copied) == 1 and "out of memory" in caplog.text
+
+
+class FakeTFConfig:
+    """Records the GPU calls of ``tf.config`` (this machine has no GPU to hand to TF)."""
+
+    def __init__(self, gpus: list[str], started: bool = False) -> None:
+        self.gpus, self.started = gpus, started
+        self.visible: list[Any] | None = None
+        self.growth: list[str] = []
+        self.experimental = self
+
+    def list_physical_devices(self, kind: str) -> list[str]:
+        assert kind == "GPU"
+        return self.gpus
+
+    def set_visible_devices(self, devices: list[Any], kind: str) -> None:
+        if self.started:
+            raise RuntimeError("Visible devices cannot be modified after being initialized")
+        assert kind == "GPU"
+        self.visible = devices
+
+    def set_memory_growth(self, gpu: str, on: bool) -> None:
+        if self.started:
+            raise RuntimeError("Physical devices cannot be modified after being initialized")
+        self.growth.append(gpu)
+
+
+class FakeTF:
+    def __init__(self, config: FakeTFConfig) -> None:
+        self.config = config
+
+
+def test_tensorflow_is_kept_off_the_gpu_or_grows_its_memory() -> None:
+    hidden = FakeTFConfig(["gpu0", "gpu1"])
+    assert "hidden" in configure_tf_gpus("hidden", FakeTF(hidden))
+    assert hidden.visible == [] and hidden.growth == []
+    grow = FakeTFConfig(["gpu0", "gpu1"])
+    assert "growth" in configure_tf_gpus("memory_growth", FakeTF(grow))
+    assert grow.visible is None and grow.growth == ["gpu0", "gpu1"]
+    none = FakeTFConfig([])
+    assert "no GPU" in configure_tf_gpus("hidden", FakeTF(none)) and none.visible is None
+    late = FakeTFConfig(["gpu0"], started=True)
+    assert "not applied" in configure_tf_gpus("hidden", FakeTF(late))
 
 
 def test_real_faiss_on_this_machine_is_cpu(art: Path) -> None:
