@@ -13,6 +13,7 @@ from serving.metrics import Metrics
 from serving.model import LoadedModel
 from serving.reload import ModelHolder, Reloader
 from serving.settings import Settings
+from serving.usercache import DislikeCache
 
 
 @dataclass
@@ -24,6 +25,7 @@ class AppState:
     holder: ModelHolder
     batcher: Batcher
     reloader: Reloader
+    dislike_cache: DislikeCache
     store: OnlineStore | None = None
     store_error: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
@@ -46,7 +48,8 @@ def get_model(state: StateDep) -> LoadedModel:
     model = state.holder.current
     if model is None:
         reason = state.holder.last_error or f"nothing published in {state.settings.artifacts} yet"
-        raise HTTPException(503, f"no model loaded: {reason}")
+        retry = max(1, round(state.settings.reload_poll_s))
+        raise HTTPException(503, f"no model loaded: {reason}", {"Retry-After": str(retry)})
     return model
 
 

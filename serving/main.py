@@ -3,6 +3,8 @@
 One worker gets the app object directly. Several workers are separate
 processes, so they get the settings through ``TWOTOWER_SERVE_*`` variables and
 build the app with the import-string factory ``serving.app:create_app_from_env``.
+They also share a fresh ``PROMETHEUS_MULTIPROC_DIR`` (removed at exit), so any
+worker's ``/metrics`` reports the sum over all of them (see ``serving.metrics``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import argparse
 import importlib.util
 import logging
 import os
+import shutil
+import tempfile
 from typing import Any
 
 from pydantic import ValidationError
@@ -92,8 +96,16 @@ def serve_command(args: argparse.Namespace) -> int:
 
         uvicorn.run(create_app(settings), **options)
     else:
+        from serving.metrics import MULTIPROC_ENV
+
         # Worker processes re-read the settings from the environment (absolute artifact path).
         env = settings.model_copy(update={"artifacts": settings.artifacts.resolve()}).to_env()
+        # A fresh directory: files left by an earlier run would be summed into this one's counters.
+        metrics_dir = tempfile.mkdtemp(prefix="twotower-metrics-")
         os.environ.update(env)
-        uvicorn.run(FACTORY, factory=True, workers=settings.workers, **options)
+        os.environ[MULTIPROC_ENV] = metrics_dir
+        try:
+            uvicorn.run(FACTORY, factory=True, workers=settings.workers, **options)
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

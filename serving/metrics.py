@@ -1,33 +1,46 @@
-"""Prometheus metrics of one app instance (own registry, so several apps can live in one process).
+"""Prometheus metrics of one app instance.
 
-With several uvicorn workers each process exposes its own figures; scrape
-them per pod (one worker per pod is the Kubernetes layout in deploy/).
+One process (one uvicorn worker, the Kubernetes layout in deploy/): each app
+has its own registry (several apps can live in one test process) plus the
+process, platform and GC collectors.
+
+Several workers (``twotower serve --workers N``): ``serve`` points
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before the workers start, so
+prometheus_client keeps every value in per-process files there and any
+worker's ``/metrics`` reports the sum over all workers (counters and
+histograms: monotone across scrapes whichever worker answers). Per-worker
+gauges (model version, index size, staleness, cache size) carry a ``pid``
+label. Process metrics (CPU, memory) are per process and are left out in that
+mode; scrape them from the pod, or run one worker per pod.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+import os
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
-    Info,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
-from starlette.exceptions import HTTPException
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+STORE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
-Scope = MutableMapping[str, Any]
-ASGIApp = Callable[
-    [Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
-]
+#: prometheus_client's own switch (read by it at import time): set = multiprocess mode.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of multiprocess mode, or None when every process reports on its own."""
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class Metrics:
@@ -35,6 +48,11 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self.multiprocess = multiprocess_dir() is not None
+        if not self.multiprocess:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
         self.latency = Histogram(
             "twotower_http_request_duration_seconds",
             "HTTP request latency by route template and status code",
@@ -42,9 +60,17 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.store_read = Histogram(
+            "twotower_store_read_duration_seconds",
+            "Online store user-state reads (outcome ok, error or timeout; timeouts end at the budget)",
+            ["outcome"],
+            buckets=STORE_BUCKETS,
+            registry=r,
+        )
         self.filtered = Counter(
             "twotower_filtered_items_total",
-            "Candidates dropped by filtering (dislikes, exclude, seen)",
+            "Blocked items (dislikes, exclude, seen) that ranked above the last returned item: "
+            "items filtering took out of answers",
             registry=r,
         )
         self.widened = Counter(
@@ -71,18 +97,59 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.degraded_users = Counter(
+            "twotower_degraded_user_lookups_total",
+            "Degraded requests with a user_id, by what this process knew of the user's dislikes "
+            "(complete: from a store read; partial: only its own writes; none)",
+            ["known"],
+            registry=r,
+        )
+        self.cache_users = Gauge(
+            "twotower_dislike_cache_users",
+            "Users whose last-known dislikes this process holds for degraded mode",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self.ignored_items = Counter(
             "twotower_ignored_item_ids_total", "Unknown item ids in requests (ignored)", registry=r
         )
         self.events = Counter(
-            "twotower_events_total", "Events written via /v1/events", ["outcome"], registry=r
+            "twotower_events_total",
+            "Events written via /v1/events (failed: outcome unknown, answered 503)",
+            ["outcome"],
+            registry=r,
         )
-        self.model_info = Info("twotower_model", "The model version being served", registry=r)
+        self.model_info = Gauge(
+            "twotower_model_info",
+            "The model version being served (1 for the current one)",
+            ["version", "device", "index_type"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.published_info = Gauge(
+            "twotower_model_published_info",
+            "The version ART/LATEST names (1 for the current one)",
+            ["version"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.stale = Gauge(
+            "twotower_model_stale",
+            "1 while the published version is not the one being served (loading or failing)",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self.index_size = Gauge(
-            "twotower_index_items", "Items in the served FAISS index", registry=r
+            "twotower_index_items",
+            "Items in the served FAISS index",
+            registry=r,
+            multiprocess_mode="liveall",
         )
         self.reloads = Counter(
-            "twotower_model_reloads_total", "Model loads", ["outcome"], registry=r
+            "twotower_model_reloads_total",
+            "Model loads by outcome (failed loads are retried with backoff)",
+            ["outcome"],
+            registry=r,
         )
         self.batch_size = Histogram(
             "twotower_batch_size",
@@ -90,112 +157,51 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.batcher_restarts = Counter(
+            "twotower_batcher_restarts_total",
+            "Times the micro-batcher task died and was restarted",
+            registry=r,
+        )
+        self._model_labels: tuple[str, str, str] | None = None
+        self._published: str | None = None
+        self._served: str | None = None
 
     def set_model(self, version: str, num_items: int, device: str, index_type: str) -> None:
-        self.model_info.info({"version": version, "device": device, "index_type": index_type})
+        labels = (version, device, index_type)
+        if self._model_labels is not None and self._model_labels != labels:
+            self.model_info.labels(*self._model_labels).set(0)
+        self._model_labels = labels
+        self.model_info.labels(*labels).set(1)
         self.index_size.set(num_items)
+        self._served = version
+        self.stale.set(int(self._published is not None and self._published != version))
+
+    def set_published(self, version: str | None) -> None:
+        """Record what ART/LATEST names (called at every reload check)."""
+        if version == self._published:
+            return
+        if self._published is not None:
+            self.published_info.labels(self._published).set(0)
+        self._published = version
+        if version is not None:
+            self.published_info.labels(version).set(1)
+        self.stale.set(int(version is not None and version != self._served))
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The exposition text: this app's registry, or the sum over workers in multiprocess mode."""
+        if not self.multiprocess:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-class LimitsAndTimingMiddleware:
-    """Pure ASGI middleware: 413 for oversized bodies, latency histogram per route template.
+def mark_process_dead(pid: int | None = None) -> None:
+    """Drop this worker's live gauges from the multiprocess directory (at worker shutdown)."""
+    if multiprocess_dir() is None:
+        return
+    from prometheus_client import multiprocess
 
-    Bodies with a ``Content-Length`` over the limit are refused before they are
-    read; chunked bodies are counted while read and cut off at the limit.
-    """
-
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
-
-    async def _reply_413(self, send: Callable[[Any], Awaitable[None]], size: str) -> None:
-        body = (
-            b'{"error":"payload_too_large","detail":"request body is '
-            + size.encode()
-            + b" bytes; the limit is "
-            + str(self.max_body_bytes).encode()
-            + b' bytes (TWOTOWER_SERVE_MAX_BODY_BYTES)"}'
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(
-        self,
-        scope: Scope,
-        receive: Callable[[], Awaitable[Any]],
-        send: Callable[[Any], Awaitable[None]],
-    ) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = {"code": 500}
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_body_bytes
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    await self._reply_413(send, value.decode(errors="replace"))
-                    self._observe(scope, 413, start)
-                    return
-
-        seen = 0
-        limit = self.max_body_bytes
-        started = False
-
-        async def counting_receive() -> Any:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _BodyTooLarge(limit)
-            return message
-
-        async def tracking_send(message: Any) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
-            if started:
-                raise
-            status["code"] = 413
-            await self._reply_413(send, f"more than {limit}")
-        finally:
-            self._observe(scope, status["code"], start)
-
-    def _observe(self, scope: Scope, status: int, start: float) -> None:
-        route = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
-        self.metrics.latency.labels(scope.get("method", ""), template, str(status)).observe(
-            time.perf_counter() - start
-        )
-
-
-class _BodyTooLarge(HTTPException):
-    """Raised inside ``receive`` when a streamed body passes the limit (FastAPI re-raises HTTPException)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(
-            413,
-            f"request body is larger than the limit of {limit} bytes (TWOTOWER_SERVE_MAX_BODY_BYTES)",
-        )
+    multiprocess.mark_process_dead(os.getpid() if pid is None else pid)

@@ -56,7 +56,12 @@ class Query:
 
 @dataclass
 class Result:
-    """Rows (best first) and inner-product scores, plus what it took to get them."""
+    """Rows (best first) and inner-product scores, plus what it took to get them.
+
+    ``filtered`` counts the blocked rows that ranked above the last returned
+    row: items the answer would have held without filtering (the same meaning
+    on every path: search, exact scoring, popular fallback).
+    """
 
     rows: np.ndarray
     scores: np.ndarray
@@ -67,32 +72,48 @@ class Result:
 
 
 def _exact(
-    model: LoadedModel, vec: np.ndarray, blocked: set[int], want: int
-) -> tuple[np.ndarray, np.ndarray]:
-    scores = model.exact_scores(vec).astype(np.float32, copy=True)
+    model: LoadedModel, vec: np.ndarray, blocked: set[int], want: int, k: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Exact top-``want`` of the whole catalog minus ``blocked``, and the filtered count for ``k``."""
+    raw = model.exact_scores(vec).astype(np.float32, copy=False)
+    scores = raw.copy()
+    blocked_rows = np.fromiter(blocked, dtype=np.int64, count=len(blocked))
     if blocked:
-        scores[np.fromiter(blocked, dtype=np.int64, count=len(blocked))] = -np.inf
+        scores[blocked_rows] = -np.inf
     available = int(np.isfinite(scores).sum())
     want = min(want, available)
     if want <= 0:
-        return np.empty(0, np.int64), np.empty(0, np.float32)
+        return np.empty(0, np.int64), np.empty(0, np.float32), len(blocked)
     top = (
         np.argpartition(-scores, want - 1)[:want] if want < len(scores) else np.arange(len(scores))
     )
     top = top[np.argsort(-scores[top], kind="stable")]
     top = top[np.isfinite(scores[top])]
-    return top.astype(np.int64), scores[top]
+    if len(top) >= k and len(blocked_rows):
+        filtered = int((raw[blocked_rows] >= scores[top[k - 1]]).sum())
+    else:
+        filtered = len(blocked)
+    return top.astype(np.int64), scores[top], filtered
 
 
 def _keep(
-    rows: np.ndarray, scores: np.ndarray, blocked: set[int]
-) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Drop padding (-1) and blocked rows; also say whether padding was seen (index ran dry)."""
+    rows: np.ndarray, scores: np.ndarray, blocked: set[int], k: int
+) -> tuple[np.ndarray, np.ndarray, bool, int]:
+    """Drop padding (-1) and blocked rows.
+
+    Returns:
+      (rows, scores, dry, filtered): ``dry`` when padding was seen (the index ran
+      dry); ``filtered`` = blocked rows ranked above the ``k``-th kept one.
+    """
     valid = rows >= 0
     dry = not bool(valid.all())
-    if blocked:
-        valid &= np.fromiter((int(r) not in blocked for r in rows), dtype=bool, count=len(rows))
-    return rows[valid], scores[valid], dry
+    if not blocked:
+        return rows[valid], scores[valid], dry, 0
+    hit = np.fromiter((int(r) in blocked for r in rows), dtype=bool, count=len(rows)) & valid
+    keep = valid & ~hit
+    kept_at = np.flatnonzero(keep)
+    cut = int(kept_at[k - 1]) if len(kept_at) >= k else len(rows)
+    return rows[keep], scores[keep], dry, int(hit[:cut].sum())
 
 
 def _demote(
@@ -125,16 +146,14 @@ def finish(
     want = max(q.k, initial_depth(q, demotion) - len(q.blocked))
     searches = 1
     while True:
-        kept_rows, kept_scores, dry = _keep(rows, scores, q.blocked)
-        filtered = int((rows >= 0).sum()) - len(kept_rows)
+        kept_rows, kept_scores, dry, filtered = _keep(rows, scores, q.blocked, q.k)
         complete = depth >= n and not dry  # every item was ranked: nothing more to find
         if len(kept_rows) >= want or complete:
             exact = False
             break
         if dry or depth >= min(n, cap):
             # An approximate index ran dry, or it cannot go deeper: rank the whole catalog.
-            kept_rows, kept_scores = _exact(model, vec, q.blocked, want)
-            filtered = len(q.blocked)
+            kept_rows, kept_scores, filtered = _exact(model, vec, q.blocked, want, q.k)
             exact = True
             break
         depth = min(depth * 2, n, cap)

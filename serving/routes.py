@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import email.message
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from feature_store.base import StoreError
-from feature_store.events import EventError, make_event
+from feature_store.events import DISLIKE, EventError, make_event
 from serving import service
 from serving.deps import ModelDep, StateDep
 from serving.schemas import (
-    ERROR_RESPONSES,
-    ErrorResponse,
+    EVENTS_RESPONSES,
+    MODEL_RESPONSES,
+    RECOMMEND_RESPONSES,
+    SIMILAR_RESPONSES,
     EventsRequest,
     EventsResponse,
     HealthResponse,
+    ModelResponse,
     RecommendRequest,
     RecommendResponse,
     SimilarResponse,
@@ -40,6 +43,34 @@ class InputError(Exception):
         self.type = type_
 
 
+def is_json(content_type: str | None) -> bool:
+    """``application/json`` or ``application/*+json`` (parameters such as charset allowed)."""
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+async def require_json(request: Request) -> None:
+    """415 for a non-empty body that is not declared JSON (runs before body validation)."""
+    content_type = request.headers.get("content-type")
+    if is_json(content_type) or not await request.body():
+        return
+    got = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+    raise HTTPException(
+        415,
+        f"body: sent with {got}; send JSON with Content-Type: application/json "
+        "(curl: -H 'Content-Type: application/json')",
+    )
+
+
+JsonBody = [Depends(require_json)]
+
+
 def _check_lists(req: RecommendRequest, limit: int) -> None:
     for name in ("history", "dislikes", "exclude"):
         n = len(getattr(req, name))
@@ -50,15 +81,28 @@ def _check_lists(req: RecommendRequest, limit: int) -> None:
 
 
 @router.post(
-    "/v1/recommend", response_model=RecommendResponse, responses=ERROR_RESPONSES, tags=["retrieval"]
+    "/v1/recommend",
+    response_model=RecommendResponse,
+    responses=RECOMMEND_RESPONSES,
+    dependencies=JsonBody,
+    tags=["retrieval"],
 )
-async def recommend(req: RecommendRequest, state: StateDep, model: ModelDep) -> RecommendResponse:
+async def recommend(
+    state: StateDep,
+    model: ModelDep,
+    req: Annotated[RecommendRequest | None, Body()] = None,
+) -> RecommendResponse:
     """Top-k candidates for a user and/or the given history, never an item they disliked.
 
     With `user_id`, the stored history and dislikes are merged with the request's.
-    No usable history -> the popular list (`"fallback": "popular"`). Unknown item ids
-    are ignored and listed in `ignored_items`. Store down -> `"degraded": true`.
+    No usable history -> the popular list (`"fallback": "popular"`), topped up from
+    the rest of the catalog so `k` is exact. An empty body (or `{}`, or `null`) is the
+    same as a body with every field at its default: the popular list. Unknown item
+    ids are ignored and listed in `ignored_items`. Store down or slow ->
+    `"degraded": true`: the request's lists plus the dislikes this server last
+    knew for the user are used.
     """
+    req = req if req is not None else RecommendRequest()
     settings = state.settings
     k = settings.default_k if req.k is None else req.k
     if k > settings.max_k:
@@ -70,14 +114,20 @@ async def recommend(req: RecommendRequest, state: StateDep, model: ModelDep) -> 
 
 
 @router.post(
-    "/v1/events", response_model=EventsResponse, responses=ERROR_RESPONSES, tags=["events"]
+    "/v1/events",
+    response_model=EventsResponse,
+    responses=EVENTS_RESPONSES,
+    dependencies=JsonBody,
+    tags=["events"],
 )
 async def post_events(req: EventsRequest, state: StateDep) -> EventsResponse:
     """Write interaction events (idempotent per `event_id`).
 
-    When this returns, the events are durable and the next `/v1/recommend` for the
-    user reflects them. If the store is unreachable the answer is 503 and nothing
-    was acknowledged (a retry with the same `event_id`s is safe).
+    When this returns 200, the events are durable and the next `/v1/recommend` for
+    the user reflects them. A 503 means the store failed or did not answer within
+    `store_write_timeout_s`: the outcome is unknown (some or all events may have
+    been written), and a retry with the same `event_id` values is safe. Dislikes
+    in the call are filtered by this server from the moment it validated them.
     """
     settings = state.settings
     if len(req.events) > settings.max_events:
@@ -92,19 +142,32 @@ async def post_events(req: EventsRequest, state: StateDep) -> EventsResponse:
             events.append(make_event(raw.model_dump(exclude_none=True), index=i))
         except EventError as exc:
             raise InputError(f"body.events.{i}.{exc.field}", str(exc).split(": ", 1)[-1]) from exc
+    for ev in events:
+        if ev.type == DISLIKE:
+            state.dislike_cache.learn(ev.user_id, (ev.item_id,), complete=False)
+    state.metrics.cache_users.set(len(state.dislike_cache))
+    retry = {"Retry-After": str(service.STORE_RETRY_AFTER_S)}
     if state.store is None:
         raise HTTPException(
-            503, f"online store unavailable: {state.store_error}; nothing was written"
+            503, f"online store unavailable: {state.store_error}; nothing was written", retry
         )
     try:
         result = await asyncio.wait_for(
-            state.store.append_events(events), max(5.0, settings.store_timeout_s)
+            state.store.append_events(events), settings.store_write_timeout_s
         )
-    except (StoreError, TimeoutError, OSError, ConnectionError) as exc:
+    except Exception as exc:  # any backend failure: the outcome is unknown to us
         state.metrics.events.labels("failed").inc(len(events))
+        reason = (
+            f"no answer within {settings.store_write_timeout_s}s"
+            if isinstance(exc, TimeoutError)
+            else type(exc).__name__
+        )
+        log.warning("writing %d events failed (%s): answered 503", len(events), reason)
         raise HTTPException(
             503,
-            f"online store unavailable ({type(exc).__name__}); nothing was acknowledged, retrying is safe",
+            f"online store unavailable ({reason}); outcome unknown; retry with the same "
+            "event_id values",
+            retry,
         ) from exc
     state.metrics.events.labels("accepted").inc(result.accepted)
     state.metrics.events.labels("duplicate").inc(result.duplicates)
@@ -114,21 +177,24 @@ async def post_events(req: EventsRequest, state: StateDep) -> EventsResponse:
 @router.get(
     "/v1/items/{item_id}/similar",
     response_model=SimilarResponse,
-    responses={404: {"model": ErrorResponse, "description": "unknown item"}, **ERROR_RESPONSES},
+    responses=SIMILAR_RESPONSES,
     tags=["retrieval"],
 )
 async def similar_items(
     state: StateDep,
     model: ModelDep,
     item_id: Annotated[str, Path(min_length=1, max_length=256, examples=["i17"])],
-    k: Annotated[int, Query(ge=1, le=K_CAP, description="number of neighbours")] = 20,
+    k: Annotated[
+        int | None,
+        Query(ge=1, le=K_CAP, description="number of neighbours (absent: the server's default)"),
+    ] = None,
 ) -> SimilarResponse:
     """The `k` items nearest to `item_id` in the served embedding space (itself excluded)."""
-    if k > state.settings.max_k:
+    settings = state.settings
+    k = settings.default_k if k is None else k
+    if k > settings.max_k:
         raise InputError(
-            "query.k",
-            f"is {k}; this server accepts at most {state.settings.max_k}",
-            "less_than_equal",
+            "query.k", f"is {k}; this server accepts at most {settings.max_k}", "less_than_equal"
         )
     row = model.id_to_index.get(item_id)
     if row is None:
@@ -137,26 +203,40 @@ async def similar_items(
     return SimilarResponse(item_id=item_id, items=items, model_version=model.version)
 
 
-@router.get("/v1/model", tags=["model"], responses=ERROR_RESPONSES)
-async def model_info(model: ModelDep) -> dict[str, Any]:
+@router.get("/v1/model", response_model=ModelResponse, responses=MODEL_RESPONSES, tags=["model"])
+async def model_info(model: ModelDep) -> ModelResponse:
     """The served version's manifest (serving subset: no training config)."""
-    return model.public_manifest()
+    return ModelResponse.model_validate(model.public_manifest())
 
 
 @router.get("/healthz", response_model=HealthResponse, tags=["ops"])
 async def healthz() -> HealthResponse:
-    """The process is alive (says nothing about the model or the store)."""
+    """The process is alive (says nothing about the model or the store): the liveness probe."""
     return HealthResponse(status="ok")
 
 
 @router.get(
     "/readyz",
     response_model=HealthResponse,
-    responses={503: {"model": HealthResponse}},
+    responses={
+        503: {"model": HealthResponse, "description": "not ready: `detail` says why"},
+        422: RECOMMEND_RESPONSES[422],
+    },
     tags=["ops"],
 )
-async def readyz(state: StateDep) -> Response:
-    """200 when a model is loaded and the store answers within the timeout, else 503 saying which."""
+async def readyz(
+    state: StateDep,
+    store: Annotated[
+        Literal["required", "optional"],
+        Query(
+            description="`required` (default): ready means a model is loaded, the batcher runs "
+            "and the store answers within store_timeout_s. `optional`: the store may be down "
+            "(answers are then degraded), for a load balancer that should keep a pod serving "
+            "through a store outage (the Kubernetes readinessProbe)"
+        ),
+    ] = "required",
+) -> Response:
+    """200 when this server can answer, else 503 saying what is missing."""
     model = state.holder.current
     store_ok = False
     if state.store is not None and await service.reopen_store(state):
@@ -164,25 +244,34 @@ async def readyz(state: StateDep) -> Response:
             store_ok = bool(
                 await asyncio.wait_for(state.store.ping(), state.settings.store_timeout_s)
             )
-        except (StoreError, TimeoutError, OSError, ConnectionError):
+        except Exception:  # any backend failure counts as unreachable
             store_ok = False
+    batcher_ok = state.batcher.alive
     problems = []
     if model is None:
         problems.append(f"no model loaded ({state.holder.last_error or 'nothing published yet'})")
-    if not store_ok:
+    if not batcher_ok:
+        problems.append(f"batcher not running ({state.batcher.last_error or 'stopped'})")
+    if not store_ok and store == "required":
         problems.append(f"store unreachable ({state.store_error or 'ping failed or timed out'})")
     body = HealthResponse(
         status="ready" if not problems else "not_ready",
         model_version=model.version if model else None,
         store="ok" if store_ok else "unreachable",
+        batcher="ok" if batcher_ok else "dead",
         detail="; ".join(problems) or None,
     )
     return JSONResponse(body.model_dump(), status_code=200 if not problems else 503)
 
 
-@router.get("/metrics", tags=["ops"], response_class=Response)
+@router.get(
+    "/metrics",
+    tags=["ops"],
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
 async def metrics(state: StateDep) -> Response:
-    """Prometheus text format."""
+    """Prometheus text format (with several workers: summed over all of them)."""
     data, content_type = state.metrics.render()
     return Response(data, media_type=content_type)
 
@@ -190,7 +279,7 @@ async def metrics(state: StateDep) -> Response:
 floor_router = APIRouter()
 
 
-@floor_router.post("/_floor", include_in_schema=False)
-async def floor(req: RecommendRequest) -> dict[str, Any]:
+@floor_router.post("/_floor", include_in_schema=False, dependencies=JsonBody)
+async def floor(req: RecommendRequest) -> dict[str, object]:
     """Benchmark floor: parses the same body as /v1/recommend, returns a fixed payload."""
     return {"items": [], "model_version": "floor"}

@@ -1,36 +1,71 @@
 """Request and response models of the HTTP API (they are the OpenAPI schema).
 
-Item ids are strings; integers are accepted and turned into their decimal
-string (MovieLens-style ids). Unknown fields are refused, so a typo such as
-``"dislike"`` for ``"dislikes"`` is a 422 naming the field, not a silent no-op.
+JSON types are strict: ids are strings (``{"user_id": 5}`` is a 422 naming
+``body.user_id``, not the user ``"5"``), booleans are booleans. ``k`` is an
+integer in the JSON Schema sense: ``39`` and ``39.0`` are the same number and
+both accepted; ``2.5``, ``"5"`` and ``true`` are not. Ids follow the event
+rules everywhere: 1..256 characters, no NUL, CR or newline. Unknown fields are
+refused, so a typo such as ``"dislike"`` for ``"dislikes"`` is a 422 naming
+the field, not a silent no-op.
+
+List and ``k`` limits shown here are the hard caps; the app's OpenAPI document
+replaces them with the configured limits the server enforces
+(:func:`serving.openapi.apply_limits`).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StringConstraints,
+)
+from pydantic_core import PydanticCustomError
 
 from feature_store.events import EVENT_TYPES, MAX_ID_LENGTH
 from serving.settings import EVENTS_CAP, K_CAP, LIST_CAP
 
+_FORBIDDEN = ("\x00", "\n", "\r")
 
-def _int_to_str(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+
+def _no_control(value: str) -> str:
+    if any(ch in value for ch in _FORBIDDEN):
+        raise PydanticCustomError("id_characters", "must not contain NUL or newline characters")
+    return value
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema integers: ``3.0`` is the integer 3; ``true`` is not a number."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value
 
 
 Id = Annotated[
     str,
-    BeforeValidator(_int_to_str),
+    Strict(),
+    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH),
+    AfterValidator(_no_control),
     Field(
-        min_length=1,
-        max_length=MAX_ID_LENGTH,
-        description="opaque id (string; integers are accepted)",
+        description=f"opaque id: a string of 1..{MAX_ID_LENGTH} characters, no NUL/CR/newline",
+        json_schema_extra={"pattern": "^[^\\u0000\\n\\r]+$"},
     ),
 ]
 IdList = Annotated[list[Id], Field(max_length=LIST_CAP)]
+K = Annotated[int, Strict(), Field(ge=1, le=K_CAP), BeforeValidator(_integral)]
+
+
+#: The event types as a JSON Schema enum (validated by make_event, which names the field).
+_EVENT_TYPE_ENUM: dict[str, Any] = {"enum": sorted(EVENT_TYPES)}
 
 
 class _Strict(BaseModel):
@@ -38,7 +73,8 @@ class _Strict(BaseModel):
 
 
 class RecommendRequest(_Strict):
-    """Ask for top-k candidates. Everything is optional except that an empty body gets the popular list."""
+    """Ask for top-k candidates. Every field is optional: an empty body (or ``{}``) gets the
+    popular list."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -56,18 +92,19 @@ class RecommendRequest(_Strict):
         default_factory=list, description="items the user disliked (never returned)"
     )
     exclude: IdList = Field(default_factory=list, description="items not to return in this answer")
-    k: StrictInt | None = Field(
-        None, ge=1, le=K_CAP, description="number of items (default 20, max 1000)"
-    )
+    k: K | None = Field(None, description="number of items (null or absent: the server's default)")
     exclude_seen: StrictBool = Field(
         True, description="also filter items the user already interacted with"
     )
 
 
 class ScoredItem(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"item_id": "i17", "score": 0.83}]})
+
     item_id: str
     score: float = Field(
-        description="inner product of user and item embeddings (popular fallback: 1/(1+rank))"
+        description="inner product of user and item embeddings (popular fallback: 1/(1+rank), "
+        "0 past the popularity list)"
     )
 
 
@@ -95,7 +132,8 @@ class RecommendResponse(BaseModel):
     )
     degraded: bool = Field(
         False,
-        description="the online store was unreachable; only the request's own lists were used",
+        description="the online store failed or was too slow: the request's own lists and the "
+        "dislikes this server last knew for the user were used",
     )
     ignored_items: list[str] = Field(
         default_factory=list,
@@ -104,14 +142,24 @@ class RecommendResponse(BaseModel):
 
 
 class EventIn(_Strict):
-    """One interaction; ``make_event`` rules apply (ids 1..256 chars, ts in seconds since the epoch)."""
+    """One interaction (ids 1..256 characters, ts in seconds since the epoch)."""
 
-    event_id: Id | None = Field(None, description="idempotency key: the same id is accepted once")
+    event_id: Id | None = Field(
+        None,
+        description="idempotency key: the same id is accepted once (without one the server "
+        "makes a random id, so a retried event may count twice)",
+    )
     user_id: Id
     item_id: Id
-    type: str = Field(description=f"one of {sorted(EVENT_TYPES)}", examples=["click", "dislike"])
+    type: Annotated[str, Strict()] = Field(
+        description="what happened: view, click, like, purchase (positive), dislike (never "
+        "recommended again), impression (seen only)",
+        json_schema_extra=_EVENT_TYPE_ENUM,
+        examples=["click", "dislike"],
+    )
     ts: Annotated[float, Strict()] | None = Field(
-        None, description="seconds since the epoch (default: now)"
+        None,
+        description="seconds since the epoch (default: now); not before 2000, not in the future",
     )
 
 
@@ -149,9 +197,72 @@ class EventsResponse(BaseModel):
 
 
 class SimilarResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "item_id": "i17",
+                    "items": [{"item_id": "i5", "score": 0.91}, {"item_id": "i30", "score": 0.88}],
+                    "model_version": "20261122T051500123456Z-3f2a",
+                }
+            ]
+        }
+    )
+
     item_id: str
     items: list[ScoredItem]
     model_version: str
+
+
+class ServingInfo(BaseModel):
+    device: Literal["cpu", "gpu"] = Field(description="where the FAISS index lives")
+    loaded_at: float = Field(description="when this process loaded the version (epoch seconds)")
+
+
+class ModelResponse(BaseModel):
+    """The served version's manifest, without the training config (non-finite figures are null)."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "version": "20261122T051500123456Z-3f2a",
+                    "created_at": "2026-11-22T05:15:00+00:00",
+                    "embedding_dim": 64,
+                    "num_items": 1682,
+                    "similarity": "dot",
+                    "history_length": 20,
+                    "dislike_length": 10,
+                    "index": {
+                        "type": "flat",
+                        "metric": "inner_product",
+                        "params": {},
+                        "recall_at_k_vs_exact": 1.0,
+                    },
+                    "metrics": {"recall@20": 0.21, "ndcg@20": 0.12},
+                    "baseline_popular": {"recall@20": 0.11, "ndcg@20": 0.06},
+                    "data": {"source": "movielens:/data/ml-100k/u.data"},
+                    "serving": {"device": "cpu", "loaded_at": 1795000000.0},
+                }
+            ]
+        },
+    )
+
+    version: str
+    created_at: str | float | None = None
+    embedding_dim: int
+    num_items: int
+    similarity: str | None = None
+    history_length: int
+    dislike_length: int
+    index: dict[str, Any] = Field(description="type, params, recall_at_k_vs_exact")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="held-out metrics")
+    baseline_popular: dict[str, Any] | None = Field(
+        None, description="the same metrics for a most-popular ranking"
+    )
+    data: dict[str, Any] | None = Field(None, description="source, counts, time range")
+    serving: ServingInfo
 
 
 class ErrorItem(BaseModel):
@@ -187,20 +298,66 @@ class ErrorResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: str
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ready",
+                    "model_version": "20261122T051500123456Z-3f2a",
+                    "store": "ok",
+                    "batcher": "ok",
+                    "detail": None,
+                },
+                {
+                    "status": "not_ready",
+                    "model_version": "20261122T051500123456Z-3f2a",
+                    "store": "unreachable",
+                    "batcher": "ok",
+                    "detail": "store unreachable (ConnectionError: ...)",
+                },
+            ]
+        }
+    )
+
+    status: Literal["ok", "ready", "not_ready"]
     model_version: str | None = None
-    store: str | None = None
+    store: Literal["ok", "unreachable"] | None = None
+    batcher: Literal["ok", "dead"] | None = None
     detail: str | None = None
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    413: {"model": ErrorResponse, "description": "request body too large"},
-    422: {
-        "model": ErrorResponse,
-        "description": "invalid request: `errors` names each field and why",
-    },
-    503: {
-        "model": ErrorResponse,
-        "description": "no model loaded yet (or the store is down, for writes)",
-    },
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+BAD_BODY = _error("the body is not parsable JSON (nested too deeply, not UTF-8)")
+TOO_LARGE = _error("request body larger than the configured limit (bytes)")
+NOT_JSON = _error("the body is not sent as Content-Type: application/json")
+INVALID = _error("invalid request: `errors` names each field and why")
+NO_MODEL = _error("no model loaded yet (Retry-After says when to try again)")
+
+RECOMMEND_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: BAD_BODY,
+    413: TOO_LARGE,
+    415: NOT_JSON,
+    422: INVALID,
+    503: _error(
+        "no model loaded yet; or, with degraded_unknown_users=refuse, the store is down and "
+        "the user is unknown to this server"
+    ),
 }
+EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: BAD_BODY,
+    413: TOO_LARGE,
+    415: NOT_JSON,
+    422: INVALID,
+    503: _error(
+        "the store failed or timed out: outcome unknown, retry with the same event_id values"
+    ),
+}
+SIMILAR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: _error("the item is not in the served model version"),
+    422: INVALID,
+    503: NO_MODEL,
+}
+MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {503: NO_MODEL}

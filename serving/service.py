@@ -2,20 +2,24 @@
 
 Merges the stored user state with the request, decides between the model and
 the popularity fallback, builds the blocked set (dislikes, ``exclude``, seen
-items) and turns rows back into item ids. A store that does not answer within
-``store_timeout_s`` degrades the answer to the request's own lists.
+items) and turns rows back into item ids. A store that fails, or does not
+answer within ``store_timeout_s``, degrades the answer: the request's own
+lists plus the dislikes this process last knew for the user
+(:mod:`serving.usercache`), ``"degraded": true``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from fastapi import HTTPException
 
-from feature_store.base import StoreError, UserState
+from feature_store.base import UserState
 from serving.batcher import Arrival
 from serving.deps import AppState
 from serving.model import LoadedModel
@@ -23,6 +27,9 @@ from serving.retrieval import Query
 from serving.schemas import RecommendRequest, RecommendResponse, ScoredItem
 
 log = logging.getLogger(__name__)
+
+#: Seconds a client should wait before retrying a 503 caused by the store.
+STORE_RETRY_AFTER_S = 1
 
 
 async def reopen_store(state: AppState) -> bool:
@@ -33,7 +40,7 @@ async def reopen_store(state: AppState) -> bool:
         return True
     try:
         await asyncio.wait_for(state.store.open(), max(1.0, state.settings.store_timeout_s * 4))
-    except Exception as exc:
+    except Exception as exc:  # any failure of the backend: still down, try again later
         state.store_error = f"{type(exc).__name__}: {exc}"
         return False
     log.info("store %s reachable again", state.settings.public()["store_url"])
@@ -43,24 +50,48 @@ async def reopen_store(state: AppState) -> bool:
 
 @dataclass
 class UserRead:
+    """A state read: ``state`` is None when ``degraded`` (``error`` says why)."""
+
     state: UserState | None
     degraded: bool
+    error: str | None = None
 
 
 async def read_user(app: AppState, user_id: str, with_seen: bool) -> UserRead:
-    """The user's stored state, or ``degraded`` when the store fails or is too slow."""
+    """The user's stored state, or ``degraded`` when the store fails or is too slow.
+
+    Any exception of the store counts as "store unavailable" (the backend may
+    raise its client library's own errors), and a successful read refreshes the
+    user's entry in the dislike cache.
+    """
     store = app.store
     if store is None:
-        return UserRead(None, True)
+        return UserRead(None, True, app.store_error or "store not open")
+    started = time.perf_counter()
     try:
         state = await asyncio.wait_for(
             store.get_user(user_id, with_seen=with_seen), app.settings.store_timeout_s
         )
-    except (StoreError, TimeoutError, OSError, ConnectionError) as exc:
+    except TimeoutError:
+        app.metrics.store_read.labels("timeout").observe(time.perf_counter() - started)
         log.warning(
-            "store read for user %r failed (%s): degraded answer", user_id, type(exc).__name__
+            "store read for user %r took over %.3fs: degraded answer",
+            user_id,
+            app.settings.store_timeout_s,
         )
-        return UserRead(None, True)
+        return UserRead(None, True, f"no answer within {app.settings.store_timeout_s}s")
+    except Exception as exc:  # whatever the backend raises (redis, OS, store errors): degrade
+        app.metrics.store_read.labels("error").observe(time.perf_counter() - started)
+        log.warning(
+            "store read for user %r failed (%s: %s): degraded answer",
+            user_id,
+            type(exc).__name__,
+            exc,
+        )
+        return UserRead(None, True, type(exc).__name__)
+    app.metrics.store_read.labels("ok").observe(time.perf_counter() - started)
+    app.dislike_cache.learn(user_id, (item for item, _ts in state.dislikes), complete=True)
+    app.metrics.cache_users.set(len(app.dislike_cache))
     return UserRead(state, False)
 
 
@@ -70,28 +101,44 @@ def _unique(ids: list[str]) -> list[str]:
 
 def popular_fallback(
     model: LoadedModel, blocked: set[int], k: int
-) -> tuple[list[int], list[float]]:
-    """Top-k of the manifest's popularity list minus ``blocked``, topped up in catalog order.
+) -> tuple[list[int], list[float], int]:
+    """Top-k of the manifest's popularity list minus ``blocked``, then the rest of the catalog.
 
-    Scores are ``1 / (1 + rank in the popularity list)``; top-up items score 0.
+    The manifest keeps only the most popular items (``export.popular_items``);
+    once that list is exhausted the answer is topped up in index order, so it
+    has exactly ``min(k, catalog - blocked)`` rows.
+
+    Returns:
+      (rows, scores, filtered): scores are ``1 / (1 + rank in the popularity
+      list)``, 0 for top-up rows; ``filtered`` counts the blocked rows passed
+      over before the last returned one.
     """
     rows: list[int] = []
     scores: list[float] = []
-    taken: set[int] = set()
+    examined: set[int] = set()  # taken or passed over
+    filtered = 0
     for rank, row in enumerate(model.popular.tolist()):
         if len(rows) >= k:
-            return rows, scores
-        if row not in blocked and row not in taken:
-            rows.append(row)
-            scores.append(1.0 / (1.0 + rank))
-            taken.add(row)
+            return rows, scores, filtered
+        if row in examined:
+            continue
+        examined.add(row)
+        if row in blocked:
+            filtered += 1
+            continue
+        rows.append(row)
+        scores.append(1.0 / (1.0 + rank))
     for row in range(model.num_items):
         if len(rows) >= k:
             break
-        if row not in blocked and row not in taken:
-            rows.append(row)
-            scores.append(0.0)
-    return rows, scores
+        if row in examined:
+            continue
+        if row in blocked:
+            filtered += 1
+            continue
+        rows.append(row)
+        scores.append(0.0)
+    return rows, scores, filtered
 
 
 async def recommend(
@@ -108,16 +155,32 @@ async def _recommend(
     metrics = app.metrics
     stored: UserState | None = None
     degraded = False
+    remembered: set[str] = set()
     if req.user_id is not None:
         read = await read_user(app, req.user_id, with_seen=req.exclude_seen)
         stored, degraded = read.state, read.degraded
+        cached = app.dislike_cache.get(req.user_id)
+        if cached is not None:
+            # Merged on every answer, not only degraded ones: the store may also have
+            # lost a write it acknowledged (failover), and a union costs little.
+            remembered = cached.items
+        if degraded:
+            known = "complete" if cached and cached.complete else "partial" if cached else "none"
+            metrics.degraded_users.labels(known).inc()
+            if known != "complete" and app.settings.degraded_unknown_users == "refuse":
+                raise HTTPException(
+                    503,
+                    f"online store unavailable ({read.error}) and this server has no stored "
+                    f"dislikes of user {req.user_id!r} to filter with; retry later",
+                    headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+                )
 
     index = model.id_to_index
     ignored = _unique([x for x in (*req.history, *req.dislikes, *req.exclude) if x not in index])
     history = (stored.positives if stored else []) + list(req.history)
     dislikes = ([item for item, _ts in stored.dislikes] if stored else []) + list(req.dislikes)
 
-    blocked_ids: set[str] = set(dislikes) | set(req.exclude)
+    blocked_ids: set[str] = set(dislikes) | set(req.exclude) | remembered
     if req.exclude_seen:
         blocked_ids |= set(history)
         if stored is not None and stored.seen:
@@ -130,8 +193,8 @@ async def _recommend(
         fallback = "popular"
         metrics.fallbacks.labels("popular").inc()
         arrival.landed()  # no query for the batcher
-        rows, scores = popular_fallback(model, blocked, k)
-        metrics.filtered.inc(len(blocked))
+        rows, scores, filtered = popular_fallback(model, blocked, k)
+        metrics.filtered.inc(filtered)
     else:
         recent_dislikes = [index[x] for x in dislikes if x in index][-app.settings.demote_recent :]
         query = Query(

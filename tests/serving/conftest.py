@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import signal
 import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,66 @@ def free_port() -> int:
 def closed_port() -> int:
     """A loopback port nobody listens on (bound then released)."""
     return free_port()
+
+
+@dataclass
+class RedisProcess:
+    """A ``redis-server`` this test started (so it may stop, continue or kill it)."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        """SIGSTOP: connections stay open, nothing answers (a hung or overloaded Redis)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def cont(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL: connections are refused from now on."""
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def wait_for_redis(port: int, timeout_s: float = 10.0) -> None:
+    import redis
+
+    client = redis.Redis(port=port, socket_timeout=1)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)  # our own child process starting: no event to await
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def redis_server(directory: Path, port: int | None = None) -> Iterator[RedisProcess]:
+    """Start a private ``redis-server`` on a free loopback port; kill it on exit."""
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server is needed for this test (apt-get install -y redis-server)"
+    port = port or free_port()
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen([*cmd, "--dir", str(directory)], stdout=subprocess.DEVNULL)
+    server = RedisProcess(proc, port)
+    try:
+        wait_for_redis(port)
+        yield server
+    finally:
+        if proc.poll() is None:
+            server.kill()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.serving.conftest import closed_port
+from tests.serving.conftest import closed_port, redis_server
 
 
 def _ids(resp: dict) -> list[str]:
@@ -78,7 +78,7 @@ def test_cold_start_gets_popular_still_filtered(client: TestClient) -> None:
     assert again["fallback"] == "popular" and len(again["items"]) == 20
     assert not set(top[:5]) & set(_ids(again)) and _ids(again)[:15] == top[5:]
     # Only unknown ids in the history: still cold start, and the ids are reported, not a 500.
-    unk = client.post("/v1/recommend", json={"history": ["nope-1", 42], "k": 3}).json()
+    unk = client.post("/v1/recommend", json={"history": ["nope-1", "42"], "k": 3}).json()
     assert unk["fallback"] == "popular" and unk["ignored_items"] == ["nope-1", "42"]
 
 
@@ -114,6 +114,11 @@ def test_events_then_recommend_reads_own_writes(client: TestClient) -> None:
         ({"k": 1001}, "body.k"),
         ({"k": "20"}, "body.k"),
         ({"k": 2.5}, "body.k"),
+        ({"k": True}, "body.k"),
+        ({"user_id": 5}, "body.user_id"),
+        ({"user_id": "a\nb"}, "body.user_id"),
+        ({"user_id": "u\u0000"}, "body.user_id"),
+        ({"history": [7]}, "body.history.0"),
         ({"history": "i1"}, "body.history"),
         ({"history": [None]}, "body.history.0"),
         ({"history": [""]}, "body.history.0"),
@@ -244,8 +249,12 @@ def test_store_down_answers_degraded_within_the_timeout(
     assert elapsed < 0.3 + 1.0, f"degraded answer took {elapsed:.2f}s"
     ready = c.get("/readyz")
     assert ready.status_code == 503 and ready.json()["store"] == "unreachable"
+    t0 = time.perf_counter()
     r = c.post("/v1/events", json={"events": [_event(0, "u1", "i1", "click")]})
-    assert r.status_code == 503 and "nothing was" in r.json()["detail"]
+    elapsed = time.perf_counter() - t0
+    assert r.status_code == 503 and "retry with the same event_id" in r.json()["detail"]
+    assert r.headers["retry-after"] == "1"
+    assert elapsed < 1.0 + 1.0, f"the 503 took {elapsed:.2f}s (store_write_timeout_s is 1.0)"
 
 
 def test_no_published_version_is_503_until_one_is(
@@ -271,46 +280,50 @@ def test_no_published_version_is_503_until_one_is(
 def test_store_that_comes_back_is_used_again(
     make_client: Callable[..., TestClient], tmp_path
 ) -> None:
-    import shutil
-    import subprocess
-
-    import redis
-
     port = closed_port()
     c = make_client(store_url=f"redis://127.0.0.1:{port}/0", store_timeout_s=0.3)
     assert c.get("/readyz").status_code == 503
     assert c.post("/v1/recommend", json={"user_id": "u1", "k": 3}).json()["degraded"] is True
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is needed for this test (apt-get install -y redis-server)"
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        probe = redis.Redis(port=port, socket_timeout=1)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                probe.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)  # our own child process: no event to await
+    with redis_server(tmp_path, port):
         ready = c.get("/readyz")
         assert ready.status_code == 200, ready.text
         body = c.post("/v1/recommend", json={"user_id": "u1", "k": 3}).json()
         assert body["degraded"] is False and len(body["items"]) == 3
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+
+
+def test_readyz_fails_and_recommend_is_503_when_the_batcher_is_dead(
+    make_client: Callable[..., TestClient],
+) -> None:
+    import asyncio
+
+    c = make_client()
+    state = c.app.state.twotower
+    assert c.get("/readyz").json()["batcher"] == "ok"
+
+    async def broken_collect() -> list:  # type: ignore[type-arg]
+        raise RuntimeError("collector bug")
+
+    state.batcher._collect = broken_collect  # every restart dies again
+    assert c.post("/v1/recommend", json={"history": ["i1"], "k": 3}).status_code == 200
+
+    async def dead() -> None:
+        while state.batcher.alive:
+            await asyncio.sleep(0)
+
+    c.portal.call(dead)
+    ready = c.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["batcher"] == "dead"
+    assert "collector bug" in ready.json()["detail"]
+    assert c.get("/readyz", params={"store": "optional"}).status_code == 503
+    r = c.post("/v1/recommend", json={"history": ["i1"], "k": 3})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert "twotower_batcher_restarts_total 5.0" in c.get("/metrics").text
+    assert c.get("/healthz").status_code == 200
+
+
+def test_metrics_include_store_reads_and_process_collectors(client: TestClient) -> None:
+    client.post("/v1/recommend", json={"user_id": "u-metrics", "k": 3})
+    text = client.get("/metrics").text
+    assert 'twotower_store_read_duration_seconds_count{outcome="ok"} 1.0' in text
+    for name in ("process_cpu_seconds_total", "python_info", "python_gc_collections_total"):
+        assert name in text, name

@@ -314,7 +314,17 @@ def test_hot_reload_under_load_no_failures_no_mixed_versions(tmp_path: Path) -> 
     assert model["version"] == v2
 
 
-def test_several_workers_share_the_store(e2e_art: Path, catalog) -> None:
+def _recommend_count(metrics_text: str) -> float:
+    """``POST /v1/recommend`` 200 answers counted in a /metrics scrape."""
+    prefix = "twotower_http_request_duration_seconds_count{"
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith(prefix) and 'route="/v1/recommend"' in line and 'status="200"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_several_workers_share_the_store_and_sum_their_metrics(e2e_art: Path, catalog) -> None:
     with (
         running_server(e2e_art, redis_url(4), workers=2, timeout_s=120) as srv,
         httpx.Client(base_url=srv.url, timeout=30) as c,
@@ -334,9 +344,29 @@ def test_several_workers_share_the_store(e2e_art: Path, catalog) -> None:
             ).json()["accepted"]
             == 1
         )
+        sent = 1
         for _ in range(20):  # new connections land on either worker
             with httpx.Client(base_url=srv.url, timeout=30) as fresh:
                 body = fresh.post(
                     "/v1/recommend", json={"user_id": user, "history": catalog[:2], "k": 5}
                 ).json()
                 assert top[0] not in _ids(body) and len(body["items"]) == 5
+                sent += 1
+        # Whichever worker answers the scrape, it reports the sum over both: every scrape
+        # counts all 21 answers (a per-worker registry would show each worker's share).
+        counts, pids = [], set()
+        for _ in range(12):
+            with httpx.Client(base_url=srv.url, timeout=30) as fresh:
+                text = fresh.get("/metrics").text
+            counts.append(_recommend_count(text))
+            pids |= {
+                line.split('pid="', 1)[1].split('"', 1)[0]
+                for line in text.splitlines()
+                if line.startswith("twotower_model_info{") and 'pid="' in line
+                if line.endswith(" 1.0")
+            }
+        assert counts == [float(sent)] * len(counts), counts
+        assert len(pids) == 2, pids  # both workers serve the model, one gauge each
+        with httpx.Client(base_url=srv.url, timeout=30) as fresh:
+            fresh.post("/v1/recommend", json={"user_id": user, "history": catalog[:2], "k": 5})
+            assert _recommend_count(fresh.get("/metrics").text) == sent + 1  # monotone

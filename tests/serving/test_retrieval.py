@@ -116,3 +116,57 @@ def test_soft_demotion_pushes_items_near_dislikes_down(tmp_path: Path) -> None:
     assert near(undemoted.rows) > 0, "fixture: the top-20 should hold items near the disliked one"
     assert near(demoted.rows) < near(undemoted.rows)
     assert demoted.demoted >= near(undemoted.rows) - near(demoted.rows)
+
+
+def test_filtered_counts_blocked_items_ranked_above_the_last_answer(model: LoadedModel) -> None:
+    q0 = _query(model, 30, set(), seed=11)
+    ranking = _exact_top(model, q0, model.num_items)
+    blocked = set(ranking[:40:2]) | set(ranking[300:320])  # 20 inside the top 50, 20 far below
+    (res,) = run_batch([_query(model, 30, blocked, seed=11)])
+    if model.manifest["index"]["type"] == "flat":
+        last = res.rows.tolist()[-1]
+        expected = sum(1 for r in ranking[: ranking.index(last)] if r in blocked)
+        assert expected == 20 and res.filtered == expected
+    else:
+        assert 0 < res.filtered <= len(blocked)
+    # Fewer than k left: every blocked item was filtered out of the answer.
+    everything_but_5 = set(range(model.num_items - 5))
+    (res,) = run_batch([_query(model, 30, everything_but_5, seed=11)])
+    assert len(res.rows) == 5 and res.filtered == len(everything_but_5)
+
+
+def test_popular_fallback_is_exact_k_past_the_end_of_the_popular_list(tmp_path: Path) -> None:
+    from serving.service import popular_fallback
+
+    version = make_artifact(tmp_path, num_items=3000, dim=8, seed=2, num_popular=1000)
+    model = load_model(tmp_path, version)
+    popular = model.popular.tolist()
+    assert len(popular) == 1000
+    rng = np.random.default_rng(0)
+    blocked = set(popular[:900]) | set(rng.choice(3000, 1100, replace=False).tolist())
+    rows, scores, filtered = popular_fallback(model, blocked, 1000)
+    assert len(rows) == 1000 and len(set(rows)) == 1000 and not set(rows) & blocked
+    left_in_popular = [r for r in popular if r not in blocked]
+    assert rows[: len(left_in_popular)] == left_in_popular  # popularity order first
+    rest = rows[len(left_in_popular) :]
+    assert rest == sorted(rest) and all(s == 0.0 for s in scores[len(left_in_popular) :])
+    walked = set(popular) | set(range(max(rest) + 1))  # the whole list, then index order
+    assert filtered == len(blocked & walked)
+    # Exactly what remains when the catalog runs out.
+    rows, _, _ = popular_fallback(model, set(range(2990)), 1000)
+    assert sorted(rows) == list(range(2990, 3000))
+
+
+def test_popular_fallback_over_http_keeps_k_with_heavy_exclusions(
+    tmp_path: Path, make_client
+) -> None:
+    art = tmp_path / "art"
+    make_artifact(art, num_items=2500, dim=8, seed=4, num_popular=1000)
+    c = make_client(artifacts=art)
+    first = [x["item_id"] for x in c.post("/v1/recommend", json={"k": 1000}).json()["items"]]
+    body = c.post(
+        "/v1/recommend", json={"k": 1000, "dislikes": first[:1000:2], "exclude": first[1:1000:2]}
+    ).json()
+    got = [x["item_id"] for x in body["items"]]
+    assert body["fallback"] == "popular" and len(got) == 1000 and len(set(got)) == 1000
+    assert not set(got) & set(first)
