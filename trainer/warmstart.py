@@ -7,7 +7,13 @@ version's checkpoint and its variables are copied into the new model: equal
 shapes are copied whole, grown tables (item ids, feature values) get their old
 rows copied and keep fresh initialisation for the new rows. The streaming
 frequency estimator's arrays and step counter carry over, so logQ estimates
-survive the warm start.
+survive the warm start -- as long as ``frequency.buckets`` and
+``frequency.hashes`` are unchanged. Its arrays are flat ``[hashes * buckets]``
+hash tables: with another H or m an old bucket means another set of items, so
+copying (or "growing") them would silently feed wrong probabilities to the
+logQ correction. Then the estimator is *reset* instead (fresh arrays, step 0;
+it re-converges within ~1/alpha steps), with a logged warning and the reason
+in the summary's ``estimator`` field, while the towers still warm-start.
 """
 
 from __future__ import annotations
@@ -83,7 +89,13 @@ def warm_start(model: TwoTowerModel, art: str | Path, version: str) -> dict[str,
         raise WarmStartError(
             f"variable count differs: {len(old_vars)} in {version}, {len(new_vars)} now"
         )
+    estimator_note = _estimator_compatibility(old_config, new_config, version)
+    estimator_vars = (
+        {v.ref() for v in model.estimator.variables} if model.estimator is not None else set()
+    )
     for new, old in zip(new_vars, old_vars, strict=True):
+        if new.ref() in estimator_vars and estimator_note.startswith("reset"):
+            continue  # keeps its fresh initial state
         if new.shape == old.shape:
             new.assign(old)
             copied += 1
@@ -105,6 +117,27 @@ def warm_start(model: TwoTowerModel, art: str | Path, version: str) -> dict[str,
         "grown": grown,
         "old_items": old_n,
         "new_items": model.num_items,
+        "estimator": estimator_note if model.estimator is not None else None,
     }
     log.info("warm start %s", summary)
     return summary
+
+
+def _estimator_compatibility(old: TrainerConfig, new: TrainerConfig, version: str) -> str:
+    """``carried over``, or ``reset: <why>`` when the hash tables' layout changed."""
+    changed = [
+        f"frequency.{key} {getattr(old.frequency, key)} -> {getattr(new.frequency, key)}"
+        for key in ("buckets", "hashes")
+        if getattr(old.frequency, key) != getattr(new.frequency, key)
+    ]
+    if not changed:
+        return "carried over"
+    note = f"reset: {', '.join(changed)}"
+    log.warning(
+        "warm start from %s: the streaming frequency estimator is reset (%s; its hash "
+        "tables cannot be remapped); the towers are warm-started, the logQ estimate "
+        "re-converges within ~1/frequency.alpha steps",
+        version,
+        ", ".join(changed),
+    )
+    return note
