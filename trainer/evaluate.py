@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from trainer.data.dataset import POSITIVE, TRAIN, Dataset, EvalSet
+from trainer.data.dataset import DISLIKE, POSITIVE, TRAIN, Dataset, EvalSet
+from trainer.data.examples import capped_users
 from trainer.metrics import popular_topk, ranking_metrics, responsiveness, topk_all_ranking
 from trainer.reference import cooccurrence_neighbors
 
@@ -102,3 +103,39 @@ def popular_baseline(evalset: EvalSet, item_counts: np.ndarray) -> dict[str, Any
     # A popularity ranking ignores the dislike input: by definition it does not respond.
     metrics["responsiveness@20"] = 0.0
     return metrics
+
+
+def eval_notes(
+    ds: Dataset, evalset: EvalSet, metrics: dict[str, Any], history_length: int, split: str
+) -> dict[str, Any]:
+    """What the metrics were measured on: the manifest's ``eval`` (and ``evaluate``'s JSON).
+
+    ``dislike_metrics`` says whether ``dislike_rate@20`` and ``responsiveness@20``
+    mean anything. They stay numeric for every source, but for a source without
+    dislikes (lightgcn) they are 0.0 by construction and the note says "not
+    applicable". ``input`` says what the user tower was fed; for untimed sources
+    ``users_capped`` counts the evaluated users with more train items than the
+    input width H (their input is a seeded sample of H of them).
+    """
+    if not (ds.labels == DISLIKE).any():
+        dislike_note = "not applicable: the source has no dislikes"
+    elif int(metrics.get("num_users_with_dislikes", 0)) == 0:
+        dislike_note = f"not measured: no evaluated user has a held-out dislike in {split}"
+    else:
+        dislike_note = (
+            f"measured on {int(metrics['num_users_with_dislikes'])} users with held-out dislikes"
+        )
+    inputs: dict[str, Any] = {"history_length": int(history_length)}
+    if ds.timestamped:
+        inputs["history"] = "the user's most recent positives before the target, up to H"
+    else:
+        inputs["history"] = "every train item of the user, up to H (a seeded sample above H)"
+        inputs["users_capped"] = capped_users(ds, evalset, history_length)
+    return {
+        "split": split,
+        "users": len(evalset),
+        "protocol": "all-ranking; masked: the items of the user's train (test: and valid) "
+        "events, dislikes included; held-out dislikes stay rankable",
+        "input": inputs,
+        "dislike_metrics": dislike_note,
+    }

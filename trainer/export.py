@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,47 @@ class ServingTower(tf.Module):
         if self.normalize:
             emb = tf.math.l2_normalize(emb, axis=-1)
         return {"embedding": emb}
+
+
+#: Users per call of the tower when embedding many (training's evaluation and the
+#: exported tower use the same chunks, so both compute bit-identical vectors).
+EMBED_CHUNK = 4096
+
+
+def embed_in_chunks(
+    fn: Callable[..., dict[str, tf.Tensor]], history: np.ndarray, dislikes: np.ndarray, dim: int
+) -> np.ndarray:
+    """float32 [u, dim]: ``fn(history=..., dislikes=...)["embedding"]`` over chunks of users.
+
+    Args:
+      fn: the serving signature (loaded or in memory).
+      history: int [u, H] tokens; dislikes: int [u, D] tokens.
+    """
+    out = []
+    for start in range(0, len(history), EMBED_CHUNK):
+        res = fn(
+            history=tf.constant(history[start : start + EMBED_CHUNK], tf.int32),
+            dislikes=tf.constant(dislikes[start : start + EMBED_CHUNK], tf.int32),
+        )
+        out.append(res["embedding"].numpy())
+    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+
+
+def serving_embed(
+    model: TwoTowerModel, similarity: str
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The exported tower's function, in memory: tokens [u, H], [u, D] -> float32 [u, dim].
+
+    Evaluating with it before export gives exactly the numbers ``twotower
+    evaluate`` computes from the SavedModel afterwards.
+    """
+    tower = ServingTower(model, normalize=similarity == "cosine")
+    dim = model.config.model.embedding_dim
+
+    def embed(history: np.ndarray, dislikes: np.ndarray) -> np.ndarray:
+        return embed_in_chunks(tower.serve, history, dislikes, dim)
+
+    return embed
 
 
 def item_embeddings(model: TwoTowerModel, similarity: str) -> np.ndarray:
@@ -100,7 +142,7 @@ def export_version(
         )
         np.savez(vdir / artifacts.ITEMS, ids=np.asarray(item_ids).astype(str), embeddings=items)
         write_index(index, vdir / artifacts.INDEX)
-        tf.train.Checkpoint(model=model).write(str(vdir / artifacts.CHECKPOINT / "model"))
+        model.weights_checkpoint().write(str(vdir / artifacts.CHECKPOINT / "model"))
         manifest = {
             "version": version,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

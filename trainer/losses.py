@@ -21,10 +21,16 @@ plus M uniform extras; dislike items are never candidates for other rows.
 LOSSES.md (positives have w = 1).
 
 Under ``tf.distribute`` (:class:`NTRRetrievalTask` inside ``strategy.run``)
-the candidate slots are all-gathered from every replica, so a replica's rows
-see the global batch's candidate set, and the per-replica ``total`` is this
-replica's *sum* of terms divided by the *global* row counts: summing
-``total`` (or the gradients) over replicas gives the single-device value.
+the in-batch candidate slots are all-gathered from every replica, so a
+replica's rows see the global batch's candidate set, and the per-replica
+``total`` is this replica's *sum* of terms divided by the *global* row
+counts: summing ``total`` (or the gradients) over replicas gives the
+single-device value. The M mixed negatives are drawn once per *global*
+batch: every replica receives the same M items (the model draws them from a
+stateless RNG keyed on (``train.seed``, global step), see
+:meth:`trainer.model.TwoTowerModel.mixed_negative_ids`), so they are not
+gathered, the candidate set holds M extras whatever the replica count, and a
+resumed run draws the same ones.
 """
 
 from __future__ import annotations
@@ -256,7 +262,9 @@ class NTRRetrievalTask(keras.layers.Layer):
       estimator: required for ``streaming``; create it under the strategy's scope.
       item_probabilities: for ``counts``, float [N + 1] expected occurrences
         of each token per batch (index 0 = padding, unused).
-      mixed_negatives: M uniform extra items each call receives (0 = none).
+      mixed_negatives: M uniform extra items each call receives (0 = none);
+        under a strategy every replica receives the same M (one draw per
+        global batch).
       remove_accidental_hits: see :func:`sampled_softmax_ntr`.
     """
 
@@ -334,7 +342,8 @@ class NTRRetrievalTask(keras.layers.Layer):
           user_embeddings: [B, d]; item_embeddings: [B, d] of each row's label.
           item_ids: int [B] tokens; is_positive: float [B] 1/0; weight: float [B].
           extra_item_embeddings: [M, d] and extra_ids: int [M] tokens of the
-            mixed negatives (required iff ``mixed_negatives`` > 0).
+            mixed negatives (required iff ``mixed_negatives`` > 0); the same M
+            items on every replica.
           training: when true and logq is ``streaming``, the estimator takes
             one step with this batch first.
         """
@@ -361,15 +370,10 @@ class NTRRetrievalTask(keras.layers.Layer):
             assert self.estimator is not None
             self.estimator.update(ids, mask=positive)
 
-        # The candidate set is the global batch's: gather every replica's slots.
-        # Empty tensors are never gathered: a zero-size collective crashes TF's CPU kernels.
-        if self.mixed_negatives > 0:
-            g_item, g_ids, g_positive, g_extra, g_extra_ids = all_gather_rows(
-                item, ids, positive, extra, extra_ids
-            )
-        else:
-            g_item, g_ids, g_positive = all_gather_rows(item, ids, positive)
-            g_extra, g_extra_ids = extra, extra_ids
+        # The candidate set is the global batch's: gather every replica's slots. The
+        # extras are already global (the same M on every replica): never gathered.
+        g_item, g_ids, g_positive = all_gather_rows(item, ids, positive)
+        g_extra, g_extra_ids = extra, extra_ids
         num_extra = tf.shape(g_extra_ids)[0]
         cand_ids = tf.concat([g_ids, g_extra_ids], axis=0)
         cand_logq = self._log_q(cand_ids, num_extra)

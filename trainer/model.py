@@ -70,13 +70,45 @@ class TwoTowerModel(tfrs.Model):
         self.user_tower((tf.zeros([1, h], tf.int32), tf.zeros([1, d], tf.int32)))
         self.item_tower(tf.ones([1], tf.int32))
 
-    def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+    def mixed_negative_ids(self, step: tf.Tensor | int) -> tf.Tensor:
+        """int32 [M] tokens of the global batch ``step``'s mixed negatives.
+
+        M = ``loss.mixed_negatives`` tokens drawn uniformly from 1..N with
+        replacement by a *stateless* RNG keyed on (``train.seed``, ``step``): the
+        same draw on every replica and worker, and again after a resume, with
+        no RNG state to checkpoint.
+        """
+        m = self.config.loss.mixed_negatives
+        key = tf.stack([tf.constant(self.config.train.seed, tf.int64), tf.cast(step, tf.int64)])
+        return tf.random.stateless_uniform(
+            [m], seed=key, minval=1, maxval=self.num_items + 1, dtype=tf.int32
+        )
+
+    def compute_loss(
+        self,
+        features: Mapping[str, tf.Tensor],
+        training: bool = False,
+        step: tf.Tensor | int | None = None,
+    ) -> tf.Tensor:
+        """The loss of one (per-replica) batch.
+
+        Args:
+          features: the batch (keys in the class docstring).
+          training: update the streaming estimator and run dropout.
+          step: int scalar, the global step of this batch; keys the mixed
+            negatives' draw (:meth:`mixed_negative_ids`). Required when
+            ``loss.mixed_negatives`` > 0.
+        """
         user = self.user_tower((features["history"], features["dislikes"]), training=training)
         item = self.item_tower(features["item"], training=training)
         extra_ids = extra = None
-        m = self.config.loss.mixed_negatives
-        if m > 0:
-            extra_ids = tf.random.uniform([m], 1, self.num_items + 1, dtype=tf.int32)
+        if self.config.loss.mixed_negatives > 0:
+            if step is None:
+                raise ValueError(
+                    "loss.mixed_negatives > 0: compute_loss needs the global step that keys "
+                    "the draw of the mixed negatives (step=...)"
+                )
+            extra_ids = self.mixed_negative_ids(step)
             extra = self.item_tower(extra_ids, training=training)
         out = self.task(
             user,
@@ -91,6 +123,21 @@ class TwoTowerModel(tfrs.Model):
         self.ssm_tracker.update_state(out.ssm_mean)
         self.ntr_tracker.update_state(out.ntr_mean)
         return out.total
+
+    def weights_checkpoint(self) -> tf.train.Checkpoint:
+        """A checkpoint of what a version keeps: the towers and the estimator state.
+
+        Same object paths as ``tf.train.Checkpoint(model=self)`` (so warm starts
+        read it into a whole model), without the loss trackers: those are
+        sync-on-read variables, and reading them is a collective that only the
+        chief of a multi-worker run would join when it exports.
+        """
+        weights = tf.Module()
+        weights.item_tower = self.item_tower
+        weights.user_tower = self.user_tower
+        if self.estimator is not None:
+            weights.estimator = self.estimator
+        return tf.train.Checkpoint(model=weights)
 
     # ---- inference helpers (numpy in, numpy out), used by evaluation and export ----
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import shutil
 import sys
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,26 +15,34 @@ from typing import Any
 import numpy as np
 
 from trainer._tf import tf
+from trainer.checkpoints import checkpoint_paths, is_chief, run_directory
 from trainer.config import SOURCE_DEFAULTS, TrainerConfig
-from trainer.data.dataset import Dataset
+from trainer.data.dataset import Dataset, EvalSet, Examples
 from trainer.data.examples import build_eval_set, build_train_examples
 from trainer.data.sources import load_source
 from trainer.data.vocab import align_items
 from trainer.evaluate import (
+    EmbedFn,
+    eval_notes,
     evaluate,
     popular_baseline,
     reference_neighbors,
     sample_rows,
 )
-from trainer.export import export_version
+from trainer.export import embed_in_chunks, export_version, serving_embed
 from trainer.metrics import write_topk_jsonl
 from trainer.model import TwoTowerModel, l2_normalize
-from trainer.train import Trainer, make_strategy, seed_everything
+from trainer.train import IncompatibleCheckpointError, Trainer, make_strategy, seed_everything
 from trainer.warmstart import load_version_items, warm_start
 from twotower import artifacts
 from twotower.config import load_config
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ExportedModel", "evaluate_version", "is_chief", "train", "trainer_config"]
+
+#: Queries that tune the approximate index and measure its recall vs exact search.
+INDEX_QUERIES = 500
 
 
 @dataclass
@@ -71,9 +78,16 @@ def exact_item_probabilities(ds: Dataset, batch_size: int) -> np.ndarray:
     return np.concatenate([[0.0], counts * batch_size / rows]).astype(np.float32)
 
 
-def _checkpoint_dir(out: Path, spec: str, config: TrainerConfig, warm: str | None) -> Path:
-    key = json.dumps({"data": spec, "config": config.as_dict(), "warm": warm}, sort_keys=True)
-    return out / f".train-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+def training_examples(ds: Dataset, cfg: TrainerConfig, epoch: int) -> Examples:
+    """The training rows of ``epoch`` as the config asks for them (H, D, seed, w)."""
+    return build_train_examples(
+        ds,
+        cfg.model.history_length,
+        cfg.model.dislike_length,
+        seed=cfg.train.seed,
+        epoch=epoch,
+        dislike_weight=cfg.loss.dislike_weight,
+    )
 
 
 def train(
@@ -92,9 +106,13 @@ def train(
     """Train on ``spec`` (or the given ``ds``), evaluate, export a version under ``out``.
 
     ``warm_version`` names a version of ``out`` to warm-start from ("latest" = the
-    published one). ``prune`` keeps only the newest ``export.keep_versions``
-    versions afterwards (callers with their own retention pass False).
-    Returns the new version id and its metrics.
+    published one). ``checkpoint_dir`` holds the resumable state (default
+    ``out/.train-<hash of data, config and warm version>``, see
+    :mod:`trainer.checkpoints`); a checkpoint there that does not fit this
+    model is discarded with a warning and training starts fresh. ``prune``
+    keeps only the newest ``export.keep_versions`` versions afterwards (callers
+    with their own retention pass False). Returns the new version id and its
+    metrics.
     """
     out = Path(out)
     if ds is None:
@@ -110,74 +128,94 @@ def train(
     seed_everything(cfg.train.seed)
     strategy = make_strategy(cfg.train.strategy)
     H, D = cfg.model.history_length, cfg.model.dislike_length
-    probs = (
-        exact_item_probabilities(ds, cfg.train.batch_size) if cfg.loss.logq == "counts" else None
-    )
-    with strategy.scope():
-        model = TwoTowerModel(cfg, ds.num_items, ds.item_features, ds.item_feature_sizes, probs)
-        model.build_all()
-    warm_summary = warm_start(model, out, warm_from) if warm_from else None
+    cache: dict[int, Examples] = {}
 
-    cache: dict[int, Any] = {}
-
-    def examples_fn(epoch: int):
+    def examples_fn(epoch: int) -> Examples:
         # Timestamped data gives the same rows every epoch; build them once.
         key = epoch if not ds.timestamped else 0
         if key not in cache:
             cache.clear()
-            cache[key] = build_train_examples(ds, H, D, seed=cfg.train.seed, epoch=epoch)
+            cache[key] = training_examples(ds, cfg, epoch)
         return cache[key]
 
     valid = sample_rows(
         build_eval_set(ds, "valid", H, D), cfg.train.valid_max_users, cfg.train.seed
     )
     ckpt_dir = (
-        Path(checkpoint_dir) if checkpoint_dir else _checkpoint_dir(out, spec, cfg, warm_from)
+        Path(checkpoint_dir) if checkpoint_dir else run_directory(out, spec, cfg, warm_from, ds)
     )
     chief = is_chief(strategy)
-    if not chief:
-        # Multi-worker: every worker trains (collectives need all of them), only the
-        # chief checkpoints into ART and exports; the others write to scratch.
-        ckpt_dir = Path(tempfile.mkdtemp(prefix="twotower-worker-"))
-    trainer = Trainer(
-        model, cfg, examples_fn, valid if len(valid) else None, ckpt_dir, strategy, progress
-    )
-    result = trainer.fit()
+    # Every worker restores from the chief's directory; only the chief writes there.
+    restore_dir, write_dir = checkpoint_paths(ckpt_dir, strategy)
 
-    # Similarity of the export: cosine (the training geometry) or raw inner product,
-    # whichever ranks the validation users better (SSM paper: cosine-train/dot-test can win).
+    def build() -> tuple[TwoTowerModel, Trainer, dict | None]:
+        seed_everything(cfg.train.seed)  # a rebuilt model starts as a first one would
+        probs = (
+            exact_item_probabilities(ds, cfg.train.batch_size)
+            if cfg.loss.logq == "counts"
+            else None
+        )
+        with strategy.scope():
+            model = TwoTowerModel(cfg, ds.num_items, ds.item_features, ds.item_feature_sizes, probs)
+            model.build_all()
+        summary = warm_start(model, out, warm_from) if warm_from else None
+        trainer = Trainer(
+            model,
+            cfg,
+            examples_fn,
+            valid if len(valid) else None,
+            restore_dir,
+            strategy,
+            progress,
+            write_dir=write_dir,
+        )
+        return model, trainer, summary
+
+    model, trainer, warm_summary = build()
+    try:
+        result = trainer.fit()
+    except IncompatibleCheckpointError as exc:
+        log.warning(
+            "discarding the checkpoint in %s: it does not fit this run (%s); training from scratch",
+            restore_dir,
+            exc,
+        )
+        if chief:
+            shutil.rmtree(restore_dir, ignore_errors=True)
+        model, trainer, warm_summary = build()
+        result = trainer.fit(resume=False)
+
+    # Every figure below is computed with the exported tower's own function, so
+    # ``twotower evaluate`` of the version reproduces it exactly.
     item_raw = model.embed_items()
     item_counts = ds.train_item_counts()
-    similarity: str = cfg.export.similarity
     items_by_sim = {"cosine": l2_normalize(item_raw), "dot": item_raw}
+    embed_by_sim = {sim: serving_embed(model, sim) for sim in items_by_sim}
     # Full validation metrics per geometry: what the similarity choice and tuning read
-    # (never the test split).
+    # (never the test split). SSM paper: cosine-train/dot-test can win.
     valid_eval = {
-        sim: evaluate(_model_embed(model, sim), items_by_sim[sim], valid, item_counts, None).metrics
+        sim: evaluate(embed_by_sim[sim], items_by_sim[sim], valid, item_counts, None).metrics
         for sim in ("cosine", "dot")
         if len(valid)
     }
     valid_by_sim = {sim: float(m["recall@20"]) for sim, m in valid_eval.items()}
+    similarity: str = cfg.export.similarity
     if similarity == "auto":
         similarity = (
             max(valid_by_sim, key=lambda s: (valid_by_sim[s], s == "cosine"))
             if valid_by_sim
             else "cosine"
         )
-    valid_metrics = valid_eval.get(similarity, {})
     test = sample_rows(build_eval_set(ds, "test", H, D), cfg.split.max_users_eval, cfg.train.seed)
-    neighbors = reference_neighbors(ds, ds.num_items)
-    items_export = items_by_sim[similarity]
-    embed = _model_embed(model, similarity)
-    ev = evaluate(embed, items_export, test, item_counts, neighbors)
-    metrics = ev.metrics
+    embed = embed_by_sim[similarity]
+    metrics = evaluate(
+        embed, items_by_sim[similarity], test, item_counts, reference_neighbors(ds, ds.num_items)
+    ).metrics
     other = "dot" if similarity == "cosine" else "cosine"
-    other_items = items_by_sim[other]
     metrics_other = evaluate(
-        _model_embed(model, other), other_items, test, item_counts, None
+        embed_by_sim[other], items_by_sim[other], test, item_counts, None
     ).metrics
     baseline = popular_baseline(test, item_counts)
-    queries = embed(test.history[:500], test.dislikes[:500]) if len(test) else None
     training = {
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
@@ -189,20 +227,16 @@ def train(
         "resumed_from": result.resumed_from,
         "warm_start": warm_summary,
         "valid_recall@20_by_similarity": valid_by_sim,
-        "valid_metrics": valid_metrics,
+        "valid_metrics": valid_eval.get(similarity, {}),
     }
     extra = {
         "training": training,
         "metrics_other_similarity": {"similarity": other, "metrics": metrics_other},
         "item_feature_sizes": dict(ds.item_feature_sizes) if cfg.model.use_item_features else {},
-        "eval": {
-            "split": "test",
-            "users": len(test),
-            "protocol": "all-ranking, train/valid items masked",
-        },
+        "eval": eval_notes(ds, test, metrics, H, "test"),
     }
     if not chief:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        shutil.rmtree(write_dir, ignore_errors=True)
         return TrainOutcome("", metrics, baseline, training, extra, model)
     version = export_version(
         out,
@@ -210,7 +244,7 @@ def train(
         item_ids=ds.item_ids,
         item_counts=item_counts,
         similarity=similarity,
-        index_queries=queries,
+        index_queries=_index_queries(embed, valid, examples_fn),
         metrics=metrics,
         baseline_popular=baseline,
         data=ds.summary(),
@@ -223,23 +257,19 @@ def train(
     return TrainOutcome(version, metrics, baseline, training, extra, model)
 
 
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """True unless this is a non-chief worker of a multi-worker run (TF_CONFIG)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+def _index_queries(
+    embed: EmbedFn, valid: EvalSet, examples_fn: Callable[[int], Examples]
+) -> np.ndarray | None:
+    """float32 [q, dim] real user vectors that tune the index: validation users, never test.
 
-
-def _model_embed(model: TwoTowerModel, similarity: str):
-    def embed(history: np.ndarray, dislikes: np.ndarray) -> np.ndarray:
-        emb = model.embed_users(history, dislikes)
-        return l2_normalize(emb) if similarity == "cosine" else emb
-
-    return embed
+    A source without a validation split falls back to training rows' inputs.
+    """
+    if len(valid):
+        return embed(valid.history[:INDEX_QUERIES], valid.dislikes[:INDEX_QUERIES])
+    ex = examples_fn(0)
+    if not len(ex):
+        return None
+    return embed(ex.history[:INDEX_QUERIES], ex.dislikes[:INDEX_QUERIES])
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -261,6 +291,7 @@ def train_command(args: argparse.Namespace) -> int:
             "published": bool(outcome.version) and not args.no_publish,
             "metrics": outcome.metrics,
             "baseline_popular": outcome.baseline_popular,
+            "eval": outcome.manifest_extra["eval"],
             "training": {k: v for k, v in outcome.training.items() if k != "history"},
         },
         sys.stdout,
@@ -292,26 +323,27 @@ class ExportedModel:
         self._fn = loaded.signatures["serving_default"]
 
     def embed(self, history: np.ndarray, dislikes: np.ndarray) -> np.ndarray:
-        out = []
-        for start in range(0, len(history), 4096):
-            res = self._fn(
-                history=tf.constant(history[start : start + 4096], tf.int32),
-                dislikes=tf.constant(dislikes[start : start + 4096], tf.int32),
-            )
-            out.append(res["embedding"].numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.item_emb.shape[1]), np.float32)
+        """float32 [u, dim] user vectors of token arrays [u, H], [u, D]."""
+        return embed_in_chunks(self._fn, history, dislikes, self.item_emb.shape[1])
 
 
 def evaluate_version(
     art: str | Path, version: str | None, ds: Dataset, topk_out: str | None = None
 ) -> dict:
-    """Metrics of an exported version on ``ds``'s test split (SPEC protocol)."""
+    """Metrics of an exported version on ``ds``'s test split (SPEC protocol).
+
+    The masking is the training's (see :mod:`trainer.data.examples`): the items
+    of the user's train and valid events, dislikes included, never a held-out
+    dislike; ``topk_out`` lists are ranked under that mask and the popularity
+    baseline uses it too.
+    """
     exported = ExportedModel(art, version)
     m = exported.manifest
     ds = align_items(ds, exported.item_ids)
     cfg = TrainerConfig.model_validate(m["config"])
+    H = int(m["history_length"])
     test = sample_rows(
-        build_eval_set(ds, "test", m["history_length"], m["dislike_length"]),
+        build_eval_set(ds, "test", H, m["dislike_length"]),
         cfg.split.max_users_eval,
         cfg.train.seed,
     )
@@ -329,6 +361,7 @@ def evaluate_version(
         "similarity": m["similarity"],
         "metrics": ev.metrics,
         "baseline_popular": popular_baseline(test, counts),
+        "eval": eval_notes(ds, test, ev.metrics, H, "test"),
     }
 
 

@@ -2,10 +2,25 @@
 
 A custom loop rather than ``Model.fit`` because an epoch's examples are
 rebuilt per epoch (lightgcn histories are resampled) and a killed run must
-resume at the exact step it checkpointed: the checkpoint holds the model, the
-optimizer, the streaming estimator's arrays, and the (epoch, step) counters;
-batches are a pure function of (seed, epoch), so the resumed run replays the
-same remaining batches.
+resume at the exact step it checkpointed, as the same run: the checkpoint
+holds the model (with the streaming estimator's arrays), the optimizer, the
+(epoch, step) counters, the running sums of the epoch in progress, the
+early-stopping state (best validation recall, its epoch, epochs without
+improvement) and the per-epoch history. Batches are a pure function of
+(seed, epoch) and the mixed negatives of (seed, global step), so the resumed
+run replays the same remaining batches and ends with the weights, history
+and estimator state of an uninterrupted run.
+
+Early stopping: after each epoch the validation recall@20 is compared with
+the best so far; ``train.early_stopping_patience`` epochs in a row without
+improvement stop the run, and the weights of the best epoch are restored. A
+run resumed from a checkpoint whose patience is already exhausted stops at
+once (it does not train further).
+
+Multi-worker runs (TF's documented checkpoint pattern): every worker
+restores from the chief's checkpoint directory (shared storage) and writes
+its own checkpoints into scratch (``write_dir``); only the chief writes into
+the shared directory. So after a kill every worker resumes at the same step.
 """
 
 from __future__ import annotations
@@ -27,8 +42,13 @@ from trainer.config import TrainerConfig
 from trainer.data.dataset import EvalSet, Examples
 from trainer.metrics import ranking_metrics, topk_all_ranking
 from trainer.model import TwoTowerModel, l2_normalize
+from twotower.config import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+class IncompatibleCheckpointError(ValueError):
+    """A checkpoint in the run's directory cannot be restored into this model."""
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -90,8 +110,12 @@ class Trainer:
       config: the trainer config (train section drives the loop).
       examples_fn: epoch -> Examples (deterministic per epoch).
       valid: validation EvalSet for early stopping on recall@20 (None = no early stopping).
-      checkpoint_dir: resumable state; reused when present.
+      checkpoint_dir: resumable state; restored from when present (the chief's
+        directory in a multi-worker run).
       strategy: the tf.distribute strategy the model was built under.
+      progress: show a progress bar on stderr.
+      write_dir: where this process writes its checkpoints; ``checkpoint_dir``
+        when None (single process, or the chief). Non-chief workers pass scratch.
     """
 
     def __init__(
@@ -103,6 +127,7 @@ class Trainer:
         checkpoint_dir: Path,
         strategy: tf.distribute.Strategy,
         progress: bool = True,
+        write_dir: Path | None = None,
     ):
         self.model = model
         self.config = config
@@ -111,19 +136,27 @@ class Trainer:
         self.strategy = strategy
         self.progress = progress
         self.checkpoint_dir = Path(checkpoint_dir)
+        self.write_dir = Path(write_dir) if write_dir is not None else self.checkpoint_dir
         tc = config.train
+
+        def counter(name: str, value: float | int, dtype: tf.DType) -> tf.Variable:
+            return tf.Variable(value, dtype=dtype, trainable=False, name=name)
+
         with strategy.scope():
             self.optimizer = keras.optimizers.Adam(learning_rate=tc.learning_rate)
-            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-            self.step_in_epoch = tf.Variable(
-                0, dtype=tf.int64, trainable=False, name="step_in_epoch"
-            )
-            self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-            self.best_recall = tf.Variable(
-                -1.0, dtype=tf.float64, trainable=False, name="best_recall"
-            )
-            self.best_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch")
-            self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_epochs")
+            self.epoch = counter("epoch", 0, tf.int64)
+            self.step_in_epoch = counter("step_in_epoch", 0, tf.int64)
+            self.global_step = counter("global_step", 0, tf.int64)
+            self.best_recall = counter("best_recall", -1.0, tf.float64)
+            self.best_epoch = counter("best_epoch", -1, tf.int64)
+            self.bad_epochs = counter("bad_epochs", 0, tf.int64)
+            # Running sums of the epoch in progress, so a mid-epoch resume reports
+            # the same epoch loss as an uninterrupted run.
+            self.epoch_loss_sum = counter("epoch_loss_sum", 0.0, tf.float64)
+            self.epoch_steps = counter("epoch_steps", 0, tf.int64)
+        # The per-epoch history (JSON) lives in the checkpoint itself: written with
+        # the counters it describes, in the same atomic save.
+        self.history_json = tf.Variable("[]", dtype=tf.string, trainable=False, name="history")
         self.ckpt = tf.train.Checkpoint(
             model=model,
             optimizer=self.optimizer,
@@ -133,23 +166,30 @@ class Trainer:
             best_recall=self.best_recall,
             best_epoch=self.best_epoch,
             bad_epochs=self.bad_epochs,
+            epoch_loss_sum=self.epoch_loss_sum,
+            epoch_steps=self.epoch_steps,
+            ssm_tracker=model.ssm_tracker,
+            ntr_tracker=model.ntr_tracker,
+            history=self.history_json,
         )
         self.manager = tf.train.CheckpointManager(
-            self.ckpt, str(self.checkpoint_dir / "latest"), max_to_keep=2
+            self.ckpt, str(self.write_dir / "latest"), max_to_keep=2
         )
         self.best_ckpt = tf.train.Checkpoint(model=model)
         self.best_manager = tf.train.CheckpointManager(
-            self.best_ckpt, str(self.checkpoint_dir / "best"), max_to_keep=1
+            self.best_ckpt, str(self.write_dir / "best"), max_to_keep=1
         )
         self.history: list[dict] = []
         self._train_step = self._make_train_step()
 
     def _make_train_step(self) -> Callable:
         model, optimizer, strategy = self.model, self.optimizer, self.strategy
+        global_step = self.global_step
 
         def step_fn(batch: dict[str, tf.Tensor]) -> tf.Tensor:
             with tf.GradientTape() as tape:
-                loss = model.compute_loss(batch, training=True)
+                # The global step (identical on every replica) keys the mixed negatives.
+                loss = model.compute_loss(batch, training=True, step=global_step.read_value())
                 reg = tf.add_n(model.losses) if model.losses else tf.constant(0.0)
                 # Regularisation is per replica; gradients are summed over replicas.
                 total = loss + reg / strategy.num_replicas_in_sync
@@ -171,42 +211,88 @@ class Trainer:
         return train_step
 
     def restore(self) -> dict | None:
-        """Restore the latest checkpoint if any; returns where training resumes."""
-        latest = self.manager.latest_checkpoint
+        """Restore the latest checkpoint of ``checkpoint_dir`` if any; where training resumes.
+
+        Raises:
+          IncompatibleCheckpointError: the checkpoint's variables do not fit this
+            model (e.g. it was written for a catalog of another size) or it is
+            unreadable. The model may be partly overwritten: build a new one.
+        """
+        latest = tf.train.latest_checkpoint(str(self.checkpoint_dir / "latest"))
         if latest is None:
             return None
-        self.ckpt.restore(latest).expect_partial()
+        try:
+            self.ckpt.restore(latest).expect_partial()
+        except (ValueError, tf.errors.OpError) as exc:
+            raise IncompatibleCheckpointError(f"{latest}: {exc}") from exc
         where = {
             "checkpoint": latest,
             "epoch": int(self.epoch.numpy()),
             "step_in_epoch": int(self.step_in_epoch.numpy()),
             "global_step": int(self.global_step.numpy()),
         }
-        hist_file = self.checkpoint_dir / "history.json"
-        if hist_file.is_file():
-            self.history = json.loads(hist_file.read_text())
+        self.history = self._read_history()
         log.info("resuming from %s", where)
         return where
 
-    def _save(self) -> None:
-        self.manager.save(checkpoint_number=int(self.global_step.numpy()))
-        (self.checkpoint_dir / "history.json").write_text(json.dumps(self.history))
+    def _read_history(self) -> list[dict]:
+        text = self.history_json.numpy().decode("utf-8", errors="replace")
+        try:
+            history = json.loads(text)
+            if isinstance(history, list) and all(isinstance(r, dict) for r in history):
+                return history
+        except json.JSONDecodeError:
+            pass
+        log.warning(
+            "the checkpoint's per-epoch history is unreadable; the resumed run reports "
+            "only the epochs it trains from now on"
+        )
+        return []
 
-    def fit(self) -> TrainResult:
+    def _save(self) -> None:
+        self.history_json.assign(json.dumps(self.history))
+        self.manager.save(checkpoint_number=int(self.global_step.numpy()))
+
+    def _patience_exhausted(self) -> bool:
+        patience = self.config.train.early_stopping_patience
+        return self.valid is not None and patience > 0 and int(self.bad_epochs.numpy()) >= patience
+
+    def _best_checkpoint(self) -> str | None:
+        # This process's own best if it saved one, else the one it resumed with.
+        return tf.train.latest_checkpoint(
+            str(self.write_dir / "best")
+        ) or tf.train.latest_checkpoint(str(self.checkpoint_dir / "best"))
+
+    def fit(self, resume: bool = True) -> TrainResult:
+        """Train to ``train.epochs`` (or early stopping), resuming when a checkpoint exists.
+
+        Raises:
+          IncompatibleCheckpointError: see :meth:`restore`.
+          ConfigError: ``train.batch_size`` exceeds an epoch's training rows.
+        """
         tc = self.config.train
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        resumed = self.restore()
+        self.write_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self.restore() if resume else None
         start = time.perf_counter()
         trained_rows = 0
-        while int(self.epoch.numpy()) < tc.epochs:
+        if resumed is not None and self._patience_exhausted():
+            log.info(
+                "the checkpoint's run had already stopped early at epoch %d "
+                "(no better valid recall@20 for %d epochs); not training further",
+                int(self.epoch.numpy()),
+                tc.early_stopping_patience,
+            )
+        while int(self.epoch.numpy()) < tc.epochs and not self._patience_exhausted():
             epoch = int(self.epoch.numpy())
             examples = self.examples_fn(epoch)
             steps = len(examples) // tc.batch_size
             if tc.max_steps_per_epoch is not None:
                 steps = min(steps, tc.max_steps_per_epoch)
             if steps == 0:
-                raise ValueError(
-                    f"train.batch_size={tc.batch_size} is larger than the {len(examples)} training rows"
+                raise ConfigError(
+                    f"train.batch_size={tc.batch_size} is larger than the {len(examples)} "
+                    f"training rows of epoch {epoch + 1}: nothing to train on; lower it "
+                    f"(e.g. --set train.batch_size={_smaller_batch(len(examples))})"
                 )
             skip = int(self.step_in_epoch.numpy())
             ds = _batches(examples, tc.batch_size, tc.seed, epoch).take(steps).skip(skip)
@@ -220,60 +306,37 @@ class Trainer:
                 disable=not self.progress,
                 mininterval=0.5 if sys.stderr.isatty() else 5.0,
             )
-            loss_sum, loss_n = 0.0, 0
             for batch in dist:
                 loss = float(self._train_step(batch).numpy())
                 if not math.isfinite(loss):
                     raise FloatingPointError(
-                        f"loss became {loss} at epoch {epoch + 1}, step {skip + loss_n + 1}"
+                        f"loss became {loss} at epoch {epoch + 1}, step "
+                        f"{int(self.step_in_epoch.numpy()) + 1}"
                     )
-                loss_sum += loss
-                loss_n += 1
+                self.epoch_loss_sum.assign_add(loss)
+                self.epoch_steps.assign_add(1)
                 trained_rows += tc.batch_size
                 self.step_in_epoch.assign_add(1)
                 self.global_step.assign_add(1)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", refresh=False)
+                n = int(self.epoch_steps.numpy())
+                bar.set_postfix(loss=f"{float(self.epoch_loss_sum.numpy()) / n:.4f}", refresh=False)
                 if int(self.global_step.numpy()) % tc.checkpoint_every == 0:
                     self._save()
             bar.close()
-            record = {
-                "epoch": epoch + 1,
-                "loss": loss_sum / max(loss_n, 1),
-                "ssm": float(self.model.ssm_tracker.result().numpy()),
-                "ntr": float(self.model.ntr_tracker.result().numpy()),
-            }
-            self.model.ssm_tracker.reset_state()
-            self.model.ntr_tracker.reset_state()
-            stop = False
-            if self.valid is not None:
-                recall = validation_recall(self.model, self.valid)
-                record["valid_recall@20"] = recall
-                if recall > float(self.best_recall.numpy()):
-                    self.best_recall.assign(recall)
-                    self.best_epoch.assign(epoch + 1)
-                    self.bad_epochs.assign(0)
-                    self.best_manager.save()
-                else:
-                    self.bad_epochs.assign_add(1)
-                    patience = tc.early_stopping_patience
-                    stop = patience > 0 and int(self.bad_epochs.numpy()) >= patience
-            log.info("epoch %s", json.dumps(record))
-            self.history.append(record)
-            self.epoch.assign_add(1)
-            self.step_in_epoch.assign(0)
+            self._end_epoch(epoch)
             self._save()
-            if stop:
+            if self._patience_exhausted():
                 log.info(
                     "early stopping: no better valid recall@20 for %d epochs",
                     tc.early_stopping_patience,
                 )
-                break
-        if self.best_manager.latest_checkpoint is not None:
-            self.best_ckpt.restore(self.best_manager.latest_checkpoint).expect_partial()
+        best = self._best_checkpoint()
+        if best is not None:
+            self.best_ckpt.restore(best).expect_partial()
         seconds = time.perf_counter() - start
         return TrainResult(
-            epochs_run=len(self.history),
+            epochs_run=int(self.epoch.numpy()),
             best_epoch=int(self.best_epoch.numpy()),
             best_valid_recall=float(self.best_recall.numpy()),
             steps=int(self.global_step.numpy()),
@@ -282,3 +345,36 @@ class Trainer:
             history=list(self.history),
             resumed_from=resumed,
         )
+
+    def _end_epoch(self, epoch: int) -> None:
+        """Record epoch ``epoch`` (0-based), update early stopping, advance the counters."""
+        n = int(self.epoch_steps.numpy())
+        record = {
+            "epoch": epoch + 1,
+            "loss": float(self.epoch_loss_sum.numpy()) / max(n, 1),
+            "ssm": float(self.model.ssm_tracker.result().numpy()),
+            "ntr": float(self.model.ntr_tracker.result().numpy()),
+        }
+        self.model.ssm_tracker.reset_state()
+        self.model.ntr_tracker.reset_state()
+        if self.valid is not None:
+            recall = validation_recall(self.model, self.valid)
+            record["valid_recall@20"] = recall
+            if recall > float(self.best_recall.numpy()):
+                self.best_recall.assign(recall)
+                self.best_epoch.assign(epoch + 1)
+                self.bad_epochs.assign(0)
+                self.best_manager.save()
+            else:
+                self.bad_epochs.assign_add(1)
+        log.info("epoch %s", json.dumps(record))
+        self.history.append(record)
+        self.epoch.assign_add(1)
+        self.step_in_epoch.assign(0)
+        self.epoch_loss_sum.assign(0.0)
+        self.epoch_steps.assign(0)
+
+
+def _smaller_batch(rows: int) -> int:
+    """A power of two at most half the rows (>= 2): a batch size that trains."""
+    return max(2, 1 << max(1, (max(rows, 4) // 2).bit_length() - 1))

@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent(
     from trainer.frequency import StreamingFrequencyEstimator
     from trainer.losses import NTRRetrievalTask
 
-    N, D, M, STEPS = 30, 8, 2, 5  # catalog, embedding dim, mixed negatives per replica, steps
+    N, D, M, STEPS = 30, 8, 3, 5  # catalog, embedding dim, mixed negatives per GLOBAL batch, steps
     rng = np.random.default_rng(0)
     USER0 = rng.normal(size=(40, D)).astype(np.float32)
     ITEM0 = rng.normal(size=(N + 1, D)).astype(np.float32)
@@ -48,7 +48,7 @@ SCRIPT = textwrap.dedent(
             out.append({
                 "user": rng.integers(0, 40, size=12), "item": ids, "is_positive": pos,
                 "weight": np.where(pos > 0, 1.0, 1.5).astype(np.float32),
-                "extra": rng.integers(1, N + 1, size=2 * M),
+                "extra": rng.integers(1, N + 1, size=M),
             })
         return out
 
@@ -104,7 +104,7 @@ SCRIPT = textwrap.dedent(
                 r = ctx.replica_id_in_sync_group
                 rows = slice(0, split) if r == 0 else slice(split, 12)
                 d = {k: tf.constant(v[rows]) for k, v in b.items() if k != "extra"}
-                d["extra"] = tf.constant(b["extra"][r * M:(r + 1) * M])
+                d["extra"] = tf.constant(b["extra"])  # the same M on every replica
                 return d
             per_replica = strategy.experimental_distribute_values_from_function(shard)
             total, ssm, ntr, npos, grads = m_step(per_replica)
@@ -179,7 +179,8 @@ def mirrored_results() -> dict:
 
 @pytest.mark.parametrize("split", ["even", "uneven"])
 def test_mirrored_loss_and_gradients_equal_single_device(mirrored_results: dict, split: str):
-    """5 global batches of 12 rows split 6/6 (and 5/7) over 2 replicas, 2 mixed negatives each."""
+    """5 global batches of 12 rows split 6/6 (and 5/7) over 2 replicas; M = 3 mixed negatives
+    per global batch: the single device gets M, each replica the same M (not 2M in all)."""
     r = mirrored_results[split]
     assert r["loss_scale"] > 0.1 and r["grad_scale"] > 1e-3, (
         r
