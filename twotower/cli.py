@@ -11,13 +11,18 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from twotower import __version__
 
 log = logging.getLogger("twotower")
 
 DEFAULT_STORE = "sqlite:///twotower-store.sqlite"
+#: Where ``--store`` comes from when it is not given: a password stays off the command line.
+STORE_ENV = "TWOTOWER_STORE_URL"
+STORE_HELP = f"online store URL (redis://, rediss://, sqlite:///path); default: ${STORE_ENV}"
+#: Subcommands that always load TensorFlow (``pipeline`` loads it only when it trains).
+TF_COMMANDS = ("demo", "train", "evaluate", "serve")
 
 SOURCE_HELP = (
     "data source: synthetic[:key=value,...] | movielens:PATH (u.data or ratings.csv) | "
@@ -38,6 +43,12 @@ def _input_error_types() -> tuple[type[BaseException], ...]:
         types.append(DataError)
     except ImportError:  # pragma: no cover - partial installs
         pass
+    # A version that cannot initialise the requested model (architecture changed).
+    # Looked up, not imported: it lives beside TensorFlow, and if its module was
+    # never loaded the exception cannot be one.
+    warmstart = sys.modules.get("trainer.warmstart")
+    if warmstart is not None:
+        types.append(warmstart.WarmStartError)
     try:
         from feature_store.urls import StoreURLError
 
@@ -115,7 +126,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--store",
         default=None,
         metavar="URL",
-        help=f"online store URL (redis://, rediss://, sqlite:///path; default {DEFAULT_STORE})",
+        help=f"online store URL (redis://, rediss://, sqlite:///path); default: "
+        f"$TWOTOWER_SERVE_STORE_URL, else ${STORE_ENV}, else {DEFAULT_STORE}",
     )
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
@@ -128,9 +140,33 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         "ingest", help="bulk-load a source's events into the online store and event log"
     )
     p.add_argument("--data", required=True, metavar="SRC", help=SOURCE_HELP)
-    p.add_argument("--store", default=DEFAULT_STORE, metavar="URL")
+    p.add_argument(
+        "--store", default=None, metavar="URL", help=f"{STORE_HELP}, else {DEFAULT_STORE}"
+    )
     p.add_argument("--skip-bad-lines", action="store_true")
     p.set_defaults(func=_run("twotower.ingest", "ingest_command"))
+
+
+def _add_forget(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "forget",
+        help="erase users from the online store, its event log and exported events",
+        description="Erase each user's state and log entries and record an erasure tombstone, "
+        "so exports drop the user's events on their next run (or now, with --export).",
+    )
+    p.add_argument("--store", required=True, metavar="URL")
+    p.add_argument(
+        "--user", dest="users", action="append", required=True, metavar="ID", help="repeatable"
+    )
+    p.add_argument(
+        "--export",
+        dest="exports",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also purge this export directory now (e.g. ART/events; repeatable)",
+    )
+    p.set_defaults(func=_run("feature_store.erasure", "forget_command"))
 
 
 def _add_pipeline(sub: argparse._SubParsersAction) -> None:
@@ -138,7 +174,7 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
         "pipeline",
         help="scheduled job: new events -> warm-started training -> evaluation -> quality gate -> publish",
     )
-    p.add_argument("--store", required=True, metavar="URL")
+    p.add_argument("--store", default=None, metavar="URL", help=STORE_HELP)
     p.add_argument("--artifacts", required=True, metavar="ART")
     p.add_argument("--config", metavar="FILE")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -149,7 +185,28 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--every",
         metavar="INTERVAL|CRON",
-        help="keep running on a schedule: seconds (e.g. 3600) or a cron expression",
+        help="keep running on a schedule: seconds between runs (the first run starts at once) "
+        "or a cron expression in UTC (the first run waits for the first fire time)",
+    )
+    p.add_argument(
+        "--run-now", action="store_true", help="with a cron --every: also run once at start"
+    )
+    p.add_argument(
+        "--strategy",
+        choices=["default", "mirrored", "multiworker"],
+        help="tf.distribute strategy (multiworker reads TF_CONFIG and needs --snapshot)",
+    )
+    p.add_argument(
+        "--freeze",
+        action="store_true",
+        help="archive new events, write a frozen snapshot under ART/snapshots and exit "
+        "(the input of a multi-worker run)",
+    )
+    p.add_argument(
+        "--snapshot",
+        metavar="DIR",
+        help="train on a frozen snapshot (from --freeze) instead of the store's log; every "
+        "replica of a multi-worker run reads the same one",
     )
     p.set_defaults(func=_run("trainer.pipeline", "pipeline_command"))
 
@@ -177,6 +234,23 @@ def _run(module: str, name: str) -> Callable[[argparse.Namespace], int]:
     return call
 
 
+def store_from_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """Fill ``args.store`` from ``TWOTOWER_STORE_URL`` when ``--store`` was not given.
+
+    ``serve`` keeps None while ``TWOTOWER_SERVE_STORE_URL`` is set (its settings read
+    that); ``ingest`` falls back to the embedded store; ``pipeline`` refuses to run
+    without a store (unless it trains on a snapshot).
+    """
+    if getattr(args, "store", "") is not None:
+        return
+    url = environ.get(STORE_ENV) or None
+    if args.command == "serve" and environ.get("TWOTOWER_SERVE_STORE_URL"):
+        url = None
+    elif url is None and args.command == "ingest":
+        url = DEFAULT_STORE
+    args.store = url
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twotower",
@@ -190,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_serve(sub)
     _add_ingest(sub)
+    _add_forget(sub)
     _add_pipeline(sub)
     return parser
 
@@ -197,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    store_from_environment(args, os.environ)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -208,10 +284,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        if (
+            args.command in TF_COMMANDS
+        ):  # before anything imports it: its start-up notices are noise
+            from twotower.tf_logging import import_tensorflow_quietly
+
+            import_tensorflow_quietly()
         return args.func(args)
     except KeyboardInterrupt:
+        # SPEC's exit codes are 0, 2 and 1 ("anything else"): an interrupted run is 1.
         print("twotower: interrupted", file=sys.stderr)
-        return 130
+        return 1
     except Exception as exc:
         if isinstance(exc, _input_error_types()):
             print(f"twotower {args.command}: error: {exc}", file=sys.stderr)
