@@ -107,16 +107,21 @@ def _zipf(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _relative_errors(
-    est, tokens: np.ndarray, truth: np.ndarray, batch: np.ndarray | None
+    est, tokens: np.ndarray, truth: np.ndarray, batch: np.ndarray | None, signed: bool = False
 ) -> np.ndarray:
     p = est.probability(tokens).numpy()
-    err = np.abs(p - truth) / truth
+    err = (p - truth) / truth
+    err = err if signed else np.abs(err)
     return err if batch is None else err[np.isin(tokens, batch)]
 
 
 @pytest.fixture(scope="module")
 def zipf_run() -> dict[str, float]:
     """3000 steps of batch 256 over a Zipf(1) catalog of 500 items, then a shift.
+
+    Errors are measured on the top 50 and on the tail (the other 450), read right after
+    the step's update for items in that step's batch (as the loss reads its candidates)
+    and for every item at every step.
 
     Truth: the per-step occurrence probability 1 - (1 - pi_j)^256. The shift
     reverses popularity (the top 50 become the tail and the tail the top)
@@ -130,14 +135,19 @@ def zipf_run() -> dict[str, float]:
     )
     update = tf.function(lambda ids: est.update(ids))
     res: dict[str, float] = {}
-    in_batch, anytime = [], []
+    in_batch, anytime, tail_in_batch, tail_anytime = [], [], [], []
     for s, batch in enumerate(tokens[rng.choice(N_ITEMS, size=(STEPS, BATCH), p=pi)]):
         update(batch)
         if s >= STEPS - 300:  # average the last 300 steps
             in_batch.append(_relative_errors(est, tokens[:50], truth[:50], batch))
             anytime.append(_relative_errors(est, tokens[:50], truth[:50], None))
+            tail_in_batch.append(_relative_errors(est, tokens[50:], truth[50:], batch, True))
+            tail_anytime.append(_relative_errors(est, tokens[50:], truth[50:], None))
     res["top50_in_batch"] = float(np.concatenate(in_batch).mean())
     res["top50_any_time"] = float(np.concatenate(anytime).mean())
+    res["tail_in_batch"] = float(np.abs(np.concatenate(tail_in_batch)).mean())
+    res["tail_in_batch_bias"] = float(np.concatenate(tail_in_batch).mean())
+    res["tail_any_time"] = float(np.concatenate(tail_anytime).mean())
 
     shifted = tokens[::-1].copy()  # rank k now holds the item that was rank N - 1 - k
     vanished = tokens[:10]
@@ -169,6 +179,18 @@ def test_zipf_estimate_tracks_true_occurrence_probability(zipf_run: dict[str, fl
     """
     assert zipf_run["top50_in_batch"] < 0.04, zipf_run
     assert zipf_run["top50_any_time"] < 0.08, zipf_run
+
+
+def test_zipf_tail_estimate_is_bounded_too(zipf_run: dict[str, float]):
+    """The other 450 items (ranks 51-500, true per-step probability 0.52 down to 0.073).
+    Measured (seed 0, last 300 of 3000 steps): mean relative error 15.1% when read in the
+    batch, 28.0% at any step; signed, -12.6% in the batch. The tail is *under*-estimated:
+    B's EMA moves only when the item is hit, so the rarest (~220 hits in 3000 steps) still
+    carry (1 - alpha)^220 ~ 11% of the initial gap of 100 steps. Bounds leave room for seeds.
+    """
+    assert zipf_run["tail_in_batch"] < 0.20, zipf_run
+    assert -0.20 < zipf_run["tail_in_batch_bias"] < 0.0, zipf_run
+    assert zipf_run["tail_any_time"] < 0.35, zipf_run
 
 
 def test_estimate_adapts_after_distribution_shift(zipf_run: dict[str, float]):
