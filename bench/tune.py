@@ -9,6 +9,7 @@ Usage:
   python -m bench.tune --suite ml100k
   python -m bench.tune --suite synthetic
   python -m bench.tune --suite gowalla      (3 epochs per setting, temperature only)
+  python -m bench.tune --suite gowalla_history   (3 epochs per setting, history width H)
 Writes bench/results/tune_<suite>.json and .md.
 """
 
@@ -50,6 +51,15 @@ GRIDS: dict[str, tuple[str, list[list[str]]]] = {
     "gowalla": (
         f"lightgcn:{SHARED_DATA / 'gowalla'}",
         [[f"loss.temperature={t}", "train.epochs=3"] for t in (0.05, 0.1, 0.2)],
+    ),
+    # Input width H: training samples up to H other items, evaluation feeds all train
+    # items up to H (every validation user, not a sample of users).
+    "gowalla_history": (
+        f"lightgcn:{SHARED_DATA / 'gowalla'}",
+        [
+            [f"model.history_length={h}", "train.epochs=3", "train.valid_max_users=100000"]
+            for h in (50, 100, 200)
+        ],
     ),
 }
 
