@@ -21,6 +21,7 @@ from feature_store.base import (
     LogBatch,
     OnlineStore,
     StoreError,
+    StoreOutcomeUnknown,
     StoreUnavailable,
     UserState,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "LogBatch",
     "OnlineStore",
     "StoreError",
+    "StoreOutcomeUnknown",
     "StoreURLError",
     "StoreUnavailable",
     "UserState",

@@ -4,11 +4,20 @@ Two implementations share it (``redis.py``, ``sqlite.py``) and one contract
 test suite (``tests/feature_store/test_contract.py``) runs against both.
 The interface is async because the API is; synchronous callers (CLI, trainer)
 use :func:`feature_store.run_sync`.
+
+Errors: every failure of a store call is a :class:`StoreError`.
+:class:`StoreUnavailable` means the backend could not be reached or answered
+too late; for :meth:`OnlineStore.append_events` it means *nothing in the
+batch was applied*. :class:`StoreOutcomeUnknown` (a StoreUnavailable) means
+the batch was sent and some or all of it may have been applied. In both
+cases retrying with the same event ids is safe: events the failed call
+applied come back as duplicates, nothing is applied twice.
 """
 
 from __future__ import annotations
 
 import abc
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,14 +26,24 @@ from feature_store.events import Event
 
 
 class StoreError(RuntimeError):
-    """Base class of store errors."""
+    """Base class of store errors (misconfiguration, corrupt data, refused command)."""
 
 
 class StoreUnavailable(StoreError):
-    """The backend cannot be reached within the configured timeout/retries.
+    """The backend cannot be reached, or did not answer within the configured timeout/retries.
 
-    Serving turns this into a degraded answer; writers report the batch as failed
-    (nothing in it was acknowledged).
+    Serving turns this into a degraded answer. From ``append_events`` it means nothing
+    in the batch was applied (unless it is the subclass :class:`StoreOutcomeUnknown`).
+    """
+
+
+class StoreOutcomeUnknown(StoreUnavailable):
+    """An append was sent but its reply never came: some or all of its events may be applied.
+
+    Nothing may be reported to the client as acknowledged, nor as "nothing was written".
+    Retrying the *same* events (same ``event_id``\\ s) is safe and settles it: events the
+    failed call applied are counted as duplicates by the retry, the others are applied.
+    Events sent without an ``event_id`` got a random one and cannot be settled this way.
     """
 
 
@@ -66,19 +85,47 @@ class LogBatch:
     cursor: str
 
 
+def user_hash(user_id: str) -> str:
+    """The key of a user's erasure tombstone: sha256 of the id, hex (64 chars).
+
+    Tombstones outlive the data they erase, so they hold no user id in clear.
+    """
+    return hashlib.sha256(user_id.encode()).hexdigest()
+
+
 class OnlineStore(abc.ABC):
     """Per-user online state plus the durable event log.
 
-    Implementations must: apply one event's state change atomically; append to
-    the durable log before :meth:`append_events` returns; count each
-    ``event_id`` once (idempotent across processes).
+    Guarantees of every implementation:
+
+    * one event's state change is applied atomically, and is in the durable
+      log before :meth:`append_events` returns;
+    * idempotency: an event is identified by ``(user_id, event_id)``. The
+      first append of that pair is applied; every later one - a resend, a
+      retry, the same id with a different item or type - is a duplicate,
+      counted and not applied, across processes and **forever** by default
+      (``idempotency_ttl=0``). Ids are scoped to their user so the record
+      lives beside the user's state (one Redis Cluster slot: the check and
+      the state change are one atomic step); two users may use the same id.
+      With the opt-in ``idempotency_ttl=T > 0`` an id is remembered at least
+      ``T`` seconds after it was accepted (Redis: until the user has had no
+      accepted event for ``T`` seconds), after which a resend is applied and
+      logged again: the guarantee then only holds inside that window.
+      :meth:`forget_user` also forgets the user's ids.
+    * a dislike never expires (it stays filtered for good);
+    * the log keeps every entry until every exporter that committed a cursor
+      (:meth:`note_consumed`) is past it and ``log_retention`` has passed.
+
+    ``store_id`` (set by :meth:`open`) is a random id made when the store's
+    data was created; exporters record it and refuse a store with another id.
     """
 
     url: str
+    store_id: str = ""
 
     @abc.abstractmethod
     async def open(self) -> None:
-        """Connect / create schema. Idempotent."""
+        """Connect / create schema and store id. Idempotent."""
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -90,11 +137,16 @@ class OnlineStore(abc.ABC):
 
     @abc.abstractmethod
     async def append_events(self, events: Sequence[Event]) -> AppendResult:
-        """Apply and log events; duplicates (same ``event_id``) are counted, not applied.
+        """Apply and log events; duplicates (see the class docstring) are counted, not applied.
+
+        The call bounds its own duration (the backend's timeouts and retries) and
+        reports the outcome; cancelling it from outside (``asyncio.wait_for``) gives
+        up that knowledge, so prefer the store's own timeouts.
 
         Raises:
-          StoreUnavailable: nothing in the batch is acknowledged; the caller may retry
-            (idempotency makes a retry safe).
+          EventError: an event is invalid; nothing in the batch was applied.
+          StoreOutcomeUnknown: sent, no reply; some events may be applied; retry them.
+          StoreUnavailable: nothing in the batch was applied; the caller may retry.
         """
 
     @abc.abstractmethod
@@ -111,7 +163,20 @@ class OnlineStore(abc.ABC):
 
     @abc.abstractmethod
     async def forget_user(self, user_id: str) -> int:
-        """Erase a user's state and log entries; return the number of log events removed."""
+        """Erase a user's state, ids and log entries and record an erasure tombstone.
+
+        Returns the number of log entries removed. The tombstone (see
+        :meth:`forgotten_users`) lets exporters purge the user's events that were
+        exported before, even after the store's log dropped them.
+        """
+
+    @abc.abstractmethod
+    async def forgotten_users(self) -> dict[str, float]:
+        """Erasure tombstones: ``{user_hash(user_id): forgotten_at}`` (seconds since epoch).
+
+        Events of that user received at or before ``forgotten_at`` must not be kept
+        by any export; later events are new data.
+        """
 
     @abc.abstractmethod
     async def put_item_metadata(self, items: Mapping[str, Mapping[str, Any]]) -> None:
@@ -125,11 +190,22 @@ class OnlineStore(abc.ABC):
     async def read_log(self, cursor: str | None, limit: int = 10_000) -> LogBatch:
         """Events appended after ``cursor`` (None = from the start), in log order."""
 
-    async def note_consumed(self, consumer: str, cursor: str) -> None:  # noqa: B027 - optional hook
-        """Record that ``consumer`` has durably exported the log up to ``cursor``.
+    @abc.abstractmethod
+    async def note_consumed(self, consumer: str, cursor: str) -> int:
+        """Record that ``consumer`` has durably exported the log up to ``cursor``; trim.
 
-        Informational (lag monitoring, retention); the exporter's own cursor file
-        is the source of truth. Default: nothing.
+        Registers the consumer (from then on the log keeps what it has not
+        exported), then runs :meth:`trim_log`. Returns the entries trimmed.
+        """
+
+    @abc.abstractmethod
+    async def trim_log(self, *, now: float | None = None) -> int:
+        """Drop log entries every registered consumer exported ``log_retention`` seconds ago.
+
+        ``now`` (seconds since epoch, default the clock) is the time retention is
+        measured at. Nothing is trimmed before a consumer registered, with
+        ``log_retention=-1``, or beyond the lowest committed cursor. Returns the
+        number of entries trimmed.
         """
 
     async def __aenter__(self) -> OnlineStore:

@@ -81,6 +81,11 @@ def _check_id(value: Any, field: str, index: int | None) -> str:
     return value
 
 
+def check_id(value: Any, field: str, index: int | None = None) -> str:
+    """A valid id (user, item, event) as a string, or :class:`EventError` naming ``field``."""
+    return _check_id(value, field, index)
+
+
 def make_event(
     raw: Mapping[str, Any],
     *,
@@ -131,10 +136,11 @@ def make_event(
 def check_events(events: Sequence[Event], *, now: float | None = None) -> None:
     """Validate already-built events before a store applies them (all or nothing).
 
-    The store accepts historical timestamps (bulk loads of old data sets), so
-    only what would corrupt state is refused: unknown types, bad ids,
-    non-finite or far-future ``ts``. Raises :class:`EventError` naming
-    ``events[i].field``.
+    The store accepts historical timestamps (bulk loads of old data sets, e.g.
+    MovieLens from 1997), so only what would corrupt state or the export is
+    refused: unknown types, bad ids, and a ``ts`` that is not a finite number
+    of seconds after 1970-01-01 and at most ``MAX_FUTURE_SKEW_S`` ahead of
+    ``now``. Raises :class:`EventError` naming ``events[i].field``.
     """
     now = time.time() if now is None else now
     for i, ev in enumerate(events):
@@ -156,6 +162,10 @@ def check_events(events: Sequence[Event], *, now: float | None = None) -> None:
         ):
             raise EventError(
                 "ts", f"must be a finite number of seconds since epoch, got {ev.ts!r}", i
+            )
+        if ev.ts <= 0:
+            raise EventError(
+                "ts", f"{ev.ts} is not after 1970-01-01; timestamps are seconds since epoch", i
             )
         if ev.ts > now + MAX_FUTURE_SKEW_S:
             raise EventError(

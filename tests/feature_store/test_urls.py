@@ -66,6 +66,22 @@ def test_keyword_options_override_the_query() -> None:
         ("rediss://h/0?ssl_cert_reqs=maybe", "ssl_cert_reqs"),
         ("redis://h/3?cluster=true", "Redis Cluster has only database 0"),
         ("redis://h/0?cluster=perhaps", "cluster='perhaps': expected bool"),
+        ("redis://h/0?idempotency_ttl=-1", "idempotency_ttl must be 0 .remember forever"),
+        ("sqlite:///x.sqlite?idempotency_ttl=1.5", "idempotency_ttl='1.5': expected int"),
+        ("redis://h/0?log_retention=-2", "log_retention must be >= 0 seconds or -1"),
+        ("sqlite:///x.sqlite?dislikes_keep=0", "dislikes_keep must be >= 1"),
+        ("sqlite:///x.sqlite?busy_timeout=0", "busy_timeout must be > 0"),
+        ("redis://h/0?state_ttl=-5", "state_ttl and health_check_interval must be >= 0"),
+        ("redis://h/0?health_check_interval=-1", "health_check_interval must be >= 0"),
+        ("redis://h/0?connect_timeout=0", "connect_timeout > 0"),
+        ("redis://h/0?ssl_ca_certs=/ca.pem", r"\['ssl_ca_certs'\] need TLS: use a rediss:// URL"),
+        (
+            "rediss://h/0?ssl_cert_reqs=none&ssl_check_hostname=true",
+            "ssl_check_hostname=true needs",
+        ),
+        ("rediss://h/0?ssl_keyfile=/k.pem", "ssl_keyfile needs ssl_certfile"),
+        ("rediss://h/0?ssl_check_hostname=maybe", "ssl_check_hostname='maybe': expected bool"),
+        ("redis://h/0?socket_keepalive=2", "socket_keepalive='2': expected bool"),
     ],
 )
 def test_bad_urls_say_what_is_wrong(url: str, message: str) -> None:
@@ -75,3 +91,30 @@ def test_bad_urls_say_what_is_wrong(url: str, message: str) -> None:
 
 def test_store_url_error_is_a_value_error_for_the_cli() -> None:
     assert issubclass(StoreURLError, ValueError)
+
+
+def test_tls_health_check_and_keepalive_options() -> None:
+    cfg = parse_url(
+        "rediss://svc:pw@cache:6380/0?ssl_ca_certs=/etc/ca.pem&ssl_certfile=/etc/c.pem"
+        "&ssl_keyfile=/etc/k.pem&health_check_interval=30&socket_keepalive=no"
+    )
+    assert isinstance(cfg, RedisConfig)
+    assert (cfg.ssl_ca_certs, cfg.ssl_certfile, cfg.ssl_keyfile) == (
+        "/etc/ca.pem",
+        "/etc/c.pem",
+        "/etc/k.pem",
+    )
+    assert cfg.check_hostname and cfg.health_check_interval == 30 and not cfg.socket_keepalive
+    relaxed = parse_url("rediss://h/0?ssl_cert_reqs=optional&ssl_check_hostname=false")
+    assert isinstance(relaxed, RedisConfig) and not relaxed.check_hostname
+    none = parse_url("rediss://h/0?ssl_cert_reqs=none")
+    assert isinstance(none, RedisConfig) and not none.check_hostname
+
+
+def test_idempotency_and_retention_defaults_are_the_safe_ones() -> None:
+    for url in ("sqlite:///x.sqlite", "redis://h/0"):
+        cfg = parse_url(url)
+        assert cfg.idempotency_ttl == 0  # remember forever
+        assert cfg.log_retention == 7 * 86400  # a week after every exporter has it
+        assert cfg.dislikes_keep >= 1_000_000 and cfg.dislikes_cap >= 1_000_000
+    assert parse_url("redis://h/0?idempotency_ttl=0&log_retention=-1").log_retention == -1
