@@ -1,40 +1,49 @@
 """The production store on Redis 7 (``redis://`` / ``rediss://``).
 
 Keys: :mod:`feature_store.keys`. Scripts: :mod:`feature_store.redis_scripts`.
+Clients, error mapping and retries: :mod:`feature_store.redis_conn`.
 
 Reads: one pipelined round trip for any number of users (LRANGE positives,
-ZRANGE dislikes and optionally seen, per user).
+ZRANGE dislikes and optionally seen, per user), capped by the read caps.
 
 Writes: one APPEND script per event, all events of a call pipelined
 (``transaction=False``: one round trip, per-event atomicity from the script).
-The script checks the idempotency key (``SET NX EX``), XADDs the event to the
-log stream and applies the state change, so "acknowledged => in the log"
-holds as soon as Redis persists the write: run Redis with ``appendonly yes``
-and ``appendfsync always`` for zero loss on a crash (``everysec`` can lose
-up to a second of acknowledged events); :meth:`open` logs a warning when AOF
-is off.
+The script checks the user's idempotency hash, XADDs the event to the log
+stream, records the entry in the user's erasure index and applies the state
+change (trimmed to the store's storage caps), so "acknowledged => in the
+log" holds as soon as Redis persists the write: run Redis with ``appendonly
+yes`` and ``appendfsync always`` for zero loss on a crash (``everysec`` can
+lose up to a second of acknowledged events); :meth:`open` logs a warning
+when AOF is off.
 
 Redis Cluster: every per-user key carries the ``{u:<id>}`` hash tag and the
 stream the ``{log}`` tag, so APPEND touches two slots and runs as one script
 only on a single node (standalone Redis, Sentinel, a one-shard cluster).
 With ``?cluster=true``, :class:`feature_store.redis_cluster.RedisClusterStore`
-splits each write into single-slot steps, log first (see that module).
+splits each write into single-slot steps (see that module).
 
-Failures: every operation is tried ``1 + retries`` times with exponential
-backoff (``backoff * 2**attempt``, capped at 1 s); each attempt is bounded by
-``socket_timeout`` (scaled with the batch size), so a call never takes longer
-than about ``(1 + retries) * (attempt timeout + 1 s)``; then
-:class:`StoreUnavailable`. Retrying an append is safe: the script's nonce
-check counts an event applied by an earlier attempt of the same call as
-accepted, and any other known id as a duplicate.
+Failures (see :func:`feature_store.redis_conn.retrying`): bounded attempts,
+then StoreUnavailable - or, for an append whose pipeline was sent,
+StoreOutcomeUnknown. Retrying an append is safe: the idempotency hash holds
+the accepting call's nonce, so an event applied by an earlier attempt of the
+same call counts as accepted and any other known id as a duplicate.
 
-TTL policy: ``state_ttl`` (seconds, 0 = never) is refreshed on every write of
-the user's state keys; idempotency keys expire after ``idempotency_ttl``.
+TTL policy: ``state_ttl`` (seconds, 0 = never) expires positives and seen
+after that long without a write; dislikes and the erasure index never
+expire; the idempotency hash never expires unless ``idempotency_ttl > 0``
+(opt-in, see :class:`feature_store.base.OnlineStore`).
+
+Log retention: :meth:`note_consumed` records an exporter's cursor in a
+per-consumer history; :meth:`trim_log` XTRIMs (MINID) up to the lowest
+cursor every consumer committed ``log_retention`` seconds ago, page by page,
+and then drops the trimmed entries from the users' erasure indexes (the
+stream first: a crash in between leaves index entries pointing at nothing,
+harmless, never a stream entry no index points at).
 """
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -42,13 +51,10 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-import redis.asyncio as aioredis
 from redis import exceptions as rexc
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from feature_store import redis_scripts
 from feature_store.base import (
@@ -56,126 +62,171 @@ from feature_store.base import (
     LogBatch,
     OnlineStore,
     StoreError,
-    StoreUnavailable,
     UserState,
+    user_hash,
 )
 from feature_store.events import EVENT_TYPES, Event, check_events
-from feature_store.keys import Keys
-from feature_store.urls import RedisConfig
+from feature_store.keys import LAYOUT_VERSION, Keys
+from feature_store.redis_conn import Attempts, make_client, retrying
+from feature_store.redis_trim import trim_stream
+from feature_store.urls import KEEP_FOREVER, RedisConfig
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 #: Events per pipeline (one round trip); larger batches are split.
 PIPELINE_CHUNK = 1000
 #: Stream entries per XRANGE call.
 LOG_PAGE = 2000
-SHA = {
-    name: hashlib.sha1(getattr(redis_scripts, name).encode()).hexdigest()
-    for name in ("APPEND", "APPLY", "LOG_ONCE", "FORGET", "FORGET_LOG", "FORGET_STATE")
-}
+SHA = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in redis_scripts.ALL.items()}
 _STREAM_ID = re.compile(r"^\d+-\d+$")
-_TRANSIENT = (rexc.ConnectionError, rexc.TimeoutError, asyncio.TimeoutError, OSError)
 
 
 class RedisStore(OnlineStore):
     """:class:`OnlineStore` on Redis (see the module docstring)."""
+
+    #: Cluster mode: writes split into single-slot steps (pending ids, log guards).
+    cluster_mode = False
+    #: Round trips of one append attempt (the Cluster store needs three).
+    append_round_trips = 1
 
     def __init__(self, url: str, config: RedisConfig) -> None:
         self.url = url
         self.config = config
         self.keys = Keys(config.prefix)
         self.durability: dict[str, str] = {}
-        self._client: aioredis.Redis | None = None
+        self.store_id = ""
+        #: Storage caps of the store (from its meta hash; the config's values on creation).
+        self.keep = {
+            "positives_keep": config.positives_keep,
+            "seen_keep": config.seen_keep,
+            "dislikes_keep": config.dislikes_keep,
+        }
+        self._client: Any = None
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _make_client(self) -> aioredis.Redis:
-        cfg = self.config
-        kwargs: dict[str, Any] = {
-            "host": cfg.host,
-            "port": cfg.port,
-            "db": cfg.db,
-            "username": cfg.username,
-            "password": cfg.password,
-            "socket_timeout": cfg.socket_timeout,
-            "socket_connect_timeout": cfg.connect_timeout or cfg.socket_timeout,
-            "max_connections": cfg.max_connections,
-            "timeout": cfg.socket_timeout,  # wait for a free pooled connection at most this long
-            "decode_responses": True,
-            # Retries are ours (bounded, with backoff, counted); none inside redis-py.
-            "retry": Retry(NoBackoff(), 0),
-        }
-        if cfg.tls:
-            kwargs["connection_class"] = aioredis.SSLConnection
-            kwargs["ssl_cert_reqs"] = cfg.ssl_cert_reqs
-        pool = aioredis.BlockingConnectionPool(**kwargs)
-        return aioredis.Redis(connection_pool=pool)
+    def _make_client(self) -> Any:
+        return make_client(self.config)
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> Any:
         if self._client is None:
             raise StoreError(
                 f"store {self.config.redacted()} is not open; call `await store.open()` first"
             )
         return self._client
 
-    async def _retrying(self, what: str, fn: Callable[[], Awaitable[T]], *, size: int = 1) -> T:
-        cfg = self.config
-        attempt_timeout = cfg.socket_timeout * (1 + size / 1000)
-        last: BaseException | None = None
-        for attempt in range(cfg.retries + 1):
-            try:
-                return await asyncio.wait_for(fn(), attempt_timeout)
-            except rexc.AuthenticationError as exc:
-                raise StoreError(f"{self.config.redacted()}: authentication failed: {exc}") from exc
-            except _TRANSIENT as exc:
-                last = exc
-                if attempt < cfg.retries:
-                    await asyncio.sleep(min(cfg.backoff * 2**attempt, 1.0))
-            except rexc.ResponseError as exc:
-                raise StoreError(f"{self.config.redacted()}: {what} failed: {exc}") from exc
-        raise StoreUnavailable(
-            f"{self.config.redacted()}: {what} failed after {cfg.retries + 1} attempts: "
-            f"{type(last).__name__}: {last or 'timed out'}"
-        )
-
     async def _load_scripts(self) -> None:
-        for script in redis_scripts.ALL:
+        for script in redis_scripts.ALL.values():
             await self.client.script_load(script)
 
-    async def _scripts(self, build: Callable[[Any], None]) -> list[Any]:
+    async def _scripts(self, build: Any, attempts: Attempts | None = None) -> list[Any]:
         """Run a pipeline of EVALSHA calls; on NOSCRIPT (restarted server, SCRIPT FLUSH) load and rerun.
 
-        Rerunning is safe: nothing ran (NOSCRIPT fails the call before the script starts) or,
-        for a partly run pipeline, the scripts are idempotent.
+        With ``attempts``, marks ``attempts.sent`` once a connection is ready and the
+        pipeline goes out, unless every reply comes back an error (the scripts fail
+        before their first write, so then nothing was applied). Rerunning is safe:
+        NOSCRIPT fails a call before its script starts, and the scripts are idempotent.
         """
         for _ in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            build(pipe)
-            try:
-                return list(await pipe.execute())
-            except rexc.NoScriptError:
-                await self._load_scripts()
+            async with self.client.pipeline(transaction=False) as pipe:
+                build(pipe)
+                before = attempts.sent if attempts is not None else False
+                if attempts is not None:
+                    await self._reserve_connection(pipe)
+                    attempts.sent = True
+                replies = list(await pipe.execute(raise_on_error=False))
+            errors = [r for r in replies if isinstance(r, Exception)]
+            if not errors:
+                return replies
+            if attempts is not None and len(errors) == len(replies):
+                attempts.sent = before  # every script refused: this attempt applied nothing
+            if not all(isinstance(e, rexc.NoScriptError) for e in errors):
+                raise next(e for e in errors if not isinstance(e, rexc.NoScriptError))
+            await self._load_scripts()
         raise StoreError(f"{self.config.redacted()}: Lua scripts vanished right after SCRIPT LOAD")
+
+    async def _reserve_connection(self, pipe: Any) -> None:
+        """Connect the pipeline now, so a failure to connect is known to have sent nothing."""
+        pipe.connection = await self.client.connection_pool.get_connection()
+
+    async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One EVALSHA outside a pipeline (loads the scripts on NOSCRIPT)."""
+        try:
+            return await self.client.evalsha(SHA[name], len(keys), *keys, *args)
+        except rexc.NoScriptError:
+            await self._load_scripts()
+            return await self.client.evalsha(SHA[name], len(keys), *keys, *args)
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
         if self._client is not None:
             return
-        client = self._make_client()
-        self._client = client
+        self._client = self._make_client()
         try:
-            await self._retrying("PING", client.ping)
+            await retrying(self.config, "PING", lambda _a: self.client.ping())
+            await self._init_meta()
         except BaseException:
             await self.close()
             raise
         await self._check_durability()
 
+    async def _init_meta(self) -> None:
+        """Read the store's identity and storage caps; create them if this is a new store."""
+        fields = {
+            "store_id": uuid.uuid4().hex,
+            "created_at": repr(time.time()),
+            "layout": LAYOUT_VERSION,
+            **{k: str(v) for k, v in self.keep.items()},
+        }
+        flat = [x for kv in fields.items() for x in kv]
+        meta: Any = await retrying(
+            self.config, "store meta", lambda _a: self.client.hgetall(self.keys.meta)
+        )
+        if not meta:  # a new store (a read-only replica of an existing one never gets here)
+            reply: Any = await retrying(
+                self.config, "store meta", lambda _a: self._script("INIT", [self.keys.meta], flat)
+            )
+            meta = (
+                dict(zip(reply[::2], reply[1::2], strict=True))
+                if isinstance(reply, list)
+                else reply
+            )
+        self.store_id = str(meta["store_id"])
+        stored = {k: int(meta.get(k, v)) for k, v in self.keep.items()}
+        differ = {k: (getattr(self.config, k), v) for k, v in stored.items() if v != self.keep[k]}
+        if differ:
+            log.info(
+                "%s: using the store's own storage caps %s (configured values are applied only "
+                "when a store is created)",
+                self.config.redacted(),
+                {k: v for k, (_c, v) in differ.items()},
+            )
+        self.keep = stored
+        if meta.get("store_id") == fields["store_id"]:
+            await self._warn_about_old_layout()
+
+    async def _warn_about_old_layout(self) -> None:
+        old = f"{self.config.prefix}:v1:{{log}}:events"
+        try:
+            found = await self.client.exists(old)
+        except (rexc.RedisError, OSError):  # informational only
+            return
+        if found:
+            log.warning(
+                "%s: found data of key layout v1 (%s) beside this new v2 store; it is not read. "
+                "Replay it with `twotower ingest --data events:URL` from a checkout that reads v1, "
+                "or delete it",
+                self.config.redacted(),
+                old,
+            )
+
     async def _check_durability(self) -> None:
         try:
-            conf = await self._retrying("CONFIG GET", lambda: self.client.config_get("append*"))
+            conf = await retrying(
+                self.config, "CONFIG GET", lambda _a: self.client.config_get("append*")
+            )
         except StoreError:  # managed services often disable CONFIG; not a reason to refuse
             self.durability = {"appendonly": "unknown"}
             return
@@ -197,9 +248,10 @@ class RedisStore(OnlineStore):
                 await pool.disconnect()
 
     async def ping(self) -> bool:
+        once = dataclasses.replace(self.config, retries=0)
         try:
-            return bool(await asyncio.wait_for(self.client.ping(), self.config.socket_timeout))
-        except (StoreError, *_TRANSIENT, rexc.RedisError):
+            return bool(await retrying(once, "PING", lambda _a: self.client.ping()))
+        except StoreError:
             return False
 
     # -- events --------------------------------------------------------------------------
@@ -213,39 +265,44 @@ class RedisStore(OnlineStore):
         for ev in events:
             unique.setdefault((ev.user_id, ev.event_id), ev)
         batch = list(unique.values())
-        nonce = uuid.uuid4().hex
+        nonce = uuid.uuid4().hex[:12]
         accepted = 0
         for start in range(0, len(batch), PIPELINE_CHUNK):
             chunk = batch[start : start + PIPELINE_CHUNK]
-            codes = await self._retrying(
+            codes = await retrying(
+                self.config,
                 "append",
-                lambda chunk=chunk: self._append_chunk(chunk, nonce, now),  # type: ignore[misc]
+                lambda a, chunk=chunk: self._append_chunk(chunk, nonce, now, a),  # type: ignore[misc]
                 size=len(chunk),
+                trips=self.append_round_trips,
+                write=True,
             )
             accepted += sum(1 for c in codes if c in (1, 2))
         return AppendResult(accepted=accepted, duplicates=len(events) - accepted)
 
     def _state_args(self, ev: Event, nonce: str, now: float) -> list[Any]:
         """ARGV 1-13 of APPEND / APPLY (see redis_scripts)."""
-        cfg = self.config
+        cfg, keep = self.config, self.keep
         return [
             nonce, ev.event_id, ev.user_id, ev.item_id, ev.type, EVENT_TYPES[ev.type],
-            repr(float(ev.ts)), repr(now), cfg.positives_cap, cfg.dislikes_cap,
-            cfg.seen_cap, cfg.idempotency_ttl, cfg.state_ttl,
+            repr(float(ev.ts)), repr(now), keep["positives_keep"], keep["dislikes_keep"],
+            keep["seen_keep"], cfg.idempotency_ttl, cfg.state_ttl,
         ]  # fmt: skip
 
-    async def _append_chunk(self, chunk: list[Event], nonce: str, now: float) -> list[Any]:
+    async def _append_chunk(
+        self, chunk: list[Event], nonce: str, now: float, attempts: Attempts
+    ) -> list[Any]:
         """One attempt at appending ``chunk``: one pipeline of APPEND scripts; returns their codes."""
 
         def build(pipe: Any) -> None:
             for ev in chunk:
                 uk = self.keys.user(ev.user_id)
-                keys = [uk.idem(ev.event_id), uk.pos, uk.dis, uk.seen, uk.log, self.keys.stream]
+                keys = [uk.ids, uk.pos, uk.dis, uk.seen, uk.log, self.keys.stream]
                 pipe.execute_command(
                     "EVALSHA", SHA["APPEND"], len(keys), *keys, *self._state_args(ev, nonce, now)
                 )
 
-        return await self._scripts(build)
+        return await self._scripts(build, attempts)
 
     async def get_users(
         self, user_ids: Sequence[str], *, with_seen: bool = False
@@ -255,7 +312,7 @@ class RedisStore(OnlineStore):
         if not uids:
             return {}
 
-        async def attempt() -> list[Any]:
+        async def attempt(_a: Attempts) -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             for uid in uids:
                 uk = self.keys.user(uid)
@@ -265,7 +322,7 @@ class RedisStore(OnlineStore):
                     pipe.zrange(uk.seen, -cfg.seen_cap, -1)
             return await pipe.execute()
 
-        replies = await self._retrying("get_users", attempt, size=len(uids))
+        replies = await retrying(cfg, "get_users", attempt, size=len(uids))
         step = 3 if with_seen else 2
         out = {}
         for i, uid in enumerate(uids):
@@ -279,44 +336,41 @@ class RedisStore(OnlineStore):
         return out
 
     async def forget_user(self, user_id: str) -> int:
-        uk = self.keys.user(user_id)
+        uk, k = self.keys.user(user_id), self.keys
+        keys = [uk.pos, uk.dis, uk.seen, uk.ids, uk.log, uk.pend, k.stream, k.forgotten]
+        args = [user_hash(user_id), repr(time.time())]
+        removed = await retrying(
+            self.config, "forget_user", lambda _a: self._script("FORGET", keys, args)
+        )
+        return int(removed)
 
-        def build(pipe: Any) -> None:
-            pipe.execute_command(
-                "EVALSHA",
-                SHA["FORGET"],
-                5,
-                uk.pos,
-                uk.dis,
-                uk.seen,
-                uk.log,
-                self.keys.stream,
-                f"{uk.tag}:e:",
-            )
-
-        return int((await self._retrying("forget_user", lambda: self._scripts(build)))[0])
+    async def forgotten_users(self) -> dict[str, float]:
+        raw = await retrying(
+            self.config, "forgotten_users", lambda _a: self.client.hgetall(self.keys.forgotten)
+        )
+        return {h: float(t) for h, t in raw.items()}
 
     # -- items ---------------------------------------------------------------------------
 
     async def put_item_metadata(self, items: Mapping[str, Mapping[str, Any]]) -> None:
-        async def attempt() -> None:
+        async def attempt(_a: Attempts) -> None:
             pipe = self.client.pipeline(transaction=False)
             for iid, meta in items.items():
                 pipe.set(self.keys.item_meta(str(iid)), json.dumps(dict(meta), sort_keys=True))
             await pipe.execute()
 
-        await self._retrying("put_item_metadata", attempt, size=len(items))
+        await retrying(self.config, "put_item_metadata", attempt, size=len(items))
 
     async def get_item_metadata(self, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         ids = list(item_ids)
 
-        async def attempt() -> list[Any]:
+        async def attempt(_a: Attempts) -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             for iid in ids:
                 pipe.get(self.keys.item_meta(iid))
             return await pipe.execute()
 
-        values = await self._retrying("get_item_metadata", attempt, size=len(ids))
+        values = await retrying(self.config, "get_item_metadata", attempt, size=len(ids))
         return {iid: json.loads(v) for iid, v in zip(ids, values, strict=True) if v is not None}
 
     # -- log -----------------------------------------------------------------------------
@@ -330,47 +384,66 @@ class RedisStore(OnlineStore):
         while len(events) < max(1, limit):
             start = "-" if last in ("", "0", "0-0") else f"({last}"
             count = min(LOG_PAGE, max(1, limit) - len(events))
-            entries = await self._retrying("read_log", self._xrange_page(start, count), size=count)
-            events.extend(_event_from_fields(fields) for _sid, fields in entries)
+            entries = await self.xrange(start, "+", count)
+            events.extend(event_from_fields(sid, fields) for sid, fields in entries)
             if entries:
                 last = entries[-1][0]
             if len(entries) < count:
                 break
         return LogBatch(events=events, cursor=last)
 
-    def _xrange_page(
-        self, start: str, count: int
-    ) -> Callable[[], Awaitable[list[tuple[str, dict[str, str]]]]]:
-        async def page() -> list[tuple[str, dict[str, str]]]:
-            reply: Any = await self.client.xrange(self.keys.stream, start, "+", count=count)
+    async def xrange(self, start: str, end: str, count: int) -> list[tuple[str, dict[str, str]]]:
+        """One page of the stream (retried like every read)."""
+
+        async def page(_a: Attempts) -> list[tuple[str, dict[str, str]]]:
+            reply: Any = await self.client.xrange(self.keys.stream, start, end, count=count)
             return list(reply or [])
 
-        return page
+        return await retrying(self.config, "read_log", page, size=count)
 
-    async def note_consumed(self, consumer: str, cursor: str) -> None:
-        """Mirror an exporter's committed cursor into a consumer group (``XINFO GROUPS`` shows lag)."""
-        stream = self.keys.stream
+    async def note_consumed(self, consumer: str, cursor: str) -> int:
+        """Record ``consumer``'s committed cursor (history for retention, consumer group for lag); trim."""
+        if not _STREAM_ID.match(str(cursor)):
+            raise StoreError(f"log cursor {cursor!r} is not a Redis stream id (<ms>-<seq>)")
+        k = self.keys
 
-        async def attempt() -> None:
-            try:
-                await self.client.xgroup_create(stream, consumer, id=cursor, mkstream=True)
+        async def attempt(_a: Attempts) -> None:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.sadd(k.consumers, consumer)
+            pipe.zadd(k.consumer(consumer), {cursor: time.time()})
+            await pipe.execute()
+            try:  # XINFO GROUPS shows each exporter's lag
+                await self.client.xgroup_create(k.stream, consumer, id=cursor, mkstream=True)
             except rexc.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-                await self.client.xgroup_setid(stream, consumer, id=cursor)
+                await self.client.xgroup_setid(k.stream, consumer, id=cursor)
 
-        await self._retrying("note_consumed", attempt)
+        await retrying(self.config, "note_consumed", attempt)
+        return await self.trim_log()
+
+    async def trim_log(self, *, now: float | None = None) -> int:
+        if self.config.log_retention == KEEP_FOREVER:
+            return 0
+        return await trim_stream(self, time.time() if now is None else now)
 
 
-def _event_from_fields(fields: Mapping[str, str]) -> Event:
-    ts = float(fields["ts"])
-    if not math.isfinite(ts):  # pragma: no cover - the script only ever writes finite values
-        raise StoreError(f"corrupt log entry: ts={fields['ts']!r}")
-    return Event(
-        event_id=fields["event_id"],
-        user_id=fields["user_id"],
-        item_id=fields["item_id"],
-        type=fields["type"],
-        ts=ts,
-        received_at=float(fields["received_at"]),
-    )
+def event_from_fields(sid: str, fields: Mapping[str, str]) -> Event:
+    """The event of one stream entry; a StoreError naming the entry if it is malformed."""
+    try:
+        ts, received_at = float(fields["ts"]), float(fields["received_at"])
+        if not (math.isfinite(ts) and math.isfinite(received_at)):
+            raise ValueError(f"ts={fields['ts']!r}, received_at={fields['received_at']!r}")
+        return Event(
+            event_id=fields["event_id"],
+            user_id=fields["user_id"],
+            item_id=fields["item_id"],
+            type=fields["type"],
+            ts=ts,
+            received_at=received_at,
+        )
+    except (KeyError, ValueError) as exc:
+        raise StoreError(
+            f"corrupt log entry {sid}: {type(exc).__name__}: {exc} (fields {dict(fields)}); "
+            "delete it with XDEL or forget its user"
+        ) from exc

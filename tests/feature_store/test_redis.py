@@ -16,10 +16,8 @@ from redis.crc import key_slot
 from feature_store import StoreUnavailable, make_event, open_store
 from feature_store.keys import Keys
 from feature_store.redis import RedisStore
-from feature_store.redis_cluster import RedisClusterStore
 from feature_store.urls import parse_url
 from tests.feature_store.servers import (
-    RedisClusterServers,
     drop_prefix,
     free_port,
     shared_redis_url,
@@ -48,20 +46,27 @@ def _events(user: str, n: int) -> list:
     ]  # fmt: skip
 
 
-def test_one_users_keys_share_a_cluster_slot(url: str) -> None:
+def test_one_users_keys_share_a_slot_and_no_two_users_share_a_key(url: str) -> None:
+    users = ["user:{odd}", "plain", "plain}", "pl%7Dain", "{u:plain}", "x}:e:plain"]
+
     async def go() -> None:
         async with open_store(url) as store:
-            await store.append_events(_events("user:{odd}", 4) + _events("plain", 2))
+            await store.append_events([e for u in users for e in _events(u, 4)])
 
     asyncio.run(go())
     keys = Keys(parse_url(url).prefix)  # type: ignore[union-attr]
     raw = _raw(url)
-    for user in ("user:{odd}", "plain"):
+    seen: set[str] = set()
+    for user in users:
         uk = keys.user(user)
-        names = [uk.pos, uk.dis, uk.seen, uk.log, uk.idem(f"{user}-0")]
+        names = [uk.pos, uk.dis, uk.seen, uk.ids, uk.log]
         assert all(raw.exists(n) for n in names), names
         assert len({key_slot(n.encode()) for n in names}) == 1
+        assert not seen.intersection(names)
+        seen.update(names)
+        assert raw.hlen(uk.ids) == 4 and raw.zcard(uk.log) == 4
     assert raw.type(keys.stream) == "stream"
+    assert raw.hget(keys.meta, "layout") == "v2"
     assert all(k.startswith(keys.base + ":") for k in raw.scan_iter(match=keys.pattern()))
 
 
@@ -93,6 +98,7 @@ def test_state_of_many_users_is_one_round_trip(url: str, monkeypatch: pytest.Mon
 
 
 def test_ttl_policy(url: str) -> None:
+    """state_ttl expires positives and seen only; dislikes and ids only ever go by opt-in or erasure."""
     ttl_url = url + "&state_ttl=120&idempotency_ttl=600"
 
     async def go(u: str, user: str) -> None:
@@ -103,11 +109,27 @@ def test_ttl_policy(url: str) -> None:
     asyncio.run(go(url, "forever"))
     keys, raw = Keys(parse_url(url).prefix), _raw(url)  # type: ignore[union-attr]
     exp, keep = keys.user("expiring"), keys.user("forever")
-    assert all(0 < raw.ttl(k) <= 120 for k in (exp.pos, exp.dis, exp.seen))
-    assert 120 < raw.ttl(exp.idem("expiring-0")) <= 600
+    assert all(0 < raw.ttl(k) <= 120 for k in (exp.pos, exp.seen))
+    assert raw.ttl(exp.dis) == -1  # a dislike is filtered for good (invariant 1)
+    assert 120 < raw.ttl(exp.ids) <= 600  # the opted-into idempotency window
     assert raw.ttl(exp.log) == -1  # the erasure index lives as long as the log entries
-    assert all(raw.ttl(k) == -1 for k in (keep.pos, keep.dis, keep.seen))
-    assert 0 < raw.ttl(keep.idem("forever-0")) <= 7 * 86400
+    assert all(raw.ttl(k) == -1 for k in (keep.pos, keep.dis, keep.seen, keep.log))
+    assert raw.ttl(keep.ids) == -1  # by default a resend is a duplicate however late it comes
+
+
+def test_dislikes_outlive_state_ttl(url: str) -> None:
+    async def go() -> None:
+        async with open_store(url + "&state_ttl=1") as store:
+            await store.append_events(_events("u", 2))  # i0 liked, i1 disliked
+            raw = _raw(url)
+            uk = Keys(parse_url(url).prefix).user("u")  # type: ignore[union-attr]
+            deadline = time.monotonic() + 5
+            while raw.exists(uk.pos) and time.monotonic() < deadline:  # await the expiry
+                await asyncio.sleep(0.05)
+            state = await store.get_user("u")
+            assert state.positives == [] and state.dislikes == [("i1", T0 + 1)]
+
+    asyncio.run(go())
 
 
 def test_warns_when_redis_has_no_aof(url: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -153,8 +175,8 @@ def test_append_retried_after_a_lost_reply_counts_each_event_once(
     original = RedisStore._scripts
     state = {"failed": False}
 
-    async def lose_first_reply(self: RedisStore, build: object) -> list:
-        replies = await original(self, build)  # type: ignore[arg-type]
+    async def lose_first_reply(self: RedisStore, build: object, attempts: object = None) -> list:
+        replies = await original(self, build, attempts)  # type: ignore[arg-type]
         if not state["failed"]:
             state["failed"] = True  # the scripts ran, but the caller never saw the replies
             raise redis.ConnectionError("connection reset after the write")
@@ -176,34 +198,19 @@ def test_append_retried_after_a_lost_reply_counts_each_event_once(
     assert state["failed"]
 
 
-def test_cluster_append_failing_between_log_and_state_is_logged_once(
-    redis_cluster: RedisClusterServers, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    url = f"{redis_cluster.url}&prefix=between&backoff=0"
-    original = RedisClusterStore._scripts
-    calls = {"n": 0}
-
-    async def fail_before_second_step(self: RedisClusterStore, build: object) -> list:
-        calls["n"] += 1
-        if calls["n"] == 2:  # LOG_ONCE ran; the connection drops before APPLY
-            raise redis.ConnectionError("connection reset between the two steps")
-        return await original(self, build)  # type: ignore[arg-type]
+def test_trimming_keeps_the_erasure_indexes_in_step_with_the_stream(url: str) -> None:
+    keys, raw = Keys(parse_url(url).prefix), _raw(url)  # type: ignore[union-attr]
 
     async def go() -> None:
-        async with open_store(url) as store:
-            assert isinstance(store, RedisClusterStore)
-            monkeypatch.setattr(RedisClusterStore, "_scripts", fail_before_second_step)
-            events = _events("c", 6)
-            res = await store.append_events(events)
-            assert (res.accepted, res.duplicates) == (6, 0)
-            logged = (await store.read_log(None)).events
-            assert [e.event_id for e in logged] == [e.event_id for e in events]  # once each
-            state = await store.get_user("c")
-            assert state.positives == ["i0", "i2", "i4"] and len(state.dislikes) == 3
-            assert await store.forget_user("c") == 6
-            assert (await store.read_log(None)).events == [] and not (
-                await store.get_user("c")
-            ).known
+        async with open_store(url + "&log_retention=0") as store:
+            await store.append_events(_events("a", 5) + _events("b", 3))
+            first = await store.read_log(None, limit=6)  # exported: a's five and one of b's
+            assert await store.note_consumed("trainer", first.cursor) == 6
+            assert raw.xlen(keys.stream) == 2
+            assert raw.zcard(keys.user("a").log) == 0 and raw.zcard(keys.user("b").log) == 2
+            assert raw.hlen(keys.user("a").ids) == 5  # the idempotency record stays
+            assert (await store.append_events(_events("a", 5))).duplicates == 5
+            assert await store.forget_user("b") == 2  # what is still in the stream
+            assert raw.xlen(keys.stream) == 0
 
     asyncio.run(go())
-    assert calls["n"] >= 4  # log, failed apply, log again (guarded), apply
