@@ -1,31 +1,34 @@
 """The embedded store: one SQLite file in WAL mode.
 
-Design: the ``events`` table *is* the durable log and the state is derived
-from it with indexed queries, so one event's state change is one row insert
-(atomic by construction) and the log can never disagree with the state.
+Design (tables: :mod:`feature_store.sqlite_schema`):
 
+* An append is one transaction per group of concurrent calls: for each event,
+  the ``accepted`` row (``INSERT OR IGNORE`` on ``(user_id, event_id)``:
+  idempotent across threads and processes, forever unless ``idempotency_ttl``
+  opts into a window), the ``log`` row and the state rows (positives, or the
+  dislike's latest time, and seen), then the user's state trimmed to the
+  store's storage caps. Readers never see a state change that is not in the
+  log: both commit together.
 * ``seq INTEGER PRIMARY KEY AUTOINCREMENT`` is the log order and the cursor;
-  AUTOINCREMENT never reuses a number, even after :meth:`forget_user`
-  deletes rows, and SQLite serialises writers, so commit order is seq order
-  and a reader that saw ``seq = n`` will never later find a row below ``n``.
-* ``UNIQUE (user_id, event_id)`` makes appends idempotent across threads and
-  processes (``INSERT OR IGNORE`` in a ``BEGIN IMMEDIATE`` transaction). The
-  id is scoped to its user, as in the Redis backend, where a global id index
-  would be a cross-slot write in Redis Cluster.
-* Positives: the user's latest ``positives_cap`` positive events by
-  ``(ts, seq)``, returned oldest first (repeats kept, as in the Redis list).
-  Dislikes / seen: distinct items with their latest ts, the newest
-  ``dislikes_cap`` / ``seen_cap`` of them, oldest first, ties by item id.
-  The ``(user_id, role, ts, seq)`` index makes each read O(cap) for positives
-  and O(user's events of that role) for the grouped reads.
+  AUTOINCREMENT never reuses a number (not after a forget, not after a trim)
+  and SQLite serialises writers, so commit order is seq order.
+* Reads run on their own threads and read-only connections (``THREADS``):
+  WAL lets them proceed while a writer - this process's or another's -
+  holds the write lock, so a read never queues behind writes. Writes go
+  through the single writer thread (:mod:`feature_store.sqlite_writer`).
 * ``synchronous=FULL``: a returned append has been fsynced (the WAL), so it
-  survives a process or machine crash. ``busy_timeout`` bounds lock waits;
-  running out of it raises :class:`StoreUnavailable`.
-* Blocking calls run off the event loop in the store's own small thread pool
-  (``THREADS`` threads, each with its own connection, reused for the store's
-  lifetime whatever loop awaits them).
+  survives a process or machine crash. Waiting for another process's write
+  lock is bounded by ``busy_timeout``; running out of it raises
+  :class:`StoreUnavailable` and nothing was written.
+* Cancelling an append (e.g. ``asyncio.wait_for``) before its transaction
+  started drops it: nothing is written and the cancellation goes through.
+  Once started, it finishes (within one fsync) and the call returns its
+  result instead of raising CancelledError, so a caller never wrongly
+  believes an acknowledged write did not happen.
+* Erasure deletes the user's rows with ``secure_delete`` on, then truncates
+  the WAL, so the bytes do not linger in the file.
 
-The TTL policy of the Redis backend does not apply: this file is the log.
+The TTL policy of the Redis backend (``state_ttl``) does not apply.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from feature_store import sqlite_ops as ops
 from feature_store.base import (
     AppendResult,
     LogBatch,
@@ -47,34 +51,17 @@ from feature_store.base import (
     StoreError,
     StoreUnavailable,
     UserState,
+    user_hash,
 )
-from feature_store.events import EVENT_TYPES, Event, check_events
-from feature_store.urls import SQLiteConfig
+from feature_store.events import Event, check_events
+from feature_store.sqlite_schema import prepare
+from feature_store.sqlite_writer import Job, Writer
+from feature_store.urls import KEEP_FOREVER, SQLiteConfig
 
 T = TypeVar("T")
 
-#: Worker threads (and connections) per store: WAL readers run in parallel, writers queue.
+#: Reader threads (and read-only connections) per store.
 THREADS = 4
-SCHEMA_VERSION = "1"
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    item_id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    role TEXT NOT NULL,
-    ts REAL NOT NULL,
-    received_at REAL NOT NULL,
-    UNIQUE (user_id, event_id)
-);
-CREATE INDEX IF NOT EXISTS events_user_role_ts ON events (user_id, role, ts, seq);
-CREATE TABLE IF NOT EXISTS items (item_id TEXT PRIMARY KEY, meta TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS consumers (name TEXT PRIMARY KEY, cursor TEXT NOT NULL, updated_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS schema_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-_COLUMNS = "seq, event_id, user_id, item_id, type, ts, received_at"
 
 
 class SQLiteStore(OnlineStore):
@@ -84,15 +71,21 @@ class SQLiteStore(OnlineStore):
         self.url = url
         self.config = config
         self.path = Path(config.path)
+        self.store_id = ""
+        self.keep = {
+            "positives_keep": config.positives_keep,
+            "seen_keep": config.seen_keep,
+            "dislikes_keep": config.dislikes_keep,
+        }
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._opened = False
-        self._executor: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._writer: Writer | None = None
 
-    # -- connections ---------------------------------------------------------------------
+    # -- plumbing ------------------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
+    def _reader_conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(
@@ -101,20 +94,23 @@ class SQLiteStore(OnlineStore):
                 isolation_level=None,
                 check_same_thread=False,
             )
-            conn.execute(f"PRAGMA busy_timeout = {int(self.config.busy_timeout * 1000)}")
-            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA query_only = 1")
             self._local.conn = conn
             with self._lock:
                 self._conns.append(conn)
         return conn
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if not self._opened:
+    def _check_open(self) -> Writer:
+        if self._writer is None or self._readers is None:
             raise StoreError(f"store {self.url} is not open; call `await store.open()` first")
+        return self._writer
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self._check_open()
 
         def call() -> T:
             try:
-                return fn(self._conn())
+                return fn(self._reader_conn())
             except sqlite3.OperationalError as exc:
                 if "locked" in str(exc) or "busy" in str(exc):
                     raise StoreUnavailable(
@@ -124,70 +120,77 @@ class SQLiteStore(OnlineStore):
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"{self.path}: {exc}") from exc
 
-        return await self._offload(call)
+        assert self._readers is not None
+        return await asyncio.get_running_loop().run_in_executor(self._readers, call)
 
-    async def _offload(self, fn: Callable[[], T]) -> T:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(THREADS, thread_name_prefix="sqlite-store")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+    async def _write(self, job: Job) -> Any:
+        """Run a write job on the writer thread and return its result.
 
-    @staticmethod
-    def _write(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``body`` in an immediate (write-locking) transaction."""
-        conn.execute("BEGIN IMMEDIATE")
+        Cancellation: a job not yet started is dropped (nothing written) and the
+        CancelledError goes on; a started one is waited for (it is bounded by one
+        transaction and fsync) and its result returned, so the caller learns it happened.
+        """
+        writer = self._check_open()
+        future = asyncio.wrap_future(writer.submit(job))
         try:
-            out = body(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return out
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if writer.cancel(job):
+                raise
+            deadline = time.monotonic() + self.config.busy_timeout + 5.0
+            while not future.done() and time.monotonic() < deadline:
+                try:
+                    await asyncio.wait({future}, timeout=deadline - time.monotonic())
+                except asyncio.CancelledError:
+                    continue
+            if not future.done() or future.exception() is not None:
+                raise
+            return future.result()
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._opened:
+        if self._writer is not None:
             return
 
-        def create() -> None:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = self._conn()
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise StoreError(f"{self.path}: could not enable WAL mode (got {mode!r})")
-                found = _schema_version(conn)
-                if found is None:  # a new file: create the schema (a write; readers need none)
-                    conn.executescript(SCHEMA)  # IF NOT EXISTS: safe when processes race
-                    self._write(
-                        conn,
-                        lambda c: c.execute(
-                            "INSERT OR IGNORE INTO schema_info VALUES ('version', ?)",
-                            (SCHEMA_VERSION,),
-                        ),
-                    )
-                    found = _schema_version(conn)
-                if found != SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{self.path}: schema version {found}, this code reads {SCHEMA_VERSION}"
-                    )
-            except OSError as exc:
-                raise StoreError(f"{self.path}: cannot create the store file: {exc}") from exc
-            except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):
-                    raise StoreUnavailable(f"{self.path}: {exc}") from exc
-                raise StoreError(f"{self.path}: {exc}") from exc
-            except sqlite3.DatabaseError as exc:
-                raise StoreError(f"{self.path}: not a usable SQLite store: {exc}") from exc
+        def setup(conn: sqlite3.Connection) -> dict[str, str]:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: could not enable WAL mode (got {mode!r})")
+            return prepare(conn, self.keep)
 
-        await self._offload(create)
-        self._opened = True
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot create the store file: {exc}") from exc
+        writer = Writer(self.path, self.config.busy_timeout)
+        try:
+            info = await asyncio.wrap_future(writer.submit(Job(setup, raw=True)))
+        except ValueError as exc:
+            writer.close()
+            raise StoreError(f"{self.path}: {exc}") from exc
+        except StoreUnavailable:
+            writer.close()
+            raise
+        except StoreError as exc:
+            writer.close()
+            raise StoreError(f"not a usable SQLite store: {exc}") from exc
+        except (sqlite3.Error, OSError) as exc:
+            writer.close()
+            raise StoreError(f"{self.path}: cannot create the store file: {exc}") from exc
+        self.store_id = info["store_id"]
+        self.keep = {k: int(info.get(k, v)) for k, v in self.keep.items()}
+        self._writer = writer
+        self._readers = ThreadPoolExecutor(THREADS, thread_name_prefix="sqlite-store-read")
 
     async def close(self) -> None:
-        self._opened = False
-        executor, self._executor = self._executor, None
-        if executor is not None:  # let in-flight calls finish before their connections close
-            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
+        writer, self._writer = self._writer, None
+        readers, self._readers = self._readers, None
+        loop = asyncio.get_running_loop()
+        if writer is not None:  # queued writes finish first
+            await loop.run_in_executor(None, writer.close)
+        if readers is not None:
+            await loop.run_in_executor(None, readers.shutdown)
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:
@@ -196,7 +199,7 @@ class SQLiteStore(OnlineStore):
 
     async def ping(self) -> bool:
         try:
-            return await self._run(lambda c: c.execute("SELECT 1").fetchone()[0] == 1)
+            return await self._read(lambda c: c.execute("SELECT 1").fetchone()[0] == 1)
         except StoreError:
             return False
 
@@ -205,83 +208,40 @@ class SQLiteStore(OnlineStore):
     async def append_events(self, events: Sequence[Event]) -> AppendResult:
         now = time.time()
         check_events(events, now=now)
-        rows = [
-            (e.event_id, e.user_id, e.item_id, e.type, EVENT_TYPES[e.type], e.ts, now)
-            for e in events
-        ]
-        if not rows:
+        if not events:
             return AppendResult(0, 0)
-
-        def body(conn: sqlite3.Connection) -> int:
-            before = conn.total_changes
-            conn.executemany(
-                "INSERT OR IGNORE INTO events (event_id, user_id, item_id, type, role, ts, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            return conn.total_changes - before
-
-        accepted = await self._run(lambda c: self._write(c, body))
+        rows = ops.event_rows(events)
+        keep, ttl = dict(self.keep), self.config.idempotency_ttl
+        accepted = await self._write(Job(lambda c: ops.append(c, rows, keep, ttl, now)))
         return AppendResult(accepted=accepted, duplicates=len(rows) - accepted)
 
     async def get_users(
         self, user_ids: Sequence[str], *, with_seen: bool = False
     ) -> dict[str, UserState]:
-        cfg = self.config
-
-        def read(conn: sqlite3.Connection) -> dict[str, UserState]:
-            out: dict[str, UserState] = {}
-            # One read transaction: the state of all users is from the same snapshot.
-            conn.execute("BEGIN")
-            try:
-                for uid in user_ids:
-                    pos = conn.execute(
-                        "SELECT item_id FROM events WHERE user_id = ? AND role = 'positive'"
-                        " ORDER BY ts DESC, seq DESC LIMIT ?",
-                        (uid, cfg.positives_cap),
-                    ).fetchall()
-                    dis = conn.execute(
-                        "SELECT item_id, max(ts) AS t FROM events WHERE user_id = ? AND role = 'dislike'"
-                        " GROUP BY item_id ORDER BY t DESC, item_id DESC LIMIT ?",
-                        (uid, cfg.dislikes_cap),
-                    ).fetchall()
-                    seen = None
-                    if with_seen:
-                        seen = {
-                            r[0]
-                            for r in conn.execute(
-                                "SELECT item_id, max(ts) AS t FROM events WHERE user_id = ?"
-                                " GROUP BY item_id ORDER BY t DESC, item_id DESC LIMIT ?",
-                                (uid, cfg.seen_cap),
-                            )
-                        }
-                    out[uid] = UserState(
-                        user_id=uid,
-                        positives=[r[0] for r in reversed(pos)],
-                        dislikes=[(r[0], float(r[1])) for r in reversed(dis)],
-                        seen=seen,
-                    )
-            finally:
-                conn.execute("COMMIT")
-            return out
-
-        return await self._run(read)
+        caps = (self.config.positives_cap, self.config.dislikes_cap, self.config.seen_cap)
+        return await self._read(lambda c: ops.read_users(c, list(user_ids), caps, with_seen))
 
     async def forget_user(self, user_id: str) -> int:
-        return await self._run(
-            lambda c: self._write(
-                c, lambda w: w.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
-            )
+        tombstone, now = user_hash(user_id), time.time()
+        job = Job(
+            lambda c: ops.forget(c, user_id, tombstone, now),
+            solo=True,
+            before=lambda c: c.execute("PRAGMA secure_delete = ON"),
+            after=ops.after_forget,
+        )
+        return int(await self._write(job))
+
+    async def forgotten_users(self) -> dict[str, float]:
+        return await self._read(
+            lambda c: {h: float(t) for h, t in c.execute("SELECT * FROM forgotten")}
         )
 
     # -- items ---------------------------------------------------------------------------
 
     async def put_item_metadata(self, items: Mapping[str, Mapping[str, Any]]) -> None:
         rows = [(str(k), json.dumps(dict(v), sort_keys=True)) for k, v in items.items()]
-        await self._run(
-            lambda c: self._write(
-                c, lambda w: w.executemany("INSERT OR REPLACE INTO items VALUES (?, ?)", rows)
-            )
+        await self._write(
+            Job(lambda c: c.executemany("INSERT OR REPLACE INTO items VALUES (?, ?)", rows))
         )
 
     async def get_item_metadata(self, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -293,54 +253,23 @@ class SQLiteStore(OnlineStore):
                     out[iid] = json.loads(row[0])
             return out
 
-        return await self._run(read)
+        return await self._read(read)
 
     # -- log -----------------------------------------------------------------------------
 
     async def read_log(self, cursor: str | None, limit: int = 10_000) -> LogBatch:
-        after = _parse_cursor(cursor)
+        after = ops.parse_cursor(cursor)
+        return await self._read(lambda c: ops.read_log(c, after, max(1, limit)))
 
-        def read(conn: sqlite3.Connection) -> LogBatch:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, max(1, limit)),
-            ).fetchall()
-            events = [Event(r[1], r[2], r[3], r[4], float(r[5]), float(r[6])) for r in rows]
-            return LogBatch(events=events, cursor=str(rows[-1][0]) if rows else str(after))
+    async def note_consumed(self, consumer: str, cursor: str) -> int:
+        seq, now = ops.parse_cursor(cursor), time.time()
+        await self._write(Job(lambda c: ops.note_consumed(c, consumer, seq, now)))
+        return await self.trim_log()
 
-        return await self._run(read)
-
-    async def note_consumed(self, consumer: str, cursor: str) -> None:
-        await self._run(
-            lambda c: self._write(
-                c,
-                lambda w: w.execute(
-                    "INSERT OR REPLACE INTO consumers VALUES (?, ?, ?)",
-                    (consumer, cursor, time.time()),
-                ),
-            )
-        )
-
-
-def _schema_version(conn: sqlite3.Connection) -> str | None:
-    try:
-        row = conn.execute("SELECT value FROM schema_info WHERE key = 'version'").fetchone()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return None
-        raise
-    return None if row is None else str(row[0])
-
-
-def _parse_cursor(cursor: str | None) -> int:
-    if cursor is None or cursor == "":
-        return 0
-    try:
-        value = int(cursor)
-    except (TypeError, ValueError):
-        raise StoreError(
-            f"log cursor {cursor!r} is not a SQLite cursor (an integer sequence number)"
-        ) from None
-    if value < 0:
-        raise StoreError(f"log cursor {cursor!r} must be >= 0")
-    return value
+    async def trim_log(self, *, now: float | None = None) -> int:
+        retention = self.config.log_retention
+        if retention == KEEP_FOREVER:
+            return 0
+        at = time.time() if now is None else now
+        ttl = self.config.idempotency_ttl
+        return int(await self._write(Job(lambda c: ops.trim(c, at - retention, at, ttl))))
