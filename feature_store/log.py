@@ -1,7 +1,9 @@
 """The event log as the trainer sees it: a reader and a crash-safe Parquet export.
 
-``iter_events(url)`` yields every event in the store's durable log, in log
-order (the ``events:URL`` data source).
+``iter_events(url)`` yields every event still in the store's durable log, in
+log order (the ``events:URL`` data source). Once an exporter has committed,
+the store trims what it exported after ``log_retention``: the export is the
+archive.
 
 ``compact(url, out_dir)`` exports the events appended since the last run to
 Parquet, partitioned by event date, and moves a cursor, so each pipeline run
@@ -9,71 +11,82 @@ reads only new events, each exactly once. Layout::
 
     out_dir/
       _cursor.json                      committed state (see below)
-      .lock                             flock held by a running compaction
-      date=YYYY-MM-DD/part-r00000007.parquet   one file per (run, date)
+      .lock                             flock: exclusive while a run writes, shared while reading
+      date=YYYY-MM-DD/part-r00000007.parquet   one file per (run, date), files: export_files
 
-``_cursor.json`` = ``{"consumer", "cursor", "run", "total", "files": [...]}``:
-the store cursor after the last exported event, the number of the last
-committed run, the event count of all committed runs and every committed
-file (relative paths). Readers trust only this file.
+``_cursor.json`` = ``{"consumer", "store_id", "cursor", "run", "total",
+"files": [...], "tombstones": {...}, "purges"}``: the store the cursor
+belongs to, the store cursor after the last exported event, the number of
+the last committed run, the event count of the committed files, every
+committed file (relative paths) and the erasure tombstones already applied.
+Readers trust only this file.
 
 Protocol of one run (under the lock):
 
-1. read the committed state; delete files of runs above the committed one
-   (left by a crash between steps 3 and 4);
-2. read the log after the committed cursor;
-3. write run ``r+1``'s files: temp file, fsync, ``os.replace``, fsync dir;
-4. commit: write ``_cursor.json`` the same way (the commit point);
-5. tell the store (``note_consumed``: a Redis consumer group or a SQLite
-   table) for lag monitoring; best effort.
+1. read the committed state; delete every part file it does not list (left
+   by a crash between steps 4 and 5, or replaced by a committed purge);
+2. check the store is the one the cursor belongs to (its ``store_id``);
+3. read the store's tombstones and the log after the committed cursor;
+   drop erased events;
+4. write run ``r+1``'s files, and for tombstones not applied yet, rewrite
+   the files holding those users' rows without them (new names): temp file,
+   fsync, ``os.replace``, fsync dir;
+5. commit: write ``_cursor.json`` the same way (the commit point);
+6. delete the files the purge replaced; tell the store (``note_consumed``),
+   which registers the consumer and trims what every consumer exported
+   long enough ago; best effort.
 
-A crash before 4 leaves the old state: the re-run deletes the orphan files,
+A crash before 5 leaves the old state: the re-run deletes the orphan files,
 reads the same events again and rewrites run ``r+1``, so nothing is lost or
-duplicated. A crash after 4 is a completed run. Each row carries ``run`` and
-``pos`` (its position in the run) so readers restore log order.
+duplicated. A crash after 5 is a completed run.
 
-Erasure: :meth:`OnlineStore.forget_user` removes a user from the store's log,
-not from files already exported here; delete and re-export the directory
-(with a fresh consumer) to purge those too.
+Erasure: ``forget_user`` removes a user from the store's log and records a
+tombstone; the next run purges the user's exported events (those received
+up to the erasure) from every file, and every read applies the tombstones
+too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import fcntl
 import json
-import os
+import logging
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from feature_store.base import OnlineStore, StoreError
+from feature_store import export_files
+from feature_store.base import OnlineStore, StoreError, user_hash
 from feature_store.events import Event
+from feature_store.export_files import SCHEMA, durable_replace
 
+__all__ = [
+    "SCHEMA",
+    "STATE_FILE",
+    "CompactResult",
+    "StoreIdentityError",
+    "apply_tombstones",
+    "compact",
+    "iter_events",
+    "read_compacted",
+    "read_new",
+    "rebind",
+]
+
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATE_FILE = "_cursor.json"
 LOCK_FILE = ".lock"
 PAGE = 10_000
-SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("user_id", pa.string()),
-        ("item_id", pa.string()),
-        ("type", pa.string()),
-        ("ts", pa.float64()),
-        ("received_at", pa.float64()),
-        ("run", pa.int64()),
-        ("pos", pa.int64()),
-    ]
-)
+
+
+class StoreIdentityError(StoreError):
+    """The export directory's cursor belongs to another store than the URL names."""
 
 
 @dataclass(frozen=True)
@@ -84,9 +97,10 @@ class CompactResult:
       out_dir: the export directory.
       run: number of the last committed run (unchanged when nothing was new).
       new_events: events exported by this call.
-      total: events in all committed runs.
+      total: events in all committed files.
       cursor: the committed store cursor (None before the first export).
-      files: files written by this call.
+      files: files written by this call (new runs and purge rewrites).
+      purged: exported events removed by this call's erasure purge.
     """
 
     out_dir: Path
@@ -95,6 +109,7 @@ class CompactResult:
     total: int
     cursor: str | None
     files: list[Path] = field(default_factory=list)
+    purged: int = 0
 
 
 class _LoopThread:
@@ -152,180 +167,264 @@ def iter_events(url: str) -> Iterator[Event]:
             yield from events
 
 
-# -- the export ----------------------------------------------------------------------------
+# -- state and lock ------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+@contextlib.contextmanager
+def _locked(out: Path, exclusive: bool) -> Iterator[None]:
+    """flock on ``out/.lock``: exclusive for a run, shared for a reader (none on a read-only dir)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _durable_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
+        fh = open(out / LOCK_FILE, "a+")  # noqa: SIM115 - held for the block
+    except OSError:
+        if exclusive:
+            raise
+        yield
+        return
+    with fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
 
 
 def _load_state(out: Path) -> dict[str, Any]:
     path = out / STATE_FILE
+    state: dict[str, Any] = {"consumer": None, "store_id": None, "cursor": None, "run": 0,
+                             "total": 0, "files": [], "tombstones": {}, "purges": 0}  # fmt: skip
     if not path.exists():
-        return {"consumer": None, "cursor": None, "run": 0, "total": 0, "files": []}
+        return state
     try:
-        state = json.loads(path.read_text())
+        loaded = json.loads(path.read_text())
         for key in ("cursor", "run", "total", "files"):
-            state[key]  # noqa: B018 - presence check
-    except (ValueError, KeyError) as exc:
+            loaded[key]  # noqa: B018 - presence check
+    except (ValueError, KeyError, TypeError) as exc:
         raise StoreError(
             f"{path}: unreadable compaction state ({exc}); restore it or start a new directory"
         ) from exc
-    return state
+    return {**state, **loaded}
 
 
 def _commit_state(out: Path, state: dict[str, Any]) -> None:
     """The commit point of a run (tests replace it to simulate a crash just before it)."""
     tmp = out / f".{STATE_FILE}.tmp"
     tmp.write_text(json.dumps(state, indent=1))
-    _durable_replace(tmp, out / STATE_FILE)
+    durable_replace(tmp, out / STATE_FILE)
 
 
-def _run_of(path: Path) -> int:
-    return int(path.stem.rsplit("-r", 1)[1])
-
-
-def _remove_orphans(out: Path, committed_run: int) -> None:
+def _remove_orphans(out: Path, state: Mapping[str, Any]) -> None:
+    live = {out / rel for rel in state["files"]}
     for path in out.glob("date=*/part-r*.parquet"):
-        if _run_of(path) > committed_run:
+        if path not in live:
             path.unlink()
     for path in out.glob("date=*/.*.tmp"):
         path.unlink()
 
 
-def _write_run(out: Path, run: int, events: list[Event]) -> list[Path]:
-    by_date: dict[str, list[int]] = {}
-    for pos, ev in enumerate(events):
-        day = dt.datetime.fromtimestamp(ev.ts, dt.UTC).strftime("%Y-%m-%d")
-        by_date.setdefault(day, []).append(pos)
-    files = []
-    for day, positions in sorted(by_date.items()):
-        part_dir = out / f"date={day}"
-        new_dir = not part_dir.exists()
-        part_dir.mkdir(exist_ok=True)
-        if new_dir:
-            _fsync_dir(out)
-        rows = [events[p] for p in positions]
-        table = pa.table(
-            {
-                "event_id": [e.event_id for e in rows],
-                "user_id": [e.user_id for e in rows],
-                "item_id": [e.item_id for e in rows],
-                "type": [e.type for e in rows],
-                "ts": [e.ts for e in rows],
-                "received_at": [e.received_at for e in rows],
-                "run": [run] * len(rows),
-                "pos": positions,
-            },
-            schema=SCHEMA,
+def _check_store(out: Path, state: Mapping[str, Any], store: OnlineStore) -> None:
+    known = state.get("store_id")
+    if known is None:
+        if state["cursor"] is not None:
+            log.warning(
+                "%s: the cursor names no store id (written by an older version); adopting %s",
+                out,
+                store.store_id,
+            )
+        return
+    if known != store.store_id:
+        raise StoreIdentityError(
+            f"{out}: exported from store {known}, but {_describe(store)} is store "
+            f"{store.store_id} (a recreated file, another Redis DB or prefix?); its cursor "
+            "would skip or repeat events, so nothing was exported. If the store is the right one "
+            f"and its log started over, run `python -m feature_store.log rebind {out} --store URL` "
+            "(keeps the exported events, exports the store's log from its start); otherwise point "
+            "at the original store"
         )
-        final = part_dir / f"part-r{run:08d}.parquet"
-        tmp = part_dir / f".{final.name}.tmp"
-        pq.write_table(table, tmp)
-        _durable_replace(tmp, final)
-        files.append(final)
-    return files
+
+
+def _describe(store: OnlineStore) -> str:
+    config = getattr(store, "config", None)
+    redacted = getattr(config, "redacted", None)
+    return str(redacted()) if callable(redacted) else str(getattr(store, "url", "the store"))
+
+
+def _erased(events: list[Event], tombstones: Mapping[str, float]) -> list[Event]:
+    """``events`` without those of tombstoned users received at or before their erasure."""
+    if not tombstones:
+        return events
+    hashes: dict[str, str] = {}
+    kept = []
+    for ev in events:
+        h = hashes.setdefault(ev.user_id, user_hash(ev.user_id))
+        if h in tombstones and ev.received_at <= tombstones[h]:
+            continue
+        kept.append(ev)
+    return kept
+
+
+def _new_tombstones(state: Mapping[str, Any], tombstones: Mapping[str, float]) -> dict[str, float]:
+    applied = state.get("tombstones") or {}
+    return {h: t for h, t in tombstones.items() if applied.get(h, float("-inf")) < t}
+
+
+# -- the export ----------------------------------------------------------------------------
 
 
 def compact(
     url: str, out_dir: str | Path, *, consumer: str = "trainer", max_events: int | None = None
 ) -> CompactResult:
-    """Export the log's new events to Parquet under ``out_dir`` and commit the cursor.
+    """Export the log's new events to Parquet under ``out_dir``, purge erased users, commit.
 
     Args:
       url: store URL.
-      out_dir: export directory (created); one consumer per directory.
-      consumer: name of the reader; recorded, and mirrored to the store.
+      out_dir: export directory (created); one consumer and one store per directory.
+      consumer: name of the reader; recorded, and registered with the store (retention).
       max_events: cap per run (the rest goes to the next run); None = all.
 
     Raises:
-      StoreError: the directory belongs to another consumer or its state is corrupt;
-        StoreUnavailable when the store cannot be read (nothing is committed).
+      StoreIdentityError: the directory's cursor belongs to another store.
+      StoreError: the directory belongs to another consumer, its state is corrupt or an
+        event cannot be exported; StoreUnavailable when the store cannot be read
+        (nothing is committed in every case).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK_FILE, "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    with _locked(out, exclusive=True):
         state = _load_state(out)
         if state["consumer"] not in (None, consumer):
             raise StoreError(
                 f"{out}: exported for consumer {state['consumer']!r}, not {consumer!r}"
             )
-        _remove_orphans(out, int(state["run"]))
+        _remove_orphans(out, state)
         with _opened(url) as (runner, store):
+            _check_store(out, state, store)
+            tombstones = runner.run(store.forgotten_users())
             events: list[Event] = []
             cursor = state["cursor"]
             for page, page_cursor in _pages(runner, store, state["cursor"], max_events):
                 cursor = page_cursor
                 events.extend(page)
-            if not events:
+            events = _erased(events, tombstones)
+            fresh = _new_tombstones(state, tombstones)
+            if cursor == state["cursor"] and not fresh and state.get("store_id") == store.store_id:
                 return CompactResult(
                     out, int(state["run"]), 0, int(state["total"]), state["cursor"]
                 )
-            run = int(state["run"]) + 1
-            files = _write_run(out, run, events)
+            files, replaced, purged = list(state["files"]), list[Path](), 0
+            if fresh:
+                purges = int(state["purges"]) + 1
+                files, replaced, purged = export_files.purge(out, files, fresh, purges)
+                state["purges"] = purges
+            run = int(state["run"]) + (1 if events else 0)
+            written = export_files.write_run(out, run, events) if events else []
             new_state = {
+                **state,
                 "consumer": consumer,
+                "store_id": store.store_id,
                 "cursor": cursor,
                 "run": run,
-                "total": int(state["total"]) + len(events),
-                "files": [*state["files"], *(str(f.relative_to(out)) for f in files)],
+                "total": int(state["total"]) - purged + len(events),
+                "files": [*files, *(str(f.relative_to(out)) for f in written)],
+                "tombstones": {**(state.get("tombstones") or {}), **fresh},
             }
             _commit_state(out, new_state)
-            with contextlib.suppress(Exception):  # monitoring only; the commit above is what counts
-                runner.run(store.note_consumed(consumer, str(cursor)))
-        return CompactResult(out, run, len(events), new_state["total"], str(cursor), files)
-
-
-def _read(out: Path, after_run: int) -> tuple[list[Event], int]:
-    state = _load_state(out)
-    tables = []
-    for rel in state["files"]:
-        path = out / rel
-        if _run_of(path) > after_run:
-            try:
-                tables.append(pq.read_table(path, schema=SCHEMA))
-            except (OSError, pa.ArrowInvalid) as exc:
-                raise StoreError(f"{path}: committed export file unreadable: {exc}") from exc
-    if not tables:
-        return [], int(state["run"])
-    table = pa.concat_tables(tables).sort_by([("run", "ascending"), ("pos", "ascending")])
-    cols = {name: table.column(name).to_pylist() for name in SCHEMA.names}
-    events = [
-        Event(*row)
-        for row in zip(
-            cols["event_id"],
-            cols["user_id"],
-            cols["item_id"],
-            cols["type"],
-            cols["ts"],
-            cols["received_at"],
-            strict=True,
+            for path in replaced:
+                path.unlink(missing_ok=True)
+            if cursor is not None and cursor != state["cursor"]:
+                with contextlib.suppress(Exception):  # retention only; the commit is what counts
+                    runner.run(store.note_consumed(consumer, str(cursor)))
+        rewritten = [out / f for f in files if out / f not in {out / r for r in state["files"]}]
+        return CompactResult(
+            out, run, len(events), new_state["total"], cursor, [*rewritten, *written], purged
         )
-    ]
+
+
+def apply_tombstones(url: str, out_dir: str | Path) -> int:
+    """Purge the store's erased users from an export directory now; returns rows removed.
+
+    :func:`compact` does this on every run; call this right after an erasure when
+    the next scheduled run is too far away.
+    """
+    out = Path(out_dir)
+    with _locked(out, exclusive=True):
+        state = _load_state(out)
+        _remove_orphans(out, state)
+        with _opened(url) as (runner, store):
+            _check_store(out, state, store)
+            fresh = _new_tombstones(state, runner.run(store.forgotten_users()))
+        if not fresh:
+            return 0
+        purges = int(state["purges"]) + 1
+        files, replaced, purged = export_files.purge(out, list(state["files"]), fresh, purges)
+        new_state = {
+            **state,
+            "files": files,
+            "purges": purges,
+            "total": int(state["total"]) - purged,
+            "tombstones": {**(state.get("tombstones") or {}), **fresh},
+        }
+        _commit_state(out, new_state)
+        for path in replaced:
+            path.unlink(missing_ok=True)
+        return purged
+
+
+def rebind(out_dir: str | Path, url: str) -> None:
+    """Tie an export directory to the store at ``url``, exporting its log from the start.
+
+    For a store whose log started over (recreated file, restored Redis): the
+    exported events stay; the next run exports every event of the new store.
+    """
+    out = Path(out_dir)
+    with _locked(out, exclusive=True):
+        state = _load_state(out)
+        with _opened(url) as (_runner, store):
+            _commit_state(out, {**state, "store_id": store.store_id, "cursor": None})
+
+
+def _read(out: Path, after_run: int, url: str | None) -> tuple[list[Event], int]:
+    with _locked(out, exclusive=False):
+        state = _load_state(out)
+        tombstones = dict(state.get("tombstones") or {})
+        if url is not None:
+            with _opened(url) as (runner, store):
+                for h, t in runner.run(store.forgotten_users()).items():
+                    tombstones[h] = max(t, tombstones.get(h, t))
+        events = export_files.read_events(out, list(state["files"]), after_run, tombstones)
     return events, int(state["run"])
 
 
-def read_compacted(out_dir: str | Path) -> list[Event]:
-    """Every event of every committed run under ``out_dir``, in log order."""
-    return _read(Path(out_dir), 0)[0]
+def read_compacted(out_dir: str | Path, *, url: str | None = None) -> list[Event]:
+    """Every event of every committed run under ``out_dir``, in log order.
+
+    Erased users' events are left out: those of the directory's tombstones and,
+    with ``url``, of the store's current ones (an erasure since the last run).
+    """
+    return _read(Path(out_dir), 0, url)[0]
 
 
-def read_new(out_dir: str | Path, after_run: int) -> tuple[list[Event], int]:
+def read_new(
+    out_dir: str | Path, after_run: int, *, url: str | None = None
+) -> tuple[list[Event], int]:
     """Events of the committed runs after ``after_run``, and the last committed run.
 
     A reader that keeps the returned run number (e.g. in its model manifest) and
     passes it next time reads each event exactly once.
     """
-    return _read(Path(out_dir), int(after_run))
+    return _read(Path(out_dir), int(after_run), url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m feature_store.log rebind DIR --store URL``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m feature_store.log")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("rebind", help="tie an export directory to a store whose log started over")
+    p.add_argument("out_dir")
+    p.add_argument("--store", required=True, metavar="URL")
+    args = parser.parse_args(argv)
+    rebind(args.out_dir, args.store)
+    print(f"{args.out_dir}: bound to {args.store}; the next run exports its log from the start")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

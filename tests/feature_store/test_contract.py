@@ -19,6 +19,7 @@ from feature_store import (
     open_store,
     run_sync,
 )
+from feature_store.base import user_hash
 from tests.feature_store.conftest import Backend
 from tests.feature_store.workers import append_in_process
 
@@ -132,6 +133,122 @@ def test_idempotent_per_event_id(backend: Backend) -> None:
             # The id is scoped to its user: the same id for another user is another event.
             other = await store.append_events([ev("e0", "v", "i0", ts=T0)])
             assert other.accepted == 1
+            # The same (user, id) with another payload is a duplicate too, and changes nothing.
+            changed = await store.append_events([ev("e1", "u", "other", "dislike", T0 + 99)])
+            assert (changed.accepted, changed.duplicates) == (0, 1)
+            state = await store.get_user("u")
+            assert state.positives == [f"i{i}" for i in range(5)] and state.dislikes == []
+            assert len(await log_of(store)) == 6
+
+    asyncio.run(body())
+
+
+def test_idempotency_is_forever_unless_a_window_is_opted_into(backend: Backend) -> None:
+    """Default: a resend after any delay is a duplicate. ``idempotency_ttl=1``: applied again."""
+
+    async def body() -> None:
+        async with (
+            open_store(backend.url) as forever,
+            open_store(backend.url, idempotency_ttl=1) as windowed,
+        ):
+            assert (await forever.append_events([ev("k", "keeps", "a")])).accepted == 1
+            assert (await windowed.append_events([ev("k", "forgets", "a")])).accepted == 1
+            accepted_at = time.monotonic()
+            assert (await windowed.append_events([ev("k", "forgets", "a")])).duplicates == 1
+            while time.monotonic() < accepted_at + 1.1:  # the window is real time on the server
+                await asyncio.sleep(0.05)
+            late = await forever.append_events([ev("k", "keeps", "a")])
+            assert (late.accepted, late.duplicates) == (0, 1)
+            again = await windowed.append_events([ev("k", "forgets", "a")])
+            assert (again.accepted, again.duplicates) == (1, 0)  # as documented: the window passed
+            logged = [(e.user_id, e.event_id) for e in await log_of(forever)]
+            assert logged.count(("keeps", "k")) == 1 and logged.count(("forgets", "k")) == 2
+
+    asyncio.run(body())
+
+
+HOSTILE = [
+    ("a", "x}:e:y"),
+    ("a}:e:x", "y"),
+    ("b", "z}:pos"),
+    ("b}:e:z", "e"),
+    ("c}", "1"),
+    ("c%7D", "1"),
+    ("{u:d}", "1"),
+    ("d", "1"),
+    ("e:ids", "1"),
+    ("e", "ids"),
+]
+
+
+def test_hostile_ids_never_share_a_key(backend: Backend) -> None:
+    """Ids with braces, colons and escapes: every user keeps their own state, log and ids."""
+
+    async def body() -> None:
+        async with open_store(backend.url) as store:
+            events = [
+                ev(eid, user, f"item:{{{n}}}", ts=T0 + n) for n, (user, eid) in enumerate(HOSTILE)
+            ]
+            res = await store.append_events(events)
+            assert (res.accepted, res.duplicates) == (len(HOSTILE), 0)
+            states = await store.get_users([u for u, _ in HOSTILE], with_seen=True)
+            for n, (user, _eid) in enumerate(HOSTILE):
+                assert states[user].positives == [f"item:{{{n}}}"], user
+                assert states[user].seen == {f"item:{{{n}}}"}, user
+            again = await store.append_events(events)
+            assert (again.accepted, again.duplicates) == (0, len(HOSTILE))
+            assert await store.forget_user("a}:e:x") == 1
+            assert (await store.get_user("a")).positives == ["item:{0}"]
+            assert sorted((e.user_id, e.event_id) for e in await log_of(store)) == sorted(
+                p for p in HOSTILE if p[0] != "a}:e:x"
+            )
+            await store.put_item_metadata({"i}:meta": {"n": 1}, "i%7D:meta": {"n": 2}})
+            got = await store.get_item_metadata(["i}:meta", "i%7D:meta"])
+            assert got == {"i}:meta": {"n": 1}, "i%7D:meta": {"n": 2}}
+
+    asyncio.run(body())
+
+
+def test_storage_caps_belong_to_the_store_not_to_the_writer(backend: Backend) -> None:
+    """A process with lower caps reads less but cannot trim what others keep (dislikes above all)."""
+
+    async def body() -> None:
+        async with open_store(backend.url, positives_keep=6) as first:  # creates the store
+            await first.append_events([ev(f"p{i}", "u", f"i{i}", ts=T0 + i) for i in range(4)])
+        small = {"positives_cap": 2, "dislikes_cap": 2, "positives_keep": 2, "dislikes_keep": 2}
+        async with open_store(backend.url, **small) as narrow:
+            await narrow.append_events(
+                [ev(f"p{i}", "u", f"i{i}", ts=T0 + i) for i in range(4, 8)]
+                + [ev(f"d{i}", "u", f"bad{i}", "dislike", T0 + i) for i in range(5)]
+            )
+            state = await narrow.get_user("u")
+            assert state.positives == ["i6", "i7"] and [d for d, _ in state.dislikes] == [
+                "bad3",
+                "bad4",
+            ]
+        async with open_store(backend.url) as wide:
+            state = await wide.get_user("u")
+            assert state.positives == [f"i{i}" for i in range(2, 8)]  # the store keeps 6
+            assert [d for d, _ in state.dislikes] == [f"bad{i}" for i in range(5)]
+
+    asyncio.run(body())
+
+
+def test_store_id_is_stable_and_tombstones_are_recorded(backend: Backend) -> None:
+    async def body() -> None:
+        async with open_store(backend.url) as store:
+            first = store.store_id
+            assert len(first) == 32 and await store.forgotten_users() == {}
+            await store.append_events([ev("t1", "gone", "i1")])
+            before = time.time()
+            await store.forget_user("gone")
+            await store.forget_user("never-seen")  # a tombstone even for a user the log lacks
+            tombstones = await store.forgotten_users()
+        async with open_store(backend.url) as again:
+            assert again.store_id == first
+        assert set(tombstones) == {user_hash("gone"), user_hash("never-seen")}
+        assert all(before <= t <= time.time() for t in tombstones.values())
+        assert "gone" not in str(tombstones)
 
     asyncio.run(body())
 
@@ -304,6 +421,9 @@ def test_bad_input_is_refused_whole(backend: Backend) -> None:
                 await store.append_events([future])
             with pytest.raises(EventError, match=r"ts"):
                 await store.append_events([Event("b3", "u", "i", "like", float("nan"), 0.0)])
+            for bad_ts in (-1e18, 0.0, -1.0):  # would poison the export's dates forever
+                with pytest.raises(EventError, match=r"events\[1\]\.ts: .* not after 1970"):
+                    await store.append_events([good, Event("b4", "u", "i", "like", bad_ts, 0.0)])
             assert not (await store.get_user("u")).known and await log_of(store) == []
             with pytest.raises(StoreError, match="cursor"):
                 await store.read_log("not-a-cursor")
