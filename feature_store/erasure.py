@@ -1,0 +1,68 @@
+"""Right to erasure: ``twotower forget --store URL --user ID [--user ID ...] [--export DIR ...]``.
+
+For each user, :meth:`OnlineStore.forget_user` erases the state, the
+idempotency record and the store's log entries, and records a durable
+tombstone (sha256 of the id and the time). Every later export run
+(:func:`feature_store.log.compact`) purges the user's already exported
+events from its Parquet files and every read of an export leaves them out;
+``--export DIR`` purges those directories right away.
+
+Prints one JSON line: ``{"users", "log_events_removed", "export_rows_removed"}``.
+Exit codes: 0 done, 2 bad usage or input (a malformed URL or user id; nothing
+was erased), 1 anything else (e.g. the store is unreachable: retry, erasure
+is idempotent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from feature_store.events import EventError, check_id
+
+
+def forget_users(
+    url: str, user_ids: Sequence[str], *, export_dirs: Sequence[str | Path] = ()
+) -> dict[str, Any]:
+    """Erase ``user_ids`` from the store at ``url`` (and purge ``export_dirs``); returns counts.
+
+    Raises:
+      EventError: a user id is malformed (checked for all before anything is erased).
+      StoreURLError: the URL is malformed.
+      StoreError / StoreUnavailable: from the store; users erased before it stay erased.
+    """
+    from feature_store import open_store, run_sync
+    from feature_store.log import STATE_FILE, apply_tombstones
+
+    users = [check_id(u, "--user") for u in user_ids]
+    if not users:
+        raise EventError("--user", "give at least one --user ID")
+    for d in export_dirs:
+        if not (Path(d) / STATE_FILE).is_file():
+            raise EventError("--export", f"{d} is not an export directory (no {STATE_FILE})")
+    store = open_store(url)
+
+    async def erase() -> int:
+        async with store:
+            removed = 0
+            for user in dict.fromkeys(users):
+                removed += await store.forget_user(user)
+            return removed
+
+    removed = run_sync(erase())
+    purged = sum(apply_tombstones(url, d) for d in export_dirs)
+    return {
+        "users": len(dict.fromkeys(users)),
+        "log_events_removed": removed,
+        "export_rows_removed": purged,
+    }
+
+
+def forget_command(args: argparse.Namespace) -> int:
+    """Entry point of ``twotower forget``; prints the JSON summary. Returns the exit code."""
+    summary = forget_users(args.store, args.users, export_dirs=args.exports or ())
+    print(json.dumps(summary))
+    return 0
