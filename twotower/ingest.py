@@ -7,7 +7,12 @@ occurrence number of that exact tuple), so re-running an ingest, or
 ingesting the same data from another path, adds nothing. Sources without
 time (``lightgcn``) get ``ts = UNTIMED_BASE_TS + the row's position in the
 user's list`` (seconds), which keeps the given per-user order and is stable
-across runs.
+across runs. Item features the source has (MovieLens genres, synthetic
+categories) become item metadata (``{"genre": 3}``; 0 = unknown is left out).
+
+An ``events:URL`` source (another store's log) is copied event by event:
+same event ids, types and times, so copying it twice, or into the store it
+came from, adds nothing; the item metadata of its items is copied too.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -87,23 +92,25 @@ def events_from_dataset(ds: Dataset, *, received_at: float | None = None) -> Ite
         )
 
 
-async def ingest_dataset(
-    store: OnlineStore, ds: Dataset, *, progress: bool = True, batch_size: int = BATCH
-) -> AppendResult:
-    """Append every row of ``ds`` to an open store in batches; returns the summed counts.
+def item_metadata(ds: Dataset) -> dict[str, dict[str, int]]:
+    """``{item_id: {feature: value}}`` of the dataset's known item features (value 0 = unknown)."""
+    out: dict[str, dict[str, int]] = {}
+    for name, values in sorted(ds.item_features.items()):
+        for item, value in zip(ds.item_ids, np.asarray(values), strict=True):
+            if int(value) != 0:
+                out.setdefault(str(item), {})[name] = int(value)
+    return out
 
-    A progress bar goes to stderr when ``progress``. Raises StoreUnavailable /
-    EventError from the store (batches before the failing one stay applied; a
-    re-run completes the load without duplicates).
-    """
+
+async def _append_all(
+    store: OnlineStore, events: Iterable[Event], total: int | None, progress: bool, batch_size: int
+) -> AppendResult:
     from tqdm import tqdm
 
     accepted = duplicates = 0
     batch: list[Event] = []
-    with tqdm(
-        total=len(ds.users), unit="ev", file=sys.stderr, disable=not progress, desc="ingest"
-    ) as bar:
-        for ev in events_from_dataset(ds):
+    with tqdm(total=total, unit="ev", file=sys.stderr, disable=not progress, desc="ingest") as bar:
+        for ev in events:
             batch.append(ev)
             if len(batch) >= batch_size:
                 res = await store.append_events(batch)
@@ -117,26 +124,92 @@ async def ingest_dataset(
     return AppendResult(accepted=accepted, duplicates=duplicates)
 
 
+async def _put_metadata(
+    store: OnlineStore, items: dict[str, dict[str, Any]], batch_size: int
+) -> None:
+    ids = sorted(items)
+    for start in range(0, len(ids), batch_size):
+        await store.put_item_metadata({i: items[i] for i in ids[start : start + batch_size]})
+
+
+async def ingest_dataset(
+    store: OnlineStore, ds: Dataset, *, progress: bool = True, batch_size: int = BATCH
+) -> AppendResult:
+    """Append every row of ``ds`` to an open store in batches and put its item metadata.
+
+    Returns the summed counts. A progress bar goes to stderr when ``progress``.
+    Raises StoreUnavailable / EventError from the store (batches before the failing
+    one stay applied; a re-run completes the load without duplicates).
+    """
+    result = await _append_all(store, events_from_dataset(ds), len(ds.users), progress, batch_size)
+    await _put_metadata(store, item_metadata(ds), batch_size)
+    return result
+
+
+async def ingest_event_log(
+    store: OnlineStore, source_url: str, *, progress: bool = True, batch_size: int = BATCH
+) -> tuple[AppendResult, int, int]:
+    """Copy another store's log (and its items' metadata) into an open store, ids unchanged.
+
+    Returns ``(counts, events read, items with metadata)``.
+    """
+    from feature_store import open_store
+    from feature_store.log import iter_events
+
+    seen: set[str] = set()
+    read = 0
+
+    def events() -> Iterator[Event]:
+        nonlocal read
+        for ev in iter_events(source_url):
+            read += 1
+            seen.add(ev.item_id)
+            yield ev
+
+    result = await _append_all(store, events(), None, progress, batch_size)
+    meta: dict[str, dict[str, Any]] = {}
+    async with open_store(source_url) as source:
+        ids = sorted(seen)
+        for start in range(0, len(ids), batch_size):
+            meta.update(await source.get_item_metadata(ids[start : start + batch_size]))
+    await _put_metadata(store, meta, batch_size)
+    return result, read, len(meta)
+
+
 def ingest_command(args: argparse.Namespace) -> int:
     """Entry point of ``twotower ingest``; prints a JSON summary on stdout. Returns the exit code."""
     from feature_store import open_store, run_sync
-    from trainer.data.sources import load_source
 
     started = time.perf_counter()
     store = open_store(args.store)  # a bad URL fails before the data is read (exit 2)
-    ds = load_source(args.data, skip_bad_lines=bool(getattr(args, "skip_bad_lines", False)))
+    kind, _, arg = str(args.data).strip().partition(":")
+    if kind == "events" and arg:
+        open_store(arg)  # a bad source URL: exit 2 before anything is written
 
-    async def load() -> AppendResult:
-        async with store:
-            return await ingest_dataset(store, ds, progress=True)
+        async def copy() -> tuple[AppendResult, int, int]:
+            async with store:
+                return await ingest_event_log(store, arg, progress=True)
 
-    result = run_sync(load())
+        result, n_events, n_meta = run_sync(copy())
+        skipped = 0
+    else:
+        from trainer.data.sources import load_source
+
+        ds = load_source(args.data, skip_bad_lines=bool(getattr(args, "skip_bad_lines", False)))
+
+        async def load() -> AppendResult:
+            async with store:
+                return await ingest_dataset(store, ds, progress=True)
+
+        result = run_sync(load())
+        n_events, n_meta, skipped = int(len(ds.users)), len(item_metadata(ds)), ds.skipped_lines
     summary = {
         "source": args.data,
-        "events": int(len(ds.users)),
+        "events": n_events,
         "accepted": result.accepted,
         "duplicates": result.duplicates,
-        "skipped_lines": int(ds.skipped_lines),
+        "items_with_metadata": n_meta,
+        "skipped_lines": int(skipped),
         "seconds": round(time.perf_counter() - started, 3),
     }
     print(json.dumps(summary))
