@@ -4,54 +4,65 @@ One run:
   1. takes an exclusive lock on ``ART/.pipeline.lock`` (``flock``: released by the
      OS if the process dies, so a killed run never blocks the next one);
   2. moves new events from the store's durable log into the Parquet event archive
-     ``ART/events/`` (cursor-based, each event exactly once);
-  3. builds the training window (all archived events, or the last
-     ``pipeline.window_days``) and its time-based holdout (per-user leave-last-out);
-  4. warm-starts from the published version (vocabularies grow, old ids keep rows),
-     trains, exports a *candidate* version without publishing it;
-  5. evaluates the candidate and the published version on the same holdout with
-     the same code (``trainer.run.evaluate_version``) and applies the gate;
-  6. publishes (LATEST) only if the gate passes or ``--force`` is given, writes a
-     report (JSON + HTML with the metric history) and prunes old versions.
+     ``ART/events/`` (cursor-based, each event exactly once), or reads a frozen
+     snapshot (``--snapshot``, see :mod:`trainer.snapshot`);
+  3. skips (exit 0) when fewer than ``pipeline.min_new_events`` events arrived since
+     the last run that reached the gate, whatever that run's outcome;
+  4. builds the training window (all archived events, or the last
+     ``pipeline.window_days``), warm-starts from the published version
+     (vocabularies grow, old ids keep rows), trains into a checkpoint directory
+     keyed by the snapshot it trains on, and exports a *candidate* version
+     without publishing it;
+  5. scores candidate and published version on one shared holdout (same users,
+     same catalog: :mod:`trainer.gate`) and applies the gate;
+  6. publishes only if the gate passes (or ``--force``), as a compare-and-swap
+     against the version it was gated against; otherwise refuses with a reason;
+  7. applies retention (one place: ``pipeline.keep_versions`` published-or-manual
+     versions, ``pipeline.keep_refused`` refused candidates apart from them, and
+     never the published or the previously published version) and writes a report.
 
-A run killed at any point leaves LATEST on a complete version: candidates are
-written under a staging name and renamed, LATEST is replaced atomically, and the
-event archive is append-only with its cursor committed after the files.
+Every run writes a report (:mod:`trainer.reports`), also when it is skipped,
+finds the lock taken or fails. A run killed at any point leaves LATEST on a
+complete version; a re-run on the same snapshot resumes from its checkpoint,
+a run on a new snapshot removes the stale checkpoints and starts fresh.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
+import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from trainer import reports
 from trainer.config import TrainerConfig
+from trainer.gate import GateRule, apply_gate, check_gate_names
+from trainer.schedule import next_run_delay, run_forever
 from twotower import artifacts
-from twotower.config import load_config
+from twotower.config import ConfigError, load_config
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".pipeline.lock"
 EVENTS_DIR = "events"
-REPORTS_DIR = "reports"
+STATE_FILE = "pipeline_state.json"
+CHECKPOINTS_DIR = ".pipeline-checkpoints"
 
-
-class GateRule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    direction: Literal["higher", "lower"]
-    """``higher``: larger is better (recall); ``lower``: smaller is better (dislike rate)."""
-    tolerance: float = Field(0.0, ge=0.0)
-    """Allowed regression in the metric's own units (absolute)."""
+__all__ = ["GateRule", "PipelineConfig", "PipelineLocked", "apply_gate", "next_run_delay"]
 
 
 class PipelineSection(BaseModel):
@@ -59,12 +70,27 @@ class PipelineSection(BaseModel):
     window_days: float | None = Field(None, gt=0)
     """Train on events of the last N days (by event time); None = all archived events."""
     min_new_events: int = Field(1, ge=0)
-    """Skip the run (exit 0) when fewer new events than this arrived since the published version."""
+    """Skip the run (exit 0) when fewer new events arrived since the last gated run."""
     gate: dict[str, GateRule] = {
         "recall@20": GateRule(direction="higher", tolerance=0.01),
         "dislike_rate@20": GateRule(direction="lower", tolerance=0.01),
     }
+    """Metric name -> rule; names are checked against the scalar metrics when loading."""
     keep_versions: int = Field(5, ge=1)
+    """Published (or manually trained) versions kept; refused candidates do not count."""
+    keep_refused: int = Field(1, ge=0)
+    """Most recent refused candidates kept for inspection, apart from ``keep_versions``."""
+    keep_reports: int = Field(200, ge=1)
+    """Run reports (JSON + HTML) kept under ART/reports."""
+    keep_history: int = Field(1000, ge=1)
+    """Gated runs kept in ART/reports/history.jsonl."""
+    keep_snapshots: int = Field(1, ge=0)
+    """Frozen snapshots (``--freeze``) kept under ART/snapshots."""
+
+    @field_validator("gate")
+    @classmethod
+    def _known_metrics(cls, rules: dict[str, GateRule]) -> dict[str, GateRule]:
+        return check_gate_names(rules)
 
 
 class PipelineConfig(TrainerConfig):
@@ -85,7 +111,15 @@ class PipelineLocked(RuntimeError):
 @contextlib.contextmanager
 def run_lock(art: Path) -> Iterator[None]:
     art.mkdir(parents=True, exist_ok=True)
-    fd = os.open(art / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fd = os.open(art / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES):
+            raise artifacts.ArtifactError(
+                f"{art}: cannot open {LOCK_FILE} for writing ({exc.strerror}); "
+                "the pipeline needs the artifact directory read-write"
+            ) from exc
+        raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -100,244 +134,130 @@ def run_lock(art: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def apply_gate(
-    candidate: dict[str, Any], published: dict[str, Any] | None, rules: dict[str, GateRule]
-) -> tuple[bool, list[dict[str, Any]]]:
-    """Compare metric by metric; returns (passed, per-rule report rows)."""
-    rows = []
-    passed = True
-    for name, rule in rules.items():
-        new = float(candidate[name])
-        if published is None:
-            rows.append(
-                {
-                    "metric": name,
-                    "candidate": new,
-                    "published": None,
-                    "ok": True,
-                    "why": "nothing published",
-                }
-            )
-            continue
-        old = float(published[name])
-        delta = new - old
-        regress = -delta if rule.direction == "higher" else delta
-        ok = regress <= rule.tolerance + 1e-12
-        passed &= ok
-        rows.append(
-            {
-                "metric": name,
-                "direction": rule.direction,
-                "candidate": new,
-                "published": old,
-                "delta": delta,
-                "tolerance": rule.tolerance,
-                "ok": ok,
-            }
-        )
-    return passed, rows
-
-
-def _metric_history(art: Path) -> list[dict[str, Any]]:
-    hist = []
-    for v in artifacts.list_versions(art):
-        m = artifacts.read_manifest(art, v)
-        hist.append(
-            {"version": v, "created_at": m.get("created_at"), "metrics": m.get("metrics", {})}
-        )
-    return hist
-
-
-def write_report(art: Path, report: dict[str, Any]) -> Path:
-    """JSON report + an HTML page with the metric history across versions (PNG inline)."""
-    out = art / REPORTS_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    stem = report["run_id"]
-    json_path = out / f"{stem}.json"
-    artifacts.atomic_write_text(json_path, json.dumps(report, indent=2, default=str))
-    history = report.get("history", [])
-    img = ""
-    try:
-        import base64
-        import io
-
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 3.2))
-        xs = list(range(len(history)))
-        for name in ("recall@20", "ndcg@20", "dislike_rate@20"):
-            ys = [h["metrics"].get(name) for h in history]
-            if any(y is not None for y in ys):
-                ax.plot(xs, ys, marker="o", label=name)
-        ax.set_xticks(xs, [h["version"][:15] for h in history], rotation=30, fontsize=7)
-        ax.set_title("metrics by version (test holdout at training time)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=90)
-        plt.close(fig)
-        img = f'<img alt="metric history" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-    except Exception as exc:  # a missing plot must not fail the run
-        log.warning("could not draw the metric history: %s", exc)
-    rows = "".join(
-        f"<tr><td>{r['metric']}</td><td>{r.get('published')}</td><td>{r['candidate']}</td>"
-        f"<td>{'ok' if r['ok'] else 'REGRESSION'}</td></tr>"
-        for r in report.get("gate", [])
-    )
-    html = (
-        f"<!doctype html><meta charset=utf-8><title>twotower pipeline {stem}</title>"
-        f"<h1>pipeline run {stem}: {report['outcome']}</h1><p>{report.get('reason', '')}</p>"
-        f"<table border=1><tr><th>metric</th><th>published</th><th>candidate</th><th>gate</th></tr>{rows}</table>"
-        f"{img}<pre>{json.dumps({k: report[k] for k in ('events', 'candidate', 'published') if k in report}, indent=2, default=str)}</pre>"
-    )
-    artifacts.atomic_write_text(out / f"{stem}.html", html)
-    return json_path
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def run_once(
-    store_url: str,
+    store_url: str | None,
     art: str | Path,
     config: PipelineConfig,
     *,
     force: bool = False,
     progress: bool = True,
+    snapshot: str | Path | None = None,
 ) -> dict[str, Any]:
-    """One pipeline run; returns the report (``outcome``: published | refused | skipped)."""
-    from feature_store.log import compact, read_compacted
-    from trainer.data.sources import dataset_from_events
-    from trainer.run import evaluate_version, train
-    from trainer.warmstart import WarmStartError
+    """One pipeline run; returns its report (``outcome``: published | refused | skipped).
+
+    Writes ``ART/reports/<run_id>.json``/``.html`` whatever happens; re-raises
+    :class:`PipelineLocked` (outcome ``locked``) and any failure (outcome ``failed``).
+    """
+    from trainer.pipeline_steps import gated_run
 
     art = Path(art)
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    report: dict[str, Any] = {"run_id": run_id, "store": _redact(store_url), "forced": force}
-    with run_lock(art):
-        compacted = compact(store_url, art / EVENTS_DIR, consumer="pipeline")
-        events = read_compacted(art / EVENTS_DIR)
-        pc = config.pipeline
-        if pc.window_days is not None and events:
-            horizon = max(e.ts for e in events) - pc.window_days * 86400
-            events = [e for e in events if e.ts >= horizon]
-        published = artifacts.latest_version(art)
-        published_manifest = artifacts.read_manifest(art, published) if published else None
-        trained_through = (published_manifest or {}).get("pipeline", {}).get("archived_events", 0)
-        archived = compacted.total
-        report["events"] = {
-            "new": compacted.new_events,
-            "archived": archived,
-            "window": len(events),
-        }
-        if not events:
-            report.update(outcome="skipped", reason="the event log is empty")
-            return report
-        if published and archived - trained_through < pc.min_new_events and not force:
-            report.update(
-                outcome="skipped",
-                reason=f"{archived - trained_through} new events since {published} (< {pc.min_new_events})",
-            )
-            return report
-        ds = dataset_from_events(events, source=f"events:{_redact(store_url)}")
-        tcfg = config.trainer()
-        warm = published if published and _can_warm_start(published_manifest, tcfg) else None
-        if warm and tcfg.model.use_item_features:
-            old_features = set((published_manifest or {}).get("item_feature_sizes", {}))
-            if old_features != set(ds.item_feature_sizes):
-                log.warning(
-                    "not warm-starting from %s: item features differ (%s vs %s)",
-                    warm,
-                    old_features,
-                    set(ds.item_feature_sizes),
-                )
-                warm = None
-        try:
-            outcome = train(
-                f"events:{store_url}",
-                art,
-                tcfg,
-                ds=ds,
-                warm_version=warm,
-                publish=False,
-                progress=progress,
-            )
-        except WarmStartError as exc:
-            log.warning("warm start from %s failed (%s); training from scratch", warm, exc)
-            outcome = train(
-                f"events:{store_url}", art, tcfg, ds=ds, publish=False, progress=progress
-            )
-        report["warm_start"] = outcome.training.get("warm_start")
-        candidate = evaluate_version(art, outcome.version, ds)
-        report["candidate"] = {"version": outcome.version, "metrics": candidate["metrics"]}
-        old = evaluate_version(art, published, ds) if published else None
-        if old:
-            report["published"] = {"version": published, "metrics": old["metrics"]}
-        passed, rows = apply_gate(candidate["metrics"], old["metrics"] if old else None, pc.gate)
-        report["gate"] = rows
-        _annotate(
-            art,
-            outcome.version,
-            {"archived_events": archived, "run_id": run_id, "gate_passed": passed},
-        )
-        if passed or force:
-            if not passed:
-                log.warning(
-                    "quality gate FAILED but --force given: publishing %s anyway", outcome.version
-                )
-            artifacts.publish(art, outcome.version)
-            report.update(outcome="published", version=outcome.version)
-            report["reason"] = "gate passed" if passed else "gate failed, published with --force"
-        else:
-            bad = [r["metric"] for r in rows if not r["ok"]]
-            report.update(
-                outcome="refused", version=outcome.version, reason=f"regression on {', '.join(bad)}"
-            )
-        artifacts.prune_versions(art, pc.keep_versions)
-        report["history"] = _metric_history(art)
-        report["report_path"] = str(write_report(art, report))
-    return report
-
-
-def _can_warm_start(manifest: dict[str, Any] | None, config: TrainerConfig) -> bool:
-    """Same architecture as the published version? Otherwise the run cold-starts (logged)."""
-    if not manifest:
-        return False
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "run_id": artifacts.new_version_id(),
+        "started_at": _now(),
+        "store": _redact(store_url) if store_url else None,
+        "snapshot": str(snapshot) if snapshot else None,
+        "forced": force,
+        "outcome": "failed",
+    }
     try:
-        old = TrainerConfig.model_validate(manifest["config"])
-    except Exception as exc:  # a config from another release: cold start, not a failure
-        log.warning(
-            "not warm-starting from %s: its config does not load (%s)", manifest.get("version"), exc
+        with run_lock(art):
+            gated_run(
+                report, store_url, art, config, force=force, progress=progress, snapshot=snapshot
+            )
+        return report
+    except PipelineLocked as exc:
+        report.update(outcome="locked", reason=str(exc))
+        raise
+    except BaseException as exc:
+        report.update(
+            outcome="failed",
+            reason=f"{type(exc).__name__}: {exc}",
+            error="".join(traceback.format_exception(exc)[-3:]),
         )
-        return False
-    keys = (
-        "embedding_dim",
-        "encoder",
-        "hidden_units",
-        "attention_heads",
-        "attention_layers",
-        "use_item_features",
-    )
-    changed = [k for k in keys if getattr(old.model, k) != getattr(config.model, k)]
-    if old.loss.logq != config.loss.logq:
-        changed.append("loss.logq")
-    if (old.frequency.buckets, old.frequency.hashes) != (
-        config.frequency.buckets,
-        config.frequency.hashes,
-    ):
-        changed.append("frequency.buckets/hashes")
-    if changed:
-        log.warning(
-            "not warm-starting from %s: %s changed; training from scratch",
-            manifest.get("version"),
-            changed,
-        )
-        return False
-    return True
+        raise
+    finally:
+        report["finished_at"] = _now()
+        report["seconds"] = round(time.monotonic() - started, 2)
+        try:
+            report["report_path"] = str(
+                reports.write_report(art, report, config.pipeline.keep_reports)
+            )
+        except Exception as exc:  # the report is best effort: never mask the run's own outcome
+            log.warning("could not write the report of run %s: %s", report["run_id"], exc)
 
 
-def _annotate(art: Path, version: str, info: dict[str, Any]) -> None:
-    """Record pipeline bookkeeping in the candidate's manifest (before it is published)."""
+# -- state, checkpoints, retention ----------------------------------------------------------
+
+
+def read_state(art: Path) -> dict[str, Any]:
+    """``ART/pipeline_state.json``: the last run that reached the gate (an unreadable file = none)."""
+    path = art / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        log.warning("%s is unreadable (%s); treating it as empty", path, exc)
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def write_state(art: Path, state: dict[str, Any]) -> None:
+    artifacts.atomic_write_text(art / STATE_FILE, json.dumps(state, indent=2, default=str))
+
+
+def checkpoint_dir(art: Path, key: dict[str, Any]) -> Path:
+    """The checkpoint directory of a training run on one snapshot (same key = resumable)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    return art / CHECKPOINTS_DIR / digest[:16]
+
+
+def clear_checkpoints(art: Path, keep: Path | None = None) -> list[str]:
+    """Remove the checkpoint dirs of earlier runs except ``keep`` (call under the run lock)."""
+    root = art / CHECKPOINTS_DIR
+    removed = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if keep is None or p.resolve() != keep.resolve():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
+    if removed:
+        log.info("removed stale checkpoints of earlier runs: %s", removed)
+    return removed
+
+
+def apply_retention(art: Path, keep: int, keep_refused: int, protect: set[str]) -> list[str]:
+    """Prune versions: refused candidates apart, then the rest; returns the deleted ids.
+
+    Kept whatever the counts: the published version, the previously published one
+    (``PREVIOUS``) and ``protect`` (e.g. versions a snapshot warm-starts from).
+    """
+    kept = {artifacts.latest_version(art), artifacts.previous_version(art), *protect}
+    refused: list[str] = []
+    others: list[str] = []
+    for v in artifacts.list_versions(art):
+        try:
+            outcome = artifacts.read_manifest(art, v).get("pipeline", {}).get("outcome")
+        except (OSError, ValueError, artifacts.ArtifactError):
+            outcome = None
+        (refused if outcome == "refused" else others).append(v)
+    doomed = refused[: len(refused) - keep_refused] + others[: max(len(others) - keep, 0)]
+    doomed = [v for v in doomed if v not in kept]
+    for v in doomed:
+        artifacts.remove_version(art, v)
+    artifacts.sweep_leftovers(art)
+    if doomed:
+        log.info("retention removed %s", doomed)
+    return doomed
+
+
+def annotate(art: Path, version: str, info: dict[str, Any]) -> None:
+    """Record pipeline bookkeeping in a version's manifest (before it is published)."""
     vdir = artifacts.version_dir(art, version)
     manifest = artifacts.read_manifest(art, version)
     manifest["pipeline"] = info
@@ -350,68 +270,103 @@ def _redact(url: str) -> str:
     """Hide a password in a store URL before it goes into reports."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
+        _creds, host = rest.rsplit("@", 1)
         return f"{scheme}://***@{host}"
     return url
 
 
-def next_run_delay(every: str, now: float | None = None) -> float:
-    """Seconds until the next run: ``every`` is seconds (``3600``) or a cron expression."""
-    now = time.time() if now is None else now
+# -- the command ----------------------------------------------------------------------------
+
+
+def is_chief_task(tf_config: str | None) -> bool:
+    """Whether this process is the chief of a multi-worker job (``TF_CONFIG``; none = chief).
+
+    Same rule as ``trainer.run.is_chief``: the ``chief`` task, or worker 0 when
+    the cluster has no chief.
+    """
+    if not tf_config:
+        return True
     try:
-        seconds = float(every)
-    except ValueError:
-        from croniter import croniter
-
-        if not croniter.is_valid(every):
-            from twotower.config import ConfigError
-
-            raise ConfigError(
-                f"--every {every!r}: not a number of seconds nor a valid cron expression"
-            ) from None
-        return max(0.0, croniter(every, now).get_next(float) - now)
-    if seconds <= 0:
-        from twotower.config import ConfigError
-
-        raise ConfigError(f"--every {every!r}: the interval must be positive")
-    return seconds
+        spec = json.loads(tf_config)
+        task = spec.get("task", {})
+        kind, index = task.get("type"), int(task.get("index", 0))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"TF_CONFIG is not valid JSON with a task ({exc})") from exc
+    if not kind or kind == "chief":
+        return True
+    return kind == "worker" and index == 0 and "chief" not in spec.get("cluster", {})
 
 
 def pipeline_command(args: argparse.Namespace) -> int:
     sets = list(args.overrides or [])
     if args.epochs is not None:
         sets.append(f"train.epochs={args.epochs}")
+    if getattr(args, "strategy", None):
+        sets.append(f"train.strategy={args.strategy}")
     config = load_config(PipelineConfig, file=args.config, overrides=sets)
+    snapshot = getattr(args, "snapshot", None)
+    freeze = bool(getattr(args, "freeze", False))
+    run_now = bool(getattr(args, "run_now", False))
+    if snapshot and freeze:
+        raise ConfigError("--freeze writes a snapshot and --snapshot trains on one: pick one")
+    if (snapshot or freeze) and args.every:
+        raise ConfigError("--snapshot/--freeze are one-off runs; they do not take --every")
+    if run_now and not args.every:
+        raise ConfigError("--run-now only applies with --every (a run without --every runs now)")
+    if config.train.strategy == "multiworker" and not snapshot:
+        raise ConfigError(
+            "train.strategy=multiworker needs --snapshot DIR: every replica must read the same "
+            "frozen data (write one with `twotower pipeline --freeze`)"
+        )
+    if not snapshot and not args.store:
+        raise ConfigError(
+            "no store: pass --store URL or set TWOTOWER_STORE_URL (keeps a password off the command line)"
+        )
     if args.every:
-        next_run_delay(args.every)  # validate before the first run
-    while True:
-        code = _one(args, config)
-        if not args.every:
-            return code
-        delay = next_run_delay(args.every)
-        log.info("next pipeline run in %.0f s", delay)
-        time.sleep(delay)
+        next_run_delay(args.every)  # a bad schedule is exit 2, before anything runs
+        return run_forever(
+            args.every, lambda: _one(args, config), run_now=run_now, skip_errors=(PipelineLocked,)
+        )
+    if freeze:
+        from trainer.pipeline_steps import freeze_snapshot
+
+        print(json.dumps(freeze_snapshot(args.store, Path(args.artifacts), config), indent=2))
+        return 0
+    if snapshot and not is_chief_task(os.environ.get("TF_CONFIG")):
+        from trainer.pipeline_steps import train_as_worker
+
+        train_as_worker(Path(args.artifacts), config, Path(snapshot))
+        return 0
+    return _one(args, config)
 
 
 def _one(args: argparse.Namespace, config: PipelineConfig) -> int:
     try:
-        report = run_once(args.store, args.artifacts, config, force=args.force)
+        report = run_once(
+            args.store,
+            args.artifacts,
+            config,
+            force=args.force,
+            snapshot=getattr(args, "snapshot", None),
+        )
     except PipelineLocked as exc:
         print(f"twotower pipeline: {exc}", file=sys.stderr)
         return 1
-    json.dump(
-        {k: v for k, v in report.items() if k != "history"}, sys.stdout, indent=2, default=str
-    )
+    json.dump(report, sys.stdout, indent=2, default=str)
     print()
+    sys.stdout.flush()
     if report["outcome"] == "refused":
         print(
             f"twotower pipeline: quality gate refused {report['version']}: {report['reason']}",
             file=sys.stderr,
         )
-        for row in report["gate"]:
+        for row in report.get("gate", []):
+            if row.get("published") is None:
+                continue
             print(
-                f"  {row['metric']:>18}: published {row['published']:.4f} -> candidate {row['candidate']:.4f} "
-                f"({'ok' if row['ok'] else 'REGRESSION'}, tolerance {row['tolerance']})",
+                f"  {row['metric']:>18}: published {row['published']:.4f} -> candidate "
+                f"{row['candidate']:.4f} ({'ok' if row['ok'] else 'REGRESSION'}, "
+                f"tolerance {row['tolerance']})",
                 file=sys.stderr,
             )
         return 1
