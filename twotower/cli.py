@@ -154,7 +154,7 @@ def _add_forget(sub: argparse._SubParsersAction) -> None:
         description="Erase each user's state and log entries and record an erasure tombstone, "
         "so exports drop the user's events on their next run (or now, with --export).",
     )
-    p.add_argument("--store", required=True, metavar="URL")
+    p.add_argument("--store", default=None, metavar="URL", help=STORE_HELP)
     p.add_argument(
         "--user", dest="users", action="append", required=True, metavar="ID", help="repeatable"
     )
@@ -273,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     store_from_environment(args, os.environ)
+    if args.command == "forget" and args.store is None:
+        parser.error(f"forget: no store: pass --store URL or set {STORE_ENV}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
