@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from feature_store.events import EVENT_TYPES, MAX_ID_LENGTH
+from feature_store.events import EVENT_TYPES, MAX_FUTURE_SKEW_S, MAX_ID_LENGTH, MIN_TS
 from serving.settings import EVENTS_CAP, K_CAP, LIST_CAP
 
 _FORBIDDEN = ("\x00", "\n", "\r")
@@ -159,7 +159,9 @@ class EventIn(_Strict):
     )
     ts: Annotated[float, Strict()] | None = Field(
         None,
-        description="seconds since the epoch (default: now); not before 2000, not in the future",
+        description="seconds since the epoch (default: now); not before 2000-01-01, at most "
+        f"{MAX_FUTURE_SKEW_S:.0f} s ahead of the server's clock",
+        json_schema_extra={"minimum": MIN_TS},
     )
 
 

@@ -164,3 +164,14 @@ def test_model_endpoint_with_non_finite_metrics_is_valid_json(
     assert r.status_code == 200 and "NaN" not in r.text
     body = json.loads(r.text)  # strict JSON parse would fail on NaN
     assert body["metrics"]["dislike_rate@20"] is None and body["serving"]["device"] == "cpu"
+
+
+def test_event_ts_minimum_in_the_schema_is_the_servers(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    minimum = spec["components"]["schemas"]["EventIn"]["properties"]["ts"]["minimum"]
+
+    def post(ts: float) -> int:
+        ev = {"user_id": "u-ts", "item_id": "i1", "type": "view", "ts": ts}
+        return client.post("/v1/events", json={"events": [ev]}).status_code
+
+    assert (post(minimum), post(minimum - 1)) == (200, 422)
