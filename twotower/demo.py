@@ -2,7 +2,8 @@
 
 Generates a synthetic data set (power-law popularity, drifting interests,
 dislikes), trains briefly, exports and publishes a version, loads the events
-into the embedded SQLite store, prints ``curl`` lines, then serves the API.
+into the embedded SQLite store, then serves the API and, once ``/readyz``
+answers, prints ``curl`` lines that show the dislike filter at work.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 DEMO_DATA = "synthetic:users=2000,items=1000,events_per_user=30,seed=7"
+#: How long the demo waits for its API to become ready before saying so.
+READY_TIMEOUT_S = 300.0
 DEMO_SETTINGS = [
     "train.epochs=4",
     "train.batch_size=512",
@@ -52,6 +56,9 @@ def _curl_lines(base: str, user: str, item: str) -> str:
 
 
 def demo_command(args: argparse.Namespace) -> int:
+    from twotower.tf_logging import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # also when called directly, not through the CLI
     from feature_store import open_store, run_sync
     from trainer.data.sources import load_source
     from trainer.run import ExportedModel, train, trainer_config
@@ -114,16 +121,66 @@ def demo_command(args: argparse.Namespace) -> int:
         if str(exported.item_ids[i]) not in seen
     )
 
-    base = f"http://{args.host}:{args.port}"
-    print(f"[4/4] ready in {time.perf_counter() - started:.0f}s. Try:\n", file=sys.stderr)
-    print(_curl_lines(base, user, top))
-    sys.stdout.flush()
+    base = f"http://{_url_host(args.host)}:{args.port}"
+    lines = _curl_lines(base, user, top)
     if args.no_serve:
+        print(
+            f"[4/4] done in {time.perf_counter() - started:.0f}s (--no-serve). Try, once "
+            f"`twotower serve --artifacts {art} --store {store_url}` runs:\n",
+            file=sys.stderr,
+        )
+        print(lines)
+        sys.stdout.flush()
         return 0
     from serving.main import serve_command
 
+    print(f"[4/4] starting the API on {base} ...", file=sys.stderr)
+    # The curl lines only make sense once the API answers: printed when /readyz says so.
+    threading.Thread(
+        target=_announce_when_ready,
+        args=(f"{_probe_base(args.host, args.port)}/readyz", lines, started),
+        name="demo-ready",
+        daemon=True,
+    ).start()
     return serve_command(
         argparse.Namespace(
             artifacts=str(art), store=store_url, host=args.host, port=args.port, workers=1
         )
     )
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _probe_base(host: str, port: int) -> str:
+    """Where this machine reaches a server bound to ``host`` (a wildcard bind -> loopback)."""
+    local = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://{_url_host(local)}:{port}"
+
+
+def _announce_when_ready(
+    url: str, lines: str, started: float, timeout_s: float = READY_TIMEOUT_S
+) -> bool:
+    """Poll ``url`` until it answers 200, then print the curl lines (stdout); False on timeout."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass  # not listening yet
+        time.sleep(0.2)  # another thread's start-up: nothing to await but the socket
+    else:
+        print(
+            f"twotower demo: the API did not become ready within {timeout_s:.0f}s "
+            f"({url}); see the log above",
+            file=sys.stderr,
+        )
+        return False
+    print(f"[4/4] ready in {time.perf_counter() - started:.0f}s. Try:\n", file=sys.stderr)
+    print(lines)
+    sys.stdout.flush()
+    return True
