@@ -155,7 +155,7 @@ class RedisClusterStore(RedisStore):
 
         removed = 0
         for _ in range(FORGET_ROUNDS):
-            got, left = await retrying(self.config, "forget_user", one_round)
+            got, left = await retrying(self.config, "forget_user", one_round, trips=3)
             removed += got
             if left == 0:
                 return removed

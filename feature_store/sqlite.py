@@ -55,7 +55,7 @@ from feature_store.base import (
 )
 from feature_store.events import Event, check_events
 from feature_store.sqlite_schema import prepare
-from feature_store.sqlite_writer import Job, Writer
+from feature_store.sqlite_writer import LOCK_SLICE_S, Job, Writer
 from feature_store.urls import KEEP_FOREVER, SQLiteConfig
 
 T = TypeVar("T")
@@ -154,10 +154,15 @@ class SQLiteStore(OnlineStore):
             return
 
         def setup(conn: sqlite3.Connection) -> dict[str, str]:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"{self.path}: could not enable WAL mode (got {mode!r})")
-            return prepare(conn, self.keep)
+            # Creating or migrating the schema waits for other processes like a write does.
+            conn.execute(f"PRAGMA busy_timeout = {int(self.config.busy_timeout * 1000)}")
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreError(f"{self.path}: could not enable WAL mode (got {mode!r})")
+                return prepare(conn, self.keep)
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(LOCK_SLICE_S * 1000)}")
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

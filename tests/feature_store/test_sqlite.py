@@ -239,3 +239,25 @@ def test_a_schema_1_file_is_migrated_in_place(tmp_path: Path) -> None:
     asyncio.run(go())
     tables = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert "events" not in tables and {"log", "accepted", "consumer_commits"} <= tables
+
+
+def test_a_migration_waits_for_another_processes_write_like_a_write_does(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode = WAL")  # as schema-1 stores were
+    conn.executescript(_V1_SCHEMA)  # opening it migrates: a write
+    conn.close()
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    done = threading.Timer(0.3, lambda: blocker.execute("COMMIT"))  # the other writer finishes
+    done.start()
+
+    async def go() -> None:
+        async with open_store(f"sqlite:///{path}?busy_timeout=5") as store:
+            assert (await store.append_events([_event("after")])).accepted == 1
+
+    try:
+        asyncio.run(go())
+    finally:
+        done.join()
+        blocker.close()
