@@ -40,7 +40,8 @@ from bench.common import RESULTS, SHARED_DATA, write_result
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-REDIS_URL = "redis://127.0.0.1:6379/4"
+#: A Redis database of its own (the serving tests flush DBs 3 and 4).
+REDIS_URL = "redis://127.0.0.1:6379/10"
 THREADS = {"TWOTOWER_SERVE_TF_THREADS": "1", "TWOTOWER_SERVE_FAISS_THREADS": "1"}
 
 LUA = """
@@ -85,7 +86,7 @@ def run_wrk(
 
 
 def load_users(num_users: int, catalog: list[str], seed: int, ml100k: Path | None) -> None:
-    """Write ``bench-u<i>`` users into Redis DB 4: ml-100k users' own ratings, else random clicks."""
+    """Write ``bench-u<i>`` users into the bench's Redis DB: ml-100k users' own ratings, else random clicks."""
     import redis
 
     from feature_store import open_store
@@ -288,6 +289,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"`{doc['command']}` at {doc['git_revision']}, {doc['machine']['cores']} cores ({doc['machine']['cpu']}).",
         f"Threads: {doc['threads']}.",
+        f"GC: {doc['gc']}." if "gc" in doc else "",
         "",
         "| corpus | endpoint | p50 ms (c=1) | p99 ms (c=1) | req/s (c=32) | p99 ms (c=32) |",
         "|---|---|---|---|---|---|",
@@ -351,6 +353,8 @@ def main() -> int:
         "threads": "1 uvicorn worker (uvloop, httptools); TF intra/inter-op 1; faiss.omp_set_num_threads(1); "
         "wrk -t1; 2 shared cores: one for the server, one for wrk and Redis",
         "settings": {"batch_max_size": 64, "batch_max_wait_ms": 1.0, "k": 20},
+        "gc": "one gc.collect() + gc.freeze() at start-up (serving.app), so full collections "
+        "no longer traverse the ~300k objects TensorFlow's import leaves (a ~200 ms pause each)",
         "towers": {
             "synthetic": "test-fixture tower (normalised mean of history vectors) over made-up item vectors",
             "ml-100k": "made-up vectors (fixture)"

@@ -216,6 +216,9 @@ class Batcher:
     async def _collect(self) -> list[Pending]:
         assert self._queue is not None
         batch = [await self._queue.get()]
+        # Visible to stop() and to the restart path from now on: a query taken off the
+        # queue is never left unanswered, whatever ends this task.
+        self._inflight = batch
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
         while len(batch) < self.max_size:
@@ -236,7 +239,6 @@ class Batcher:
     async def _loop(self) -> None:
         while True:
             batch = await self._collect()
-            self._inflight = batch
             try:
                 await self._run_one(batch)
             except Exception as exc:  # never let one batch end the loop

@@ -244,3 +244,21 @@ def test_a_dead_collector_is_restarted_then_given_up_on(model: LoadedModel) -> N
             await b.stop()
 
     asyncio.run(go())
+
+
+def test_stop_answers_a_query_taken_off_the_queue_but_not_run_yet(model: LoadedModel) -> None:
+    async def go() -> None:
+        b = Batcher(max_size=8, max_wait_ms=5000.0)
+        await b.start()
+        with b.incoming():  # announced and never submitted: the collector keeps waiting
+            first = asyncio.create_task(b.submit(_queries(model, 1)[0]))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5.0
+            while not b._inflight:  # until the collector holds it (visible to stop())
+                assert loop.time() < deadline, "the collector's query is invisible to stop()"
+                await asyncio.sleep(0)
+            await b.stop()
+            with pytest.raises(BatcherClosed, match="shutting down"):
+                await asyncio.wait_for(first, 5.0)
+
+    asyncio.run(go())
