@@ -4,9 +4,11 @@
 The package's own dependency list is the single source of truth; the images
 only swap the accelerator-specific packages:
 
-* ``cpu``: ``faiss-gpu`` -> ``faiss-cpu`` (same version). On Linux x86_64 the
-  project depends on ``faiss-gpu``, whose wheel pulls ~1 GB of CUDA libraries a
-  CPU image never uses; ``faiss-cpu`` has the same Python API.
+* ``cpu``: ``tensorflow`` -> ``tensorflow-cpu`` and ``faiss-gpu`` -> ``faiss-cpu``
+  (same versions, same Python API). For TF 2.21.0 / CPython 3.11 / manylinux
+  x86_64 the ``tensorflow-cpu`` wheel is 274 MB (1.27 GB installed) against
+  572 MB (1.87 GB) for ``tensorflow``; ``faiss-gpu`` would pull ~1 GB of CUDA
+  libraries a CPU image never uses.
 * ``gpu``: ``tensorflow`` -> ``tensorflow[and-cuda]`` (the CUDA/cuDNN wheels TF
   was built against), ``faiss-gpu`` kept.
 
@@ -14,16 +16,33 @@ Environment markers are dropped: an image is always Linux x86_64, and the
 marker pair (faiss-gpu on Linux x86_64, faiss-cpu elsewhere) is exactly what a
 variant decides explicitly.
 
+A consistent set (``pip check`` passes in the image):
+
+* ``--write-pyproject`` rewrites ``[project].dependencies`` of the given file to
+  the variant's lines, so the project wheel built from it declares what the
+  image installs (build stage only: the repository's file is never changed);
+* ``--alias-dir DIR`` (cpu) writes ``tensorflow-<version>-py3-none-any.whl``, a
+  metadata-only distribution named ``tensorflow`` that requires
+  ``tensorflow-cpu==<version>``. ``tf-keras`` and ``tensorflow-recommenders``
+  require ``tensorflow``; without the alias pip would install the full
+  ``tensorflow`` beside ``tensorflow-cpu`` (both ship the ``tensorflow``
+  module), and with ``--no-deps`` instead ``pip check`` would fail.
+
 Usage (in the image build stage)::
 
-    python deploy/requirements.py --variant cpu pyproject.toml > requirements.txt
+    python deploy/requirements.py --variant cpu --alias-dir /tmp/alias \\
+        --write-pyproject pyproject.toml > requirements.txt
+    pip install -r requirements.txt /tmp/alias/*.whl
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import re
 import sys
+import zipfile
 from pathlib import Path
 
 import tomllib
@@ -90,20 +109,96 @@ def runtime_requirements(pyproject: Path, variant: str) -> list[str]:
     for name, (extras, spec) in by_name.items():
         if name in ("faiss-gpu", "faiss-cpu"):
             continue  # re-added below, once, as the variant's build
-        if name == "tensorflow" and variant == "gpu":
-            extras = "[and-cuda]"
+        if name == "tensorflow":
+            if variant == "gpu":
+                extras = "[and-cuda]"
+            else:
+                name = "tensorflow-cpu"
         out.append(f"{name}{extras}{spec}")
     out.append(f"{'faiss-cpu' if variant == 'cpu' else 'faiss-gpu'}{faiss_spec}")
     return out
 
 
+def pinned_version(lines: list[str], name: str) -> str:
+    """The exact version ``name==X`` pins in ``lines``; raises RequirementsError otherwise."""
+    for line in lines:
+        match = re.fullmatch(rf"{re.escape(name)}(?:\[[^\]]*\])?==([A-Za-z0-9.+!-]+)", line)
+        if match:
+            return match.group(1)
+    raise RequirementsError(f"{name} is not pinned to one version (name==X) in {lines}")
+
+
+_DEPS = re.compile(r"^dependencies\s*=\s*\[.*?^\]", re.M | re.S)
+
+
+def rewrite_pyproject(text: str, lines: list[str]) -> str:
+    """``text`` (a pyproject.toml) with ``[project].dependencies`` replaced by ``lines``."""
+    if len(_DEPS.findall(text)) != 1:
+        raise RequirementsError("expected exactly one top-level `dependencies = [...]` array")
+    body = "".join(f'  "{line}",\n' for line in lines)
+    new = _DEPS.sub(lambda _m: f"dependencies = [\n{body}]", text)
+    if tomllib.loads(new)["project"]["dependencies"] != lines:
+        raise RequirementsError("rewriting the dependencies did not give the expected list")
+    return new
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def write_alias_wheel(out_dir: Path, version: str) -> Path:
+    """A metadata-only wheel ``tensorflow==version`` that requires ``tensorflow-cpu==version``.
+
+    It installs no module (``tensorflow-cpu`` provides ``import tensorflow``); it only
+    tells pip that the ``tensorflow`` requirement of tf-keras and TFRS is met.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = f"tensorflow-{version}.dist-info"
+    files = {
+        f"{info}/METADATA": (
+            "Metadata-Version: 2.1\n"
+            "Name: tensorflow\n"
+            f"Version: {version}\n"
+            "Summary: Alias: TensorFlow's CPU build (tensorflow-cpu) under the name tensorflow\n"
+            f"Requires-Dist: tensorflow-cpu=={version}\n"
+        ).encode(),
+        f"{info}/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: twotower deploy/requirements.py\n"
+            b"Root-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = "".join(f"{name},{_record_hash(data)},{len(data)}\n" for name, data in files.items())
+    files[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
+    path = out_dir / f"tensorflow-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", required=True, choices=VARIANTS)
+    parser.add_argument(
+        "--write-pyproject",
+        action="store_true",
+        help="rewrite the file's [project].dependencies to the variant's lines",
+    )
+    parser.add_argument(
+        "--alias-dir",
+        type=Path,
+        help="cpu: write the metadata-only `tensorflow` wheel that requires tensorflow-cpu here",
+    )
     parser.add_argument("pyproject", nargs="?", default="pyproject.toml", type=Path)
     args = parser.parse_args(argv)
     try:
         lines = runtime_requirements(args.pyproject, args.variant)
+        if args.alias_dir is not None:
+            if args.variant != "cpu":
+                raise RequirementsError("--alias-dir is for the cpu variant (tensorflow-cpu)")
+            write_alias_wheel(args.alias_dir, pinned_version(lines, "tensorflow-cpu"))
+        if args.write_pyproject:
+            args.pyproject.write_text(rewrite_pyproject(args.pyproject.read_text(), lines))
     except RequirementsError as exc:
         print(f"requirements: error: {exc}", file=sys.stderr)
         return 2

@@ -198,8 +198,16 @@ def test_no_secrets_baked_in(dockerfile):
 def test_variants_install_the_right_requirements():
     cpu_ins = instructions(d.DOCKERFILES[0])
     gpu_ins = instructions(d.DOCKERFILES[1])
-    assert any("requirements.py --variant cpu" in a for _w, a in cpu_ins)
-    assert any("requirements.py --variant gpu" in a for _w, a in gpu_ins)
+    cpu_req = next(a for _w, a in cpu_ins if "requirements.py --variant cpu" in a)
+    gpu_req = next(a for _w, a in gpu_ins if "requirements.py --variant gpu" in a)
+    # The project wheel is built from the variant's dependency list, the alias wheel is
+    # installed with the requirements, and the build proves the set consistent.
+    assert "--write-pyproject" in cpu_req and "--write-pyproject" in gpu_req
+    assert "--alias-dir /tmp/alias" in cpu_req and "/tmp/alias/tensorflow-*.whl" in cpu_req
+    for ins in (cpu_ins, gpu_ins):
+        runs = [a for w, a in ins if w == "RUN"]
+        wheel = next(i for i, a in enumerate(runs) if "pip wheel --no-deps" in a)
+        assert "pip check" in runs[wheel], "pip check after the project wheel is installed"
     assert "python:3.11-slim" in d.DOCKERFILES[0].read_text()
     assert re.search(
         r"^ARG CUDA_IMAGE=nvidia/cuda:12\.[\d.]+-\w+-ubuntu", d.DOCKERFILES[1].read_text(), re.M
@@ -218,17 +226,56 @@ def _names(lines: list[str]) -> list[str]:
     return [re.split(r"[\[=<>~!]", line, maxsplit=1)[0] for line in lines]
 
 
-def test_cpu_requirements_swap_faiss_gpu_for_faiss_cpu():
+def test_cpu_requirements_swap_in_the_cpu_builds():
     lines = requirements.runtime_requirements(d.REPO / "pyproject.toml", "cpu")
     names = _names(lines)
     assert len(names) == len(set(names))
     assert "faiss-gpu" not in names and "faiss-cpu" in names
+    assert "tensorflow" not in names and "tensorflow-cpu" in names
     deps = _pyproject_deps()
     gpu_version = deps["faiss-gpu"].split(";")[0].replace("faiss-gpu", "")
     assert f"faiss-cpu{gpu_version.strip()}" in lines
-    assert deps["tensorflow"] in lines, "TensorFlow pin carried over"
-    assert set(names) == (set(deps) - {"faiss-gpu"}) | {"faiss-cpu"}
+    assert deps["tensorflow"].replace("tensorflow", "tensorflow-cpu", 1) in lines, "pin carried"
+    assert set(names) == (set(deps) - {"faiss-gpu", "tensorflow"}) | {"faiss-cpu", "tensorflow-cpu"}
     assert not any(";" in line for line in lines)
+
+
+def test_the_rewritten_pyproject_declares_the_variant_and_nothing_else_changes(tmp_path):
+    original = (d.REPO / "pyproject.toml").read_text()
+    target = tmp_path / "pyproject.toml"
+    target.write_text(original)
+    assert requirements.main(["--variant", "cpu", "--write-pyproject", str(target)]) == 0
+    rewritten = tomllib.loads(target.read_text())
+    lines = requirements.runtime_requirements(d.REPO / "pyproject.toml", "cpu")
+    assert rewritten["project"]["dependencies"] == lines
+    before = tomllib.loads(original)
+    for table in (before, rewritten):
+        table["project"].pop("dependencies")
+    assert rewritten == before
+
+
+def test_the_tensorflow_alias_wheel_installs_as_tensorflow_requiring_tensorflow_cpu(tmp_path):
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    version = requirements.pinned_version(
+        requirements.runtime_requirements(d.REPO / "pyproject.toml", "cpu"), "tensorflow-cpu"
+    )
+    wheel = requirements.write_alias_wheel(tmp_path / "alias", version)
+    assert wheel.name == f"tensorflow-{version}-py3-none-any.whl"
+    target = tmp_path / "site"
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target",
+         str(target), str(wheel)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (dist,) = importlib.metadata.distributions(path=[str(target)])
+    assert (dist.metadata["Name"], dist.version) == ("tensorflow", version)
+    assert dist.requires == [f"tensorflow-cpu=={version}"]
+    # Metadata only: the module itself comes from tensorflow-cpu.
+    assert [p.name for p in target.iterdir()] == [f"tensorflow-{version}.dist-info"]
 
 
 def test_gpu_requirements_add_cuda_tensorflow_and_keep_faiss_gpu():
