@@ -6,16 +6,19 @@ runs it before ``api`` and ``trainer`` start. When ``ART/LATEST`` already names
 a version it does nothing (exit 0): the seed never overwrites a model the
 pipeline has published since. Otherwise it runs, as separate processes::
 
-    twotower ingest --data SRC --store URL
-    twotower train  --data events:URL --out ART [--set k=v ...]
+    twotower ingest   --data SRC
+    twotower pipeline --artifacts ART [--config FILE] [--set k=v ...]
 
-The version is trained from the store's event log, not from SRC directly, so
-it has exactly the inputs the scheduled pipeline trains on (which reads the
-same log) and the pipeline can warm-start from it: a model trained on SRC may
-carry source-only features (synthetic item categories) an events-trained
-model lacks. Ingest goes first and is idempotent (events carry stable ids, a
-second load counts duplicates), so a seed interrupted anywhere is simply run
-again; the version is published last, and only then does the API become ready.
+both reading the store URL from ``TWOTOWER_STORE_URL`` (never on a command
+line). The first version is the pipeline's own first run: it archives the
+events just loaded, trains on them (nothing is published, so the gate passes)
+and records that snapshot, so the scheduled pipeline's first run trains only
+when new events arrived, and warm-starts from a model with exactly its inputs
+(a model trained on SRC directly may carry source-only features, e.g. synthetic
+item categories, an events-trained one lacks). Ingest goes first and is
+idempotent (events carry stable ids, a second load counts duplicates), so a
+seed interrupted anywhere is simply run again; the version is published last,
+and only then does the API become ready.
 
 Environment (all optional but the store):
 
@@ -23,7 +26,8 @@ Environment (all optional but the store):
 ``TWOTOWER_STORE_URL``      the online store (required), e.g. ``redis://:pw@redis:6379/0``
 ``TWOTOWER_ARTIFACTS``      artifact directory (default ``/artifacts``)
 ``TWOTOWER_SEED_DATA``      data source (default: a small synthetic set, ~1 min)
-``TWOTOWER_SEED_SETTINGS``  space-separated ``key=value`` config overrides for train
+``TWOTOWER_SEED_SETTINGS``  space-separated ``key=value`` config overrides of the run
+``TWOTOWER_SEED_CONFIG``    the pipeline config file to use (default: none)
 ==========================  ======================================================
 """
 
@@ -60,6 +64,8 @@ def published_version(art: Path) -> str | None:
 def plan(environ: Mapping[str, str]) -> list[list[str]]:
     """The ``twotower`` command lines to run (argv lists without the program), [] if seeded.
 
+    The store URL is not in them: the commands read ``TWOTOWER_STORE_URL``.
+
     Raises:
       SeedError: ``TWOTOWER_STORE_URL`` is missing or ``TWOTOWER_SEED_SETTINGS`` is malformed.
     """
@@ -70,14 +76,17 @@ def plan(environ: Mapping[str, str]) -> list[list[str]]:
     if published_version(Path(art)) is not None:
         return []
     data = environ.get("TWOTOWER_SEED_DATA", "").strip() or DEFAULT_DATA
-    train = ["train", "--data", f"events:{store}", "--out", art]
+    pipeline = ["pipeline", "--artifacts", art]
+    config = environ.get("TWOTOWER_SEED_CONFIG", "").strip()
+    if config:
+        pipeline += ["--config", config]
     for item in shlex.split(environ.get("TWOTOWER_SEED_SETTINGS", DEFAULT_SETTINGS)):
         if "=" not in item:
             raise SeedError(
                 f"TWOTOWER_SEED_SETTINGS: {item!r} is not key=value (e.g. train.epochs=4)"
             )
-        train += ["--set", item]
-    return [["ingest", "--data", data, "--store", store], train]
+        pipeline += ["--set", item]
+    return [["ingest", "--data", data], pipeline]
 
 
 def _twotower() -> list[str]:
@@ -100,7 +109,7 @@ def main() -> int:
         return 0
     for step in steps:
         print(f"seed: twotower {step[0]} ...", file=sys.stderr, flush=True)
-        code = subprocess.call(_twotower() + step)
+        code = subprocess.call(_twotower() + step)  # inherits TWOTOWER_STORE_URL
         if code != 0:
             print(f"seed: twotower {step[0]} failed with exit code {code}", file=sys.stderr)
             return code

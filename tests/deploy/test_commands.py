@@ -17,8 +17,12 @@ from tests.deploy import _deploy as d
 from twotower.cli import build_parser
 
 SUBCOMMANDS = {"demo", "train", "evaluate", "serve", "ingest", "pipeline"}
-# Example secret values for $(VAR) expansion in Kubernetes args.
-K8S_ENV = {"TWOTOWER_STORE_URL": "rediss://:0123456789abcdef0123@redis.internal:6380/0"}
+# Example values for $(VAR) expansion in Kubernetes args.
+K8S_ENV = {
+    "TWOTOWER_STORE_URL": "rediss://:0123456789abcdef0123@redis.internal:6380/0",
+    "TWOTOWER_REDIS_PASSWORD": "0123456789abcdef0123",
+    "TWOTOWER_SNAPSHOT": "r00000042-20261122T051500.123456Z-3f2a",
+}
 
 
 def _parse(args: list[str], where: str):
@@ -60,8 +64,32 @@ def test_compose_commands_parse_with_the_cli():
     assert api.store is None, "the API's store URL comes from TWOTOWER_SERVE_STORE_URL, not argv"
     trainer = _parse(d.twotower_args(commands["trainer"]), "compose trainer")
     assert trainer.command == "pipeline" and trainer.artifacts == "/artifacts"
-    assert trainer.store.startswith("redis://") and trainer.every == "3600"
+    assert trainer.every == "3600"
+    # The store URL (and its password) comes from the environment, not argv.
+    assert trainer.store is None
+    env = d.env_dict(d.compose()["services"]["trainer"]["environment"])
+    assert env["TWOTOWER_STORE_URL"].startswith("redis://")
     assert commands["seed"] == [d.PREFLIGHT, "--", "twotower-seed"]
+
+
+def test_no_secret_on_any_command_line():
+    """Passwords in argv show in `ps` and `docker inspect`: none in compose or Kubernetes."""
+    password = "s3cr3t0123456789abcdef"
+    model = d.compose({"TWOTOWER_REDIS_PASSWORD": password, "TWOTOWER_ENV": "production"})
+    for name, svc in model["services"].items():
+        argv = d.as_argv(svc.get("entrypoint")) + d.as_argv(svc.get("command"))
+        assert password not in " ".join(argv), f"compose {name}: the password is on its argv"
+        assert not any("--requirepass" in a for a in argv), name
+    seed = d.load_script("seed")
+    env = d.env_dict(model["services"]["seed"]["environment"])
+    for step in seed.plan({**env, "TWOTOWER_ARTIFACTS": "/nonexistent"}):
+        assert password not in " ".join(step), f"seed step {step[0]}"
+    secret_vars = {"TWOTOWER_STORE_URL", "TWOTOWER_REDIS_PASSWORD"}
+    for path, doc in d.k8s_objects():
+        for where, _pod, c in d.containers(doc):
+            refs = " ".join(c.get("command", []) + c.get("args", []))
+            for var in secret_vars:
+                assert f"$({var})" not in refs, f"{path.name} {where}: $({var}) on the command line"
 
 
 def test_seed_plan_commands_parse_with_the_cli(tmp_path):
@@ -70,11 +98,12 @@ def test_seed_plan_commands_parse_with_the_cli(tmp_path):
     env["TWOTOWER_ARTIFACTS"] = str(tmp_path)  # nothing published there yet
     steps = seed.plan(env)
     parsed = [_parse(step, "seed") for step in steps]
-    assert [p.command for p in parsed] == ["ingest", "train"]
-    ingest, train = parsed
-    assert ingest.store == env["TWOTOWER_STORE_URL"] and train.data == f"events:{ingest.store}"
-    assert train.out == str(tmp_path)
-    assert train.overrides == env["TWOTOWER_SEED_SETTINGS"].split()
+    assert [p.command for p in parsed] == ["ingest", "pipeline"]
+    ingest, pipeline = parsed
+    assert ingest.store is None and pipeline.store is None  # both read TWOTOWER_STORE_URL
+    assert pipeline.artifacts == str(tmp_path) and pipeline.every is None
+    assert pipeline.config == env["TWOTOWER_SEED_CONFIG"]
+    assert pipeline.overrides == env["TWOTOWER_SEED_SETTINGS"].split()
 
 
 def test_image_default_command_is_the_cli_help():
@@ -98,15 +127,15 @@ def test_kubernetes_commands_parse_with_the_cli():
             assert args is not None, f"{path.name} {where}: does not run twotower: {argv}"
             ns = _parse(args, f"{path.name} {where}")
             seen.add(ns.command)
-            if ns.command == "train" and doc["kind"] == "TFJob":
-                assert ns.strategy == "multiworker", where
-                assert ns.data == f"events:{K8S_ENV['TWOTOWER_STORE_URL']}"
+            if doc["kind"] == "TFJob":
+                assert ns.command == "pipeline" and ns.strategy == "multiworker", where
+                assert ns.snapshot == f"/artifacts/snapshots/{K8S_ENV['TWOTOWER_SNAPSHOT']}"
             if ns.command == "pipeline":
                 assert ns.every is None, "Kubernetes schedules the CronJob: no --every"
-                assert ns.store == K8S_ENV["TWOTOWER_STORE_URL"]
+                assert ns.store is None, "the store URL comes from TWOTOWER_STORE_URL"
             if ns.command == "serve":
                 assert ns.store is None and ns.artifacts == "/artifacts" and ns.host == "0.0.0.0"
-    assert seen == {"serve", "pipeline", "train"}
+    assert seen == {"serve", "pipeline"}
 
 
 def test_k8s_variable_references_are_defined_in_the_container_env():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -151,37 +152,62 @@ def test_healthchecks(stack):
     services = stack["services"]
     assert services["redis"]["healthcheck"]["test"][0] == "CMD-SHELL"
     assert "redis-cli ping" in services["redis"]["healthcheck"]["test"][1]
-    # redis-cli authenticates through REDISCLI_AUTH, set to the same password as --requirepass.
-    redis_cmd = services["redis"]["command"]
-    password = redis_cmd[redis_cmd.index("--requirepass") + 1]
-    assert d.env_dict(services["redis"]["environment"])["REDISCLI_AUTH"] == password
+    # redis-cli authenticates through REDISCLI_AUTH, set to the password redis-server gets.
+    redis_env = d.env_dict(services["redis"]["environment"])
+    assert redis_env["REDISCLI_AUTH"] == redis_env["REDIS_PASSWORD"]
     assert services["api"]["healthcheck"]["test"] == ["CMD", "twotower-healthcheck", "/readyz"]
     # One-shot / server-less services must not inherit the image's HTTP healthcheck.
     assert services["seed"]["healthcheck"] == {"disable": True}
     assert services["trainer"]["healthcheck"] == {"disable": True}
 
 
-def test_redis_persistence_and_password(stack):
-    cmd = stack["services"]["redis"]["command"]
-    assert stack["services"]["redis"]["image"].startswith("redis:7")
-    assert cmd[cmd.index("--appendonly") + 1] == "yes"
-    assert cmd[cmd.index("--appendfsync") + 1] in ("always", "everysec")
-    assert cmd[cmd.index("--maxmemory-policy") + 1] == "noeviction"
-    assert "redis-data:/data" in stack["services"]["redis"]["volumes"]
-    assert "ports" not in stack["services"]["redis"], "Redis must not be published on the host"
+def _redis_script(model: dict) -> str:
+    svc = model["services"]["redis"]
+    assert d.as_argv(svc["entrypoint"]) == ["/bin/sh", "-c"]
+    (script,) = d.as_argv(svc["command"])
+    return script
+
+
+def _flag(script: str, name: str) -> str:
+    match = re.search(rf"{name}\s+\"?([^\s\"\\]+)", script)
+    assert match, f"redis: no {name}"
+    return match.group(1)
+
+
+def _bytes(size: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([kmg]?)b?", size.lower()).groups()
+    return int(number) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]
+
+
+def test_redis_persistence_memory_and_password(stack):
+    redis = stack["services"]["redis"]
+    script = _redis_script(stack)
+    assert redis["image"].startswith("redis:7")
+    assert _flag(script, "--appendonly") == "yes"
+    assert _flag(script, "--appendfsync") in ("always", "everysec")
+    assert _flag(script, "--maxmemory-policy") == "noeviction"
+    # noeviction only acts with a maxmemory; below the container limit, or the kernel
+    # OOM-kills Redis before it can refuse a write.
+    limit = _bytes(redis["deploy"]["resources"]["limits"]["memory"])
+    assert 0 < _bytes(_flag(script, "--maxmemory")) <= 0.8 * limit
+    # The password goes in on stdin (config "-"), read from the container environment.
+    assert "redis-server - " in script and 'requirepass "${REDIS_PASSWORD}"' in script
+    assert "--requirepass" not in script
+    assert "redis-data:/data" in redis["volumes"]
+    assert "ports" not in redis, "Redis must not be published on the host"
     # The password reaches every store URL: the same value everywhere, by default and when set.
     for env in ({}, {"TWOTOWER_REDIS_PASSWORD": "s3cr3t-abcdefghijklmnop"}):
         model = d.compose(env)
-        password = model["services"]["redis"]["command"][-1]
+        password = d.env_dict(model["services"]["redis"]["environment"])["REDIS_PASSWORD"]
         if env:
             assert password == env["TWOTOWER_REDIS_PASSWORD"]
         api_env = d.env_dict(model["services"]["api"]["environment"])
         seed_env = d.env_dict(model["services"]["seed"]["environment"])
-        trainer_cmd = model["services"]["trainer"]["command"]
+        trainer_env = d.env_dict(model["services"]["trainer"]["environment"])
         for url in (
             api_env["TWOTOWER_SERVE_STORE_URL"],
             seed_env["TWOTOWER_STORE_URL"],
-            trainer_cmd[trainer_cmd.index("--store") + 1],
+            trainer_env["TWOTOWER_STORE_URL"],
         ):
             assert url == f"redis://:{password}@redis:6379/0"
 
@@ -278,3 +304,18 @@ def test_gpu_override_targets_existing_services_with_the_gpu_image(stack):
         assert svc["build"]["dockerfile"] == "deploy/Dockerfile.gpu", name
         devices = svc["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"], name
+
+
+def test_the_compose_redis_command_runs_with_its_settings(stack_redis):
+    """The script itself starts Redis: password from stdin, AOF always, noeviction, maxmemory."""
+    client = stack_redis.client()
+    config = client.config_get("*")
+    assert config["appendonly"] == "yes" and config["appendfsync"] == "always"
+    assert config["maxmemory-policy"] == "noeviction"
+    assert int(config["maxmemory"]) == 768 * 1024**2
+    assert config["requirepass"] == stack_redis.password
+    import redis as redis_py
+
+    anonymous = redis_py.Redis(host="127.0.0.1", port=stack_redis.port)
+    with pytest.raises(redis_py.AuthenticationError):
+        anonymous.ping()

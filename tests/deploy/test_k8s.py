@@ -25,6 +25,7 @@ API_VERSIONS = {
     "HorizontalPodAutoscaler": "autoscaling/v2",
     "PodDisruptionBudget": "policy/v1",
     "CronJob": "batch/v1",
+    "Job": "batch/v1",
     "TFJob": "kubeflow.org/v1",
 }
 
@@ -67,7 +68,7 @@ def test_kustomizations_list_every_manifest_and_nothing_missing():
 def test_kubectl_kustomize_builds_when_kubectl_is_installed():
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl not installed; the kustomization structure is checked above")
-    for kdir in (d.K8S, d.K8S / "multiworker"):
+    for kdir in (d.K8S, d.K8S / "multiworker", d.K8S / "multiworker" / "snapshot"):
         out = subprocess.run(
             ["kubectl", "kustomize", str(kdir)], capture_output=True, text=True, timeout=60
         )
@@ -87,7 +88,8 @@ def test_deployment_selector_probes_and_security():
     labels = dep["spec"]["template"]["metadata"]["labels"]
     selector = dep["spec"]["selector"]["matchLabels"]
     assert selector.items() <= labels.items(), "selector must match the template labels"
-    assert dep["spec"]["replicas"] >= 2
+    # The HPA owns the replica count: a `replicas` here resets it on every apply.
+    assert "replicas" not in dep["spec"]
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
@@ -98,7 +100,7 @@ def test_deployment_selector_probes_and_security():
         ("startupProbe", "/healthz"),
     ):
         http = c[probe]["httpGet"]
-        assert http["path"] == route, probe
+        assert http["path"].split("?")[0] == route, probe
         assert http["port"] in port_names or http["port"] in port_names.values(), probe
     assert port_names["http"] == 8000
     assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 120
@@ -137,9 +139,10 @@ def test_pod_volumes_resolve_and_artifacts_are_read_only_only_for_the_api():
                     if "persistentVolumeClaim" in vol:
                         assert vol["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
                         read_only = m.get("readOnly", False)
-                        assert read_only == (doc["kind"] == "Deployment"), (
-                            f"{path.name} {where}: readOnly={read_only}"
-                        )
+                        # Writers: the pipeline (CronJob, freeze Job, TFJob chief). The API
+                        # and the TFJob workers only read (versions, snapshot, checkpoints).
+                        readers = doc["kind"] == "Deployment" or where == "TFJob/Worker"
+                        assert read_only == readers, f"{path.name} {where}: readOnly={read_only}"
                         assert vol["persistentVolumeClaim"].get("readOnly", False) == read_only
                     if "configMap" in vol:
                         assert vol["configMap"]["name"] in configmaps
@@ -148,9 +151,19 @@ def test_pod_volumes_resolve_and_artifacts_are_read_only_only_for_the_api():
                 )
 
 
+def _generated_configmaps() -> dict[str, dict[str, str]]:
+    """ConfigMaps that kustomizations generate (name -> literal data)."""
+    out = {}
+    for kfile in d.K8S.rglob("kustomization.yaml"):
+        for gen in yaml.safe_load(kfile.read_text()).get("configMapGenerator", []):
+            out[gen["name"]] = dict(lit.split("=", 1) for lit in gen.get("literals", []))
+    return out
+
+
 def test_env_sources_exist_and_names_are_known():
     secret = one("Secret")
     secret_keys = set(secret["stringData"])
+    generated = _generated_configmaps()
     config = next(
         doc
         for _p, doc in d.k8s_objects("ConfigMap")
@@ -173,6 +186,9 @@ def test_env_sources_exist_and_names_are_known():
                     assert (
                         ref["name"] == secret["metadata"]["name"] and ref["key"] in secret_keys
                     ), f"{where}: {e}"
+                cm_ref = e.get("valueFrom", {}).get("configMapKeyRef")
+                if cm_ref:
+                    assert cm_ref["key"] in generated.get(cm_ref["name"], {}), f"{where}: {e}"
 
 
 def test_configmap_settings_are_valid_production_serving_settings(monkeypatch):
@@ -222,7 +238,7 @@ def test_hpa_targets_the_deployment():
         "Deployment",
         dep["metadata"]["name"],
     )
-    assert 1 <= hpa["spec"]["minReplicas"] <= dep["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+    assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     (metric,) = hpa["spec"]["metrics"]
     assert metric["resource"]["name"] == "cpu"
     (c,) = dep["spec"]["template"]["spec"]["containers"]
@@ -247,12 +263,22 @@ def test_cronjob_schedule_concurrency_and_retries():
     assert spec["concurrencyPolicy"] == "Forbid"
     assert 0 < spec["startingDeadlineSeconds"] <= 3600
     job = spec["jobTemplate"]["spec"]
-    assert 0 <= job["backoffLimit"] <= 3
+    # Exit 1 is also a gate refusal: no immediate retry (the next schedule retries).
+    assert job["backoffLimit"] == 0
+    assert job["activeDeadlineSeconds"] > 0
     assert job["template"]["spec"]["restartPolicy"] == "Never"  # required by podFailurePolicy
     names = {c["name"] for c in job["template"]["spec"]["containers"]}
-    for rule in job["podFailurePolicy"]["rules"]:
+    rules = job["podFailurePolicy"]["rules"]
+    for rule in rules:
         if "onExitCodes" in rule:
             assert rule["onExitCodes"]["containerName"] in names
+    assert any(
+        r["action"] == "FailJob" and 2 in r.get("onExitCodes", {}).get("values", []) for r in rules
+    )
+    assert any(
+        r["action"] == "Ignore" and {"type": "DisruptionTarget"} in r.get("onPodConditions", [])
+        for r in rules
+    ), "an evicted pod must be replaced, not failed"
     selector = job["template"]["metadata"]["labels"]
     assert selector["app.kubernetes.io/component"] == "trainer"
 
@@ -273,22 +299,50 @@ def test_pipeline_configmap_matches_the_compose_config_file():
     assert args[args.index("--config") + 1] == f"{mount['mountPath']}/pipeline.yaml"
 
 
-def test_tfjob_multiworker_shape():
+def test_tfjob_multiworker_trains_every_replica_on_one_frozen_snapshot():
     tfjob = one("TFJob")
+    assert tfjob["spec"]["runPolicy"]["activeDeadlineSeconds"] > 0
     replicas = tfjob["spec"]["tfReplicaSpecs"]
     assert replicas["Chief"]["replicas"] == 1 and replicas["Worker"]["replicas"] >= 1
+    argvs = {}
     for role, rspec in replicas.items():
+        # 1-127 (refused, bad config) are final; 128+ (killed) restart and resume.
+        assert rspec["restartPolicy"] == "ExitCode", role
         (c,) = rspec["template"]["spec"]["containers"]
         assert c["name"] == "tensorflow", "the training-operator finds the container by this name"
         assert "TF_CONFIG" not in d.container_env_names(c), "TF_CONFIG is injected by the operator"
         args = c["args"]
-        publishes = "--no-publish" not in args
-        assert publishes == (role == "Chief"), f"{role}: only the chief publishes"
-        out = args[args.index("--out") + 1]
-        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
-        volumes = {v["name"]: v for v in rspec["template"]["spec"]["volumes"]}
-        root = "/" + out.strip("/").split("/")[0]
-        assert ("persistentVolumeClaim" in volumes[mounts[root]]) == (role == "Chief"), role
+        assert args[0] == "pipeline" and "--checkpoint-dir" not in args
+        assert args[args.index("--strategy") + 1] == "multiworker"
+        assert args[args.index("--snapshot") + 1].startswith("/artifacts/snapshots/$(")
+        assert "--store" not in args and "TWOTOWER_STORE_URL" not in d.container_env_names(c)
+        argvs[role] = c["command"] + args
+    # Workers run the chief's command line: the same data, config and checkpoint key.
+    assert argvs["Worker"] == argvs["Chief"]
+
+
+def test_the_snapshot_placeholder_is_refused_until_set():
+    preflight = d.load_script("preflight")
+    config = next(
+        doc
+        for _p, doc in d.k8s_objects("ConfigMap")
+        if doc["metadata"]["name"] == "twotower-config"
+    )
+    env = {**config["data"], **_generated_configmaps()["twotower-multiworker"]}
+    c = one("TFJob")["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]
+    argv = d.strip_preflight(c["command"] + c["args"])
+    verdict = preflight.check(env, argv)
+    assert any("TWOTOWER_SNAPSHOT" in p for p in verdict.problems), verdict.problems
+    env["TWOTOWER_SNAPSHOT"] = "r00000042-20261122T051500.123456Z-3f2a"
+    assert preflight.check(env, argv).ok
+
+
+def test_freeze_job_writes_the_snapshot_with_the_store_from_the_secret():
+    (job,) = [doc for _p, doc in d.k8s_objects("Job")]
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["args"][:2] == ["pipeline", "--freeze"] and "--store" not in c["args"]
+    assert "TWOTOWER_STORE_URL" in d.container_env_names(c)
+    assert job["spec"]["activeDeadlineSeconds"] > 0
 
 
 def test_every_pod_runs_non_root_with_a_read_only_root():

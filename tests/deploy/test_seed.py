@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,19 +23,22 @@ def _publish_fake_version(art: Path, version: str = "v1") -> None:
     (art / "LATEST").write_text(version + "\n")
 
 
-def test_plan_ingests_then_trains_when_nothing_is_published(tmp_path):
+def test_plan_ingests_then_runs_the_pipeline_when_nothing_is_published(tmp_path):
     env = {"TWOTOWER_STORE_URL": "redis://:pw@redis:6379/0", "TWOTOWER_ARTIFACTS": str(tmp_path)}
-    ingest, train = seed.plan(env)
-    assert ingest == ["ingest", "--data", seed.DEFAULT_DATA, "--store", env["TWOTOWER_STORE_URL"]]
-    # Trained from the log it just loaded: the inputs the pipeline warm-starts from.
-    assert train[:5] == [
-        "train",
-        "--data",
-        f"events:{env['TWOTOWER_STORE_URL']}",
-        "--out",
+    ingest, pipeline = seed.plan(env)
+    # The store URL is inherited through TWOTOWER_STORE_URL, never on the command line.
+    assert ingest == ["ingest", "--data", seed.DEFAULT_DATA]
+    assert pipeline == [
+        "pipeline",
+        "--artifacts",
         str(tmp_path),
+        "--set",
+        "train.epochs=4",
+        "--set",
+        "train.batch_size=512",
     ]
-    assert train[5:] == ["--set", "train.epochs=4", "--set", "train.batch_size=512"]
+    with_config = seed.plan({**env, "TWOTOWER_SEED_CONFIG": "/etc/twotower/pipeline.yaml"})[1]
+    assert with_config[3:5] == ["--config", "/etc/twotower/pipeline.yaml"]
 
 
 def test_plan_is_empty_once_a_version_is_published(tmp_path):
@@ -78,7 +82,7 @@ def run_seed(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_seed_publishes_once_and_loads_the_store(stack_redis, tmp_path):
+def test_seed_publishes_once_records_its_snapshot_and_loads_the_store(stack_redis, tmp_path):
     art = tmp_path / "artifacts"
     env = {
         "TWOTOWER_ENV": "production",  # and the preflight lets a strong password through
@@ -87,11 +91,15 @@ def test_seed_publishes_once_and_loads_the_store(stack_redis, tmp_path):
         "TWOTOWER_ARTIFACTS": str(art),
         "TWOTOWER_SEED_DATA": TINY,
         "TWOTOWER_SEED_SETTINGS": "train.epochs=1 train.batch_size=256",
+        "TWOTOWER_SEED_CONFIG": str(d.PIPELINE_CONFIG),
     }
     first = run_seed(env)
     assert first.returncode == 0, first.stderr[-4000:]
     version = artifacts.latest_version(art)
-    assert (art / "versions" / version / "manifest.json").is_file()
+    manifest = artifacts.read_manifest(art, version)
+    # The pipeline's own first run: the archived snapshot is recorded.
+    assert manifest["pipeline"]["archived_events"] > 0
+    assert manifest["pipeline"]["outcome"] == "published"
     keys = stack_redis.client().dbsize()
     assert keys > 150, f"expected per-user state and the log in Redis, found {keys} keys"
 
@@ -100,3 +108,16 @@ def test_seed_publishes_once_and_loads_the_store(stack_redis, tmp_path):
     assert "nothing to do" in again.stderr
     assert (art / "LATEST").read_text().strip() == version
     assert stack_redis.client().dbsize() == keys
+
+    # The scheduled pipeline's first run right after: nothing new, no retraining.
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_")}
+    scheduled = subprocess.run(
+        [sys.executable, "-m", "twotower.cli", "pipeline", "--artifacts", str(art)],
+        env={**base, "PYTHONPATH": str(d.REPO), "TWOTOWER_STORE_URL": stack_redis.url()},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert scheduled.returncode == 0, scheduled.stderr[-2000:]
+    report = json.loads(scheduled.stdout)
+    assert report["outcome"] == "skipped" and report["events"]["since_last_gated_run"] == 0

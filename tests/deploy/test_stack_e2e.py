@@ -4,13 +4,15 @@ Each process is started with the command line and environment that
 docker-compose.yml gives its service (read from the file, in production mode
 with a real password), with only the container paths and host names mapped to
 this machine: a private redis-server with the compose flags, the seed job,
-``twotower serve`` (through the preflight), then one ``twotower pipeline`` run.
+``twotower serve`` (through the preflight), then one gated ``twotower pipeline``
+run (forced only if the gate refuses).
 
-Events in -> pipeline publishes -> API hot-reloads -> recommendations change.
+Events in -> pipeline gates and publishes -> API hot-reloads -> recommendations change.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -159,18 +161,28 @@ def test_events_pipeline_publish_hot_reload(stack_redis, tmp_path):
         before = http.post("/v1/recommend", json=query).json()
         assert before["model_version"] == first
 
-        # One scheduled run, as the trainer service runs it (without --every: one iteration).
+        # One scheduled run, as the trainer service runs it (without --every: one
+        # iteration), gated against the seed's version on one shared holdout.
         argv = stack.argv("trainer")
         cut = argv.index("--every")
-        argv = (
-            argv[:cut]
-            + argv[cut + 2 :]
-            + ["--set", "train.epochs=2", "--set", "pipeline.min_new_events=1", "--force"]
-        )
-        run = subprocess.run(
-            argv, env=stack.env("trainer"), capture_output=True, text=True, timeout=900
-        )
-        assert run.returncode == 0, run.stderr[-4000:]
+        argv = argv[:cut] + argv[cut + 2 :] + ["--set", "train.epochs=2"]
+        assert "--store" not in argv  # the URL (with its password) is in the environment
+        env = stack.env("trainer", TWOTOWER_PIPELINE__MIN_NEW_EVENTS="1")
+        gated = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+        assert gated.returncode in (0, 1), gated.stderr[-4000:]
+        report = json.loads(gated.stdout)
+        assert report["published"]["version"] == first
+        assert report["gate"] and all(r["published"] is not None for r in report["gate"])
+        if gated.returncode == 1:  # the gate said no: LATEST untouched, the reason on stderr
+            assert report["outcome"] == "refused" and "quality gate refused" in gated.stderr
+            assert artifacts.latest_version(art) == first
+            # An operator overrides the gate: the same command with --force.
+            forced = subprocess.run(
+                [*argv, "--force"], env=env, capture_output=True, text=True, timeout=900
+            )
+            assert forced.returncode == 0, forced.stderr[-4000:]
+        else:
+            assert report["outcome"] == "published"
         second = artifacts.latest_version(art)
         assert second not in (None, first)
         manifest = artifacts.read_manifest(art, second)
