@@ -216,8 +216,8 @@ class RedisStore(OnlineStore):
         if found:
             log.warning(
                 "%s: found data of key layout v1 (%s) beside this new v2 store; it is not read. "
-                "Replay it with `twotower ingest --data events:URL` from a checkout that reads v1, "
-                "or delete it",
+                "Move it over with `python -m feature_store.redis_migrate URL` (same log, same "
+                "cursors), or delete it",
                 self.config.redacted(),
                 old,
             )
