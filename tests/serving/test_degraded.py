@@ -169,3 +169,20 @@ def test_e2e_dislike_then_redis_stopped_then_killed(art: Path, tmp_path: Path) -
             assert c.get("/readyz?store=optional").status_code == 200
             if stop == redis_proc.stop:
                 redis_proc.cont()
+
+
+def test_the_kubernetes_readiness_probe_keeps_a_pod_with_redis_down_in_service(
+    make_client: Callable[..., TestClient],
+) -> None:
+    import yaml
+
+    from tests.serving.conftest import closed_port
+
+    manifest = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "api-deployment.yaml"
+    (container,) = yaml.safe_load(manifest.read_text())["spec"]["template"]["spec"]["containers"]
+    probe_path = container["readinessProbe"]["httpGet"]["path"]
+    c = make_client(store_url=f"redis://127.0.0.1:{closed_port()}/0", store_timeout_s=0.2)
+    assert c.get("/readyz").status_code == 503  # SPEC: model loaded *and* store reachable
+    ready = c.get(probe_path)
+    assert ready.status_code == 200, (probe_path, ready.text)
+    assert ready.json()["store"] == "unreachable"
