@@ -147,7 +147,9 @@ def chart_png(history: list[dict[str, Any]]) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(series), 1, figsize=(8, 2.6 * len(series)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(series), 1, figsize=(8, 2.6 * len(series)), squeeze=False, sharex=True
+    )
     for ax, (name, lines) in zip(axes[:, 0], series.items(), strict=True):
         for label, points in lines.items():
             if points:
