@@ -6,11 +6,17 @@ Compared on the same machine, same Redis server, same keys:
     ``SQLiteStore.get_user``, and raw ``redis.asyncio`` on the same keys: the
     same LRANGE + ZRANGE in one pipeline (the floor for our read), a single
     LRANGE and a single GET (the floor of any Redis round trip);
-  * one-event append: ``RedisStore.append_events`` (Lua: idempotency key, XADD,
-    state change), ``SQLiteStore.append_events`` (one fsynced transaction), and
-    raw redis-py RPUSH + LTRIM (a bare, non-idempotent, unlogged write) and
-    raw XADD;
+  * one-event append: ``RedisStore.append_events`` (Lua: idempotency record,
+    XADD, erasure index, state change), ``SQLiteStore.append_events`` (one
+    fsynced transaction, shared by concurrent calls), and raw redis-py
+    RPUSH + LTRIM (a bare, non-idempotent, unlogged write) and raw XADD;
   * batch append (1,000 events per call) throughput for both stores.
+
+The Redis figures come from the given server (``--redis``, usually without
+AOF) and, in the same run, from a private ``redis-server`` started with
+``appendonly yes, appendfsync everysec`` (``redis_store_aof_everysec``), the
+durability a production deployment runs with; ``servers`` in the JSON says
+which had AOF on.
 
 Sequential figures are one client awaiting each call (latency p50/p99, ops/s);
 ``concurrent`` runs ``--concurrency`` tasks on one event loop (ops/s).
@@ -18,6 +24,7 @@ The figure that matters is the ratio to raw redis-py.
 
 Usage:
   python -m bench.feature_store [--seconds 2.0] [--concurrency 16] [--redis redis://127.0.0.1:6379/2]
+      [--no-aof-server]
 Writes bench/results/feature_store.json.
 """
 
@@ -25,18 +32,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
+import shutil
+import socket
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
+from redis.utils import HIREDIS_AVAILABLE
 
 from bench.common import write_result
 from feature_store import Event, open_store
@@ -109,6 +122,59 @@ def _counter_events(tag: str) -> Callable[[int], list[Event]]:
         ]
 
     return make
+
+
+@contextlib.contextmanager
+def aof_server() -> Iterator[str]:
+    """A private redis-server with ``appendonly yes, appendfsync everysec``; yields its URL."""
+    if shutil.which("redis-server") is None:
+        raise SystemExit("redis-server is not installed; run with --no-aof-server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp,
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            client = redis.Redis(port=port, socket_timeout=0.5)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    if client.ping():
+                        break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.kill()
+            proc.wait(10)
+
+
+async def redis_store_figures(url: str, seconds: float, concurrency: int) -> dict[str, Any]:
+    """Read, one-event append and batch append figures of RedisStore on the server at ``url``."""
+    store = open_store(f"{url}?prefix=bench{uuid.uuid4().hex[:8]}&socket_timeout=5")
+    await store.open()
+    try:
+        await store.append_events(_seed_events())
+        nxt = _counter_events("a")
+        read = await measure(lambda: store.get_user(USER), seconds, concurrency)
+        append = await measure(lambda: store.append_events(nxt(1)), seconds, concurrency)
+        t = time.perf_counter()
+        total = sum([(await store.append_events(nxt(1000))).accepted for _ in range(10)])
+        batch = {"events": total, "events_per_s": round(total / (time.perf_counter() - t), 1)}
+        return {
+            "read": read,
+            "append": append,
+            "batch": batch,
+            "durability": getattr(store, "durability", {}),
+        }
+    finally:
+        await store.close()
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -204,12 +270,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             out["servers"] = {
                 "redis_server": server.get("redis_version"),
                 "redis_location": args.redis,
+                "redis_aof": durability,
                 "sqlite": sqlite3.sqlite_version,
             }
+            if args.aof_server:
+                print("the same on a private redis-server with AOF (everysec) ...", file=sys.stderr)
+                with aof_server() as aof_url:
+                    aof = await redis_store_figures(aof_url, s, c)
+                name = "redis_store_aof_everysec"
+                out["state_read"][name] = aof["read"]
+                out["event_append"][name] = aof["append"]
+                out["batch_append_1000"][name] = aof["batch"]
+                out["servers"]["redis_aof_everysec_server"] = {
+                    "location": "private redis-server started by this benchmark",
+                    "aof": aof["durability"],
+                }
             out["notes"] = {
                 "redis_server_durability": durability,
-                "sqlite": "WAL, synchronous=FULL: every acknowledged append is fsynced",
-                "redis_client": "redis-py asyncio, pure-Python parser (hiredis not installed)",
+                "sqlite": "WAL, synchronous=FULL: every acknowledged append is fsynced; "
+                "concurrent appends share one transaction (group commit)",
+                "redis_client": "redis-py asyncio, "
+                + ("hiredis reply parser" if HIREDIS_AVAILABLE else "pure-Python reply parser"),
             }
         finally:
             keys = [k async for k in raw.scan_iter(match=f"{prefix}:*", count=1000)]
@@ -229,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="tasks in the concurrent phase")
     parser.add_argument(
         "--redis", default="redis://127.0.0.1:6379/2", help="Redis URL (no query string)"
+    )
+    parser.add_argument(
+        "--no-aof-server",
+        dest="aof_server",
+        action="store_false",
+        help="skip the private redis-server with AOF (appendfsync everysec)",
     )
     args = parser.parse_args(argv)
     figures = asyncio.run(run(args))
