@@ -246,7 +246,7 @@ def apply_retention(art: Path, keep: int, keep_refused: int, protect: set[str]) 
         except (OSError, ValueError, artifacts.ArtifactError):
             outcome = None
         (refused if outcome == "refused" else others).append(v)
-    doomed = refused[: len(refused) - keep_refused] + others[: max(len(others) - keep, 0)]
+    doomed = refused[: max(len(refused) - keep_refused, 0)] + others[: max(len(others) - keep, 0)]
     doomed = [v for v in doomed if v not in kept]
     for v in doomed:
         artifacts.remove_version(art, v)

@@ -254,7 +254,11 @@ def test_retention_keeps_refused_candidates_apart_and_the_rollback_target(tmp_pa
     # (PREVIOUS) stay although keep=1, the newest refused one stays apart.
     assert set(deleted) == {v[0], *refused[:3]}
     assert artifacts.list_versions(art) == sorted([v[1], v[2], refused[3]])
-    assert apply_retention(art, keep=1, keep_refused=0, protect={v[1]}) == [refused[3]]
+    # Counts larger than what exists delete nothing.
+    more = [_fake_version(art, "refused") for _ in range(2)]
+    assert apply_retention(art, keep=10, keep_refused=5, protect=set()) == []
+    assert set(more) <= set(artifacts.list_versions(art))
+    assert apply_retention(art, keep=1, keep_refused=0, protect={v[1]}) == [refused[3], *more]
 
 
 def test_checkpoint_dirs_are_keyed_by_snapshot_and_stale_ones_cleared(tmp_path):
