@@ -10,6 +10,7 @@ Usage:
   python -m bench.tune --suite synthetic
   python -m bench.tune --suite gowalla      (3 epochs per setting, temperature only)
   python -m bench.tune --suite gowalla_history   (3 epochs per setting, history width H)
+  python -m bench.tune --suite ml100k_dedupe | gowalla_dedupe   (loss.dedupe_candidates)
 Writes bench/results/tune_<suite>.json and .md.
 """
 
@@ -51,6 +52,23 @@ GRIDS: dict[str, tuple[str, list[list[str]]]] = {
     "gowalla": (
         f"lightgcn:{SHARED_DATA / 'gowalla'}",
         [[f"loss.temperature={t}", "train.epochs=3"] for t in (0.05, 0.1, 0.2)],
+    ),
+    # loss.dedupe_candidates (one candidate slot per distinct item, q = P(item in C))
+    # against LOSSES.md's convention, three seeds each.
+    "ml100k_dedupe": (
+        f"movielens:{SHARED_DATA / 'ml-100k' / 'u.data'}",
+        [
+            [f"loss.dedupe_candidates={d}", f"train.seed={seed}"]
+            for seed in range(3)
+            for d in ("false", "true")
+        ],
+    ),
+    "gowalla_dedupe": (
+        f"lightgcn:{SHARED_DATA / 'gowalla'}",
+        [
+            [f"loss.dedupe_candidates={d}", "train.epochs=3", "train.valid_max_users=100000"]
+            for d in ("false", "true")
+        ],
     ),
     # Input width H: training samples up to H other items, evaluation feeds all train
     # items up to H (every validation user, not a sample of users).

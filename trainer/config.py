@@ -45,6 +45,10 @@ class LossConfig(_Section):
     mixed_negatives: int = Field(0, ge=0)
     """Uniformly sampled extra candidates per batch (0 = in-batch only)."""
     remove_accidental_hits: bool = True
+    dedupe_candidates: bool = False
+    """One candidate slot per distinct item, q = P(item in the step's candidates)
+    (see trainer/losses.py); False = LOSSES.md's convention (every copy is a slot).
+    Off: on ml-100k validation it costs 0.015 recall@20 (3 seeds), on Gowalla it is a tie."""
 
 
 class FrequencyConfig(_Section):

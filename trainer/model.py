@@ -59,6 +59,7 @@ class TwoTowerModel(tfrs.Model):
             item_probabilities=item_probabilities,
             mixed_negatives=config.loss.mixed_negatives,
             remove_accidental_hits=config.loss.remove_accidental_hits,
+            dedupe_candidates=config.loss.dedupe_candidates,
         )
         self.ssm_tracker = keras.metrics.Mean(name="ssm")
         self.ntr_tracker = keras.metrics.Mean(name="ntr")

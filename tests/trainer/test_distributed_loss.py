@@ -53,11 +53,13 @@ SCRIPT = textwrap.dedent(
         return out
 
 
-    def build():
+    def build(dedupe):
         users = tf.Variable(USER0, name="users")
         items = tf.Variable(ITEM0, name="items")
         est = StreamingFrequencyEstimator(buckets=16, hashes=2, alpha=0.3, initial_gap=10.0, seed=3)
-        task = NTRRetrievalTask(N, 0.2, 0.6, logq="streaming", estimator=est, mixed_negatives=M)
+        task = NTRRetrievalTask(
+            N, 0.2, 0.6, logq="streaming", estimator=est, mixed_negatives=M, dedupe_candidates=dedupe
+        )
         return users, items, est, task
 
 
@@ -77,11 +79,11 @@ SCRIPT = textwrap.dedent(
         return {n: first(getattr(est, n)).numpy() for n in ("last_seen", "gap", "step")}
 
 
-    def run(strategy, split):
+    def run(strategy, split, dedupe=False):
         data = batches(split)
         res = {"single": [], "mirrored": []}
 
-        users, items, est, task = build()
+        users, items, est, task = build(dedupe)
         step = tf.function(lambda b: loss_and_grads(users, items, task, b))
         for b in data:
             total, ssm, ntr, npos, grads = step({k: tf.constant(v) for k, v in b.items()})
@@ -89,7 +91,7 @@ SCRIPT = textwrap.dedent(
         single_state = state(est)
 
         with strategy.scope():
-            m_users, m_items, m_est, m_task = build()
+            m_users, m_items, m_est, m_task = build(dedupe)
 
         @tf.function
         def m_step(per_replica):
@@ -152,7 +154,10 @@ SCRIPT = textwrap.dedent(
 
     # One strategy for the whole process: strategies on the same devices would reuse collective keys.
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    print(json.dumps({"even": run(strategy, 6), "uneven": run(strategy, 5), "cross_replica": cross_replica(strategy)}))
+    print(json.dumps({
+        "even": run(strategy, 6), "uneven": run(strategy, 5),
+        "dedupe": run(strategy, 5, dedupe=True), "cross_replica": cross_replica(strategy),
+    }))
     """
 )
 
@@ -177,10 +182,11 @@ def mirrored_results() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("split", ["even", "uneven"])
+@pytest.mark.parametrize("split", ["even", "uneven", "dedupe"])
 def test_mirrored_loss_and_gradients_equal_single_device(mirrored_results: dict, split: str):
     """5 global batches of 12 rows split 6/6 (and 5/7) over 2 replicas; M = 3 mixed negatives
-    per global batch: the single device gets M, each replica the same M (not 2M in all)."""
+    per global batch: the single device gets M, each replica the same M (not 2M in all).
+    ``dedupe``: one slot per distinct item of the gathered (global) candidate set."""
     r = mirrored_results[split]
     assert r["loss_scale"] > 0.1 and r["grad_scale"] > 1e-3, (
         r

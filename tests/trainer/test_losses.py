@@ -27,8 +27,13 @@ def reference_loss(
     extra: np.ndarray | None = None,
     extra_ids: np.ndarray | None = None,
     remove_hits: bool = True,
+    dedupe: bool = False,
 ) -> dict[str, object]:
-    """LOSSES.md read literally, in float64 with explicit loops and sets."""
+    """LOSSES.md read literally, in float64 with explicit loops and sets.
+
+    ``dedupe``: the deduplicated convention of ``trainer/losses.py`` -- C keeps the first
+    slot of each distinct id (positive rows in order, then extras) and drops the others.
+    """
     norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     user, item = norm(user.astype(np.float64)), norm(item.astype(np.float64))
     slots_v = [item[r] for r in range(len(ids)) if is_positive[r] == 1]
@@ -39,6 +44,11 @@ def reference_loss(
         slots_v += list(extra)
         slots_id += [int(j) for j in extra_ids]
         slots_row += [-1] * len(extra_ids)
+    if dedupe:
+        first = [k for k in range(len(slots_id)) if slots_id[k] not in slots_id[:k]]
+        slots_v = [slots_v[k] for k in first]
+        slots_id = [slots_id[k] for k in first]
+        slots_row = [slots_row[k] for k in first]
     logq = (lambda j: 0.0) if q_of is None else (lambda j: math.log(q_of[j]))
 
     def z(r: int, v: np.ndarray, j: int) -> float:
@@ -52,9 +62,11 @@ def reference_loss(
             keep = [
                 k
                 for k in range(len(slots_id))
-                if not (remove_hits and slots_id[k] == y and slots_row[k] != r)
+                if not ((remove_hits or dedupe) and slots_id[k] == y and slots_row[k] != r)
             ]
             logits = [z(r, slots_v[k], slots_id[k]) for k in keep]
+            if dedupe and r not in [slots_row[k] for k in keep]:
+                logits.append(z(r, item[r], y))  # the row's own label, once
             loss = -z(r, item[r], y) + math.log(sum(math.exp(x) for x in logits))
             ssm.append(loss)
             ssm_rows[r] = loss
@@ -183,6 +195,53 @@ def test_each_term_matches_numpy_reference(seed: int, remove_hits: bool):
     )
     assert_matches(out, ref)
     assert ref["num_dislike_without_candidates"] == 0
+
+
+@pytest.mark.parametrize("remove_hits", [True, False])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_deduplicated_candidates_match_numpy_reference(seed: int, remove_hits: bool):
+    """Positives [3, 5, 3, 7, 9] + extras [9, 12, 3]: C = {3, 5, 7, 9, 12}, one slot each."""
+    user, item, ids, pos, weight, extra, extra_ids, q = _random_batch(seed)
+    args = (user, item, ids, pos, weight)
+    out = sampled_softmax_ntr(
+        *args, table_log_q(q), 0.3, 0.7, extra, extra_ids, remove_hits, dedupe_candidates=True
+    )
+    ref = reference_loss(*args, q, 0.3, 0.7, extra, extra_ids, remove_hits=remove_hits, dedupe=True)
+    assert_matches(out, ref)
+    # Not the LOSSES.md convention on this batch (it has repeated items) ...
+    plain = reference_loss(*args, q, 0.3, 0.7, extra, extra_ids)
+    assert abs(plain["ssm_mean"] - ref["ssm_mean"]) > 1e-3
+    assert abs(plain["ntr_mean"] - ref["ntr_mean"]) > 1e-3
+
+
+def test_deduplicated_candidates_keep_the_worked_example():
+    """No item repeats in the worked example: both conventions give LOSSES.md's numbers."""
+    w = WORKED
+    out = sampled_softmax_ntr(
+        w["user"], w["item"], w["ids"], w["pos"], np.ones(3, np.float32),
+        table_log_q(w["q"]), temperature=0.5, ntr_weight=0.5, dedupe_candidates=True,
+    )  # fmt: skip
+    np.testing.assert_allclose(out.ssm_mean.numpy(), 0.431528, atol=1e-5)
+    np.testing.assert_allclose(out.ntr_rows.numpy()[2], 0.862204, atol=1e-5)
+    np.testing.assert_allclose(out.total.numpy(), 0.862630, atol=1e-5)
+
+
+def test_deduplicated_task_reads_q_as_the_probability_of_being_in_c():
+    user, item, ids, pos, weight, extra, extra_ids = _task_batch()
+    n, m = 12, 3
+    probs = np.linspace(0.0, 1.2, n + 1).astype(np.float32)
+    task = NTRRetrievalTask(
+        n, 0.3, 0.7, logq="counts", item_probabilities=probs, mixed_negatives=m,
+        dedupe_candidates=True,
+    )  # fmt: skip
+    out = task(user, item, ids, pos, weight, extra_item_embeddings=extra, extra_ids=extra_ids)
+    # q_j = 1 - (1 - p_j)(1 - 1/N)^M, with p clipped to [0, 1] first.
+    q = {
+        j: float(np.clip(1 - (1 - min(probs[j], 1.0)) * (1 - 1 / n) ** m, 1e-6, 1.0))
+        for j in range(1, n + 1)
+    }
+    ref = reference_loss(user, item, ids, pos, weight, q, 0.3, 0.7, extra, extra_ids, dedupe=True)
+    assert_matches(out, ref)
 
 
 def test_dislike_without_other_candidates_contributes_nothing_but_counts():
