@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,13 @@ import numpy as np
 from trainer._tf import tf
 from trainer.config import TrainerConfig
 from trainer.data.dataset import Dataset
+
+log = logging.getLogger(__name__)
+
+RUN_PREFIX = ".train-"
+#: A run directory untouched this long belongs to a run that was killed and whose
+#: inputs have changed since (a restart on the same inputs would have resumed it).
+STALE_RUN_SECONDS = 24 * 3600
 
 
 def data_fingerprint(ds: Dataset) -> dict[str, Any]:
@@ -68,7 +78,44 @@ def run_directory(
         },
         sort_keys=True,
     )
-    return Path(out) / f".train-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    return Path(out) / f"{RUN_PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _last_write(path: Path) -> float:
+    newest = path.stat().st_mtime
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                newest = max(newest, (Path(root) / name).stat().st_mtime)
+            except FileNotFoundError:  # removed while we looked
+                continue
+    return newest
+
+
+def prune_stale_runs(
+    out: Path, keep: Path | None = None, older_than_s: float = STALE_RUN_SECONDS
+) -> list[Path]:
+    """Remove run directories of ``out`` nothing has written to for ``older_than_s``.
+
+    A killed run leaves its directory behind; once the data or config moved on,
+    no run will ever resume it. A live run checkpoints far more often than
+    this, so its directory is never old. Returns the removed directories.
+    """
+    removed = []
+    now = time.time()
+    for path in sorted(Path(out).glob(f"{RUN_PREFIX}*")):
+        if not path.is_dir() or (keep is not None and path == Path(keep)):
+            continue
+        try:
+            stale = now - _last_write(path) > older_than_s
+        except FileNotFoundError:
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d stale run directories: %s", len(removed), [p.name for p in removed])
+    return removed
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from trainer._tf import tf
-from trainer.checkpoints import checkpoint_paths, is_chief, run_directory
+from trainer.checkpoints import checkpoint_paths, is_chief, prune_stale_runs, run_directory
 from trainer.config import SOURCE_DEFAULTS, TrainerConfig
 from trainer.data.dataset import Dataset, EvalSet, Examples
 from trainer.data.examples import build_eval_set, build_train_examples
@@ -71,11 +71,22 @@ def trainer_config(
     return load_config(TrainerConfig, file=file, overrides=sets, base=SOURCE_DEFAULTS.get(kind, {}))
 
 
-def exact_item_probabilities(ds: Dataset, batch_size: int) -> np.ndarray:
-    """Token-indexed [N + 1] expected occurrences per batch, from exact train counts."""
+def exact_item_probabilities(ds: Dataset, batch_size: int, distinct: bool = False) -> np.ndarray:
+    """Token-indexed float32 [N + 1] from exact train counts (``loss.logq=counts``).
+
+    Expected occurrences of each item per batch of ``batch_size`` rows, or with
+    ``distinct`` the probability that it occurs at least once (the quantity
+    ``loss.dedupe_candidates`` corrects by). Entry 0 (padding) is 0.
+    """
     counts = ds.train_item_counts().astype(np.float64)
     rows = max(float((ds.split == 0).sum()), 1.0)
-    return np.concatenate([[0.0], counts * batch_size / rows]).astype(np.float32)
+    share = counts / rows
+    per_batch = (
+        -np.expm1(batch_size * np.log1p(-np.minimum(share, 1.0 - 1e-12)))
+        if distinct
+        else share * batch_size
+    )
+    return np.concatenate([[0.0], per_batch]).astype(np.float32)
 
 
 def training_examples(ds: Dataset, cfg: TrainerConfig, epoch: int) -> Examples:
@@ -151,7 +162,7 @@ def train(
     def build() -> tuple[TwoTowerModel, Trainer, dict | None]:
         seed_everything(cfg.train.seed)  # a rebuilt model starts as a first one would
         probs = (
-            exact_item_probabilities(ds, cfg.train.batch_size)
+            exact_item_probabilities(ds, cfg.train.batch_size, cfg.loss.dedupe_candidates)
             if cfg.loss.logq == "counts"
             else None
         )
@@ -254,6 +265,7 @@ def train(
     if prune:
         artifacts.prune_versions(out, cfg.export.keep_versions)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
+    prune_stale_runs(out)
     return TrainOutcome(version, metrics, baseline, training, extra, model)
 
 

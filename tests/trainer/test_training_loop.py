@@ -15,11 +15,22 @@ import pytest
 
 from tests.trainer.tiny import TINY, TINY_SETS
 from trainer._tf import tf
-from trainer.checkpoints import checkpoint_paths, data_fingerprint, run_directory
+from trainer.checkpoints import (
+    checkpoint_paths,
+    data_fingerprint,
+    prune_stale_runs,
+    run_directory,
+)
 from trainer.data.examples import build_eval_set
 from trainer.data.sources import load_source
 from trainer.model import TwoTowerModel
-from trainer.run import _index_queries, train, trainer_config, training_examples
+from trainer.run import (
+    _index_queries,
+    exact_item_probabilities,
+    train,
+    trainer_config,
+    training_examples,
+)
 from trainer.train import Trainer, seed_everything
 from twotower import artifacts
 from twotower.cli import main
@@ -143,6 +154,17 @@ def test_mixed_negatives_are_a_stateless_draw_per_global_step(tiny_ds):
         models[0].compute_loss(batch, training=True)
 
 
+def test_exact_counts_as_expected_occurrences_or_as_probability_of_occurring(tiny_ds):
+    counts = tiny_ds.train_item_counts().astype(np.float64)
+    rows = float((tiny_ds.split == 0).sum())
+    expected = exact_item_probabilities(tiny_ds, 64)
+    distinct = exact_item_probabilities(tiny_ds, 64, distinct=True)
+    assert expected[0] == distinct[0] == 0.0 and len(expected) == tiny_ds.num_items + 1
+    np.testing.assert_allclose(expected[1:], counts * 64 / rows, rtol=1e-6)
+    np.testing.assert_allclose(distinct[1:], 1 - (1 - counts / rows) ** 64, rtol=1e-5)
+    assert (distinct <= expected + 1e-7).all() and distinct.max() < 1.0 < expected.max()
+
+
 # ---------------------------------------------------------------- where checkpoints live
 
 
@@ -204,6 +226,24 @@ def test_an_incompatible_checkpoint_is_discarded_with_a_warning(tiny_ds, tmp_pat
     # The fresh start is the run a clean directory gives.
     clean = train(TINY, tmp_path / "art2", cfg, ds=_with_new_item(tiny_ds), progress=False)
     assert clean.training["history"] == out.training["history"]
+
+
+def test_stale_run_directories_are_pruned_live_ones_kept(tmp_path):
+    import os
+    import time
+
+    old_run, live_run, mine = (tmp_path / f".train-{n}" for n in ("old", "live", "mine"))
+    for d in (old_run, live_run, mine):
+        (d / "latest").mkdir(parents=True)
+        (d / "latest" / "checkpoint").write_text("x")
+    day_ago = time.time() - 2 * 24 * 3600
+    for run in (old_run, mine):  # mine is old too, but it is the caller's own
+        for path in (run, run / "latest", run / "latest" / "checkpoint"):
+            os.utime(path, (day_ago, day_ago))
+    os.utime(live_run, (day_ago, day_ago))  # only its directory is old: it still writes
+    (tmp_path / "versions").mkdir()
+    assert prune_stale_runs(tmp_path, keep=mine) == [old_run]
+    assert live_run.exists() and mine.exists() and (tmp_path / "versions").exists()
 
 
 def test_every_worker_restores_from_the_chief_and_writes_its_own_scratch(tmp_path):
