@@ -129,8 +129,11 @@ class EvalSet:
       history: int32 [u, H] tokens fed to the user tower.
       dislikes: int32 [u, D] tokens fed to the user tower.
       target_ptr, target_items: CSR of the held-out positive items per user.
-      mask_ptr, mask_items: CSR of items removed from the user's ranking (train/valid items).
-      dislike_ptr, dislike_items: CSR of held-out dislikes per user (may be empty).
+      mask_ptr, mask_items: CSR of items removed from the user's ranking: the items of
+        their train (and, for test, valid) events, dislikes included, never a held-out
+        dislike (see :func:`trainer.data.examples.build_eval_set`).
+      dislike_ptr, dislike_items: CSR of held-out dislikes per user (may be empty); none
+        of them is masked.
     """
 
     users: np.ndarray
