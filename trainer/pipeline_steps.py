@@ -59,6 +59,12 @@ def _item_ids(art: Path, version: str) -> np.ndarray:
         return npz["ids"].astype(str)
 
 
+def _has_test_users(ds: Dataset) -> bool:
+    from trainer.data.examples import build_eval_set
+
+    return len(build_eval_set(ds, "test", 1, 1)) > 0
+
+
 def _baseline(state: dict[str, Any], published_manifest: dict[str, Any] | None) -> int | None:
     """Archived-event count of the newest snapshot a gate has already judged (None: never)."""
     seen = []
@@ -251,6 +257,14 @@ def gated_run(
         return
 
     ds = dataset_from_events(events, source=source)
+    if published and not force and not _has_test_users(ds):
+        # Nothing to compare the versions on: training would end in a blind gate.
+        report.update(
+            outcome="skipped",
+            reason="no user in the training window has a held-out event to gate on "
+            "(users need 3 positives); widen pipeline.window_days or wait for more events",
+        )
+        return
     tcfg = config.trainer()
     warm = _warm_version(
         art, pinned if snapshot is not None else published, tcfg, ds, pinned=snapshot is not None

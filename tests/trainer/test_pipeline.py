@@ -272,6 +272,25 @@ def test_checkpoint_dirs_are_keyed_by_snapshot_and_stale_ones_cleared(tmp_path):
     assert not a.exists() and b.exists()
 
 
+def test_no_users_to_gate_on_skips_before_training(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.sqlite'}"
+    art = tmp_path / "art"
+    artifacts.publish(art, _fake_version(art))
+    # Two positives per user: nobody has a held-out event.
+    _append(
+        url,
+        [
+            {"event_id": f"p{u}-{j}", "user_id": f"w{u}", "item_id": f"i{j}", "type": "like"}
+            for u in range(10)
+            for j in range(2)
+        ],
+    )
+    report = run_once(url, art, _config(), progress=False)
+    assert report["outcome"] == "skipped" and "held-out" in report["reason"]
+    assert not (art / CHECKPOINTS_DIR).exists()  # no training started
+    assert len(artifacts.list_versions(art)) == 1
+
+
 def test_window_keeps_the_last_days_by_event_time():
     from feature_store.events import Event
 
