@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from feature_store.base import StoreOutcomeUnknown, StoreUnavailable
 from feature_store.events import DISLIKE, EventError, make_event
 from serving import service
 from serving.deps import ModelDep, StateDep
@@ -155,7 +156,7 @@ async def post_events(req: EventsRequest, state: StateDep) -> EventsResponse:
         result = await asyncio.wait_for(
             state.store.append_events(events), settings.store_write_timeout_s
         )
-    except Exception as exc:  # any backend failure: the outcome is unknown to us
+    except Exception as exc:  # any backend failure
         state.metrics.events.labels("failed").inc(len(events))
         reason = (
             f"no answer within {settings.store_write_timeout_s}s"
@@ -163,12 +164,15 @@ async def post_events(req: EventsRequest, state: StateDep) -> EventsResponse:
             else type(exc).__name__
         )
         log.warning("writing %d events failed (%s): answered 503", len(events), reason)
-        raise HTTPException(
-            503,
-            f"online store unavailable ({reason}); outcome unknown; retry with the same "
-            "event_id values",
-            retry,
-        ) from exc
+        if isinstance(exc, StoreUnavailable) and not isinstance(exc, StoreOutcomeUnknown):
+            # The store says nothing of the batch was applied: a plain retry is safe.
+            outcome = "nothing was written; retry"
+        else:
+            outcome = (
+                "outcome unknown; retry with the same event_id values (events sent "
+                "without an event_id cannot be told apart from a second copy)"
+            )
+        raise HTTPException(503, f"online store unavailable ({reason}); {outcome}", retry) from exc
     state.metrics.events.labels("accepted").inc(result.accepted)
     state.metrics.events.labels("duplicate").inc(result.duplicates)
     return EventsResponse(accepted=result.accepted, duplicates=result.duplicates)

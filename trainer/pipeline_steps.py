@@ -227,7 +227,8 @@ def gated_run(
     else:
         assert store_url is not None
         compacted = compact(store_url, art / EVENTS_DIR, consumer="pipeline")
-        events = read_compacted(art / EVENTS_DIR)
+        # With the store's URL, an erasure recorded since the compaction is applied too.
+        events = read_compacted(art / EVENTS_DIR, url=store_url)
         archive_run, archived, new = compacted.run, compacted.total, compacted.new_events
         pinned, source = None, f"events:{_redact(store_url)}"
     events = window(events, pc.window_days)
@@ -342,7 +343,7 @@ def freeze_snapshot(store_url: str, art: Path, config: PipelineConfig) -> dict[s
 
     with run_lock(art):
         compacted = compact(store_url, art / EVENTS_DIR, consumer="pipeline")
-        events = read_compacted(art / EVENTS_DIR)
+        events = read_compacted(art / EVENTS_DIR, url=store_url)
         if not events:
             raise DataError(f"{_redact(store_url)}: the event log is empty; nothing to freeze")
         warm = artifacts.latest_version(art)

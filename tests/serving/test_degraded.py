@@ -122,6 +122,9 @@ def test_dislikes_stay_filtered_while_the_store_hangs_and_after_it_dies(
     redis_proc.kill()  # now refused outright: the same answers
     body = c.post("/v1/recommend", json={"user_id": user, "history": history, "k": 10}).json()
     assert body["degraded"] is True and not {top[0], top[1], top[2]} & set(_ids(body))
+    # A refused connection: the store knows nothing was applied, and says so.
+    r = c.post("/v1/events", json=_events(user, [(top[3], "dislike")], "refused"))
+    assert r.status_code == 503 and "nothing was written" in r.json()["detail"], r.json()
 
 
 def test_refuse_policy_answers_503_for_users_this_server_does_not_know(
