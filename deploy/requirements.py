@@ -42,10 +42,9 @@ import base64
 import hashlib
 import re
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
-
-import tomllib
 
 VARIANTS = ("cpu", "gpu")
 

@@ -277,6 +277,10 @@ def create_app(settings: Settings) -> FastAPI:
 
 def create_app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` and worker processes: settings from ``TWOTOWER_SERVE_*``."""
+    from twotower.tf_logging import import_tensorflow_quietly
+
+    # Worker processes start fresh: keep TensorFlow's start-up notices out of their stderr too.
+    import_tensorflow_quietly()
     return create_app(Settings())  # type: ignore[call-arg]
 
 

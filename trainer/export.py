@@ -145,7 +145,7 @@ def export_version(
         model.weights_checkpoint().write(str(vdir / artifacts.CHECKPOINT / "model"))
         manifest = {
             "version": version,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "embedding_dim": int(items.shape[1]),
             "num_items": int(items.shape[0]),
             "similarity": similarity,

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import re
 import shlex
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from tests.deploy import _deploy as d
 
