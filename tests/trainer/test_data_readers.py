@@ -350,3 +350,33 @@ def test_events_source_reads_a_real_sqlite_store(tmp_path):
     assert ds.kind == "events" and ds.source == f"events:{url}"
     assert ds.item_ids[ds.items].tolist() == ["i0", "i1", "i2", "bad", "i3", "i4"]
     assert ds.split.tolist() == [TRAIN, TRAIN, TRAIN, TRAIN, VALID, TEST]
+
+
+def test_events_source_reads_a_log_export_directory(tmp_path):
+    from feature_store import open_store, run_sync
+    from feature_store.log import compact
+
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    t0 = 1.7e9
+    events = [ev(k, "u", f"i{k}", "like", t0 + k) for k in range(5)] + [
+        ev(9, "u", "bad", "dislike", t0 + 2.5),
+        ev(10, "w", "i1", "view", t0 + 1),
+    ]
+
+    async def put() -> None:
+        async with open_store(url) as store:
+            await store.append_events(events)
+
+    run_sync(put())
+    export = tmp_path / "export"
+    assert compact(url, export, consumer="test").new_events == len(events)
+    from_store, from_export = load_source(f"events:{url}"), load_source(f"events:{export}")
+    assert from_export.source == f"events:{export}"
+    assert events_of(from_export) == events_of(from_store)
+    assert from_export.split.tolist() == from_store.split.tolist()
+
+    with pytest.raises(DataError, match="no such directory"):
+        load_source(f"events:{tmp_path / 'missing'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no committed events"):
+        load_source(f"events:{tmp_path / 'empty'}")

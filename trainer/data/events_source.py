@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -90,7 +91,33 @@ def dataset_from_events(events: Iterable[Event], source: str) -> Dataset:
 
 
 def read_event_log(url: str) -> Dataset:
-    """Every event of the store's durable log at ``url`` as a Dataset."""
+    """Every event of the store's log at ``url``, or of a Parquet export directory, as a Dataset.
+
+    ``url`` with a scheme (``sqlite:///...``, ``redis://...``, ``rediss://...``)
+    is a store: its durable log as it is now, which keeps exported entries only
+    for the store's ``log_retention``. Without one it is a directory written by
+    the log export (``twotower pipeline`` keeps one at ``ART/events``): every
+    event ever exported there, erasure tombstones applied.
+    """
+    if "://" not in url:
+        return _read_export(Path(url))
     from feature_store.log import iter_events  # written alongside the stores; imported on use
 
     return dataset_from_events(iter_events(url), source=f"events:{redact(url)}")
+
+
+def _read_export(path: Path) -> Dataset:
+    from feature_store.log import read_compacted
+
+    if not path.is_dir():
+        raise DataError(
+            f"events:{path}: not a store URL (sqlite:///..., redis://...) and no such "
+            "directory (an export directory such as ART/events)"
+        )
+    try:
+        events = read_compacted(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"events:{path}: cannot read the export: {exc}") from exc
+    if not events:
+        raise DataError(f"events:{path}: the export holds no committed events")
+    return dataset_from_events(events, source=f"events:{path}")

@@ -6,6 +6,7 @@ Accepted forms::
     movielens:PATH              a u.data file, a ratings.csv, or a directory holding one
     lightgcn:DIR                DIR/train.txt, valid.txt, test.txt (the given split)
     events:STORE_URL            every event of the store's durable log
+    events:DIR                  every event of a Parquet log export (e.g. ART/events)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ FORMS = (
     "synthetic[:key=value,...]",
     "movielens:PATH (u.data, ratings.csv or a directory holding one)",
     "lightgcn:DIR (with train.txt, valid.txt, test.txt)",
-    "events:STORE_URL (sqlite:///path, redis://...)",
+    "events:STORE_URL (sqlite:///path, redis://...) or events:DIR (a log export, e.g. ART/events)",
 )
 
 
