@@ -106,6 +106,28 @@ class TrainerConfig(_Section):
         return self.model_dump(mode="json")
 
 
+#: ``model.*`` keys that change the towers' variables: a version trained with other
+#: values cannot initialise this model (the scheduled job then cold-starts).
+ARCHITECTURE_KEYS = (
+    "embedding_dim",
+    "encoder",
+    "hidden_units",
+    "attention_heads",
+    "attention_layers",
+    "use_item_features",
+    "use_dislike_input",
+)
+
+
+def architecture_changes(old: TrainerConfig, new: TrainerConfig) -> list[str]:
+    """``"model.<key> changed (old -> new)"`` for each of :data:`ARCHITECTURE_KEYS` that differs."""
+    return [
+        f"model.{key} changed ({getattr(old.model, key)!r} -> {getattr(new.model, key)!r})"
+        for key in ARCHITECTURE_KEYS
+        if getattr(old.model, key) != getattr(new.model, key)
+    ]
+
+
 #: Defaults tuned on validation data, per kind of source (README "Tuning"):
 #: the class defaults above are the winners on ml-100k and the synthetic
 #: generator's validation splits; these per-kind entries only override what

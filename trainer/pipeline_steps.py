@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainer.config import TrainerConfig
+from trainer.config import TrainerConfig, architecture_changes
 from trainer.gate import apply_gate, evaluate_on_holdout, shared_holdout
 from trainer.pipeline import (
     EVENTS_DIR,
@@ -87,27 +87,19 @@ def can_warm_start(manifest: dict[str, Any] | None, config: TrainerConfig) -> bo
             "not warm-starting from %s: its config does not load (%s)", manifest.get("version"), exc
         )
         return False
-    keys = (
-        "embedding_dim",
-        "encoder",
-        "hidden_units",
-        "attention_heads",
-        "attention_layers",
-        "use_item_features",
-    )
-    changed = [k for k in keys if getattr(old.model, k) != getattr(config.model, k)]
+    changed = architecture_changes(old, config)
     if old.loss.logq != config.loss.logq:
-        changed.append("loss.logq")
+        changed.append(f"loss.logq changed ({old.loss.logq!r} -> {config.loss.logq!r})")
     if (old.frequency.buckets, old.frequency.hashes) != (
         config.frequency.buckets,
         config.frequency.hashes,
     ):
-        changed.append("frequency.buckets/hashes")
+        changed.append("frequency.buckets/hashes changed")
     if changed:
         log.warning(
-            "not warm-starting from %s: %s changed; training from scratch",
+            "not warm-starting from %s: %s; training from scratch",
             manifest.get("version"),
-            changed,
+            "; ".join(changed),
         )
         return False
     return True

@@ -38,21 +38,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from feature_store.events import Event
+from feature_store.export_files import SCHEMA as EXPORT_SCHEMA
 from twotower import artifacts
 
 SNAPSHOTS_DIR = "snapshots"
 EVENTS_FILE = "events.parquet"
 META_FILE = "snapshot.json"
-SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("user_id", pa.string()),
-        ("item_id", pa.string()),
-        ("type", pa.string()),
-        ("ts", pa.float64()),
-        ("received_at", pa.float64()),
-    ]
-)
+#: The log export's event columns, without its bookkeeping (run, position in the run).
+SCHEMA = pa.schema([f for f in EXPORT_SCHEMA if f.name not in ("run", "pos")])
 
 
 class SnapshotError(artifacts.ArtifactError):

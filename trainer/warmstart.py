@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from trainer._tf import tf
-from trainer.config import TrainerConfig
+from trainer.config import TrainerConfig, architecture_changes
 from trainer.model import TwoTowerModel
 from twotower import artifacts
 
@@ -56,19 +56,12 @@ def warm_start(model: TwoTowerModel, art: str | Path, version: str) -> dict[str,
         )
     old_config = TrainerConfig.model_validate(manifest["config"])
     new_config = model.config
-    for key in (
-        "embedding_dim",
-        "encoder",
-        "hidden_units",
-        "attention_heads",
-        "attention_layers",
-        "use_item_features",
-    ):
-        if getattr(old_config.model, key) != getattr(new_config.model, key):
-            raise WarmStartError(
-                f"model.{key} changed ({getattr(old_config.model, key)!r} -> {getattr(new_config.model, key)!r}); "
-                "warm start needs the same architecture (train from scratch instead)"
-            )
+    changed = architecture_changes(old_config, new_config)
+    if changed:
+        raise WarmStartError(
+            f"{'; '.join(changed)}; "
+            "warm start needs the same architecture (train from scratch instead)"
+        )
     old_sizes: dict[str, int] = manifest.get("item_feature_sizes", {})
     old_n = int(manifest["num_items"])
     old_features = {name: np.zeros(old_n, np.int32) for name in old_sizes}

@@ -97,6 +97,31 @@ def _pipeline_cmd(url: str, art: Path, *sets: str) -> list[str]:
     return cmd
 
 
+# -- warm start or cold start -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "warm"),
+    [
+        ({}, True),
+        ({"model": {"use_dislike_input": False}}, False),
+        ({"model": {"embedding_dim": 32}}, False),
+        ({"loss": {"logq": "none"}}, False),
+        ({"loss": {"ntr_weight": 3.0}}, True),  # not an architecture change
+    ],
+)
+def test_a_changed_architecture_cold_starts_instead_of_failing(change, warm):
+    from trainer.config import TrainerConfig
+
+    published = TrainerConfig()
+    candidate = TrainerConfig.model_validate(
+        {**published.as_dict(), **{k: {**published.as_dict()[k], **v} for k, v in change.items()}}
+    )
+    manifest = {"version": "v1", "config": published.as_dict()}
+    assert pipeline_steps.can_warm_start(manifest, candidate) is warm
+    assert pipeline_steps.can_warm_start(None, candidate) is False
+
+
 # -- the gate and its configuration ---------------------------------------------------------
 
 
