@@ -137,8 +137,8 @@ SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
     "movielens": {},
     # Gowalla validation recall@20 after 3 epochs: tau 0.05 -> 0.185, 0.1 -> 0.199, 0.2 -> 0.149.
     # History width H (the evaluation input is all of a user's train items up to H):
-    # H 50 -> 0.2001 (8.7% of users capped), 100 -> 0.2008 (2.7%), 200 -> 0.1999 (0.6%,
-    # twice the memory); one H=50 model fed all train items scores 0.2003. Flat: 100.
+    # H 50 -> 0.1972, 100 -> 0.1987, 200 -> 0.2001 (bench/results/tune_gowalla_history.md):
+    # within seed spread, and each row's input grows with H, so 100.
     # No dislikes in these files: the dislike branch of the user tower would only
     # ever see padding (untrained weights, noise in responsiveness), so it is off.
     "lightgcn": {
