@@ -165,6 +165,8 @@ def _announce_when_ready(
     """Poll ``url`` until it answers 200, then print the curl lines (stdout); False on timeout."""
     import httpx
 
+    # The client logs every request at INFO: the user would see the probe polling.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
