@@ -72,6 +72,13 @@ def reference_neighbors(ds: Dataset, num_items: int) -> np.ndarray:
     return cooccurrence_neighbors(ds.users[sel], ds.items[sel], num_items)
 
 
+def version_neighbors(ds: Dataset, num_items: int) -> np.ndarray:
+    """:func:`reference_neighbors` for a version that knows the first ``num_items`` items of
+    ``ds`` (aligned to it): rows and neighbours beyond them dropped (-1)."""
+    neighbors = reference_neighbors(ds, ds.num_items)[:num_items]
+    return np.where(neighbors >= num_items, -1, neighbors)
+
+
 def evaluate(
     embed: EmbedFn,
     item_emb: np.ndarray,

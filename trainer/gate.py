@@ -177,7 +177,7 @@ def evaluate_on_holdout(art: str | Path, version: str, holdout: Holdout) -> dict
     """
     from trainer.data.examples import build_eval_set
     from trainer.data.vocab import align_items
-    from trainer.evaluate import evaluate, reference_neighbors
+    from trainer.evaluate import evaluate, version_neighbors
     from trainer.metrics import ranking_metrics
     from twotower.tf_logging import import_tensorflow_quietly
 
@@ -190,10 +190,12 @@ def evaluate_on_holdout(art: str | Path, version: str, holdout: Holdout) -> dict
     n = len(ids)
     own = align_items(holdout.ds, ids)
     own_set = _only(build_eval_set(own, "test", H, D), own.user_ids, holdout.users)
-    neighbors = reference_neighbors(own, own.num_items)[:n]
-    neighbors = np.where(neighbors >= n, -1, neighbors)
     ev = evaluate(
-        exported.embed, exported.item_emb, own_set, own.train_item_counts()[:n], neighbors
+        exported.embed,
+        exported.item_emb,
+        own_set,
+        own.train_item_counts()[:n],
+        version_neighbors(own, n),
     )
 
     position = {x: i for i, x in enumerate(holdout.catalog)}

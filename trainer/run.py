@@ -28,6 +28,7 @@ from trainer.evaluate import (
     popular_baseline,
     reference_neighbors,
     sample_rows,
+    version_neighbors,
 )
 from trainer.export import embed_in_chunks, export_version, serving_embed
 from trainer.metrics import write_topk_jsonl
@@ -361,9 +362,7 @@ def evaluate_version(
     )
     n = len(exported.item_ids)
     counts = ds.train_item_counts()[:n]
-    neighbors = reference_neighbors(ds, ds.num_items)[:n]
-    neighbors = np.where(neighbors >= n, -1, neighbors)
-    ev = evaluate(exported.embed, exported.item_emb, test, counts, neighbors)
+    ev = evaluate(exported.embed, exported.item_emb, test, counts, version_neighbors(ds, n))
     if topk_out:
         write_topk_jsonl(
             topk_out, [str(ds.user_ids[u]) for u in test.users], ev.topk, exported.item_ids
