@@ -110,6 +110,7 @@ def test_dockerignore_keeps_out(path):
     [
         "pyproject.toml",
         "README.md",
+        "constraints.txt",
         "twotower/cli.py",
         "twotower/artifacts.py",
         "twotower/py.typed",
