@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,22 +24,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _installed_twotower() -> str:
+    """The console script ``pip install`` put beside this interpreter (what a user runs)."""
+    script = Path(sys.executable).parent / "twotower"
+    assert script.exists(), (
+        f"no installed `twotower` script beside {sys.executable}: pip install -e ."
+    )
+    return str(script)
+
+
+def _run_curl(line: str) -> dict:
+    """Run one printed ``curl`` line as a user would paste it; its JSON answer."""
+    assert shutil.which("curl"), "curl is needed to run the demo's printed lines"
+    done = subprocess.run(shlex.split(line), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, (line, done.stderr)
+    return json.loads(done.stdout)
+
+
 @pytest.mark.slow
 def test_demo_serves_and_the_printed_dislike_removes_the_item(tmp_path):
     port = _free_port()
     out = (tmp_path / "stdout").open("w+")
     err = (tmp_path / "stderr").open("w+")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "twotower.cli",
-            "demo",
-            "--dir",
-            str(tmp_path / "demo"),
-            "--port",
-            str(port),
-        ],
+        [_installed_twotower(), "demo", "--dir", str(tmp_path / "demo"), "--port", str(port)],
         stdout=out,
         stderr=err,
         cwd=tmp_path,
@@ -56,6 +66,7 @@ def test_demo_serves_and_the_printed_dislike_removes_the_item(tmp_path):
         # and the demo says it is ready only after uvicorn said it is listening.
         assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200
         assert len(lines) == 3
+        assert all(f"{base}/v1/" in ln for ln in lines), lines  # the port it was given
         startup = Path(err.name).read_text()
         assert "Uvicorn running on" in startup and "ready in" in startup, startup[-3000:]
         assert startup.index("Uvicorn running on") < startup.index("ready in")
@@ -68,20 +79,20 @@ def test_demo_serves_and_the_printed_dislike_removes_the_item(tmp_path):
             assert noise not in startup, noise
         if not Path("/proc/driver/nvidia/version").exists():
             assert "cuInit" not in startup
-        calls = []
-        for line in lines:
-            argv = shlex.split(line)
-            url = argv[argv.index("-X") + 2].replace("8000", str(port))
-            body = json.loads(argv[argv.index("-d") + 1])
-            calls.append((url.replace("http://127.0.0.1:8000", base), body))
-        first = httpx.post(calls[0][0], json=calls[0][1], timeout=10).json()
-        disliked = calls[1][1]["events"][0]["item_id"]
-        assert disliked in [x["item_id"] for x in first["items"]]  # the demo picked a visible item
-        ack = httpx.post(calls[1][0], json=calls[1][1], timeout=10).json()
-        assert ack == {"accepted": 1, "duplicates": 0}
-        second = httpx.post(calls[2][0], json=calls[2][1], timeout=10).json()
-        assert len(second["items"]) == 5
+        k = json.loads(shlex.split(lines[0])[-1])["k"]
+        disliked = json.loads(shlex.split(lines[1])[-1])["events"][0]["item_id"]
+        first = _run_curl(lines[0])
+        assert len(first["items"]) == k
+        assert disliked == first["items"][0]["item_id"]  # the demo dislikes the visible top item
+        assert _run_curl(lines[1]) == {"accepted": 1, "duplicates": 0}
+        second = _run_curl(lines[2])
+        assert len(second["items"]) == k  # k still honoured after the filter
         assert disliked not in [x["item_id"] for x in second["items"]]
+        assert second["model_version"] == first["model_version"]
+        proc.send_signal(signal.SIGINT)  # a user's Ctrl-C: a clean stop
+        assert proc.wait(timeout=60) == 0, Path(err.name).read_text()[-3000:]
+        assert "Traceback" not in Path(err.name).read_text()
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
