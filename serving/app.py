@@ -30,6 +30,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.batcher import Batcher, BatcherClosed
 from serving.deps import AppState
+from serving.docs import ASSETS_PATH as DOCS_ASSETS_PATH
+from serving.docs import install_docs
 from serving.metrics import Metrics, mark_process_dead
 from serving.middleware import LimitsAndTimingMiddleware
 from serving.openapi import apply_limits
@@ -251,19 +253,27 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Two-tower candidate retrieval with negative-feedback filtering",
         version=_package_version(),
         lifespan=_lifespan,
+        # /docs and /redoc come from serving.docs: assets from the package, not a CDN.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     state = _build_state(settings)
     app.state.twotower = state
     app.include_router(router)
     if settings.floor_route:
         app.include_router(floor_router)
+    install_docs(app)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(BatcherClosed, _batcher_closed)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(
-        LimitsAndTimingMiddleware, metrics=state.metrics, max_body_bytes=settings.max_body_bytes
+        LimitsAndTimingMiddleware,
+        metrics=state.metrics,
+        max_body_bytes=settings.max_body_bytes,
+        fixed_routes=(app.openapi_url or "", DOCS_ASSETS_PATH),
     )
 
     def openapi() -> dict[str, Any]:

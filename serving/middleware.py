@@ -2,13 +2,19 @@
 
 Pure ASGI (no ``BaseHTTPMiddleware``), so streaming bodies are counted as they
 are read and nothing is buffered twice.
+
+The histogram's ``route`` label is the matched API route's template. Routes
+that leave no template in the scope (FastAPI's ``/openapi.json``, the mounted
+docs assets) are named by ``fixed_routes``: a path equal to one, or under it,
+is labelled with it (``/docs-assets`` for every asset file: one series, not
+one per file). Anything else is ``unmatched`` (404s: scanners, typos).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -28,10 +34,17 @@ class LimitsAndTimingMiddleware:
     read; chunked bodies are counted while read and cut off at the limit.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        max_body_bytes: int,
+        fixed_routes: Iterable[str] = (),
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.fixed_routes = tuple(r.rstrip("/") for r in fixed_routes if r.rstrip("/"))
 
     async def _reply_413(self, send: Callable[[Any], Awaitable[None]], size: str) -> None:
         body = json.dumps(
@@ -65,6 +78,8 @@ class LimitsAndTimingMiddleware:
             return
         start = time.perf_counter()
         status = {"code": 500}
+        # Routing rewrites root_path inside mounts: keep the request's own for the label.
+        request_path = (scope.get("path", ""), scope.get("root_path", ""))
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
@@ -73,7 +88,7 @@ class LimitsAndTimingMiddleware:
                     too_big = False
                 if too_big:
                     await self._reply_413(send, value.decode(errors="replace"))
-                    self._observe(scope, 413, start)
+                    self._observe(scope, request_path, 413, start)
                     return
 
         seen = 0
@@ -104,14 +119,23 @@ class LimitsAndTimingMiddleware:
             status["code"] = 413
             await self._reply_413(send, f"more than {limit}")
         finally:
-            self._observe(scope, status["code"], start)
+            self._observe(scope, request_path, status["code"], start)
 
-    def _observe(self, scope: Scope, status: int, start: float) -> None:
-        route = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
+    def _observe(
+        self, scope: Scope, request_path: tuple[str, str], status: int, start: float
+    ) -> None:
+        template = getattr(scope.get("route"), "path", None) or self._fixed_route(*request_path)
         self.metrics.latency.labels(scope.get("method", ""), template, str(status)).observe(
             time.perf_counter() - start
         )
+
+    def _fixed_route(self, path: str, root_path: str) -> str:
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path) :]
+        for route in self.fixed_routes:
+            if path == route or path.startswith(route + "/"):
+                return route
+        return "unmatched"
 
 
 class _BodyTooLarge(HTTPException):
