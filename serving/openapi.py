@@ -5,6 +5,12 @@ ids); a deployment may configure lower limits (``max_k``, ``max_list_length``,
 ``max_events``) and a different ``default_k``. The schema served at
 ``/openapi.json`` states the configured values, so a client generated from it,
 or a property-based checker, sees exactly what the server accepts.
+
+The body size limit (``max_body_bytes``, enforced for every route by
+:class:`serving.middleware.LimitsAndTimingMiddleware`) has no JSON Schema
+keyword: every request body states it in its description and as
+``x-max-body-bytes``, and every POST operation documents the 413 answer with
+the number.
 """
 
 from __future__ import annotations
@@ -12,6 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 from serving.settings import Settings
+
+#: OpenAPI extension on each request body: the largest body accepted, in bytes.
+MAX_BODY_BYTES_KEY = "x-max-body-bytes"
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 
 
 class SchemaShapeError(RuntimeError):
@@ -55,4 +65,32 @@ def apply_limits(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
             break
     else:
         raise SchemaShapeError("GET /v1/items/{item_id}/similar has no k parameter")
+    _body_limit(schema, settings.max_body_bytes)
     return schema
+
+
+def _body_limit(schema: dict[str, Any], limit: int) -> None:
+    """State ``limit`` on every request body and as the 413 answer of every POST operation."""
+    note = (
+        f"At most {limit} bytes (TWOTOWER_SERVE_MAX_BODY_BYTES): a larger body is refused "
+        "with 413 before it is parsed."
+    )
+    too_large = f"request body larger than {limit} bytes (TWOTOWER_SERVE_MAX_BODY_BYTES)"
+    posts = 0
+    for path_item in _node(schema, "paths").values():
+        for method, operation in path_item.items():
+            if not isinstance(operation, dict):
+                continue
+            body = operation.get("requestBody")
+            if method != "post" and body is None:
+                continue
+            posts += method == "post"
+            if body is not None:
+                body["description"] = f"{body.get('description', '')} {note}".strip()
+                body[MAX_BODY_BYTES_KEY] = limit
+            response = operation.setdefault("responses", {}).setdefault(
+                "413", {"content": {"application/json": {"schema": dict(_ERROR_REF)}}}
+            )
+            response["description"] = too_large
+    if not posts:
+        raise SchemaShapeError("OpenAPI schema has no POST operation to state the body limit on")

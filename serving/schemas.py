@@ -64,6 +64,9 @@ IdList = Annotated[list[Id], Field(max_length=LIST_CAP)]
 K = Annotated[int, Strict(), Field(ge=1, le=K_CAP), BeforeValidator(_integral)]
 
 
+#: OpenAPI extension on ``EventIn.ts``: how far ahead of the server's clock a ts may be (s).
+TS_AHEAD_KEY = "x-max-seconds-ahead-of-server-clock"
+
 #: The event types as a JSON Schema enum (validated by make_event, which names the field).
 _EVENT_TYPE_ENUM: dict[str, Any] = {"enum": sorted(EVENT_TYPES)}
 
@@ -159,9 +162,11 @@ class EventIn(_Strict):
     )
     ts: Annotated[float, Strict()] | None = Field(
         None,
-        description="seconds since the epoch (default: now); not before 2000-01-01, at most "
-        f"{MAX_FUTURE_SKEW_S:.0f} s ahead of the server's clock",
-        json_schema_extra={"minimum": MIN_TS},
+        description=f"seconds since the epoch (default: now); at least {MIN_TS:.0f} "
+        f"(2000-01-01) and at most {MAX_FUTURE_SKEW_S:.0f} s ahead of the server's clock when "
+        f"the call arrives ({TS_AHEAD_KEY}: a bound relative to the server's clock, which "
+        "JSON Schema's maximum cannot state)",
+        json_schema_extra={"minimum": MIN_TS, TS_AHEAD_KEY: MAX_FUTURE_SKEW_S},
     )
 
 
