@@ -155,6 +155,18 @@ def purge(
     return kept, replaced, removed
 
 
+def item_ids(out: Path, files: list[str]) -> set[str]:
+    """The distinct item ids of the listed files (reads only that column)."""
+    ids: set[str] = set()
+    for rel in files:
+        try:
+            column = pq.read_table(out / rel, columns=["item_id"]).column("item_id")
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise StoreError(f"{out / rel}: committed export file unreadable: {exc}") from exc
+        ids.update(pc.unique(column).to_pylist())
+    return ids
+
+
 def read_events(
     out: Path, files: list[str], after_run: int, tombstones: Mapping[str, float]
 ) -> list[Event]:

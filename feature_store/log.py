@@ -13,6 +13,7 @@ reads only new events, each exactly once. Layout::
       _cursor.json                      committed state (see below)
       .lock                             flock: exclusive while a run writes, shared while reading
       date=YYYY-MM-DD/part-r00000007.parquet   one file per (run, date), files: export_files
+      _item_metadata.json               the store's item metadata of the exported items
 
 ``_cursor.json`` = ``{"consumer", "store_id", "cursor", "run", "total",
 "files": [...], "tombstones": {...}, "purges"}``: the store the cursor
@@ -40,6 +41,14 @@ A crash before 5 leaves the old state: the re-run deletes the orphan files,
 reads the same events again and rewrites run ``r+1``, so nothing is lost or
 duplicated. A crash after 5 is a completed run.
 
+Item metadata: every run (also one with nothing new) fetches the store's
+metadata of every item the committed files hold and replaces
+``_item_metadata.json`` (``{"store_id", "items": {item_id: {...}}}``) before
+its commit, so a reader of the export (``events:DIR``, the pipeline, a
+frozen snapshot) has the item features without the store: the copy is as of
+the last run. A directory exported by an older version has no such file
+(:func:`read_item_metadata` returns None) until its next run.
+
 Erasure: ``forget_user`` removes a user from the store's log and records a
 tombstone; the next run purges the user's exported events (those received
 up to the erasure) from every file, and every read applies the tombstones
@@ -54,7 +63,7 @@ import fcntl
 import json
 import logging
 import threading
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,8 +80,10 @@ __all__ = [
     "StoreIdentityError",
     "apply_tombstones",
     "compact",
+    "item_metadata",
     "iter_events",
     "read_compacted",
+    "read_item_metadata",
     "read_new",
     "rebind",
 ]
@@ -82,7 +93,9 @@ T = TypeVar("T")
 
 STATE_FILE = "_cursor.json"
 LOCK_FILE = ".lock"
+METADATA_FILE = "_item_metadata.json"
 PAGE = 10_000
+METADATA_BATCH = 2000
 
 
 class StoreIdentityError(StoreError):
@@ -167,6 +180,22 @@ def iter_events(url: str) -> Iterator[Event]:
             yield from events
 
 
+def _fetch_metadata(
+    runner: _LoopThread, store: OnlineStore, item_ids: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    ids = sorted(set(item_ids))
+    out: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), METADATA_BATCH):
+        out.update(runner.run(store.get_item_metadata(ids[start : start + METADATA_BATCH])))
+    return out
+
+
+def item_metadata(url: str, item_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The store's metadata of the known items among ``item_ids`` (sync, batched)."""
+    with _opened(url) as (runner, store):
+        return _fetch_metadata(runner, store, item_ids)
+
+
 # -- state and lock ------------------------------------------------------------------------
 
 
@@ -207,6 +236,14 @@ def _commit_state(out: Path, state: dict[str, Any]) -> None:
     tmp = out / f".{STATE_FILE}.tmp"
     tmp.write_text(json.dumps(state, indent=1))
     durable_replace(tmp, out / STATE_FILE)
+
+
+def _write_metadata(out: Path, runner: _LoopThread, store: OnlineStore, files: list[str]) -> None:
+    """Replace the export's copy of the item metadata of the items in ``files`` (atomic)."""
+    items = _fetch_metadata(runner, store, export_files.item_ids(out, files))
+    tmp = out / f".{METADATA_FILE}.tmp"
+    tmp.write_text(json.dumps({"store_id": store.store_id, "items": items}, sort_keys=True))
+    durable_replace(tmp, out / METADATA_FILE)
 
 
 def _remove_orphans(out: Path, state: Mapping[str, Any]) -> None:
@@ -304,6 +341,7 @@ def compact(
             events = _erased(events, tombstones)
             fresh = _new_tombstones(state, tombstones)
             if cursor == state["cursor"] and not fresh and state.get("store_id") == store.store_id:
+                _write_metadata(out, runner, store, list(state["files"]))
                 return CompactResult(
                     out, int(state["run"]), 0, int(state["total"]), state["cursor"]
                 )
@@ -324,6 +362,8 @@ def compact(
                 "files": [*files, *(str(f.relative_to(out)) for f in written)],
                 "tombstones": {**(state.get("tombstones") or {}), **fresh},
             }
+            # Before the commit: a crash in between leaves a copy that covers more items.
+            _write_metadata(out, runner, store, list(new_state["files"]))
             _commit_state(out, new_state)
             for path in replaced:
                 path.unlink(missing_ok=True)
@@ -398,6 +438,26 @@ def read_compacted(out_dir: str | Path, *, url: str | None = None) -> list[Event
     with ``url``, of the store's current ones (an erasure since the last run).
     """
     return _read(Path(out_dir), 0, url)[0]
+
+
+def read_item_metadata(out_dir: str | Path) -> dict[str, dict[str, Any]] | None:
+    """The export's copy of the store's item metadata (``{item_id: {...}}``, as of its last run).
+
+    None when the directory has no copy (exported by a version before it was kept).
+    """
+    out = Path(out_dir)
+    with _locked(out, exclusive=False):
+        path = out / METADATA_FILE
+        try:
+            loaded = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise StoreError(f"{path}: unreadable item metadata ({exc})") from exc
+    items = loaded.get("items") if isinstance(loaded, dict) else None
+    if not isinstance(items, dict):
+        raise StoreError(f'{path}: no "items" object; not an item metadata copy')
+    return items
 
 
 def read_new(
