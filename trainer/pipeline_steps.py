@@ -31,6 +31,7 @@ from trainer.pipeline import (
 from trainer.reports import append_history, trim_history
 from trainer.snapshot import (
     SnapshotError,
+    load_item_metadata,
     load_snapshot,
     pinned_versions,
     prune_snapshots,
@@ -52,6 +53,19 @@ def window(events: list[Event], window_days: float | None) -> list[Event]:
         return events
     horizon = max(e.ts for e in events) - window_days * 86400
     return [e for e in events if e.ts >= horizon]
+
+
+OLD_SNAPSHOT = "the snapshot was frozen before item metadata was frozen with it; freeze a new one"
+
+
+def events_dataset(
+    events: list[Event], source: str, metadata: dict[str, dict[str, Any]] | None, where: str
+) -> Dataset:
+    """The training Dataset of the window's events, with the item features of ``metadata``."""
+    from trainer.data.item_metadata import attach_item_metadata
+    from trainer.data.sources import dataset_from_events
+
+    return attach_item_metadata(dataset_from_events(events, source=source), metadata, where=where)
 
 
 def _item_ids(art: Path, version: str) -> np.ndarray:
@@ -127,13 +141,22 @@ def _warm_version(
     if not can_warm_start(manifest, config):
         return None
     if config.model.use_item_features:
-        old_features = set(manifest.get("item_feature_sizes", {}))
-        if old_features != set(ds.item_feature_sizes):
+        old_features = sorted(manifest.get("item_feature_sizes", {}))
+        new_features = sorted(ds.item_feature_sizes)
+        if old_features != new_features:
+            hint = (
+                "; the store holds no usable item metadata for these items (`twotower ingest` "
+                "writes a source's item features as item metadata)"
+                if not new_features
+                else ""
+            )
             log.warning(
-                "not warm-starting from %s: item features differ (%s vs %s)",
+                "not warm-starting from %s: it was trained with item features %s, the "
+                "training data has %s%s; training from scratch",
                 version,
-                old_features,
-                set(ds.item_feature_sizes),
+                ", ".join(old_features) or "none",
+                ", ".join(new_features) or "none",
+                hint,
             )
             return None
     return version
@@ -203,13 +226,13 @@ def gated_run(
     snapshot: str | Path | None,
 ) -> None:
     """Archive -> (skip?) -> train -> shared-holdout gate -> CAS publish or refuse -> retention."""
-    from feature_store.log import compact, read_compacted
-    from trainer.data.sources import dataset_from_events
+    from feature_store.log import compact, read_compacted, read_item_metadata
 
     pc = config.pipeline
     snap_id = None
     if snapshot is not None:
         events, meta = load_snapshot(snapshot)
+        metadata, where = load_item_metadata(snapshot, meta), OLD_SNAPSHOT
         archive_run, archived, new = int(meta["archive_run"]), int(meta["archived_events"]), 0
         snap_id, pinned, source = (
             str(meta["id"]),
@@ -221,6 +244,8 @@ def gated_run(
         compacted = compact(store_url, art / EVENTS_DIR, consumer="pipeline")
         # With the store's URL, an erasure recorded since the compaction is applied too.
         events = read_compacted(art / EVENTS_DIR, url=store_url)
+        # The compaction refreshed the archive's copy of the store's item metadata.
+        metadata, where = read_item_metadata(art / EVENTS_DIR), f"{art / EVENTS_DIR}"
         archive_run, archived, new = compacted.run, compacted.total, compacted.new_events
         pinned, source = None, f"events:{_redact(store_url)}"
     events = window(events, pc.window_days)
@@ -249,7 +274,7 @@ def gated_run(
         )
         return
 
-    ds = dataset_from_events(events, source=source)
+    ds = events_dataset(events, source, metadata, where)
     if published and not force and not _has_test_users(ds):
         # Nothing to compare the versions on: training would end in a blind gate.
         report.update(
@@ -330,7 +355,7 @@ def gated_run(
 
 def freeze_snapshot(store_url: str, art: Path, config: PipelineConfig) -> dict[str, Any]:
     """``--freeze``: archive new events, write a snapshot of the whole archive; returns its summary."""
-    from feature_store.log import compact, read_compacted
+    from feature_store.log import compact, read_compacted, read_item_metadata
     from trainer.data.errors import DataError
 
     with run_lock(art):
@@ -345,6 +370,7 @@ def freeze_snapshot(store_url: str, art: Path, config: PipelineConfig) -> dict[s
             archive_run=compacted.run,
             archived_events=compacted.total,
             warm_version=warm,
+            item_metadata=read_item_metadata(art / EVENTS_DIR),
         )
         pruned = prune_snapshots(art, max(config.pipeline.keep_snapshots, 1))
     return {
@@ -360,14 +386,12 @@ def freeze_snapshot(store_url: str, art: Path, config: PipelineConfig) -> dict[s
 def train_as_worker(art: Path, config: PipelineConfig, snapshot: Path) -> None:
     """A non-chief replica of a multi-worker run: the same data, model and checkpoint key as
     the chief, nothing written to ``art`` (the chief gates and publishes)."""
-    from trainer.data.sources import dataset_from_events
-
     events, meta = load_snapshot(snapshot)
     events = window(events, config.pipeline.window_days)
     if not events:
         return  # the chief skips too
     source = f"snapshot:{meta['id']}"
-    ds = dataset_from_events(events, source=source)
+    ds = events_dataset(events, source, load_item_metadata(snapshot, meta), OLD_SNAPSHOT)
     tcfg = config.trainer()
     warm = _warm_version(art, meta.get("warm_version"), tcfg, ds, pinned=True)
     key = _training_key(

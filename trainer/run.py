@@ -20,7 +20,7 @@ from trainer.config import SOURCE_DEFAULTS, TrainerConfig
 from trainer.data.dataset import Dataset, EvalSet, Examples
 from trainer.data.examples import build_eval_set, build_train_examples
 from trainer.data.sources import load_source
-from trainer.data.vocab import align_items
+from trainer.data.vocab import align_items, widen_feature_sizes
 from trainer.evaluate import (
     EmbedFn,
     eval_notes,
@@ -134,8 +134,8 @@ def train(
         warm_from = artifacts.resolve_version(
             out, None if warm_version == "latest" else warm_version
         )
-        _manifest, old_ids = load_version_items(out, warm_from)
-        ds = align_items(ds, old_ids)
+        manifest, old_ids = load_version_items(out, warm_from)
+        ds = widen_feature_sizes(align_items(ds, old_ids), manifest.get("item_feature_sizes", {}))
     cfg = config
     seed_everything(cfg.train.seed)
     strategy = make_strategy(cfg.train.strategy)

@@ -10,14 +10,19 @@ training run would read into an immutable snapshot::
 
     ART/snapshots/<id>/
       events.parquet     event_id, user_id, item_id, type, ts, received_at (log order)
+      items.json         the archive's copy of the store's item metadata (item features)
       snapshot.json      id, archive_run, archived_events, events, sha256 of
-                         events.parquet, warm_version (LATEST at freeze time), created_at
+                         events.parquet, items_sha256 of items.json, warm_version
+                         (LATEST at freeze time), created_at
 
 and every replica of the job reads it with ``--snapshot ART/snapshots/<id>``.
 The directory is written under a staging name and renamed; readers verify the
 checksum, so a damaged or edited snapshot fails the same way on every replica
 (exit 2) instead of diverging. All replicas warm-start from the recorded
 ``warm_version``, not from whatever ``LATEST`` names when each pod starts.
+The item metadata is frozen with the events for the same reason: every
+replica builds the same item feature tables. A snapshot written before item
+metadata was frozen (no ``items_sha256``) trains without item features.
 
 Erasure: a snapshot is a copy. ``--freeze`` keeps only the newest
 ``pipeline.keep_snapshots`` of them; after forgetting a user, delete the
@@ -31,6 +36,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +49,7 @@ from twotower import artifacts
 
 SNAPSHOTS_DIR = "snapshots"
 EVENTS_FILE = "events.parquet"
+ITEMS_FILE = "items.json"
 META_FILE = "snapshot.json"
 #: The log export's event columns, without its bookkeeping (run, position in the run).
 SCHEMA = pa.schema([f for f in EXPORT_SCHEMA if f.name not in ("run", "pos")])
@@ -67,8 +74,13 @@ def write_snapshot(
     archive_run: int,
     archived_events: int,
     warm_version: str | None,
+    item_metadata: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
-    """Freeze ``events`` (log order) into ``ART/snapshots/<id>``; returns the directory."""
+    """Freeze ``events`` (log order) and ``item_metadata`` into ``ART/snapshots/<id>``.
+
+    ``item_metadata`` None (no copy of the store's metadata) is recorded as such:
+    the snapshot then trains without item features. Returns the directory.
+    """
     root = Path(art) / SNAPSHOTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     snap_id = f"r{archive_run:08d}-{artifacts.new_version_id()}"
@@ -85,9 +97,13 @@ def write_snapshot(
             "archived_events": int(archived_events),
             "events": len(events),
             "sha256": _sha256(staging / EVENTS_FILE),
+            "items_sha256": None,
             "warm_version": warm_version,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
+        if item_metadata is not None:
+            (staging / ITEMS_FILE).write_text(json.dumps(item_metadata, sort_keys=True))
+            meta["items_sha256"] = _sha256(staging / ITEMS_FILE)
         (staging / META_FILE).write_text(json.dumps(meta, indent=2))
         artifacts.fsync_tree(staging)
         final = root / snap_id
@@ -135,6 +151,31 @@ def load_snapshot(path: str | os.PathLike[str]) -> tuple[list[Event], dict[str, 
             f"{events_path}: {len(events)} events, {META_FILE} says {meta['events']}"
         )
     return events, meta
+
+
+def load_item_metadata(
+    path: str | os.PathLike[str], meta: Mapping[str, Any]
+) -> dict[str, dict[str, Any]] | None:
+    """The snapshot's frozen item metadata (checksum checked); None if it froze none."""
+    expected = meta.get("items_sha256")
+    if not expected:
+        return None
+    items_path = Path(path) / ITEMS_FILE
+    if not items_path.is_file():
+        raise SnapshotError(f"--snapshot {path}: {ITEMS_FILE} is missing")
+    digest = _sha256(items_path)
+    if digest != expected:
+        raise SnapshotError(
+            f"{items_path}: checksum {digest[:12]} does not match {META_FILE} "
+            f"({str(expected)[:12]}); the snapshot was modified: freeze a new one"
+        )
+    try:
+        items = json.loads(items_path.read_text())
+    except ValueError as exc:
+        raise SnapshotError(f"{items_path}: not JSON ({exc})") from exc
+    if not isinstance(items, dict):
+        raise SnapshotError(f"{items_path}: not an object of item metadata")
+    return items
 
 
 def list_snapshots(art: Path) -> list[Path]:

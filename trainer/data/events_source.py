@@ -7,6 +7,12 @@ Events become a timestamped :class:`Dataset` split by temporal leave-last-out
 ``Dataset.neutral``. The log is at-least-once durable storage, so a repeated
 ``event_id`` is kept once (first occurrence). Events keep their log order as
 the tie-break between equal timestamps.
+
+Item features come from the store's item metadata (what ``twotower ingest``
+writes: same names and values as the source's own features; rules in
+:mod:`trainer.data.item_metadata`): read from the store for
+``events:STORE_URL``, from the export's copy (``_item_metadata.json``, as of
+its last run; no store needed) for ``events:DIR``.
 """
 
 from __future__ import annotations
@@ -18,14 +24,21 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from feature_store.base import StoreError
 from feature_store.events import DISLIKE as ROLE_DISLIKE
 from feature_store.events import EVENT_TYPES, Event
 from feature_store.events import POSITIVE as ROLE_POSITIVE
 from trainer.data.dataset import DISLIKE, POSITIVE, Dataset
 from trainer.data.errors import DataError
+from trainer.data.item_metadata import attach_item_metadata
 from trainer.data.split import assemble
 
 log = logging.getLogger(__name__)
+
+NO_METADATA_COPY = (
+    "the export has no copy of the store's item metadata: it was last exported by an "
+    "older version; the next export run (`twotower pipeline`) writes one"
+)
 
 
 def redact(url: str) -> str:
@@ -101,13 +114,14 @@ def read_event_log(url: str) -> Dataset:
     """
     if "://" not in url:
         return _read_export(Path(url))
-    from feature_store.log import iter_events  # written alongside the stores; imported on use
+    from feature_store.log import item_metadata, iter_events  # imported on use
 
-    return dataset_from_events(iter_events(url), source=f"events:{redact(url)}")
+    ds = dataset_from_events(iter_events(url), source=f"events:{redact(url)}")
+    return attach_item_metadata(ds, item_metadata(url, ds.item_ids))
 
 
 def _read_export(path: Path) -> Dataset:
-    from feature_store.log import read_compacted
+    from feature_store.log import read_compacted, read_item_metadata
 
     if not path.is_dir():
         raise DataError(
@@ -116,8 +130,10 @@ def _read_export(path: Path) -> Dataset:
         )
     try:
         events = read_compacted(path)
-    except (OSError, ValueError) as exc:
+        metadata = read_item_metadata(path)
+    except (OSError, ValueError, StoreError) as exc:
         raise DataError(f"events:{path}: cannot read the export: {exc}") from exc
     if not events:
         raise DataError(f"events:{path}: the export holds no committed events")
-    return dataset_from_events(events, source=f"events:{path}")
+    ds = dataset_from_events(events, source=f"events:{path}")
+    return attach_item_metadata(ds, metadata, where=NO_METADATA_COPY)

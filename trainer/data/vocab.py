@@ -9,6 +9,7 @@ buckets still mean the same items), new ids are appended after them.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -42,3 +43,20 @@ def align_items(ds: Dataset, item_ids: np.ndarray) -> Dataset:
         items=old_to_new[ds.items].astype(np.int32),
         item_features=features,
     )
+
+
+def widen_feature_sizes(ds: Dataset, sizes: Mapping[str, int]) -> Dataset:
+    """``ds`` with each item feature's vocabulary at least as large as in ``sizes``.
+
+    A warm start copies a version's feature tables and can only grow them: data
+    that uses fewer values than the version declared (item metadata read back
+    from the store knows only the values in use) keeps the version's size.
+
+    Returns:
+      a new Dataset; ``ds`` is untouched.
+    """
+    widened = {
+        name: max(int(size), int(sizes.get(name, 0)))
+        for name, size in ds.item_feature_sizes.items()
+    }
+    return dataclasses.replace(ds, item_feature_sizes=widened)
