@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -94,6 +94,9 @@ class ExportConfig(_Section):
 
 class TrainerConfig(_Section):
     """Everything ``twotower train`` reads; saved whole into the manifest."""
+
+    #: ``TWOTOWER_PIPELINE__*`` variables belong to ``twotower pipeline`` (same container).
+    foreign_env_sections: ClassVar[tuple[str, ...]] = ("pipeline",)
 
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()

@@ -6,13 +6,21 @@ that model, so an unknown key or a wrong type is refused with its dotted name.
 
 Environment names: ``TWOTOWER_<SECTION>__<KEY>`` (double underscore between
 levels), e.g. ``TWOTOWER_LOSS__NTR_WEIGHT=0.5`` sets ``loss.ntr_weight``.
+
+A key or section that does not exist is refused before validation, naming
+where it came from (the file, the variable or the ``--set``), the nearest
+valid name and the valid names of its section. The environment is shared by
+programs with different configs (``twotower train`` and ``twotower pipeline``
+in one container), so a model may name sections it leaves to another program
+(:data:`FOREIGN_SECTIONS_ATTR`); their variables are ignored, not refused.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +28,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 ENV_PREFIX = "TWOTOWER_"
+#: Class attribute of a config model: top-level sections that other programs read from
+#: the same environment (their ``TWOTOWER_<SECTION>__*`` variables are not this model's typos).
+FOREIGN_SECTIONS_ATTR = "foreign_env_sections"
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -81,16 +92,85 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def env_overrides(environ: Mapping[str, str], sections: Iterable[str]) -> dict[str, Any]:
-    """Collect ``TWOTOWER_SECTION__KEY`` variables for the given top-level sections."""
-    wanted = {s.lower() for s in sections}
+def _dotted(parts: Sequence[str]) -> str:
+    return ".".join(parts)
+
+
+def _env_name(parts: Sequence[str]) -> str:
+    return ENV_PREFIX + "__".join(parts).upper()
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The model of a field that is itself a section (a nested pydantic model), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _chain(value: Any) -> list[str]:
+    """The keys below a one-key-per-level value (``{"encoder": "gru"}`` -> ``["encoder"]``)."""
+    keys: list[str] = []
+    while isinstance(value, Mapping) and len(value) == 1:
+        key, value = next(iter(value.items()))
+        keys.append(str(key))
+    return keys
+
+
+def check_keys(
+    model: type[BaseModel],
+    tree: Mapping[str, Any],
+    origin: str,
+    *,
+    spell: Callable[[Sequence[str]], str] = _dotted,
+    path: Sequence[str] = (),
+) -> None:
+    """Refuse a key of ``tree`` that ``model`` (or one of its sections) does not have.
+
+    Values are left to the model's validation; only names are checked here, so the
+    message can say where the name came from (``origin``), the nearest valid name
+    (as ``spell`` writes it: a dotted key, an environment variable) and the
+    section's valid names.
+
+    Raises:
+      ConfigError: ``"<origin>: unknown key model.encodr; did you mean model.encoder?
+        valid model keys: encoder, ..."`` (or ``unknown section``).
+    """
+    fields = model.model_fields
+    for key, value in tree.items():
+        if key not in fields:
+            valid = list(fields)
+            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+            hint = f"did you mean {spell([*path, close[0], *_chain(value)])}? " if close else ""
+            if path:
+                what = f"unknown key {_dotted([*path, str(key)])}"
+                listing = f"valid {_dotted(path)} keys: {', '.join(valid)}"
+            else:
+                what = f"unknown section {key}"
+                listing = f"valid sections: {', '.join(valid)}"
+            raise ConfigError(f"{origin}: {what}; {hint}{listing}")
+        section = _section_model(fields[key].annotation)
+        if section is not None and isinstance(value, Mapping):
+            check_keys(section, value, origin, spell=spell, path=[*path, key])
+
+
+def _env_layer(model: type[BaseModel], environ: Mapping[str, str]) -> dict[str, Any]:
+    """``TWOTOWER_SECTION__KEY`` variables as a tree, each name checked against ``model``."""
+    # A subclass that adds a foreign section (PipelineConfig) reads it as its own.
+    foreign = {s.lower() for s in getattr(model, FOREIGN_SECTIONS_ATTR, ())} - set(
+        model.model_fields
+    )
     tree: dict[str, Any] = {}
-    for name, raw in environ.items():
+    for name in sorted(environ):
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-        if dotted.split(".", 1)[0] in wanted:
-            _set_dotted(tree, dotted, _parse_scalar(raw), f"environment {name}")
+        parts = [p for p in name[len(ENV_PREFIX) :].lower().split("__") if p]
+        if not parts or parts[0] in foreign:
+            continue
+        origin = f"environment {name}"
+        one: dict[str, Any] = {}
+        _set_dotted(one, ".".join(parts), _parse_scalar(environ[name]), origin)
+        check_keys(model, one, origin, spell=_env_name)
+        tree = _merge(tree, one)
     return tree
 
 
@@ -116,14 +196,20 @@ def load_config(
     """
     tree: dict[str, Any] = dict(base or {})
     if file is not None:
-        tree = _merge(tree, read_config_file(file))
+        from_file = read_config_file(file)
+        check_keys(model, from_file, f"config file {file}")
+        tree = _merge(tree, from_file)
     env = os.environ if environ is None else environ
-    tree = _merge(tree, env_overrides(env, model.model_fields.keys()))
+    tree = _merge(tree, _env_layer(model, env))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. loss.ntr_weight=0.5")
         key, _, raw = item.partition("=")
-        _set_dotted(tree, key.strip(), _parse_scalar(raw), f"--set {item}")
+        origin = f"--set {item}"
+        one: dict[str, Any] = {}
+        _set_dotted(one, key.strip(), _parse_scalar(raw), origin)
+        check_keys(model, one, origin)
+        _set_dotted(tree, key.strip(), _parse_scalar(raw), origin)
     try:
         return model.model_validate(tree)
     except ValidationError as exc:

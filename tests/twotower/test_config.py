@@ -44,3 +44,71 @@ def test_bad_file_is_reported(tmp_path):
         load_config(TrainerConfig, file=f, environ={})
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(TrainerConfig, file=tmp_path / "missing.yaml", environ={})
+
+
+@pytest.mark.parametrize(
+    "override, wanted",
+    [
+        (
+            "model.encodr=gru",
+            "--set model.encodr=gru: unknown key model.encodr; did you mean model.encoder? "
+            "valid model keys: encoder, embedding_dim,",
+        ),
+        (
+            "modle.encoder=gru",
+            "--set modle.encoder=gru: unknown section modle; did you mean model.encoder? "
+            "valid sections: model, loss, frequency, train, split, export",
+        ),
+        ("loss.xyzzy=1", "unknown key loss.xyzzy; valid loss keys: temperature, logq,"),
+    ],
+)
+def test_an_unknown_set_key_names_the_nearest_and_the_section_keys(override, wanted):
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainerConfig, overrides=[override], environ={})
+    assert wanted in str(err.value)
+    assert "Extra inputs" not in str(err.value)
+
+
+def test_an_unknown_file_key_names_the_file_and_the_nearest(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("loss:\n  tempreature: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainerConfig, file=f, environ={})
+    assert f"config file {f}: unknown key loss.tempreature; did you mean loss.temperature?" in str(
+        err.value
+    )
+    assert "ntr_weight" in str(err.value)  # the section's keys are listed
+    f.write_text('{"trian": {"epochs": 2}}')
+    with pytest.raises(ConfigError, match="unknown section trian; did you mean train.epochs?"):
+        load_config(TrainerConfig, file=f, environ={})
+
+
+@pytest.mark.parametrize(
+    "variable, wanted",
+    [
+        (
+            "TWOTOWER_MODEL__ENCODR",
+            "environment TWOTOWER_MODEL__ENCODR: unknown key model.encodr; "
+            "did you mean TWOTOWER_MODEL__ENCODER? valid model keys: encoder,",
+        ),
+        (
+            "TWOTOWER_MODLE__ENCODER",
+            "environment TWOTOWER_MODLE__ENCODER: unknown section modle; "
+            "did you mean TWOTOWER_MODEL__ENCODER? valid sections: model,",
+        ),
+    ],
+)
+def test_an_unknown_environment_key_names_the_variable_and_the_nearest(variable, wanted):
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainerConfig, environ={variable: "gru"})
+    assert wanted in str(err.value)
+
+
+def test_pipeline_variables_are_the_pipelines_not_the_trainers_typos():
+    from trainer.pipeline import PipelineConfig
+
+    env = {"TWOTOWER_PIPELINE__MIN_NEW_EVENTS": "7", "TWOTOWER_SERVE_PORT": "9000"}
+    assert load_config(TrainerConfig, environ=env).train.epochs == 20  # ignored, not refused
+    assert load_config(PipelineConfig, environ=env).pipeline.min_new_events == 7
+    with pytest.raises(ConfigError, match="did you mean TWOTOWER_PIPELINE__MIN_NEW_EVENTS"):
+        load_config(PipelineConfig, environ={"TWOTOWER_PIPELINE__MIN_NEW_EVENT": "7"})
