@@ -18,6 +18,7 @@ first write.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -334,3 +335,19 @@ def parse_url(url: str, **options: Any) -> SQLiteConfig | RedisConfig:
     raise StoreURLError(
         f"store URL {url!r}: unknown scheme {scheme!r}; expected sqlite, redis or rediss"
     )
+
+
+def missing_sqlite_file(url: str) -> str | None:
+    """The file of a ``sqlite:///`` store that does not exist yet, else None.
+
+    For readers of an existing store (an ``events:`` source, ``twotower pipeline``,
+    ``twotower forget``): opening a missing file would create an empty store and
+    report nothing to do, when the path (or the working directory) is the mistake.
+
+    Raises:
+      StoreURLError: the URL is malformed.
+    """
+    cfg = parse_url(url)
+    if isinstance(cfg, SQLiteConfig) and not os.path.isfile(cfg.path):
+        return cfg.path
+    return None

@@ -80,6 +80,22 @@ def read_split_file(path: Path, bad: BadLines) -> tuple[np.ndarray, np.ndarray]:
     return parsed if parsed is not None else _parse_slow(numbered, bad)
 
 
+def check_directory(directory: str | os.PathLike) -> Path:
+    """The split directory if it holds the required files (nothing is read); raises DataError."""
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            "not a directory (lightgcn:DIR wants train.txt, valid.txt, test.txt)", path=str(root)
+        )
+    for name, _split, required in FILES:
+        if required and not (root / name).is_file():
+            raise DataError(
+                f"missing {name} (lightgcn:DIR wants train.txt, valid.txt, test.txt)",
+                path=str(root),
+            )
+    return root
+
+
 def read_lightgcn(
     directory: str | os.PathLike, *, skip_bad_lines: bool = False, source: str | None = None
 ) -> Dataset:
@@ -90,21 +106,12 @@ def read_lightgcn(
       skip_bad_lines: skip and count malformed lines instead of raising.
       source: the SRC string to record (default ``lightgcn:<directory>``).
     """
-    root = Path(directory).expanduser()
-    if not root.is_dir():
-        raise DataError(
-            "not a directory (lightgcn:DIR wants train.txt, valid.txt, test.txt)", path=str(root)
-        )
+    root = check_directory(directory)
     users, items, splits = [], [], []
     skipped = 0
-    for name, split, required in FILES:
+    for name, split, _required in FILES:
         path = root / name
-        if not path.is_file():
-            if required:
-                raise DataError(
-                    f"missing {name} (lightgcn:DIR wants train.txt, valid.txt, test.txt)",
-                    path=str(root),
-                )
+        if not path.is_file():  # only valid.txt is optional (check_directory)
             log.warning("%s: no %s; the data set has no validation split", root, name)
             continue
         bad = BadLines(str(path), skip_bad_lines)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainer.data.dataset import Dataset
@@ -46,22 +47,13 @@ def load_source(spec: str, *, skip_bad_lines: bool = False, progress: bool = Fal
     Raises:
       DataError: a bad spec, a missing file, or a malformed line (file:line).
     """
-    if not isinstance(spec, str) or not spec.strip():
-        raise _bad_spec(str(spec), "empty")
-    spec = spec.strip()
-    kind, _, arg = spec.partition(":")
+    spec, kind, arg = _split(spec)
     if progress:
         log.info("reading %s", spec)
     if kind == "synthetic":
         from trainer.data.synthetic import generate, parse_params
 
         return generate(parse_params(arg), source=spec)
-    if not arg:
-        if kind in ("movielens", "lightgcn", "events"):
-            raise _bad_spec(
-                spec, f"{kind} needs a {'URL' if kind == 'events' else 'path'} after the colon"
-            )
-        raise _bad_spec(spec, f"unknown source kind {kind!r}")
     if kind == "movielens":
         from trainer.data.movielens import read_movielens
 
@@ -73,8 +65,76 @@ def load_source(spec: str, *, skip_bad_lines: bool = False, progress: bool = Fal
     if kind == "events":
         from trainer.data.events_source import read_event_log
 
+        _check_events(arg)  # a missing SQLite file would be created (empty) by reading it
         return read_event_log(arg)
-    raise _bad_spec(spec, f"unknown source kind {kind!r}")
+    raise _bad_spec(spec, f"unknown source kind {kind!r}")  # pragma: no cover - _split refused it
+
+
+def _split(spec: str) -> tuple[str, str, str]:
+    """``(spec stripped, kind, argument)``; raises DataError for an empty spec, an unknown
+    kind or a kind without its argument."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise _bad_spec(str(spec), "empty")
+    spec = spec.strip()
+    kind, _, arg = spec.partition(":")
+    if kind == "synthetic":
+        return spec, kind, arg
+    if kind not in ("movielens", "lightgcn", "events"):
+        raise _bad_spec(spec, f"unknown source kind {kind!r}")
+    if not arg:
+        raise _bad_spec(
+            spec, f"{kind} needs a {'URL' if kind == 'events' else 'path'} after the colon"
+        )
+    return spec, kind, arg
+
+
+def check_source(spec: str) -> None:
+    """Refuse a ``spec`` that cannot be read, without reading any data (milliseconds).
+
+    Checks the form, the synthetic parameters, that a file or directory exists
+    with the files it needs, and that an ``events:`` store URL parses (and its
+    SQLite file exists). What only reading can tell (a malformed line) is left
+    to :func:`load_source`.
+
+    Raises:
+      DataError / StoreURLError: what is wrong and where.
+    """
+    _spec, kind, arg = _split(spec)
+    if kind == "synthetic":
+        from trainer.data.synthetic import parse_params
+
+        parse_params(arg)
+    elif kind == "movielens":
+        from trainer.data.movielens import resolve
+
+        resolve(arg)
+    elif kind == "lightgcn":
+        from trainer.data.lightgcn import check_directory
+
+        check_directory(arg)
+    else:
+        _check_events(arg)
+
+
+def _check_events(arg: str) -> None:
+    """``events:`` names a directory that exists, or a store URL that parses (a SQLite
+    file that exists: opening a missing one would create an empty store). A Redis
+    store's reachability is only known when it is read."""
+    if "://" not in arg:
+        if not Path(arg).is_dir():
+            raise DataError(
+                f"events:{arg}: not a store URL (sqlite:///..., redis://...) and no such "
+                "directory (an export directory such as ART/events)"
+            )
+        return
+    from feature_store.urls import missing_sqlite_file
+    from trainer.data.events_source import redact
+
+    missing = missing_sqlite_file(arg)
+    if missing is not None:
+        raise DataError(
+            f"events:{redact(arg)}: no such store file {missing} (nothing was ever written there)"
+        )
 
 
 def dataset_from_events(events: Iterable[Event], source: str) -> Dataset:
