@@ -5,15 +5,23 @@ processes, so they get the settings through ``TWOTOWER_SERVE_*`` variables and
 build the app with the import-string factory ``serving.app:create_app_from_env``.
 They also share a fresh ``PROMETHEUS_MULTIPROC_DIR`` (removed at exit), so any
 worker's ``/metrics`` reports the sum over all of them (see ``serving.metrics``).
+
+Everything that can be checked before the model loads is checked first
+(:func:`check_serve_args`: settings, artifact directory, a free port), so a
+mistake is exit 2 in a fraction of a second. uvicorn's own start-up failure
+(its exit code 3: a port taken meanwhile, a failing start-up) never leaves
+``twotower``: a port in use is exit 2, anything else exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from typing import Any
 
@@ -25,6 +33,44 @@ from twotower.config import ConfigError
 log = logging.getLogger(__name__)
 
 FACTORY = "serving.app:create_app_from_env"
+#: uvicorn's exit code when the server did not start (``uvicorn.config.STARTUP_FAILURE``).
+UVICORN_STARTUP_FAILURE = 3
+
+
+class PortUnavailable(ConfigError):
+    """The address to serve on cannot be bound (in use, not this machine's, privileged)."""
+
+
+class ServeStartupError(RuntimeError):
+    """The server did not start for a reason other than its port (uvicorn logged it)."""
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind ``host:port`` as uvicorn will (SO_REUSEADDR) and release it; port 0 = any free port.
+
+    Raises:
+      PortUnavailable: ``port 8000 is in use; pass --port`` (or why else it cannot be bound).
+    """
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortUnavailable(f"port {port} is in use; pass --port") from None
+        if exc.errno == errno.EACCES:
+            raise PortUnavailable(
+                f"port {port}: permission denied (ports below 1024 need privileges); pass --port"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+            raise PortUnavailable(
+                f"--host {host}: not an address of this machine ({exc.strerror or exc}); "
+                "pass --host 127.0.0.1 or 0.0.0.0"
+            ) from None
+        raise PortUnavailable(f"cannot listen on {host}:{port}: {exc}") from None
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
@@ -64,17 +110,43 @@ def uvicorn_options(settings: Any) -> dict[str, Any]:
     }
 
 
+def check_serve_args(args: argparse.Namespace) -> Any:
+    """The settings of ``args`` once everything checkable without the model is: raises
+    ConfigError (settings, PortUnavailable) or ArtifactError (no such directory)."""
+    settings = settings_from_args(args)
+    if not settings.artifacts.is_dir():
+        raise ArtifactError(f"--artifacts {settings.artifacts}: no such directory")
+    check_port(settings.host, settings.port)
+    return settings
+
+
 def serve_command(args: argparse.Namespace) -> int:
     """Run the API until interrupted; returns the exit code (0 on a clean shutdown).
 
     ``args`` attributes ``artifacts``, ``store``, ``host``, ``port``, ``workers``
     may be None (the settings default / ``TWOTOWER_SERVE_*`` value is used).
+
+    Raises:
+      ConfigError, ArtifactError: bad settings, no artifact directory, the port
+        cannot be bound (checked before anything loads, and again if uvicorn fails to bind).
+      ServeStartupError: the server did not start for another reason (logged by uvicorn).
     """
+    settings = check_serve_args(args)
+    try:
+        _run_uvicorn(settings)
+    except SystemExit as exc:
+        if exc.code != UVICORN_STARTUP_FAILURE:
+            raise
+        check_port(settings.host, settings.port)  # taken while the model loaded: exit 2
+        raise ServeStartupError(
+            "the API did not start; uvicorn logged why above (startup failure)"
+        ) from None
+    return 0
+
+
+def _run_uvicorn(settings: Any) -> None:
     import uvicorn
 
-    settings = settings_from_args(args)
-    if not settings.artifacts.is_dir():
-        raise ArtifactError(f"--artifacts {settings.artifacts}: no such directory")
     if settings.workers > 1 and settings.store_url.startswith("sqlite"):
         log.warning(
             "%d workers share the SQLite store %s: fine on one host, use redis:// across hosts",
@@ -108,4 +180,3 @@ def serve_command(args: argparse.Namespace) -> int:
             uvicorn.run(FACTORY, factory=True, workers=settings.workers, **options)
         finally:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0

@@ -56,6 +56,12 @@ def _curl_lines(base: str, user: str, item: str) -> str:
 
 
 def demo_command(args: argparse.Namespace) -> int:
+    if not args.no_serve:
+        from serving.main import check_port
+
+        # Before any work: a demo already running on this port would otherwise get a
+        # second one's training published into its artifacts (and hot-swap it) first.
+        check_port(args.host, args.port)
     from twotower.tf_logging import import_tensorflow_quietly
 
     import_tensorflow_quietly()  # also when called directly, not through the CLI
