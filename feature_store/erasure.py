@@ -30,12 +30,14 @@ def forget_users(
     """Erase ``user_ids`` from the store at ``url`` (and purge ``export_dirs``); returns counts.
 
     Raises:
-      EventError: a user id is malformed (checked for all before anything is erased).
+      EventError: a user id is malformed (checked for all before anything is erased),
+        an export directory is not one, or a ``sqlite:///`` store file does not exist.
       StoreURLError: the URL is malformed.
       StoreError / StoreUnavailable: from the store; users erased before it stay erased.
     """
     from feature_store import open_store, run_sync
     from feature_store.log import STATE_FILE, apply_tombstones
+    from feature_store.urls import missing_sqlite_file
 
     users = [check_id(u, "--user") for u in user_ids]
     if not users:
@@ -43,6 +45,13 @@ def forget_users(
     for d in export_dirs:
         if not (Path(d) / STATE_FILE).is_file():
             raise EventError("--export", f"{d} is not an export directory (no {STATE_FILE})")
+    missing = missing_sqlite_file(url)
+    if missing is not None:  # opening it would create an empty store and "erase" nothing
+        raise EventError(
+            "--store",
+            f"no store file {missing} (pass --store URL or set TWOTOWER_STORE_URL to the "
+            "store that holds the users); nothing was erased",
+        )
     store = open_store(url)
 
     async def erase() -> int:

@@ -318,10 +318,8 @@ def pipeline_command(args: argparse.Namespace) -> int:
             "train.strategy=multiworker needs --snapshot DIR: every replica must read the same "
             "frozen data (write one with `twotower pipeline --freeze`)"
         )
-    if not snapshot and not args.store:
-        raise ConfigError(
-            "no store: pass --store URL or set TWOTOWER_STORE_URL (keeps a password off the command line)"
-        )
+    if not snapshot:
+        _check_store(args.store, scheduled=bool(args.every))
     if args.every:
         next_run_delay(args.every)  # a bad schedule is exit 2, before anything runs
         return run_forever(
@@ -338,6 +336,25 @@ def pipeline_command(args: argparse.Namespace) -> int:
         train_as_worker(Path(args.artifacts), config, Path(snapshot))
         return 0
     return _one(args, config)
+
+
+def _check_store(url: str | None, *, scheduled: bool) -> None:
+    """The store a run reads must be given and parse; for a one-off run a SQLite file must
+    exist (opening a missing one would create an empty store: nothing to train on, when
+    the path or the working directory is the mistake). A schedule may start first."""
+    from feature_store.urls import missing_sqlite_file, parse_url
+
+    if not url:
+        raise ConfigError(
+            "no store: pass --store URL or set TWOTOWER_STORE_URL (keeps a password off the command line)"
+        )
+    parse_url(url)  # a malformed URL is exit 2 before anything runs
+    missing = None if scheduled else missing_sqlite_file(url)
+    if missing is not None:
+        raise ConfigError(
+            f"no store file {missing}: nothing was ingested there (run `twotower ingest` or start "
+            "`twotower serve` first, or pass --store URL / set TWOTOWER_STORE_URL)"
+        )
 
 
 def _one(args: argparse.Namespace, config: PipelineConfig) -> int:

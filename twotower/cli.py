@@ -1,8 +1,41 @@
 """The ``twotower`` command line: one entry point, one subcommand per job.
 
-Exit codes: 0 success, 2 bad usage or bad input (the message says what and
-where), 1 anything else. Heavy imports (TensorFlow, FAISS) happen inside the
-subcommand so ``--help`` is instant.
+Exit codes (the same for every subcommand):
+
+* 0 -- success; also ``--help``/``--version``, a ``pipeline`` run skipped
+  for too few new events, and ``serve``/``demo`` shut down with Ctrl-C (SIGINT:
+  a clean shutdown).
+* 2 -- bad usage or bad input, the message says what and where: a flag
+  argparse refuses, a config key or value (file, ``TWOTOWER_<SECTION>__<KEY>``,
+  ``--set``), a data source that does not exist or a malformed line, a store
+  URL, an artifact directory with nothing published or without the version,
+  a port in use (``serve``, ``demo``). Checked before TensorFlow is imported
+  or data is read wherever possible (:mod:`twotower.precheck`).
+* 1 -- anything else: a failure while working (store unreachable, the API
+  did not start, an unexpected error: logged with its traceback), the
+  ``pipeline`` quality gate refusing a candidate, another ``pipeline`` run
+  holding the lock, any other command interrupted with Ctrl-C.
+* 128+N -- the process ended by signal N, as any program does (the shell
+  shows 143 for SIGTERM, 137 for SIGKILL or the OOM killer; Python's
+  ``subprocess`` shows -N). ``serve`` and ``demo`` first shut down gracefully
+  on SIGTERM (what ``docker stop`` and a Kubernetes pod deletion send), then
+  end with it: 143; ``serve --workers N`` (N > 1) ends a SIGTERM shutdown with 0.
+
+uvicorn's own start-up status 3 is never returned: a port in use is 2, any
+other start-up failure 1.
+
+Heavy imports (TensorFlow, FAISS) happen inside the subcommand so ``--help``
+is instant.
+
+The online store (``serve``, ``ingest``, ``pipeline``, ``forget``) is, in this
+order: ``--store``, else ``$TWOTOWER_STORE_URL``, else the embedded
+``sqlite:///twotower-store.sqlite`` in the working directory, so ``ingest``,
+``pipeline`` and ``serve`` run from one directory share one store without a
+flag. ``serve`` also reads ``$TWOTOWER_SERVE_STORE_URL`` (its settings'
+variable), which comes before ``$TWOTOWER_STORE_URL``. ``forget`` and a
+one-off ``pipeline`` refuse a SQLite store file that does not exist (exit 2)
+rather than create an empty one (``pipeline --every`` may start before the
+store does); ``pipeline --snapshot`` reads no store.
 """
 
 from __future__ import annotations
@@ -20,14 +53,26 @@ log = logging.getLogger("twotower")
 DEFAULT_STORE = "sqlite:///twotower-store.sqlite"
 #: Where ``--store`` comes from when it is not given: a password stays off the command line.
 STORE_ENV = "TWOTOWER_STORE_URL"
-STORE_HELP = f"online store URL (redis://, rediss://, sqlite:///path); default: ${STORE_ENV}"
+#: ``serve``'s own settings variable for the store (read by :mod:`serving.settings`).
+SERVE_STORE_ENV = "TWOTOWER_SERVE_STORE_URL"
+#: Subcommands that use the online store, all with one default (module docstring).
+STORE_COMMANDS = ("serve", "ingest", "pipeline", "forget")
+STORE_HELP = (
+    f"online store URL (redis://, rediss://, sqlite:///path); default: ${STORE_ENV}, "
+    f"else {DEFAULT_STORE} (in the working directory)"
+)
 #: Subcommands that always load TensorFlow (``pipeline`` loads it only when it trains).
 TF_COMMANDS = ("demo", "train", "evaluate", "serve")
 
 SOURCE_HELP = (
     "data source: synthetic[:key=value,...] | movielens:PATH (u.data or ratings.csv) | "
-    "lightgcn:DIR (train.txt/valid.txt/test.txt) | events:STORE_URL (the store's event log)"
+    "lightgcn:DIR (train.txt/valid.txt/test.txt) | events:STORE_URL (the store's event log) | "
+    "events:DIR (a Parquet log export, such as ART/events)"
 )
+SKIP_BAD_LINES_HELP = "skip malformed input lines (counted and reported) instead of failing"
+CONFIG_HELP = "YAML/JSON config file"
+SET_HELP = "override a config key, e.g. --set loss.ntr_weight=0 (repeatable)"
+EPOCHS_HELP = "shorthand for --set train.epochs=N"
 
 
 def _input_error_types() -> tuple[type[BaseException], ...]:
@@ -67,15 +112,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, metavar="SRC", help=SOURCE_HELP)
     p.add_argument("--out", required=True, metavar="ART", help="artifact directory")
-    p.add_argument("--config", metavar="FILE", help="YAML/JSON config file")
-    p.add_argument("--epochs", type=int, help="shorthand for --set train.epochs=N")
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    p.add_argument("--epochs", type=int, metavar="N", help=EPOCHS_HELP)
     p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set loss.ntr_weight=0 (repeatable)",
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP
     )
     p.add_argument(
         "--strategy",
@@ -97,17 +137,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-publish", action="store_true", help="export the version but leave LATEST alone"
     )
-    p.add_argument(
-        "--skip-bad-lines",
-        action="store_true",
-        help="skip malformed input lines (counted and reported) instead of failing",
-    )
+    p.add_argument("--skip-bad-lines", action="store_true", help=SKIP_BAD_LINES_HELP)
     p.set_defaults(func=_run("trainer.run", "train_command"))
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="print the metrics JSON of a version on SRC's test split")
-    p.add_argument("--artifacts", required=True, metavar="ART")
+    p = sub.add_parser(
+        "evaluate",
+        help="print the metrics JSON of a version on SRC's test split",
+        description="Score a version of ART (default: the published one) on SRC's test split "
+        "with the training's protocol and masking, and print the metrics JSON beside the "
+        "most-popular baseline.",
+    )
+    p.add_argument(
+        "--artifacts", required=True, metavar="ART", help="artifact directory holding the version"
+    )
     p.add_argument("--version", metavar="V", help="version id (default: the published one)")
     p.add_argument("--data", required=True, metavar="SRC", help=SOURCE_HELP)
     p.add_argument(
@@ -115,35 +159,53 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help='also write one JSON line per test user: {"user_id", "items": [top 50]}',
     )
-    p.add_argument("--skip-bad-lines", action="store_true")
+    p.add_argument("--skip-bad-lines", action="store_true", help=SKIP_BAD_LINES_HELP)
     p.set_defaults(func=_run("trainer.run", "evaluate_command"))
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the HTTP API (follows ART/LATEST, hot reload)")
-    p.add_argument("--artifacts", required=True, metavar="ART")
+    p = sub.add_parser(
+        "serve",
+        help="run the HTTP API (follows ART/LATEST, hot reload)",
+        description="Run the recommend/events API on the version ART/LATEST names, switching "
+        "to each newly published version without dropping a request. Other settings come from "
+        "TWOTOWER_SERVE_* variables (see serving/settings.py).",
+    )
+    p.add_argument(
+        "--artifacts",
+        required=True,
+        metavar="ART",
+        help="artifact directory to follow (must exist; nothing published yet = 503 until then)",
+    )
     p.add_argument(
         "--store",
         default=None,
         metavar="URL",
         help=f"online store URL (redis://, rediss://, sqlite:///path); default: "
-        f"$TWOTOWER_SERVE_STORE_URL, else ${STORE_ENV}, else {DEFAULT_STORE}",
+        f"${SERVE_STORE_ENV}, else ${STORE_ENV}, else {DEFAULT_STORE} (in the working directory)",
     )
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port (default 8000; checked before the model loads: in use = exit 2)",
+    )
     p.add_argument("--workers", type=int, default=None, help="uvicorn worker processes (default 1)")
     p.set_defaults(func=_run("serving.main", "serve_command"))
 
 
 def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "ingest", help="bulk-load a source's events into the online store and event log"
+        "ingest",
+        help="bulk-load a source's events into the online store and event log",
+        description="Append every event of SRC to the online store (user state) and its "
+        "durable event log (what `twotower pipeline` trains on). Event ids are deterministic, "
+        "so a re-run adds nothing twice. Prints a JSON summary.",
     )
     p.add_argument("--data", required=True, metavar="SRC", help=SOURCE_HELP)
-    p.add_argument(
-        "--store", default=None, metavar="URL", help=f"{STORE_HELP}, else {DEFAULT_STORE}"
-    )
-    p.add_argument("--skip-bad-lines", action="store_true")
+    p.add_argument("--store", default=None, metavar="URL", help=STORE_HELP)
+    p.add_argument("--skip-bad-lines", action="store_true", help=SKIP_BAD_LINES_HELP)
     p.set_defaults(func=_run("twotower.ingest", "ingest_command"))
 
 
@@ -154,9 +216,16 @@ def _add_forget(sub: argparse._SubParsersAction) -> None:
         description="Erase each user's state and log entries and record an erasure tombstone, "
         "so exports drop the user's events on their next run (or now, with --export).",
     )
-    p.add_argument("--store", default=None, metavar="URL", help=STORE_HELP)
     p.add_argument(
-        "--user", dest="users", action="append", required=True, metavar="ID", help="repeatable"
+        "--store", default=None, metavar="URL", help=f"{STORE_HELP}; a SQLite file must exist"
+    )
+    p.add_argument(
+        "--user",
+        dest="users",
+        action="append",
+        required=True,
+        metavar="ID",
+        help="user id to erase (repeatable)",
     )
     p.add_argument(
         "--export",
@@ -173,12 +242,25 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pipeline",
         help="scheduled job: new events -> warm-started training -> evaluation -> quality gate -> publish",
+        description="Move new events from the store's log into ART/events, warm-start a "
+        "candidate from the published version, score both on one holdout and publish the "
+        "candidate only if the quality gate passes (or refuse, exit 1, with the reason). "
+        "Writes a report under ART/reports.",
     )
-    p.add_argument("--store", default=None, metavar="URL", help=STORE_HELP)
-    p.add_argument("--artifacts", required=True, metavar="ART")
-    p.add_argument("--config", metavar="FILE")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--epochs", type=int)
+    p.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help=f"{STORE_HELP}; a SQLite file must exist (unless --every); not read with --snapshot",
+    )
+    p.add_argument(
+        "--artifacts", required=True, metavar="ART", help="artifact directory (created if missing)"
+    )
+    p.add_argument("--config", metavar="FILE", help=f"{CONFIG_HELP} (trainer and pipeline keys)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP
+    )
+    p.add_argument("--epochs", type=int, metavar="N", help=EPOCHS_HELP)
     p.add_argument(
         "--force", action="store_true", help="publish even if the quality gate fails (logged)"
     )
@@ -213,13 +295,25 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="zero-setup quickstart: synthetic data, brief training, API on :8000"
+        "demo",
+        help="zero-setup quickstart: synthetic data, brief training, API on :8000",
+        description="Generate a synthetic data set, train briefly, publish a version under "
+        "DIR/artifacts, load the events into the embedded store DIR/store.sqlite, then serve "
+        "the API and print curl lines that show the dislike filter at work.",
     )
     p.add_argument(
-        "--dir", default="twotower-demo", help="working directory for data, store and artifacts"
+        "--dir",
+        default="twotower-demo",
+        metavar="DIR",
+        help="working directory for data, store and artifacts (default: twotower-demo)",
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="port (default 8000; checked before anything runs: in use = exit 2)",
+    )
     p.add_argument("--no-serve", action="store_true", help="train and export, then exit")
     p.set_defaults(func=_run("twotower.demo", "demo_command"))
 
@@ -235,20 +329,19 @@ def _run(module: str, name: str) -> Callable[[argparse.Namespace], int]:
 
 
 def store_from_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
-    """Fill ``args.store`` from ``TWOTOWER_STORE_URL`` when ``--store`` was not given.
+    """Fill a missing ``args.store``: ``$TWOTOWER_STORE_URL``, else :data:`DEFAULT_STORE`.
 
-    ``serve`` keeps None while ``TWOTOWER_SERVE_STORE_URL`` is set (its settings read
-    that); ``ingest`` falls back to the embedded store; ``pipeline`` refuses to run
-    without a store (unless it trains on a snapshot).
+    One rule for every command with ``--store`` (module docstring). Two cases keep
+    None: ``serve`` while ``TWOTOWER_SERVE_STORE_URL`` is set (its settings read that
+    variable, which comes first), and ``pipeline --snapshot``, which reads no store.
     """
-    if getattr(args, "store", "") is not None:
+    if args.command not in STORE_COMMANDS or getattr(args, "store", None) is not None:
         return
-    url = environ.get(STORE_ENV) or None
-    if args.command == "serve" and environ.get("TWOTOWER_SERVE_STORE_URL"):
-        url = None
-    elif url is None and args.command == "ingest":
-        url = DEFAULT_STORE
-    args.store = url
+    if args.command == "serve" and environ.get(SERVE_STORE_ENV):
+        return
+    if args.command == "pipeline" and getattr(args, "snapshot", None):
+        return
+    args.store = environ.get(STORE_ENV) or DEFAULT_STORE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,8 +366,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     store_from_environment(args, os.environ)
-    if args.command == "forget" and args.store is None:
-        parser.error(f"forget: no store: pass --store URL or set {STORE_ENV}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -286,6 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        from twotower.precheck import check_args
+
+        check_args(args)  # milliseconds, before TensorFlow and before any data is read
         if (
             args.command in TF_COMMANDS
         ):  # before anything imports it: its start-up notices are noise

@@ -30,13 +30,13 @@ def _events(n: int) -> list[Event]:
     return [Event(f"e{i}", f"u{i % 7}", f"i{i % 5}", "like", 1e9 + i, 1e9 + i) for i in range(n)]
 
 
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "twotower.cli", "pipeline", *args],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=REPO,
+        cwd=cwd,
         env=env,
     )
 
@@ -96,8 +96,11 @@ def test_flag_combinations_that_cannot_work_exit_2(tmp_path, args, message):
 
 
 def test_no_store_exits_2_and_names_the_variable(tmp_path):
-    out = _cli("--artifacts", str(tmp_path), env=_env())
+    # No --store, no TWOTOWER_STORE_URL: the default store, which does not exist here.
+    out = _cli("--artifacts", str(tmp_path / "art"), env=_env(), cwd=tmp_path)
     assert out.returncode == 2 and "TWOTOWER_STORE_URL" in out.stderr
+    assert "no store file twotower-store.sqlite" in out.stderr
+    assert not (tmp_path / "twotower-store.sqlite").exists()
 
 
 @pytest.mark.slow
