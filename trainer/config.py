@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Section(BaseModel):
@@ -45,6 +45,10 @@ class LossConfig(_Section):
     mixed_negatives: int = Field(0, ge=0)
     """Uniformly sampled extra candidates per batch (0 = in-batch only)."""
     remove_accidental_hits: bool = True
+    dislike_negatives: int = Field(0, ge=0)
+    """N: a positive row's candidates also hold the user's N most recent dislikes
+    before t (from its dislike input, so N <= model.dislike_length), with no logQ
+    correction (see trainer/losses.py). 0 = off."""
     dedupe_candidates: bool = False
     """One candidate slot per distinct item, q = P(item in the step's candidates)
     (see trainer/losses.py); False = LOSSES.md's convention (every copy is a slot).
@@ -107,6 +111,16 @@ class TrainerConfig(_Section):
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    @model_validator(mode="after")
+    def _dislike_negatives_fit_the_input(self) -> TrainerConfig:
+        if self.loss.dislike_negatives > self.model.dislike_length:
+            raise ValueError(
+                f"loss.dislike_negatives={self.loss.dislike_negatives} exceeds "
+                f"model.dislike_length={self.model.dislike_length}: the dislike negatives "
+                "are taken from the row's dislike input (raise model.dislike_length)"
+            )
+        return self
 
 
 #: ``model.*`` keys that change the towers' variables: a version trained with other

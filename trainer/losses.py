@@ -16,7 +16,9 @@ log-partition over the candidate slots holding *another* item. Then
 
 ``L = mean_pos loss_r + lambda * mean_dislike ntr_r``; an empty group
 contributes 0. Candidate slots are the batch's positive rows' label items
-plus M uniform extras; dislike items are never candidates for other rows.
+plus M uniform extras; dislike rows' items are never candidates for other rows
+(a user's own past dislikes can be, for that user's positive rows only: dislike
+negatives, below).
 ``q_j = clip(p_j + M / N, 1e-6, 1)``. Only dislike rows are weighted, as in
 LOSSES.md (positives have w = 1).
 
@@ -43,6 +45,44 @@ epochs) 0.1987 -> 0.2000, within seed noise. With 1,682 items and batches of
 1,024, a head item has many copies per batch; counting them once takes most
 of the negative pressure off head items, and recall drops. So the default
 stays LOSSES.md's convention.
+
+Dislike negatives (``loss.dislike_negatives`` = N, off by default)
+-----------------------------------------------------------------
+The NTR term pushes a disliked item down only relative to C; with N > 0 the
+sampled softmax itself also treats negative feedback as negatives. A
+*positive* row r with dislike input ``d_r`` (tokens, most recent last, 0 =
+padding; the user's dislikes strictly before t) gets the last N slots of
+``d_r`` as extra candidates of its own, ``D_r``:
+
+* ``z_rk = u_r . v_k / tau`` -- **no logQ correction** (log q = 0). The -log q
+  of C corrects for items being Monte Carlo samples of the full softmax's
+  denominator, included with probability q per step. A row's dislike
+  negatives are not sampled: they are chosen for the row and in its
+  candidate set with probability 1, so q = 1 (equivalently: importance
+  weight 1). They are known negatives added to the partition function.
+* padding slots are masked out; a slot holding the row's own label y_r (a
+  user who disliked y, then liked it: the label is the later word) is
+  removed, whatever ``remove_accidental_hits`` says;
+* with the removals, ``o_r = logsumexp`` over C's other-item slots *and*
+  ``D_r``; ``loss_r = softplus(o_r - z_r)`` as above (without hit removal
+  ``loss_r = logsumexp_{C ∪ D_r} - z_r``). A row whose only other
+  candidates are dislike negatives has a loss;
+* every slot counts (an item also in C enters twice: once corrected as an
+  in-batch sample, once as the row's known negative), as LOSSES.md keeps
+  every copy. With ``dedupe_candidates``, C_r = distinct(C ∪ D_r): a repeated
+  dislike counts once, and C's slots of an item in D_r are dropped for that
+  row (its q for the row is 1, the D_r slot stays, uncorrected);
+* dislike rows get no extras (their NTR term is as above), the row counts
+  and means are unchanged, and under ``tf.distribute`` the extras are
+  per-row and local: nothing is gathered for them.
+
+Worked example (LOSSES.md's, N = 2; ``tests/trainer/test_losses.py``): row 0
+(positive, item 10) has dislike input [0, 12], row 1 (positive, item 11)
+[12, 11], row 2 (the dislike of 12) [10, 11]. Row 0 gets 12 (the 0 is
+padding): z = 0.6 / 0.5 = 1.2 beside C's 10 (2.293147) and 11 (1.386294),
+loss_0 = 0.339178 -> 0.553283. Row 1 gets 12 (z = 1.0 / 0.5 = 2.0), its 11
+is its own label and is dropped: loss_1 = 0.523878 -> 0.723444. Row 2 gets
+nothing: ntr_2 = 0.862204 as before. L = 0.638363 + 0.5 * 0.862204 = 1.069465.
 
 Under ``tf.distribute`` (:class:`NTRRetrievalTask` inside ``strategy.run``)
 the in-batch candidate slots are all-gathered from every replica, so a
@@ -127,30 +167,60 @@ def _row_terms(
     temperature: float,
     remove_accidental_hits: bool,
     dedupe: bool = False,
+    neg_item: tf.Tensor | None = None,
+    neg_ids: tf.Tensor | None = None,
 ) -> _RowTerms:
     """Per-row terms for rows [B] against candidate slots [K] (all inputs normalised).
 
     ``own_*`` describe each row's label item; the candidate slots include the
     positive rows' own slots (their own logits equal the own logit). ``dedupe``
-    keeps only the first valid slot of each item id.
+    keeps only the first valid slot of each item id. ``neg_item`` [B, N, d] and
+    ``neg_ids`` [B, N] (0 = padding) are each row's dislike negatives: extra
+    candidates of that (positive) row only, with log q = 0 (module docstring).
     """
+    positive = is_positive > 0.5
+    dislike = tf.logical_not(positive)
     if dedupe:
         cand_valid = _first_valid_slots(cand_ids, cand_valid)
     own_z = tf.reduce_sum(user * own_item, axis=-1) / temperature - own_logq  # [B]
     z = tf.matmul(user, cand_item, transpose_b=True) / temperature - cand_logq[None, :]  # [B, K]
     same = tf.equal(own_ids[:, None], cand_ids[None, :])  # [B, K]
     other = tf.logical_and(cand_valid[None, :], tf.logical_not(same))
-    has_other = tf.reduce_any(other, axis=1)
-    lse_other = tf.reduce_logsumexp(tf.where(other, z, _MASKED), axis=1)  # [B]
-    positive = is_positive > 0.5
-    dislike = tf.logical_not(positive)
+    if neg_item is None or neg_ids is None:
+        zn = tf.zeros([tf.shape(z)[0], 0], tf.float32)
+        neg_valid = tf.zeros([tf.shape(z)[0], 0], tf.bool)
+    else:
+        # Dislike negatives: not padding, not the row's own label, positive rows only.
+        neg_valid = (
+            (neg_ids > 0) & tf.not_equal(neg_ids, own_ids[:, None]) & positive[:, None]
+        )  # [B, N]
+        if dedupe:
+            # One slot per item: a repeated dislike counts once, and an item among the
+            # row's dislike negatives leaves C for this row (it is in C_r for sure, q = 1).
+            neg_valid = _first_valid_in_rows(neg_ids, neg_valid)
+            in_negs = tf.reduce_any(
+                tf.equal(cand_ids[None, :, None], neg_ids[:, None, :]) & neg_valid[:, None, :],
+                axis=2,
+            )  # [B, K]
+            other = other & tf.logical_not(in_negs)
+        zn = tf.einsum("bd,bnd->bn", user, neg_item) / temperature  # [B, N], log q = 0
+    has_other = tf.reduce_any(other, axis=1) | tf.reduce_any(neg_valid, axis=1)
+    lse_other = tf.reduce_logsumexp(
+        tf.concat([tf.where(other, z, _MASKED), tf.where(neg_valid, zn, _MASKED)], axis=1), axis=1
+    )  # [B]
 
     if remove_accidental_hits or dedupe:
         # Deduplicated: the row's label is in C once, as its own slot (no other copies).
         ssm = tf.nn.softplus(tf.where(has_other, lse_other - own_z, _MASKED))
     else:
         # Every candidate slot, own slot included (a positive row's own slot is a candidate).
-        lse_all = tf.reduce_logsumexp(tf.where(cand_valid[None, :], z, _MASKED), axis=1)
+        lse_all = tf.reduce_logsumexp(
+            tf.concat(
+                [tf.where(cand_valid[None, :], z, _MASKED), tf.where(neg_valid, zn, _MASKED)],
+                axis=1,
+            ),
+            axis=1,
+        )
         ssm = lse_all - own_z
     ntr = weight * tf.nn.softplus(tf.where(has_other, own_z - lse_other, _MASKED))
 
@@ -172,6 +242,34 @@ def _first_valid_slots(ids: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
     uniq, idx = tf.unique(keyed)
     first = tf.math.unsorted_segment_min(pos, idx, tf.shape(uniq)[0])
     return valid & tf.equal(tf.gather(first, idx), pos)
+
+
+def _first_valid_in_rows(ids: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+    """bool [B, N]: slot n of row b is valid and no earlier valid slot of the row holds its id."""
+    n = tf.shape(ids)[1]
+    earlier = tf.linalg.band_part(tf.ones([n, n], tf.bool), -1, 0) & tf.logical_not(
+        tf.eye(n, dtype=tf.bool)
+    )  # [n, m]: m < n
+    dup = tf.reduce_any(
+        tf.equal(ids[:, :, None], ids[:, None, :]) & valid[:, None, :] & earlier[None, :, :],
+        axis=2,
+    )
+    return valid & tf.logical_not(dup)
+
+
+def _dislike_negatives(
+    item: tf.Tensor | None, ids: tf.Tensor | None, rows: tf.Tensor | int
+) -> tuple[tf.Tensor | None, tf.Tensor | None]:
+    """(normalised [B, N, d], int64 [B, N]) or (None, None); checks they come together."""
+    if (item is None) != (ids is None):
+        raise ValueError("dislike negatives' embeddings and ids must be given together")
+    if item is None or ids is None:
+        return None, None
+    ids = tf.cast(ids, tf.int64)
+    tf.debugging.assert_equal(
+        tf.shape(ids)[0], rows, message="dislike negative ids must have one row per batch row"
+    )
+    return _normalize(item), ids
 
 
 def _log_q_for(log_q: LogQ, ids: tf.Tensor, rows: int | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -203,6 +301,8 @@ def sampled_softmax_ntr(
     extra_ids: tf.Tensor | None = None,
     remove_accidental_hits: bool = True,
     dedupe_candidates: bool = False,
+    dislike_item: tf.Tensor | None = None,
+    dislike_ids: tf.Tensor | None = None,
 ) -> LossOutput:
     """The loss of LOSSES.md on one (single-device) batch.
 
@@ -222,6 +322,10 @@ def sampled_softmax_ntr(
       remove_accidental_hits: drop other slots holding a positive row's label.
       dedupe_candidates: one candidate slot per distinct item (module
         docstring); ``log_q`` must then be log P(item in C).
+      dislike_item: [B, N, d] item-tower outputs of each row's dislike
+        negatives, or None (module docstring: extra candidates of positive rows,
+        log q = 0).
+      dislike_ids: int [B, N] their ids, 0 = padding, or None.
 
     Returns:
       :class:`LossOutput` of the batch.
@@ -240,6 +344,7 @@ def sampled_softmax_ntr(
     extra_ids = tf.reshape(tf.cast(extra_ids, tf.int64), [-1])
     all_ids = tf.concat([ids, extra_ids], axis=0)
     row_logq, extra_logq = _log_q_for(log_q, all_ids, rows)
+    neg_item, neg_ids = _dislike_negatives(dislike_item, dislike_ids, rows)
     terms = _row_terms(
         user,
         item,
@@ -254,6 +359,8 @@ def sampled_softmax_ntr(
         temperature=temperature,
         remove_accidental_hits=remove_accidental_hits,
         dedupe=dedupe_candidates,
+        neg_item=neg_item,
+        neg_ids=neg_ids,
     )
     sums = _sums(terms)
     return _output(terms, sums, sums, ntr_weight)
@@ -311,6 +418,8 @@ class NTRRetrievalTask(keras.layers.Layer):
       remove_accidental_hits: see :func:`sampled_softmax_ntr`.
       dedupe_candidates: one slot per distinct item in C, q = P(item in C)
         (module docstring).
+      dislike_negatives: N, the user's most recent dislikes each positive row
+        receives as extra candidates (log q = 0; module docstring); 0 = none.
     """
 
     def __init__(
@@ -324,6 +433,7 @@ class NTRRetrievalTask(keras.layers.Layer):
         mixed_negatives: int = 0,
         remove_accidental_hits: bool = True,
         dedupe_candidates: bool = False,
+        dislike_negatives: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -333,6 +443,8 @@ class NTRRetrievalTask(keras.layers.Layer):
             raise ValueError(f"loss.temperature must be > 0, got {temperature}")
         if mixed_negatives < 0:
             raise ValueError(f"loss.mixed_negatives must be >= 0, got {mixed_negatives}")
+        if dislike_negatives < 0:
+            raise ValueError(f"loss.dislike_negatives must be >= 0, got {dislike_negatives}")
         if logq == "streaming" and estimator is None:
             raise ValueError(
                 "loss.logq='streaming' needs a StreamingFrequencyEstimator (estimator=None)"
@@ -358,6 +470,7 @@ class NTRRetrievalTask(keras.layers.Layer):
         self.mixed_negatives = int(mixed_negatives)
         self.remove_accidental_hits = bool(remove_accidental_hits)
         self.dedupe_candidates = bool(dedupe_candidates)
+        self.dislike_negatives = int(dislike_negatives)
 
     def _log_q(self, ids: tf.Tensor, num_extra: tf.Tensor) -> tf.Tensor:
         """float32 [n] log q for ids [n]; ``num_extra`` = M extras in the candidate set."""
@@ -388,6 +501,8 @@ class NTRRetrievalTask(keras.layers.Layer):
         extra_item_embeddings: tf.Tensor | None = None,
         extra_ids: tf.Tensor | None = None,
         training: bool = True,
+        dislike_item_embeddings: tf.Tensor | None = None,
+        dislike_ids: tf.Tensor | None = None,
     ) -> LossOutput:
         """Loss of this replica's rows against the global batch's candidates.
 
@@ -399,6 +514,9 @@ class NTRRetrievalTask(keras.layers.Layer):
             items on every replica.
           training: when true and logq is ``streaming``, the estimator takes
             one step with this batch first.
+          dislike_item_embeddings: [B, N, d] and dislike_ids: int [B, N] tokens
+            (0 = padding) of each row's N most recent dislikes (required iff
+            ``dislike_negatives`` > 0); per row, never gathered across replicas.
         """
         if (extra_item_embeddings is None) != (extra_ids is None):
             raise ValueError("extra_item_embeddings and extra_ids must be given together")
@@ -406,6 +524,11 @@ class NTRRetrievalTask(keras.layers.Layer):
             raise ValueError(
                 f"loss.mixed_negatives={self.mixed_negatives} but extra items were "
                 f"{'not ' if extra_ids is None else ''}given"
+            )
+        if (dislike_ids is None) != (self.dislike_negatives == 0):
+            raise ValueError(
+                f"loss.dislike_negatives={self.dislike_negatives} but dislike negatives were "
+                f"{'not ' if dislike_ids is None else ''}given"
             )
         ids = tf.reshape(tf.cast(item_ids, tf.int64), [-1])
         is_positive = tf.reshape(tf.cast(is_positive, tf.float32), [-1])
@@ -430,6 +553,9 @@ class NTRRetrievalTask(keras.layers.Layer):
         num_extra = tf.shape(g_extra_ids)[0]
         cand_ids = tf.concat([g_ids, g_extra_ids], axis=0)
         cand_logq = self._log_q(cand_ids, num_extra)
+        neg_item, neg_ids = _dislike_negatives(
+            dislike_item_embeddings, dislike_ids, tf.shape(ids)[0]
+        )
         terms = _row_terms(
             user,
             item,
@@ -444,6 +570,8 @@ class NTRRetrievalTask(keras.layers.Layer):
             temperature=self.temperature,
             remove_accidental_hits=self.remove_accidental_hits,
             dedupe=self.dedupe_candidates,
+            neg_item=neg_item,
+            neg_ids=neg_ids,
         )
         local = _sums(terms)
         ctx = replica_context_to_gather()
@@ -464,4 +592,5 @@ class NTRRetrievalTask(keras.layers.Layer):
             "mixed_negatives": self.mixed_negatives,
             "remove_accidental_hits": self.remove_accidental_hits,
             "dedupe_candidates": self.dedupe_candidates,
+            "dislike_negatives": self.dislike_negatives,
         }

@@ -60,6 +60,7 @@ class TwoTowerModel(tfrs.Model):
             mixed_negatives=config.loss.mixed_negatives,
             remove_accidental_hits=config.loss.remove_accidental_hits,
             dedupe_candidates=config.loss.dedupe_candidates,
+            dislike_negatives=config.loss.dislike_negatives,
         )
         self.ssm_tracker = keras.metrics.Mean(name="ssm")
         self.ntr_tracker = keras.metrics.Mean(name="ntr")
@@ -111,6 +112,12 @@ class TwoTowerModel(tfrs.Model):
                 )
             extra_ids = self.mixed_negative_ids(step)
             extra = self.item_tower(extra_ids, training=training)
+        dislike_ids = dislikes = None
+        n = self.config.loss.dislike_negatives
+        if n > 0:
+            # The row's N most recent dislikes before t (right-aligned, 0 = padding).
+            dislike_ids = features["dislikes"][:, -n:]
+            dislikes = self.item_tower(dislike_ids, training=training)
         out = self.task(
             user,
             item,
@@ -120,6 +127,8 @@ class TwoTowerModel(tfrs.Model):
             extra_item_embeddings=extra,
             extra_ids=extra_ids,
             training=training,
+            dislike_item_embeddings=dislikes,
+            dislike_ids=dislike_ids,
         )
         self.ssm_tracker.update_state(out.ssm_mean)
         self.ntr_tracker.update_state(out.ntr_mean)

@@ -34,6 +34,8 @@ SCRIPT = textwrap.dedent(
     rng = np.random.default_rng(0)
     USER0 = rng.normal(size=(40, D)).astype(np.float32)
     ITEM0 = rng.normal(size=(N + 1, D)).astype(np.float32)
+    NEGS = 3  # dislike negatives per row (when on)
+    neg_rng = np.random.default_rng(1)  # apart from rng: the other variants' data stay as they were
 
 
     def batches(split):
@@ -49,25 +51,32 @@ SCRIPT = textwrap.dedent(
                 "user": rng.integers(0, 40, size=12), "item": ids, "is_positive": pos,
                 "weight": np.where(pos > 0, 1.0, 1.5).astype(np.float32),
                 "extra": rng.integers(1, N + 1, size=M),
+                # Each row's dislike input: padding, items in the batch, own labels, repeats.
+                "dislikes": neg_rng.integers(0, 10, size=(12, NEGS)),
             })
         return out
 
 
-    def build(dedupe):
+    def build(dedupe, negs=0):
         users = tf.Variable(USER0, name="users")
         items = tf.Variable(ITEM0, name="items")
         est = StreamingFrequencyEstimator(buckets=16, hashes=2, alpha=0.3, initial_gap=10.0, seed=3)
         task = NTRRetrievalTask(
-            N, 0.2, 0.6, logq="streaming", estimator=est, mixed_negatives=M, dedupe_candidates=dedupe
+            N, 0.2, 0.6, logq="streaming", estimator=est, mixed_negatives=M, dedupe_candidates=dedupe,
+            dislike_negatives=negs,
         )
         return users, items, est, task
 
 
     def loss_and_grads(users, items, task, b):
+        negs = {}
+        if task.dislike_negatives:
+            negs = {"dislike_item_embeddings": tf.gather(items, b["dislikes"]), "dislike_ids": b["dislikes"]}
         with tf.GradientTape() as tape:
             out = task(
                 tf.gather(users, b["user"]), tf.gather(items, b["item"]), b["item"], b["is_positive"],
                 b["weight"], extra_item_embeddings=tf.gather(items, b["extra"]), extra_ids=b["extra"],
+                **negs,
             )
         grads = [tf.convert_to_tensor(g) for g in tape.gradient(out.total, [users, items])]
         return out.total, out.ssm_mean, out.ntr_mean, out.num_positive, grads
@@ -79,11 +88,11 @@ SCRIPT = textwrap.dedent(
         return {n: first(getattr(est, n)).numpy() for n in ("last_seen", "gap", "step")}
 
 
-    def run(strategy, split, dedupe=False):
+    def run(strategy, split, dedupe=False, negs=0):
         data = batches(split)
         res = {"single": [], "mirrored": []}
 
-        users, items, est, task = build(dedupe)
+        users, items, est, task = build(dedupe, negs)
         step = tf.function(lambda b: loss_and_grads(users, items, task, b))
         for b in data:
             total, ssm, ntr, npos, grads = step({k: tf.constant(v) for k, v in b.items()})
@@ -91,7 +100,7 @@ SCRIPT = textwrap.dedent(
         single_state = state(est)
 
         with strategy.scope():
-            m_users, m_items, m_est, m_task = build(dedupe)
+            m_users, m_items, m_est, m_task = build(dedupe, negs)
 
         @tf.function
         def m_step(per_replica):
@@ -157,6 +166,8 @@ SCRIPT = textwrap.dedent(
     print(json.dumps({
         "even": run(strategy, 6), "uneven": run(strategy, 5),
         "dedupe": run(strategy, 5, dedupe=True), "cross_replica": cross_replica(strategy),
+        "dislike_negatives": run(strategy, 5, negs=NEGS),
+        "dislike_negatives_dedupe": run(strategy, 7, dedupe=True, negs=NEGS),
     }))
     """
 )
@@ -182,11 +193,15 @@ def mirrored_results() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("split", ["even", "uneven", "dedupe"])
+@pytest.mark.parametrize(
+    "split", ["even", "uneven", "dedupe", "dislike_negatives", "dislike_negatives_dedupe"]
+)
 def test_mirrored_loss_and_gradients_equal_single_device(mirrored_results: dict, split: str):
     """5 global batches of 12 rows split 6/6 (and 5/7) over 2 replicas; M = 3 mixed negatives
     per global batch: the single device gets M, each replica the same M (not 2M in all).
-    ``dedupe``: one slot per distinct item of the gathered (global) candidate set."""
+    ``dedupe``: one slot per distinct item of the gathered (global) candidate set.
+    ``dislike_negatives``: 3 per row, each replica its own rows' (split 5/7, and 7/5 with
+    dedupe, where a row's dislikes also drop C's slots of those items)."""
     r = mirrored_results[split]
     assert r["loss_scale"] > 0.1 and r["grad_scale"] > 1e-3, (
         r

@@ -28,11 +28,17 @@ def reference_loss(
     extra_ids: np.ndarray | None = None,
     remove_hits: bool = True,
     dedupe: bool = False,
+    negs: np.ndarray | None = None,
+    neg_v: np.ndarray | None = None,
 ) -> dict[str, object]:
     """LOSSES.md read literally, in float64 with explicit loops and sets.
 
     ``dedupe``: the deduplicated convention of ``trainer/losses.py`` -- C keeps the first
     slot of each distinct id (positive rows in order, then extras) and drops the others.
+    ``negs`` int [B, N] (0 = padding) and ``neg_v`` [B, N, d]: dislike negatives as in
+    ``trainer/losses.py`` -- extra slots of a positive row's own, logit u . v / tau with
+    no correction, padding and the row's own label dropped; with ``dedupe`` the row's
+    first copy of each id only, and C's slots of those ids dropped for the row.
     """
     norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     user, item = norm(user.astype(np.float64)), norm(item.astype(np.float64))
@@ -64,7 +70,15 @@ def reference_loss(
                 for k in range(len(slots_id))
                 if not ((remove_hits or dedupe) and slots_id[k] == y and slots_row[k] != r)
             ]
+            mine: list[tuple[int, np.ndarray]] = []  # this row's dislike negatives
+            if negs is not None and neg_v is not None:
+                for j, v in zip(negs[r], neg_v[r], strict=True):
+                    if j != 0 and j != y and not (dedupe and j in [i for i, _ in mine]):
+                        mine.append((int(j), v.astype(np.float64) / np.linalg.norm(v)))
+            if dedupe:
+                keep = [k for k in keep if slots_id[k] not in [i for i, _ in mine]]
             logits = [z(r, slots_v[k], slots_id[k]) for k in keep]
+            logits += [float(user[r] @ v) / tau for _, v in mine]  # log q = 0
             if dedupe and r not in [slots_row[k] for k in keep]:
                 logits.append(z(r, item[r], y))  # the row's own label, once
             loss = -z(r, item[r], y) + math.log(sum(math.exp(x) for x in logits))
@@ -242,6 +256,140 @@ def test_deduplicated_task_reads_q_as_the_probability_of_being_in_c():
     }
     ref = reference_loss(user, item, ids, pos, weight, q, 0.3, 0.7, extra, extra_ids, dedupe=True)
     assert_matches(out, ref)
+
+
+# ---------------------------------------------------------------- dislike negatives
+
+#: The worked example's rows with N = 2 dislike inputs each (0 = padding): row 0 gets 12,
+#: row 1 gets 12 (its 11 is its own label), row 2 is a dislike row (gets nothing).
+WORKED_NEGS = np.array([[0, 12], [12, 11], [10, 11]])
+WORKED_V = {0: [0.0, 0.0], 10: [0.8, 0.6], 11: [0.0, 1.0], 12: [0.6, 0.8]}
+
+
+def _worked_with_negs(**kwargs) -> LossOutput:
+    w = WORKED
+    neg_v = np.array([[WORKED_V[j] for j in row] for row in WORKED_NEGS], np.float32)
+    return sampled_softmax_ntr(
+        w["user"], w["item"], w["ids"], w["pos"], np.ones(3, np.float32),
+        table_log_q(w["q"]), temperature=0.5, ntr_weight=0.5,
+        dislike_item=neg_v, dislike_ids=WORKED_NEGS, **kwargs,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("dedupe", [False, True])
+def test_dislike_negatives_worked_by_hand(dedupe: bool):
+    """trainer/losses.py's worked example. Row 0: z = (2.293147, C's 11: 1.386294, its
+    dislike 12: 0.6 / 0.5 = 1.2 uncorrected); row 1: (2.986294, C's 10: 2.613147, its
+    dislike 12: 1.0 / 0.5 = 2.0); row 2's NTR term is LOSSES.md's. No repeats: the
+    deduplicated convention gives the same numbers."""
+    out = _worked_with_negs(dedupe_candidates=dedupe)
+    by_hand = [
+        math.log(math.exp(2.293147) + math.exp(1.386294) + math.exp(1.2)) - 2.293147,
+        math.log(math.exp(2.986294) + math.exp(2.613147) + math.exp(2.0)) - 2.986294,
+    ]
+    np.testing.assert_allclose(by_hand, [0.553283, 0.723444], atol=1e-6)
+    np.testing.assert_allclose(out.ssm_rows.numpy()[:2], [0.553283, 0.723444], atol=1e-5)
+    np.testing.assert_allclose(out.ntr_rows.numpy()[2], 0.862204, atol=1e-5)
+    np.testing.assert_allclose(out.ssm_mean.numpy(), 0.638363, atol=1e-5)
+    np.testing.assert_allclose(out.total.numpy(), 0.638363 + 0.5 * 0.862204, atol=1e-5)
+    assert (out.num_positive.numpy(), out.num_dislike.numpy()) == (2.0, 1.0)
+
+
+def test_dislike_negatives_of_padding_only_change_nothing():
+    w = WORKED
+    zeros = np.zeros((3, 4), np.int64)
+    out = sampled_softmax_ntr(
+        w["user"], w["item"], w["ids"], w["pos"], np.ones(3, np.float32),
+        table_log_q(w["q"]), temperature=0.5, ntr_weight=0.5,
+        dislike_item=np.ones((3, 4, 2), np.float32), dislike_ids=zeros,
+    )  # fmt: skip
+    np.testing.assert_allclose(out.total.numpy(), 0.862630, atol=1e-5)
+
+
+#: Dislike inputs (N = 3) of _random_batch's rows (labels [3, 5, 3, 7, 9 | 5, 7, 11]):
+#: an item in C (5), one only among the extras (12), the own label (5 of row 1, twice 9
+#: of row 4), a repeat (3, 3), all padding (row 2), items nowhere else (2, 4, 1), and
+#: dislike rows, which get no extras.
+RANDOM_NEGS = np.array(
+    [[0, 5, 12], [5, 3, 3], [0, 0, 0], [2, 9, 4], [9, 9, 1], [3, 5, 7], [1, 2, 3], [0, 0, 9]]
+)
+
+
+@pytest.mark.parametrize("dedupe", [False, True])
+@pytest.mark.parametrize("remove_hits", [True, False])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dislike_negatives_match_numpy_reference(seed: int, remove_hits: bool, dedupe: bool):
+    user, item, ids, pos, weight, extra, extra_ids, q = _random_batch(seed)
+    neg_v = np.random.default_rng(seed + 10).normal(size=(8, 3, 4)).astype(np.float32)
+    args = (user, item, ids, pos, weight)
+    out = sampled_softmax_ntr(
+        *args, table_log_q(q), 0.3, 0.7, extra, extra_ids, remove_hits,
+        dedupe_candidates=dedupe, dislike_item=neg_v, dislike_ids=RANDOM_NEGS,
+    )  # fmt: skip
+    ref = reference_loss(
+        *args, q, 0.3, 0.7, extra, extra_ids, remove_hits=remove_hits, dedupe=dedupe,
+        negs=RANDOM_NEGS, neg_v=neg_v,
+    )  # fmt: skip
+    assert_matches(out, ref)
+    # The extras matter on every positive row that has one, and only there.
+    plain = reference_loss(
+        *args, q, 0.3, 0.7, extra, extra_ids, remove_hits=remove_hits, dedupe=dedupe
+    )
+    moved = np.abs(ref["ssm_rows"] - plain["ssm_rows"]) > 1e-6
+    assert moved.tolist() == [True, True, False, True, True, False, False, False]
+    np.testing.assert_array_equal(ref["ntr_rows"], plain["ntr_rows"])
+
+
+def test_dislike_negative_gives_a_loss_where_c_has_no_other_item():
+    """C = {5, 5}: without its dislike of 7 row 0 has nothing to beat (loss 0)."""
+    rng = np.random.default_rng(8)
+    user, item = rng.normal(size=(2, 3)), rng.normal(size=(2, 3))
+    neg_v = rng.normal(size=(2, 1, 3))
+    args = (user.astype(np.float32), item.astype(np.float32), np.array([5, 5]))
+    pos, w = np.ones(2, np.float32), np.ones(2, np.float32)
+    negs = np.array([[7], [0]])
+    out = sampled_softmax_ntr(
+        *args, pos, w, None, 0.2, 1.0, dislike_item=neg_v.astype(np.float32), dislike_ids=negs
+    )
+    assert_matches(out, reference_loss(*args, pos, w, None, 0.2, 1.0, negs=negs, neg_v=neg_v))
+    assert out.ssm_rows.numpy()[0] > 0.0 and out.ssm_rows.numpy()[1] == 0.0
+
+
+def test_task_with_dislike_negatives_matches_reference():
+    """The training path: counts-q with mixed negatives, dislike negatives uncorrected."""
+    user, item, ids, pos, weight, extra, extra_ids = _task_batch()
+    neg_v = np.random.default_rng(11).normal(size=(8, 3, 4)).astype(np.float32)
+    n = 12
+    probs = np.linspace(0.0, 1.2, n + 1).astype(np.float32)
+    task = NTRRetrievalTask(
+        n, 0.3, 0.7, logq="counts", item_probabilities=probs, mixed_negatives=3,
+        dislike_negatives=3,
+    )  # fmt: skip
+    out = task(
+        user, item, ids, pos, weight, extra_item_embeddings=extra, extra_ids=extra_ids,
+        dislike_item_embeddings=neg_v, dislike_ids=RANDOM_NEGS,
+    )  # fmt: skip
+    q = {j: float(np.clip(probs[j] + 3 / n, 1e-6, 1.0)) for j in range(1, n + 1)}
+    ref = reference_loss(
+        user, item, ids, pos, weight, q, 0.3, 0.7, extra, extra_ids,
+        negs=RANDOM_NEGS, neg_v=neg_v,
+    )  # fmt: skip
+    assert_matches(out, ref)
+
+
+def test_task_refuses_missing_or_unexpected_dislike_negatives():
+    user, item, ids, pos, weight, _, _ = _task_batch()
+    negs, neg_v = RANDOM_NEGS, np.ones((8, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="dislike_negatives=2 but dislike negatives were not"):
+        NTRRetrievalTask(12, 0.3, 0.7, logq="none", dislike_negatives=2)(
+            user, item, ids, pos, weight
+        )
+    with pytest.raises(ValueError, match="dislike_negatives=0 but dislike negatives were given"):
+        NTRRetrievalTask(12, 0.3, 0.7, logq="none")(
+            user, item, ids, pos, weight, dislike_item_embeddings=neg_v, dislike_ids=negs
+        )
+    with pytest.raises(ValueError, match="must be >= 0"):
+        NTRRetrievalTask(12, 0.3, 0.7, logq="none", dislike_negatives=-1)
 
 
 def test_dislike_without_other_candidates_contributes_nothing_but_counts():
