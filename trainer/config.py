@@ -22,6 +22,11 @@ class ModelConfig(_Section):
     """D: most recent dislikes fed to the user tower."""
     use_dislike_input: bool = True
     """Feed the dislike history to the user tower (dislikes as inputs, not only labels)."""
+    dislike_pathway: Literal["concat", "subtract"] = "concat"
+    """How the user tower uses the dislike history (with ``use_dislike_input``):
+    ``concat`` = an encoding of it enters the MLP beside the history's;
+    ``subtract`` = a learned, count-gated move of the user vector away from the
+    disliked items' directions (see trainer/towers.py)."""
     use_item_features: bool = True
     """Add item metadata (category/genre) embeddings to the item tower where the source has them."""
     hidden_units: int = Field(128, ge=0)
@@ -133,6 +138,7 @@ ARCHITECTURE_KEYS = (
     "attention_layers",
     "use_item_features",
     "use_dislike_input",
+    "dislike_pathway",
 )
 
 

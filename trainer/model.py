@@ -37,7 +37,7 @@ class TwoTowerModel(tfrs.Model):
         self.config = config
         self.num_items = num_items
         self.item_tower = ItemTower(num_items, config.model, item_features, feature_sizes)
-        self.user_tower = UserTower(self.item_tower.id_embedding, config.model)
+        self.user_tower = UserTower(self.item_tower.id_embedding, config.model, self.item_tower)
         freq = config.frequency
         self.estimator = (
             StreamingFrequencyEstimator(

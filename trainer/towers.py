@@ -90,15 +90,39 @@ class UserTower(keras.Model):
       * ``attention``: SASRec-style self-attention with learned positional
         embeddings (position counted from the most recent item); the output at
         the most recent position.
-    The dislike history is encoded as a normalised sum of the same item
-    embeddings and enters the combining MLP as a separate input, so the tower
-    can learn to move away from what the user rejected.
+    The dislike history (``model.use_dislike_input``) takes one of two
+    pathways (``model.dislike_pathway``):
+
+    * ``concat``: a normalised sum of the same item embeddings, projected,
+      enters the combining MLP beside the history's encoding:
+      ``u = s + MLP([s, P sum_d e_d / sqrt(n)])`` (s = history encoding);
+    * ``subtract``: the MLP sees the history only, and the dislikes move the
+      result away from the disliked items' directions::
+
+          h = s + MLP(s)
+          u = h - g(n) * W sum_d a_d * v_d / |v_d|
+          g(n) = softplus(b + c * log(1 + n)),  a_d = 2 * sigmoid(beta * rank_d)
+
+      v_d is the *item tower's output* for disliked item d (the vector items
+      are ranked by), n the number of dislikes (padding masked), rank_d = 0
+      for the most recent, 1 for the one before... W = M M^T is positive
+      semi-definite by construction (M learned, starting as the identity),
+      g > 0 and a_d > 0: whatever the weights, the new dislike's own term
+      moves u by -g a W v_t/|v_t|, whose inner product with v_t is <= 0 --
+      the tower cannot learn to move *towards* what the user rejected (an
+      unconstrained W did, on ml-100k: eigenvalues down to -0.9). c and beta
+      start at 0 (a_d = 1) and b at -1 (g = 0.31), so at initialisation
+      adding a dislike of t moves u by exactly -g v_t/|v_t|: its cosine with
+      v_t decreases, and u's inner product with every item on t's side too.
+      Training learns how far to move (g, by count), how much older dislikes
+      weigh (beta) and which directions go with t (W).
     """
 
     def __init__(
         self,
         item_embedding: keras.layers.Embedding,
         config: ModelConfig,
+        item_tower: ItemTower | None = None,
         name: str = "user_tower",
     ):
         super().__init__(name=name)
@@ -124,7 +148,29 @@ class UserTower(keras.Model):
                 )
                 for i in range(config.attention_layers)
             ]
-        self.dislike_projection = keras.layers.Dense(dim, use_bias=False, name="dislike_projection")
+        if config.dislike_pathway == "concat":
+            self.dislike_projection = keras.layers.Dense(
+                dim, use_bias=False, name="dislike_projection"
+            )
+        elif config.use_dislike_input:  # subtract
+            if item_tower is None:
+                raise ValueError("model.dislike_pathway='subtract' needs the item tower")
+            self.item_tower = item_tower
+            # M of W = M M^T (positive semi-definite), M starts as the identity.
+            self.dislike_direction = self.add_weight(
+                name="dislike_direction",
+                shape=(dim, dim),
+                initializer=keras.initializers.Identity(),
+            )
+            # (b, c) of g(n), then beta of a_d.
+            self.dislike_gate = self.add_weight(
+                name="dislike_gate",
+                shape=(2,),
+                initializer=keras.initializers.Constant([-1.0, 0.0]),
+            )
+            self.dislike_recency = self.add_weight(
+                name="dislike_recency", shape=(), initializer="zeros"
+            )
         self.mlp = _mlp(config.hidden_units, dim, config.dropout, "user_mlp")
 
     @staticmethod
@@ -153,10 +199,32 @@ class UserTower(keras.Model):
         # Most recent item sits in the last column; an empty history gives zeros.
         return x[:, -1, :]
 
+    def _move_away(self, dislikes: tf.Tensor, training: bool) -> tf.Tensor:
+        """float32 [B, dim]: g(n) * W sum_d a_d v_d / |v_d| (the ``subtract`` pathway)."""
+        mask = tf.cast(dislikes > 0, tf.float32)  # [B, D], right-aligned
+        v = tf.math.l2_normalize(self.item_tower(dislikes, training=training), axis=-1)
+        # rank 0 = the most recent (last column), counted over columns: padding sits left.
+        width = tf.shape(dislikes)[1]
+        rank = tf.cast(tf.range(width - 1, -1, -1), tf.float32)
+        a = 2.0 * tf.sigmoid(self.dislike_recency * rank)[None, :] * mask  # [B, D]
+        n = tf.reduce_sum(mask, axis=1, keepdims=True)
+        gate = tf.nn.softplus(self.dislike_gate[0] + self.dislike_gate[1] * tf.math.log1p(n))
+        m = tf.reduce_sum(a[..., None] * v, axis=1)  # [B, dim]
+        # m W with W = M M^T (symmetric): m M M^T.
+        moved = tf.matmul(
+            tf.matmul(m, self.dislike_direction), self.dislike_direction, transpose_b=True
+        )
+        return gate * moved
+
     def call(self, inputs: tuple[tf.Tensor, tf.Tensor], training: bool = False) -> tf.Tensor:
         history, dislikes = inputs
         history = tf.cast(history, tf.int32)
         seq = self._encode_history(history, training)
+        if self.config.dislike_pathway == "subtract":
+            h = seq + self.mlp(seq, training=training)
+            if not self.config.use_dislike_input:
+                return h
+            return h - self._move_away(tf.cast(dislikes, tf.int32), training)
         if self.config.use_dislike_input:
             dislikes = tf.cast(dislikes, tf.int32)
             dmask = tf.cast(dislikes > 0, tf.float32)
