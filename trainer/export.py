@@ -13,7 +13,7 @@ import numpy as np
 from trainer._tf import tf
 from trainer.index_build import build_index, write_index
 from trainer.model import TwoTowerModel, l2_normalize
-from twotower import artifacts
+from twotower import artifacts, interrupts
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ def export_version(
     """
     cfg = model.config
     items = item_embeddings(model, similarity)
+    log.info("building the FAISS index over %d items...", len(items))
     index, index_info = build_index(
         items,
         exact_max_items=cfg.export.exact_index_max_items,
@@ -135,7 +136,9 @@ def export_version(
     )
     order = np.lexsort((np.arange(len(item_counts)), -item_counts))
     popular = [str(item_ids[i]) for i in order[: cfg.export.popular_items] if item_counts[i] > 0]
+    interrupts.check()
     with artifacts.staging_version(art) as (version, vdir):
+        log.info("writing version %s (user tower, item vectors, index)...", version)
         tower = ServingTower(model, normalize=similarity == "cosine")
         tf.saved_model.save(
             tower, str(vdir / artifacts.USER_TOWER), signatures={SIGNATURE: tower.serve}
@@ -171,6 +174,9 @@ def export_version(
             **(extra or {}),
         }
         artifacts.write_manifest(vdir, manifest)
+        # A Ctrl-C whose exception TF swallowed while saving: the staged version is dropped.
+        interrupts.check()
+    log.info("exported version %s", version)
     if publish:
         artifacts.publish(art, version)
         log.info("published version %s", version)

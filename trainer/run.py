@@ -33,9 +33,15 @@ from trainer.evaluate import (
 from trainer.export import embed_in_chunks, export_version, serving_embed
 from trainer.metrics import write_topk_jsonl
 from trainer.model import TwoTowerModel, l2_normalize
-from trainer.train import IncompatibleCheckpointError, Trainer, make_strategy, seed_everything
+from trainer.train import (
+    IncompatibleCheckpointError,
+    Trainer,
+    format_duration,
+    make_strategy,
+    seed_everything,
+)
 from trainer.warmstart import load_version_items, warm_start
-from twotower import artifacts
+from twotower import artifacts, interrupts
 from twotower.config import load_config
 
 log = logging.getLogger(__name__)
@@ -125,10 +131,16 @@ def train(
     keeps only the newest ``export.keep_versions`` versions afterwards (callers
     with their own retention pass False). Returns the new version id and its
     metrics.
+
+    Under :func:`twotower.interrupts.handled`, Ctrl-C stops the run at any phase
+    (a swallowed ``KeyboardInterrupt`` is raised again at the next step or
+    phase) and nothing is published; the checkpoint directory stays, so the
+    same call resumes.
     """
     out = Path(out)
     if ds is None:
         ds = load_source(spec, skip_bad_lines=skip_bad_lines, progress=progress)
+    interrupts.check()
     warm_from = None
     if warm_version is not None:
         warm_from = artifacts.resolve_version(
@@ -184,6 +196,7 @@ def train(
         return model, trainer, summary
 
     model, trainer, warm_summary = build()
+    interrupts.check()  # tf_keras swallows a KeyboardInterrupt raised while the towers build
     try:
         result = trainer.fit()
     except IncompatibleCheckpointError as exc:
@@ -195,6 +208,7 @@ def train(
         if chief:
             shutil.rmtree(restore_dir, ignore_errors=True)
         model, trainer, warm_summary = build()
+        interrupts.check()
         result = trainer.fit(resume=False)
 
     # Every figure below is computed with the exported tower's own function, so
@@ -205,6 +219,8 @@ def train(
     embed_by_sim = {sim: serving_embed(model, sim) for sim in items_by_sim}
     # Full validation metrics per geometry: what the similarity choice and tuning read
     # (never the test split). SSM paper: cosine-train/dot-test can win.
+    if len(valid):
+        log.info("evaluating on %d validation users (cosine and dot similarity)...", len(valid))
     valid_eval = {
         sim: evaluate(embed_by_sim[sim], items_by_sim[sim], valid, item_counts, None).metrics
         for sim in ("cosine", "dot")
@@ -218,7 +234,9 @@ def train(
             if valid_by_sim
             else "cosine"
         )
+    interrupts.check()
     test = sample_rows(build_eval_set(ds, "test", H, D), cfg.split.max_users_eval, cfg.train.seed)
+    log.info("evaluating on %d test users (%s similarity)...", len(test), similarity)
     embed = embed_by_sim[similarity]
     metrics = evaluate(
         embed, items_by_sim[similarity], test, item_counts, reference_neighbors(ds, ds.num_items)
@@ -247,6 +265,7 @@ def train(
         "item_feature_sizes": dict(ds.item_feature_sizes) if cfg.model.use_item_features else {},
         "eval": eval_notes(ds, test, metrics, H, "test"),
     }
+    interrupts.check()
     if not chief:
         shutil.rmtree(write_dir, ignore_errors=True)
         return TrainOutcome("", metrics, baseline, training, extra, model)
@@ -286,18 +305,21 @@ def _index_queries(
 
 
 def train_command(args: argparse.Namespace) -> int:
+    """``twotower train``: the outcome as JSON on stdout, a one-line summary on stderr."""
     kind = args.data.split(":", 1)[0]
     cfg = trainer_config(kind, args.config, args.overrides, args.epochs, args.strategy)
-    outcome = train(
-        args.data,
-        args.out,
-        cfg,
-        warm_version=args.warm_start,
-        checkpoint_dir=args.checkpoint_dir,
-        publish=not args.no_publish,
-        skip_bad_lines=args.skip_bad_lines,
-        progress=True,
-    )
+    with interrupts.handled(hint=interrupts.RESUME_HINT):
+        outcome = train(
+            args.data,
+            args.out,
+            cfg,
+            warm_version=args.warm_start,
+            checkpoint_dir=args.checkpoint_dir,
+            publish=not args.no_publish,
+            skip_bad_lines=args.skip_bad_lines,
+            progress=True,
+        )
+    print(train_summary(outcome, published=not args.no_publish), file=sys.stderr, flush=True)
     json.dump(
         {
             "version": outcome.version,
@@ -313,6 +335,31 @@ def train_command(args: argparse.Namespace) -> int:
     )
     print()
     return 0
+
+
+#: The figures of the one-line summary, as the SPEC names them.
+SUMMARY_METRICS = ("recall@20", "ndcg@20", "dislike_rate@20")
+
+
+def train_summary(outcome: TrainOutcome, published: bool) -> str:
+    """One line for a person: the version, its headline metrics beside the most-popular
+    baseline's, and how the training went (the JSON on stdout has everything)."""
+    if not outcome.version:
+        return "twotower train: done (a worker of a multi-worker run: the chief exports)"
+    m, b, t = outcome.metrics, outcome.baseline_popular, outcome.training
+    what = "published" if published else "exported (not published)"
+    figures = ", ".join(
+        f"{name} {float(m[name]):.4f} (most popular {float(b[name]):.4f})"
+        for name in SUMMARY_METRICS
+        if name in m and name in b
+    )
+    epochs = f"{t['epochs_run']} epochs"
+    if t.get("best_epoch", -1) > 0:
+        epochs += f", best {t['best_epoch']}"
+    return (
+        f"twotower train: {what} version {outcome.version}: {figures}; "
+        f"{epochs}, {format_duration(float(t['seconds']))} of training"
+    )
 
 
 def _plain(obj: Any) -> Any:
@@ -351,6 +398,7 @@ def evaluate_version(
     baseline uses it too.
     """
     exported = ExportedModel(art, version)
+    interrupts.check()
     m = exported.manifest
     ds = align_items(ds, exported.item_ids)
     cfg = TrainerConfig.model_validate(m["config"])
@@ -362,6 +410,7 @@ def evaluate_version(
     )
     n = len(exported.item_ids)
     counts = ds.train_item_counts()[:n]
+    log.info("evaluating version %s on %d test users...", exported.version, len(test))
     ev = evaluate(exported.embed, exported.item_emb, test, counts, version_neighbors(ds, n))
     if topk_out:
         write_topk_jsonl(
@@ -377,8 +426,10 @@ def evaluate_version(
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    ds = load_source(args.data, skip_bad_lines=args.skip_bad_lines, progress=True)
-    result = evaluate_version(args.artifacts, args.version, ds, args.topk_out)
+    with interrupts.handled():
+        ds = load_source(args.data, skip_bad_lines=args.skip_bad_lines, progress=True)
+        interrupts.check()
+        result = evaluate_version(args.artifacts, args.version, ds, args.topk_out)
     json.dump(result, sys.stdout, indent=2, default=_plain)
     print()
     return 0

@@ -42,6 +42,7 @@ from trainer.config import TrainerConfig
 from trainer.data.dataset import EvalSet, Examples
 from trainer.metrics import ranking_metrics, topk_all_ranking
 from trainer.model import TwoTowerModel, l2_normalize
+from twotower import interrupts
 from twotower.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,9 @@ class Trainer:
       checkpoint_dir: resumable state; restored from when present (the chief's
         directory in a multi-worker run).
       strategy: the tf.distribute strategy the model was built under.
-      progress: show a progress bar on stderr.
+      progress: show a progress bar per epoch on stderr when it is a terminal.
+        Every epoch also logs one line (loss, valid recall@20, examples/s,
+        elapsed time), which is all a log file or a pipe gets.
       write_dir: where this process writes its checkpoints; ``checkpoint_dir``
         when None (single process, or the chief). Non-chief workers pass scratch.
     """
@@ -250,8 +253,10 @@ class Trainer:
         return []
 
     def _save(self) -> None:
-        self.history_json.assign(json.dumps(self.history))
-        self.manager.save(checkpoint_number=int(self.global_step.numpy()))
+        # A Ctrl-C during the save takes effect once the checkpoint is complete.
+        with interrupts.deferred():
+            self.history_json.assign(json.dumps(self.history))
+            self.manager.save(checkpoint_number=int(self.global_step.numpy()))
 
     def _patience_exhausted(self) -> bool:
         patience = self.config.train.early_stopping_patience
@@ -266,15 +271,21 @@ class Trainer:
     def fit(self, resume: bool = True) -> TrainResult:
         """Train to ``train.epochs`` (or early stopping), resuming when a checkpoint exists.
 
+        Ctrl-C stops it between two steps (see :mod:`twotower.interrupts`); the
+        last checkpoint is where the same run resumes.
+
         Raises:
           IncompatibleCheckpointError: see :meth:`restore`.
           ConfigError: ``train.batch_size`` exceeds an epoch's training rows.
+          KeyboardInterrupt: Ctrl-C.
         """
         tc = self.config.train
         self.write_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.restore() if resume else None
         start = time.perf_counter()
         trained_rows = 0
+        # Carriage-return bars only where they redraw in place; logs get a line per epoch.
+        bars = self.progress and sys.stderr.isatty()
         if resumed is not None and self._patience_exhausted():
             log.info(
                 "the checkpoint's run had already stopped early at epoch %d "
@@ -283,6 +294,7 @@ class Trainer:
                 tc.early_stopping_patience,
             )
         while int(self.epoch.numpy()) < tc.epochs and not self._patience_exhausted():
+            interrupts.check()
             epoch = int(self.epoch.numpy())
             examples = self.examples_fn(epoch)
             steps = len(examples) // tc.batch_size
@@ -303,10 +315,12 @@ class Trainer:
                 desc=f"epoch {epoch + 1}/{tc.epochs}",
                 unit="step",
                 file=sys.stderr,
-                disable=not self.progress,
-                mininterval=0.5 if sys.stderr.isatty() else 5.0,
+                disable=not bars,
+                mininterval=0.5,
             )
+            epoch_start, epoch_rows = time.perf_counter(), 0
             for batch in dist:
+                interrupts.check()  # a Ctrl-C whose exception TF or Keras swallowed
                 loss = float(self._train_step(batch).numpy())
                 if not math.isfinite(loss):
                     raise FloatingPointError(
@@ -316,6 +330,7 @@ class Trainer:
                 self.epoch_loss_sum.assign_add(loss)
                 self.epoch_steps.assign_add(1)
                 trained_rows += tc.batch_size
+                epoch_rows += tc.batch_size
                 self.step_in_epoch.assign_add(1)
                 self.global_step.assign_add(1)
                 bar.update(1)
@@ -324,16 +339,33 @@ class Trainer:
                 if int(self.global_step.numpy()) % tc.checkpoint_every == 0:
                     self._save()
             bar.close()
-            self._end_epoch(epoch)
+            train_seconds = time.perf_counter() - epoch_start
+            record = self._end_epoch(epoch)
+            log.info(
+                "%s",
+                epoch_line(
+                    record,
+                    tc.epochs,
+                    epoch_rows / train_seconds if train_seconds > 0 else 0.0,
+                    time.perf_counter() - start,
+                ),
+            )
             self._save()
             if self._patience_exhausted():
                 log.info(
                     "early stopping: no better valid recall@20 for %d epochs",
                     tc.early_stopping_patience,
                 )
+        interrupts.check()
         best = self._best_checkpoint()
         if best is not None:
             self.best_ckpt.restore(best).expect_partial()
+            if self.valid is not None:
+                log.info(
+                    "keeping the weights of epoch %d (best valid recall@20 %.4f)",
+                    int(self.best_epoch.numpy()),
+                    float(self.best_recall.numpy()),
+                )
         seconds = time.perf_counter() - start
         return TrainResult(
             epochs_run=int(self.epoch.numpy()),
@@ -346,8 +378,11 @@ class Trainer:
             resumed_from=resumed,
         )
 
-    def _end_epoch(self, epoch: int) -> None:
-        """Record epoch ``epoch`` (0-based), update early stopping, advance the counters."""
+    def _end_epoch(self, epoch: int) -> dict:
+        """Record epoch ``epoch`` (0-based), update early stopping, advance the counters.
+
+        Returns the epoch's history record.
+        """
         n = int(self.epoch_steps.numpy())
         record = {
             "epoch": epoch + 1,
@@ -367,12 +402,35 @@ class Trainer:
                 self.best_manager.save()
             else:
                 self.bad_epochs.assign_add(1)
-        log.info("epoch %s", json.dumps(record))
+        log.debug("epoch %s", json.dumps(record))
         self.history.append(record)
         self.epoch.assign_add(1)
         self.step_in_epoch.assign(0)
         self.epoch_loss_sum.assign(0.0)
         self.epoch_steps.assign(0)
+        return record
+
+
+def epoch_line(record: dict, epochs: int, examples_per_second: float, elapsed: float) -> str:
+    """The per-epoch progress line, e.g. ``epoch 3/20: loss 5.1234, valid recall@20 0.1234,
+    41,200 examples/s, elapsed 1m05s``."""
+    parts = [f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f}"]
+    if "valid_recall@20" in record:
+        parts.append(f"valid recall@20 {record['valid_recall@20']:.4f}")
+    parts.append(f"{examples_per_second:,.0f} examples/s")
+    parts.append(f"elapsed {format_duration(elapsed)}")
+    return ", ".join(parts)
+
+
+def format_duration(seconds: float) -> str:
+    """``42.1s``, ``3m05s``, ``2h03m``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def _smaller_batch(rows: int) -> int:

@@ -389,8 +389,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         # SPEC's exit codes are 0, 2 and 1 ("anything else"): an interrupted run is 1.
-        print("twotower: interrupted", file=sys.stderr)
-        return 1
+        # Training checkpoints as it goes: the same command picks up where this one stopped.
+        from twotower.interrupts import EXIT_STATUS, RESUME_HINT
+
+        resumable = args.command in ("train", "pipeline")
+        print(
+            "twotower: interrupted" + (f"; {RESUME_HINT}" if resumable else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_STATUS
     except Exception as exc:
         if isinstance(exc, _input_error_types()):
             print(f"twotower {args.command}: error: {exc}", file=sys.stderr)

@@ -31,7 +31,7 @@ from trainer.run import (
     trainer_config,
     training_examples,
 )
-from trainer.train import Trainer, seed_everything
+from trainer.train import Trainer, epoch_line, format_duration, seed_everything
 from twotower import artifacts
 from twotower.cli import main
 
@@ -77,6 +77,23 @@ def test_early_stopping_triggers_and_a_resumed_run_does_not_train_further(tiny_d
     assert second.history == first.history  # the history came back with the checkpoint
     assert second.examples_per_second == 0.0
     np.testing.assert_array_equal(model2.embed_items(), model.embed_items())
+
+
+def test_the_per_epoch_progress_line():
+    record = {"epoch": 3, "loss": 4.123456, "ssm": 4.0, "ntr": 0.1, "valid_recall@20": 0.22901}
+    assert epoch_line(record, 20, 41234.4, 65.2) == (
+        "epoch 3/20: loss 4.1235, valid recall@20 0.2290, 41,234 examples/s, elapsed 1m05s"
+    )
+    del record["valid_recall@20"]  # no validation split
+    assert epoch_line(record, 20, 0.0, 2.0) == "epoch 3/20: loss 4.1235, 0 examples/s, elapsed 2.0s"
+    assert [format_duration(s) for s in (0.04, 59.94, 60, 3599.4, 3600, 7385)] == [
+        "0.0s",
+        "59.9s",
+        "1m00s",
+        "59m59s",
+        "1h00m",
+        "2h03m",
+    ]
 
 
 def test_a_corrupt_history_in_the_checkpoint_is_tolerated(tiny_ds, tmp_path, caplog):
