@@ -41,12 +41,13 @@ store does); ``pipeline --snapshot`` reads no store.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
-from twotower import __version__
+from twotower import __version__, interrupts
 
 log = logging.getLogger("twotower")
 
@@ -362,6 +363,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands whose Ctrl-C is recorded from the start (TensorFlow start-up included), so
+#: one that library code swallows still stops them; serve and demo stop through uvicorn.
+INTERRUPTIBLE = {
+    "train": interrupts.RESUME_HINT,
+    "pipeline": interrupts.RESUME_HINT,
+    "evaluate": "",
+}
+
+
+def _ctrl_c_handled(command: str) -> contextlib.AbstractContextManager[None]:
+    if command in INTERRUPTIBLE:
+        return interrupts.handled(hint=INTERRUPTIBLE[command])
+    return contextlib.nullcontext()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -380,13 +396,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from twotower.precheck import check_args
 
         check_args(args)  # milliseconds, before TensorFlow and before any data is read
-        if (
-            args.command in TF_COMMANDS
-        ):  # before anything imports it: its start-up notices are noise
-            from twotower.tf_logging import import_tensorflow_quietly
+        with _ctrl_c_handled(args.command):
+            if args.command in TF_COMMANDS:  # before anything imports it: its notices are noise
+                from twotower.tf_logging import import_tensorflow_quietly
 
-            import_tensorflow_quietly()
-        return args.func(args)
+                import_tensorflow_quietly()
+                # TensorFlow's import runs bare ``except:`` blocks: a Ctrl-C they swallowed
+                # is still recorded (twotower.interrupts) and stops the command here.
+                interrupts.check()
+            return args.func(args)
     except KeyboardInterrupt:
         # SPEC's exit codes are 0, 2 and 1 ("anything else"): an interrupted run is 1.
         # Training checkpoints as it goes: the same command picks up where this one stopped.

@@ -212,3 +212,34 @@ def test_a_second_ctrl_c_exits_while_the_main_thread_is_inside_native_code():
     assert time.monotonic() - started < 10
     assert "twotower: interrupted again; exiting now; resume" in err
     assert "Traceback" not in err
+
+
+def _loading_tensorflow(pid: int) -> bool:
+    """Whether the process has mapped TensorFlow's shared library (its import has begun)."""
+    try:
+        return "libtensorflow" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_train_imports_tensorflow_stops_the_command(tmp_path):
+    cmd = [sys.executable, "-m", "twotower.cli", "train", "--data", "synthetic:users=50,items=40"]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(tmp_path / "art"), "--epochs", "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    deadline = time.monotonic() + 120
+    while not _loading_tensorflow(proc.pid):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "TensorFlow never started loading"
+        time.sleep(0.005)  # another process's state: polled
+    proc.send_signal(signal.SIGINT)  # lands inside TensorFlow's import
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-2000:]
+    assert f"twotower: interrupted; {interrupts.RESUME_HINT}" in err
+    assert "Traceback" not in err and "reading synthetic" not in err
+    assert not (tmp_path / "art" / "LATEST").exists()
