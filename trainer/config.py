@@ -87,6 +87,20 @@ class TrainConfig(_Section):
 class SplitConfig(_Section):
     max_users_eval: int | None = Field(None, ge=1)
     """Evaluate on a seeded sample of this many test users (None = all)."""
+    dislike_holdout: str = Field(
+        "last_fraction:0.2", pattern=r"^(none|last_fraction:0?\.[0-9]*[1-9][0-9]*)$"
+    )
+    """``last_fraction:F`` (0 < F < 1): the dislikes among each user's last F of events
+    (by time) are held out of training and judged, against the user's held-out
+    positive, by ``like_dislike_auc`` and ``dislike_share@20``; ``none`` = no such
+    holdout (those metrics do not apply). Applies to timestamped sources with
+    dislikes only (see trainer/data/split.py)."""
+    dislike_holdout_users: float = Field(1.0, gt=0.0, le=1.0)
+    """Share of users (a stable hash of the user id) whose last dislikes are held
+    out; the others train on every dislike leave-last-out allows."""
+    dislike_valid_share: float = Field(0.2, gt=0.0, lt=1.0)
+    """Share of the held-out users (the same hash) whose held-out events are
+    validation answers; the others' are test answers."""
 
 
 class ExportConfig(_Section):

@@ -18,6 +18,34 @@ DISLIKE = -1
 TRAIN = 0
 VALID = 1
 TEST = 2
+#: Held out of training by the dislike holdout (:func:`trainer.data.split.apply_dislike_holdout`):
+#: a dislike in a user's last fraction of events that leave-last-out would have trained on.
+HOLDOUT = 3
+
+
+@dataclass(frozen=True)
+class DislikeHoldout:
+    """The dislike holdout of a Dataset (see :func:`trainer.data.split.apply_dislike_holdout`).
+
+    Attributes:
+      spec: ``split.dislike_holdout`` as configured, e.g. ``"last_fraction:0.2"``.
+      fraction: the share of each user's events held out.
+      valid_share: the share of held-out users (by a stable hash of their id) whose
+        held-out events are validation answers; the others' are test answers.
+      users_share: the share of users held out at all (the same hash).
+      group: int8 [U], ``VALID`` or ``TEST`` per held-out user, ``TRAIN`` for the others.
+      first: int64 [U], position (in the Dataset's event arrays) of the first event of
+        the user's last fraction (the end of their events when not held out): the
+        user's dislikes from there on are held out, and every earlier event is
+        strictly earlier in time.
+    """
+
+    spec: str
+    fraction: float
+    valid_share: float
+    users_share: float
+    group: np.ndarray
+    first: np.ndarray
 
 
 @dataclass
@@ -32,13 +60,17 @@ class Dataset:
       users, items: int32 [E] indices of each event.
       labels: int8 [E], ``POSITIVE`` or ``DISLIKE``.
       ts: float64 [E] seconds since epoch (NaN where the source has no time).
-      split: int8 [E], ``TRAIN``/``VALID``/``TEST``.
+      split: int8 [E], ``TRAIN``/``VALID``/``TEST`` (and ``HOLDOUT`` once the dislike
+        holdout is applied).
       timestamped: whether ``ts`` orders events (False for lightgcn).
       item_features: name -> int32 [N] categorical feature per item (0 = unknown).
       item_feature_sizes: name -> vocabulary size of that feature (incl. 0).
       skipped_lines: lines skipped by an opt-in lenient reader (0 when strict).
       neutral: rows the reader read but dropped as neither positive nor dislike
         (MovieLens rating 3, neutral event types).
+      dislike_holdout: which users' last events are held out for the dislike
+        metrics, once :func:`trainer.data.split.apply_dislike_holdout` ran (None
+        before, or when it does not apply).
     Events are sorted by (user, ts, original order).
     """
 
@@ -56,6 +88,7 @@ class Dataset:
     item_feature_sizes: dict[str, int] = field(default_factory=dict)
     skipped_lines: int = 0
     neutral: int = 0
+    dislike_holdout: DislikeHoldout | None = None
 
     @property
     def num_users(self) -> int:
@@ -82,6 +115,7 @@ class Dataset:
             "train": int((self.split == TRAIN).sum()),
             "valid": int((self.split == VALID).sum()),
             "test": int((self.split == TEST).sum()),
+            "holdout": int((self.split == HOLDOUT).sum()),
             "skipped_lines": int(self.skipped_lines),
             "neutral": int(self.neutral),
         }

@@ -7,7 +7,8 @@ Timestamped sources (synthetic, movielens, events)
 --------------------------------------------------
 A training row is a TRAIN event (positive -> softmax target, dislike -> NTR
 target) at time t. Its inputs are the user's last H positives and last D
-dislikes with time **strictly before t**, oldest to newest. Events sharing a
+dislikes with time **strictly before t**, oldest to newest, held-out dislikes
+(``HOLDOUT``) left out. Events sharing a
 timestamp never see each other (their order within a second is arbitrary,
 so showing one to the other would leak the future). Every event strictly
 before a TRAIN event is itself TRAIN (see :mod:`trainer.data.split`).
@@ -41,13 +42,43 @@ mask is TRAIN (+ VALID for ``"test"``) items. There are no dislikes.
 In both cases a target or held-out dislike whose item is masked for that user
 (a repeat of an item they had, or a positive of an item they disliked before)
 is dropped: it can never be ranked, as serving excludes seen and disliked items.
+
+With the dislike holdout (:func:`trainer.data.split.apply_dislike_holdout`),
+a user's held-out dislikes (``HOLDOUT``, in their last fraction of events) are
+never training rows and never part of a training row's input, although later
+TRAIN events exist; at leave-last-out evaluation they are inputs and masked
+like TRAIN events (they are the user's real history at serving time).
+
+Judged sets (the dislike holdout)
+---------------------------------
+:func:`build_judged_set` is what ``like_dislike_auc`` and ``dislike_share@20``
+score, for the validation (or test) users of the dislike holdout: the
+leave-last-out evaluation of the same split with the held-out dislikes moved
+from the input to the answers. The positive answer is the split's held-out
+positive; the dislike answers are the user's ``HOLDOUT`` dislikes plus the
+split's own held-out dislikes (VALID dislikes for validation, TEST dislikes for
+test), none of them ever trained on; the input is every positive and every
+other dislike strictly before the positive; the mask is the items of the
+user's TRAIN (test: and VALID) events. An answer on a masked item, or a
+dislike of the positive's item, is dropped; only users left with a positive
+and a dislike answer are judged. The answers stay unmasked.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from trainer.data.dataset import DISLIKE, POSITIVE, TEST, TRAIN, VALID, Dataset, EvalSet, Examples
+from trainer.data.dataset import (
+    DISLIKE,
+    HOLDOUT,
+    POSITIVE,
+    TEST,
+    TRAIN,
+    VALID,
+    Dataset,
+    EvalSet,
+    Examples,
+)
 from trainer.data.split import group_starts, tie_starts
 
 #: rows per chunk of window gathering: bounds memory at ~CHUNK * H * 8 bytes.
@@ -85,15 +116,18 @@ def _windows(
 class _Timeline:
     """Per-event lookups for "what did this user do strictly before this event"."""
 
-    def __init__(self, ds: Dataset):
+    def __init__(self, ds: Dataset, hide: np.ndarray | None = None):
+        """``hide``: bool [E], events never shown as an input (held-out dislikes)."""
         self.ds = ds
         self.tie = tie_starts(ds.users, ds.ts)
         self.user_start = group_starts(ds.users)
-        self.pos = np.flatnonzero(ds.labels == POSITIVE)
-        self.dis = np.flatnonzero(ds.labels == DISLIKE)
-        # c[i] = events of the kind before position i.
-        self.cpos = np.concatenate([[0], np.cumsum(ds.labels == POSITIVE)])
-        self.cdis = np.concatenate([[0], np.cumsum(ds.labels == DISLIKE)])
+        shown = np.ones(len(ds.users), dtype=bool) if hide is None else ~hide
+        pos, dis = (ds.labels == POSITIVE) & shown, (ds.labels == DISLIKE) & shown
+        self.pos = np.flatnonzero(pos)
+        self.dis = np.flatnonzero(dis)
+        # c[i] = shown events of the kind before position i.
+        self.cpos = np.concatenate([[0], np.cumsum(pos)])
+        self.cdis = np.concatenate([[0], np.cumsum(dis)])
 
     def inputs(self, rows: np.ndarray, H: int, D: int) -> tuple[np.ndarray, np.ndarray]:
         """(history [n, H], dislikes [n, D]) tokens strictly before the events ``rows``."""
@@ -160,7 +194,8 @@ def build_train_examples(
     H, D = int(history_length), int(dislike_length)
     if ds.timestamped:
         rows = np.flatnonzero(ds.split == TRAIN)
-        history, dislikes = _Timeline(ds).inputs(rows, H, D)
+        # A held-out dislike is never a training row, nor in one's input.
+        history, dislikes = _Timeline(ds, hide=ds.split == HOLDOUT).inputs(rows, H, D)
     else:
         rows = np.flatnonzero((ds.split == TRAIN) & (ds.labels == POSITIVE))
         rows, history = _sample_other_items(ds, rows, H, np.random.default_rng([seed, epoch]))
@@ -209,7 +244,7 @@ def build_eval_set(
         raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
     H, D = int(history_length), int(dislike_length)
     held = VALID if which == "valid" else TEST
-    known = (TRAIN,) if which == "valid" else (TRAIN, VALID)
+    known = (TRAIN, HOLDOUT) if which == "valid" else (TRAIN, HOLDOUT, VALID)
     pos = ds.labels == POSITIVE
     keys = ds.users.astype(np.int64) * max(ds.num_items, 1) + ds.items
     target_idx = np.flatnonzero(pos & (ds.split == held))
@@ -218,7 +253,7 @@ def build_eval_set(
         # One held-out positive per user and split (see trainer.data.split): its
         # event is the input's cut-off.
         first = target_idx[np.unique(ds.users[target_idx], return_index=True)[1]]
-        dis = np.flatnonzero((ds.labels == DISLIKE) & (ds.split != TRAIN))
+        dis = np.flatnonzero((ds.labels == DISLIKE) & np.isin(ds.split, (VALID, TEST)))
         if which == "test":
             # Not an input: at or after the target's time.
             cut = np.full(ds.num_users, np.inf)
@@ -245,6 +280,75 @@ def build_eval_set(
     else:
         history = _untimed_inputs(ds, eval_users, H, np.random.default_rng([seed, held]))
         dislikes = np.zeros((u, D), dtype=np.int32)
+
+    def csr_of(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hit, row = _row_of(ds.users[idx], eval_users)
+        return _csr(row[hit], ds.items[idx][hit].astype(np.int64), u)
+
+    tp, ti = csr_of(target_idx)
+    mp, mi = csr_of(mask_idx)
+    dp, di = csr_of(dis)
+    return EvalSet(eval_users.astype(np.int32), history, dislikes, tp, ti, mp, mi, dp, di)
+
+
+def empty_eval_set(history_length: int, dislike_length: int) -> EvalSet:
+    """An EvalSet of no users (inputs of width H and D)."""
+    ptr = np.zeros(1, dtype=np.int64)
+    none = np.zeros(0, dtype=np.int32)
+    return EvalSet(
+        none,
+        np.zeros((0, int(history_length)), np.int32),
+        np.zeros((0, int(dislike_length)), np.int32),
+        ptr,
+        none,
+        ptr,
+        none,
+        ptr,
+        none,
+    )
+
+
+def build_judged_set(ds: Dataset, which: str, history_length: int, dislike_length: int) -> EvalSet:
+    """The dislike holdout's answers on ``which`` split (module docstring, "Judged sets").
+
+    Args:
+      ds: a Dataset the dislike holdout was applied to (else: no users).
+      which: ``"valid"`` or ``"test"``.
+      history_length, dislike_length: H and D.
+    Returns:
+      an EvalSet over the judged users (sorted by user index): ``target_*`` = the
+      leave-last-out positive, ``dislike_*`` = the held-out dislikes, ``mask_*`` =
+      the items of the user's other known events; empty when the holdout does
+      not apply.
+    """
+    if which not in ("valid", "test"):
+        raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
+    info = ds.dislike_holdout
+    H, D = int(history_length), int(dislike_length)
+    if info is None or len(ds.users) == 0:
+        return empty_eval_set(H, D)
+    held = VALID if which == "valid" else TEST
+    known = (TRAIN,) if which == "valid" else (TRAIN, VALID)
+    in_group = info.group[ds.users] == held
+    pos = ds.labels == POSITIVE
+    keys = ds.users.astype(np.int64) * max(ds.num_items, 1) + ds.items
+    target_idx = np.flatnonzero(pos & (ds.split == held) & in_group)
+    dis = np.flatnonzero(
+        (ds.labels == DISLIKE) & in_group & ((ds.split == HOLDOUT) | (ds.split == held))
+    )
+    # Every known event but the answers is masked; an answer on a masked item is dropped.
+    mask_idx = np.flatnonzero(np.isin(ds.split, known))
+    mask_keys = np.unique(keys[mask_idx])
+    target_idx = target_idx[~np.isin(keys[target_idx], mask_keys)]
+    dis = dis[~np.isin(keys[dis], mask_keys) & ~np.isin(keys[dis], keys[target_idx])]
+    eval_users = np.intersect1d(ds.users[target_idx], ds.users[dis])
+    u = len(eval_users)
+    if u == 0:
+        return empty_eval_set(H, D)
+    target_idx = target_idx[np.isin(ds.users[target_idx], eval_users)]
+    first = target_idx[np.unique(ds.users[target_idx], return_index=True)[1]]
+    # The input at the target's time, the held-out dislikes hidden (they are the answers).
+    history, dislikes = _Timeline(ds, hide=ds.split == HOLDOUT).inputs(first, H, D)
 
     def csr_of(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         hit, row = _row_of(ds.users[idx], eval_users)
