@@ -18,8 +18,9 @@ from trainer._tf import tf
 from trainer.checkpoints import checkpoint_paths, is_chief, prune_stale_runs, run_directory
 from trainer.config import SOURCE_DEFAULTS, TrainerConfig
 from trainer.data.dataset import Dataset, EvalSet, Examples
-from trainer.data.examples import build_eval_set, build_train_examples
+from trainer.data.examples import build_eval_set, build_judged_set, build_train_examples
 from trainer.data.sources import load_source
+from trainer.data.split import apply_dislike_holdout
 from trainer.data.vocab import align_items, widen_feature_sizes
 from trainer.evaluate import (
     EmbedFn,
@@ -28,6 +29,7 @@ from trainer.evaluate import (
     popular_baseline,
     reference_neighbors,
     sample_rows,
+    version_dislike_holdout,
     version_neighbors,
 )
 from trainer.export import embed_in_chunks, export_version, serving_embed
@@ -149,6 +151,14 @@ def train(
         manifest, old_ids = load_version_items(out, warm_from)
         ds = widen_feature_sizes(align_items(ds, old_ids), manifest.get("item_feature_sizes", {}))
     cfg = config
+    # The dislikes of each user's last events, held out of training for the dislike
+    # metrics (trainer.data.split).
+    ds = apply_dislike_holdout(
+        ds,
+        cfg.split.dislike_holdout,
+        cfg.split.dislike_valid_share,
+        cfg.split.dislike_holdout_users,
+    )
     seed_everything(cfg.train.seed)
     strategy = make_strategy(cfg.train.strategy)
     H, D = cfg.model.history_length, cfg.model.dislike_length
@@ -221,8 +231,13 @@ def train(
     # (never the test split). SSM paper: cosine-train/dot-test can win.
     if len(valid):
         log.info("evaluating on %d validation users (cosine and dot similarity)...", len(valid))
+    valid_judged = sample_rows(
+        build_judged_set(ds, "valid", H, D), cfg.train.valid_max_users, cfg.train.seed
+    )
     valid_eval = {
-        sim: evaluate(embed_by_sim[sim], items_by_sim[sim], valid, item_counts, None).metrics
+        sim: evaluate(
+            embed_by_sim[sim], items_by_sim[sim], valid, item_counts, None, valid_judged
+        ).metrics
         for sim in ("cosine", "dot")
         if len(valid)
     }
@@ -238,14 +253,22 @@ def train(
     test = sample_rows(build_eval_set(ds, "test", H, D), cfg.split.max_users_eval, cfg.train.seed)
     log.info("evaluating on %d test users (%s similarity)...", len(test), similarity)
     embed = embed_by_sim[similarity]
+    judged = sample_rows(
+        build_judged_set(ds, "test", H, D), cfg.split.max_users_eval, cfg.train.seed
+    )
     metrics = evaluate(
-        embed, items_by_sim[similarity], test, item_counts, reference_neighbors(ds, ds.num_items)
+        embed,
+        items_by_sim[similarity],
+        test,
+        item_counts,
+        reference_neighbors(ds, ds.num_items),
+        judged,
     ).metrics
     other = "dot" if similarity == "cosine" else "cosine"
     metrics_other = evaluate(
-        embed_by_sim[other], items_by_sim[other], test, item_counts, None
+        embed_by_sim[other], items_by_sim[other], test, item_counts, None, judged
     ).metrics
-    baseline = popular_baseline(test, item_counts)
+    baseline = popular_baseline(test, item_counts, judged)
     training = {
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
@@ -263,7 +286,7 @@ def train(
         "training": training,
         "metrics_other_similarity": {"similarity": other, "metrics": metrics_other},
         "item_feature_sizes": dict(ds.item_feature_sizes) if cfg.model.use_item_features else {},
-        "eval": eval_notes(ds, test, metrics, H, "test"),
+        "eval": eval_notes(ds, test, metrics, H, "test", cfg.split.dislike_holdout),
     }
     interrupts.check()
     if not chief:
@@ -400,18 +423,21 @@ def evaluate_version(
     exported = ExportedModel(art, version)
     interrupts.check()
     m = exported.manifest
-    ds = align_items(ds, exported.item_ids)
     cfg = TrainerConfig.model_validate(m["config"])
-    H = int(m["history_length"])
-    test = sample_rows(
-        build_eval_set(ds, "test", H, m["dislike_length"]),
-        cfg.split.max_users_eval,
-        cfg.train.seed,
+    # The holdout the version was trained with ("none" for a version from before it existed).
+    holdout_spec, valid_share, users_share = version_dislike_holdout(m)
+    ds = apply_dislike_holdout(
+        align_items(ds, exported.item_ids), holdout_spec, valid_share, users_share
+    )
+    H, D = int(m["history_length"]), int(m["dislike_length"])
+    test = sample_rows(build_eval_set(ds, "test", H, D), cfg.split.max_users_eval, cfg.train.seed)
+    judged = sample_rows(
+        build_judged_set(ds, "test", H, D), cfg.split.max_users_eval, cfg.train.seed
     )
     n = len(exported.item_ids)
     counts = ds.train_item_counts()[:n]
     log.info("evaluating version %s on %d test users...", exported.version, len(test))
-    ev = evaluate(exported.embed, exported.item_emb, test, counts, version_neighbors(ds, n))
+    ev = evaluate(exported.embed, exported.item_emb, test, counts, version_neighbors(ds, n), judged)
     if topk_out:
         write_topk_jsonl(
             topk_out, [str(ds.user_ids[u]) for u in test.users], ev.topk, exported.item_ids
@@ -420,8 +446,8 @@ def evaluate_version(
         "version": exported.version,
         "similarity": m["similarity"],
         "metrics": ev.metrics,
-        "baseline_popular": popular_baseline(test, counts),
-        "eval": eval_notes(ds, test, ev.metrics, H, "test"),
+        "baseline_popular": popular_baseline(test, counts, judged),
+        "eval": eval_notes(ds, test, ev.metrics, H, "test", holdout_spec),
     }
 
 

@@ -24,6 +24,8 @@ SETS = [*TINY_SETS, "train.checkpoint_every=5"]
 SPEC_METRICS = [f"{m}@{k}" for m in ("recall", "ndcg", "hit_rate") for k in (10, 20, 50)] + [
     "coverage@20",
     "dislike_rate@20",
+    "like_dislike_auc",
+    "dislike_share@20",
     "responsiveness@20",
     "longtail_recall@20",
 ]
@@ -105,6 +107,17 @@ def test_evaluate_reproduces_training_metrics(trained):
     assert result["baseline_popular"] == outcome.baseline_popular
     assert result["eval"] == artifacts.read_manifest(art)["eval"]
     assert result["eval"]["dislike_metrics"].startswith("measured on ")
+    # The dislike holdout's figures too, on the users the manifest says, on both splits.
+    judged = outcome.metrics["num_users_judged"]
+    assert judged >= 20
+    assert result["metrics"]["like_dislike_auc"] == outcome.metrics["like_dislike_auc"]
+    assert result["metrics"]["dislike_share@20"] == outcome.metrics["dislike_share@20"]
+    protocol = result["eval"]["dislike_protocol"]
+    assert protocol["holdout"] == "last_fraction:0.2" and protocol["users"] == judged
+    assert result["eval"]["protocols"]["dislike_holdout"]["users"] == judged
+    assert outcome.baseline_popular["num_users_judged"] == judged
+    valid = artifacts.read_manifest(art)["training"]["valid_metrics"]
+    assert valid["num_users_judged"] > 0 and 0.0 <= valid["like_dislike_auc"] <= 1.0
 
 
 def test_topk_out_lets_anyone_recompute_recall(trained, tmp_path):
@@ -522,6 +535,14 @@ def test_lightgcn_source_has_no_dislike_branch_and_says_so(tmp_path):
     # The tower ignores its dislike input: disliking the top item moves nothing.
     assert m["metrics"]["responsiveness@20"] == 0.0
     assert out.baseline_popular["dislike_rate@20"] == 0.0
+    # No time order, no dislikes: no dislike holdout, its figures marked not applicable.
+    assert m["eval"]["dislike_protocol"] == {
+        "holdout": "none",
+        "users": 0,
+        "status": "not applicable: the source has no time order",
+    }
+    assert m["metrics"]["like_dislike_auc"] == 0.5 and m["metrics"]["num_users_judged"] == 0
+    assert m["data"]["counts"]["holdout"] == 0
     train_counts = np.bincount(ds.users[pos & (ds.split == 0)], minlength=ds.num_users)
     test_users = {int(u) for u in ds.users[pos & (ds.split == 2)]}
     capped = sum(1 for u in test_users if train_counts[u] > 10)
