@@ -5,11 +5,25 @@
     similar ``recall@20``.
   * Gowalla (the SSM paper's split): logQ from the streaming estimator vs no
     correction vs exact counts, with the most-popular floor beside them.
+  * dislikes (bench/dislikes.py): on ml-100k, every way of learning from
+    dislikes (positives only, the dislike input, the NTR term, dislike hard
+    negatives, the subtract pathway, and their combinations) with test and
+    validation figures, cost, and the NTR weight sweep (λ in 0, 5, 20, 50, 100
+    for both pathways, plotted as recall@20 against dislike_share@20); then the
+    synthetic ground-truth cases (a popular item a user dislikes; a cold-start
+    item against a disliked one with as few events). ``dislike_cases`` runs the
+    cases alone.
 
 Usage:
   python -m bench.quality --suite ml100k --seeds 3
   python -m bench.quality --suite gowalla
-Writes bench/results/quality_<suite>.json and .md.
+  python -m bench.quality --suite dislikes [--seeds 5] [--quick]
+  python -m bench.quality --suite dislike_cases [--seeds 5] [--quick]
+Writes bench/results/quality_<suite>.json and .md; ``dislikes`` writes
+quality_dislikes.{json,md} (+ quality_dislikes_lambda.png) and
+quality_dislike_cases.{json,md}. ``--quick`` (1 seed, 2 epochs, λ in 0, 20, 100,
+a smaller synthetic world) is a smoke test: its files get a ``_quick`` suffix,
+which bench.report leaves out.
 """
 
 from __future__ import annotations
@@ -132,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--suite", choices=["ml100k", "gowalla"], required=True)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument(
+        "--suite", choices=["ml100k", "gowalla", "dislikes", "dislike_cases"], required=True
+    )
+    p.add_argument("--seeds", type=int, default=None, help="ml100k: 3, dislikes: 5")
+    p.add_argument("--quick", action="store_true", help="dislikes: a smoke test (see above)")
     p.add_argument(
         "--set",
         dest="extra",
@@ -142,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         help="extra config overrides for every arm",
     )
     args = p.parse_args(argv)
+    if args.suite in ("dislikes", "dislike_cases"):
+        return dislike_suites(args.suite, args.seeds, args.extra, args.quick)
     doc = (
-        suite_ml100k(args.seeds, args.extra)
+        suite_ml100k(args.seeds or 3, args.extra)
         if args.suite == "ml100k"
         else suite_gowalla(args.extra)
     )
@@ -156,6 +175,38 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / f"quality_{args.suite}.md").write_text(md)
     print(md)
     print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _save(name: str, doc: dict[str, Any], md: str) -> None:
+    path = write_result(name, doc, packages=("tensorflow", "tensorflow-recommenders"))
+    (RESULTS / f"{name}.md").write_text(md)
+    print(md)
+    print(f"wrote {path} and {name}.md", file=sys.stderr)
+
+
+def dislike_suites(suite: str, seeds: int | None, extra: list[str], quick: bool) -> int:
+    """``dislikes``: the ml-100k arms and λ sweep, then the cases; ``dislike_cases``: the cases."""
+    from bench import dislikes
+
+    suffix = "_quick" if quick else ""
+    seeds = seeds or (1 if quick else 5)
+    if quick:
+        extra = ["train.epochs=2", *extra]
+    t0 = time.perf_counter()
+    if suite == "dislikes":
+        name = f"quality_dislikes{suffix}"
+        doc = dislikes.suite_ml100k(seeds, extra, (0, 20, 100) if quick else dislikes.LAMBDAS)
+        doc["figures"] = [f"{name}_lambda.png"]
+        doc["quick"] = quick
+        _save(name, doc, dislikes.markdown_ml100k(doc))
+        png = dislikes.plot_lambda(RESULTS / f"{name}.json", RESULTS / f"{name}_lambda.png")
+        print(f"wrote {png} ({(time.perf_counter() - t0) / 60:.1f} min)", file=sys.stderr)
+    world = dislikes.QUICK_CASE_WORLD if quick else dislikes.CASE_WORLD
+    doc = dislikes.suite_cases(seeds, extra, world)
+    doc["quick"] = quick
+    _save(f"quality_dislike_cases{suffix}", doc, dislikes.markdown_cases(doc))
+    print(f"done in {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
     return 0
 
 
