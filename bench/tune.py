@@ -11,7 +11,22 @@ Usage:
   python -m bench.tune --suite gowalla      (3 epochs per setting, temperature only)
   python -m bench.tune --suite gowalla_history   (3 epochs per setting, history width H)
   python -m bench.tune --suite ml100k_dedupe | gowalla_dedupe   (loss.dedupe_candidates)
+  python -m bench.tune --suite ml100k_dislikes [--seeds 3] [--quick]
 Writes bench/results/tune_<suite>.json and .md.
+
+ml100k_dislikes: the dislike settings (bench/dislikes.py ``tune_arms``): positives
+only, the dislike input alone (both pathways), dislike negatives alone (both
+pathways), then every pathway (concat, subtract) x dislike negatives (0, 5) x
+λ = ``loss.ntr_weight`` (5, 20, 50) x w = ``loss.dislike_weight`` (1, 2); 3
+seeds each, interleaved. Reports mean ± std of validation recall@20, ndcg@20,
+like_dislike_auc, dislike_share@20, dislike_rate@20 and responsiveness@20, and
+picks the default by :func:`bench.dislikes.pick_default`: (1) eligible = mean
+recall@20 at least 99% of positives-only's (at most 1% relative loss); (2) of
+those, the ones whose mean dislike_share@20 is within 0.01 (absolute) of the
+lowest eligible one; (3) the highest mean like_dislike_auc among them (ties:
+higher recall@20). Positives-only itself is eligible, so there is always a
+pick. ``--quick`` (1 seed, 2 epochs, λ 20 only) is a smoke test written as
+tune_ml100k_dislikes_quick.
 """
 
 from __future__ import annotations
@@ -86,8 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--suite", choices=sorted(GRIDS), required=True)
+    p.add_argument("--suite", choices=sorted([*GRIDS, "ml100k_dislikes"]), required=True)
+    p.add_argument("--seeds", type=int, default=3, help="ml100k_dislikes: seeds per arm")
+    p.add_argument("--quick", action="store_true", help="ml100k_dislikes: a smoke test")
     args = p.parse_args(argv)
+    if args.suite == "ml100k_dislikes":
+        return tune_dislikes(1 if args.quick else args.seeds, args.quick)
 
     from trainer.data.sources import load_source
     from trainer.run import train, trainer_config
@@ -125,6 +144,107 @@ def main(argv: list[str] | None = None) -> int:
     md = "\n".join(lines) + "\n"
     (RESULTS / f"tune_{args.suite}.md").write_text(md)
     print(md)
+    return 0
+
+
+#: Validation figures of the dislike sweep, in table order.
+DISLIKE_KEYS = [
+    "recall@20",
+    "ndcg@20",
+    "like_dislike_auc",
+    "dislike_share@20",
+    "dislike_rate@20",
+    "responsiveness@20",
+]
+RECALL_TOLERANCE = 0.01
+SHARE_SLACK = 0.01
+
+
+def tune_dislikes(seeds: int, quick: bool) -> int:
+    """``--suite ml100k_dislikes`` (module docstring); reads validation figures only."""
+    from bench import dislikes
+    from trainer.data.sources import load_source
+
+    spec = dislikes.ML100K
+    arms = dislikes.tune_arms((20,), (1, 2)) if quick else dislikes.tune_arms()
+    extra = ["train.epochs=2"] if quick else []
+    t0 = time.perf_counter()
+    runs = dislikes.run_arms(
+        spec, load_source(spec), arms, range(seeds), extra, "tune", show="valid"
+    )
+    rows: dict[str, Any] = {}
+    for name, sets in arms.items():
+        rs = [
+            {
+                "valid": r["valid"],
+                "similarity": r["similarity"],
+                "best_epoch": r["best_epoch"],
+                "epochs_run": r["epochs_run"],
+                "seconds": r["seconds"],
+            }
+            for r in runs[name]
+        ]
+        rows[name] = {
+            "settings": sets,
+            "runs": rs,
+            "valid": dislikes.summarize(runs[name])["valid"],
+        }
+    means = {
+        name: {k: row["valid"][k]["mean"] for k in DISLIKE_KEYS if k in row["valid"]}
+        for name, row in rows.items()
+    }
+    pick = dislikes.pick_default(means, "positives_only", RECALL_TOLERANCE, SHARE_SLACK)
+    name = "tune_ml100k_dislikes" + ("_quick" if quick else "")
+    write_result(
+        name,
+        {
+            "data": spec,
+            "seeds": seeds,
+            "extra_settings": extra,
+            "quick": quick,
+            "rule": {
+                "reference": "positives_only",
+                "recall_tolerance": RECALL_TOLERANCE,
+                "share_slack": SHARE_SLACK,
+                "text": "eligible: mean valid recall@20 >= (1 - recall_tolerance) x "
+                "positives-only's; keep those with mean valid dislike_share@20 <= the lowest "
+                "eligible + share_slack; pick the highest mean valid like_dislike_auc (ties: "
+                "higher recall@20)",
+            },
+            "pick": pick,
+            "arms": rows,
+        },
+    )
+    eligible = set(pick["eligible"])
+    lines = [
+        "### validation sweep: ml100k_dislikes ("
+        + (f"{seeds} seeds, mean ± std)" if seeds > 1 else "1 seed)"),
+        "",
+        f"Pick (**bold**): at most {RECALL_TOLERANCE:.0%} recall@20 below positives-only "
+        f"(>= {pick['recall_floor']:.4f}; eligible = ✓), dislike_share@20 within "
+        f"{SHARE_SLACK} of the lowest eligible ({pick['share_floor']:.4f}), then the highest "
+        "like_dislike_auc. responsiveness@20 < 0 = moves away from a just-disliked item.",
+        "",
+        "| arm | settings | " + " | ".join(f"valid {k}" for k in DISLIKE_KEYS) + " | eligible |",
+        "|---|---|" + "---|" * (len(DISLIKE_KEYS) + 1),
+    ]
+
+    def cell(s: dict[str, Any] | None) -> str:
+        if s is None:
+            return "-"
+        return f"{s['mean']:.4f} ± {s['std']:.4f}" if seeds > 1 else f"{s['mean']:.4f}"
+
+    for arm, row in rows.items():
+        label = f"**{arm}**" if arm == pick["best"] else arm
+        lines.append(
+            f"| {label} | {dislikes.describe(row['settings'])} | "
+            + " | ".join(cell(row["valid"].get(k)) for k in DISLIKE_KEYS)
+            + f" | {'✓' if arm in eligible else ''} |"
+        )
+    md = "\n".join(lines) + "\n"
+    (RESULTS / f"{name}.md").write_text(md)
+    print(md)
+    print(f"done in {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
     return 0
 
 
