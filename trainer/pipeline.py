@@ -73,9 +73,19 @@ class PipelineSection(BaseModel):
     """Skip the run (exit 0) when fewer new events arrived since the last gated run."""
     gate: dict[str, GateRule] = {
         "recall@20": GateRule(direction="higher", tolerance=0.01),
-        "dislike_rate@20": GateRule(direction="lower", tolerance=0.01),
+        "like_dislike_auc": GateRule(direction="higher", tolerance=0.02),
     }
-    """Metric name -> rule; names are checked against the scalar metrics when loading."""
+    """Metric name -> rule; names are checked against the scalar metrics when loading.
+    By default recall@20 may not drop and like_dislike_auc (likes scored above
+    dislikes, on answers neither version trained on) may not drop, by more than
+    the tolerances. Never an absolute dislike rate: a model that recommends nothing
+    relevant recommends no dislikes either. ``dislike_share@20`` (lower) can be
+    added; its figure rests on the judged items the lists happen to show, often
+    too few on small data (then it is left out, see ``gate_min_users``)."""
+    gate_min_users: int = Field(50, ge=0)
+    """A dislike metric (``like_dislike_auc``, ``dislike_share@20``, ``dislike_rate@20``)
+    the published version scores on fewer users than this is left out of the gate,
+    with the reason in the report, instead of compared."""
     keep_versions: int = Field(5, ge=1)
     """Published (or manually trained) versions kept; refused candidates do not count."""
     keep_refused: int = Field(1, ge=0)
@@ -377,14 +387,34 @@ def _one(args: argparse.Namespace, config: PipelineConfig) -> int:
             f"twotower pipeline: quality gate refused {report['version']}: {report['reason']}",
             file=sys.stderr,
         )
-        for row in report.get("gate", []):
-            if row.get("published") is None:
-                continue
-            print(
-                f"  {row['metric']:>18}: published {row['published']:.4f} -> candidate "
-                f"{row['candidate']:.4f} ({'ok' if row['ok'] else 'REGRESSION'}, "
-                f"tolerance {row['tolerance']})",
-                file=sys.stderr,
-            )
+        for line in gate_lines(report):
+            print(line, file=sys.stderr)
         return 1
+    if any(row.get("left_out") for row in report.get("gate", [])):
+        # A pass that compared less than the gate names: say which rules, and why.
+        print(
+            f"twotower pipeline: {report['outcome']} {report.get('version')}: {report['reason']}",
+            file=sys.stderr,
+        )
+        for line in gate_lines(report):
+            print(line, file=sys.stderr)
     return 0
+
+
+def gate_lines(report: dict[str, Any]) -> list[str]:
+    """One line per gate rule that met a published version: both figures and the verdict
+    (``REGRESSION``, ``ok``, or ``left out: why``)."""
+    lines = []
+    for row in report.get("gate", []):
+        if row.get("published") is None:
+            continue
+        verdict = (
+            row["why"]
+            if row.get("left_out")
+            else f"{'ok' if row['ok'] else 'REGRESSION'}, tolerance {row['tolerance']}"
+        )
+        lines.append(
+            f"  {row['metric']:>18}: published {row['published']:.4f} -> candidate "
+            f"{row['candidate']:.4f} ({verdict})"
+        )
+    return lines

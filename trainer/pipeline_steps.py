@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainer.config import TrainerConfig, architecture_changes
-from trainer.gate import apply_gate, evaluate_on_holdout, shared_holdout
+from trainer.gate import (
+    HOLDOUT_METRICS,
+    apply_gate,
+    evaluate_on_holdout,
+    holdout_mismatch,
+    shared_holdout,
+)
 from trainer.pipeline import (
     EVENTS_DIR,
     PipelineConfig,
@@ -294,14 +300,34 @@ def gated_run(
 
     # One holdout for both versions: same users, same catalog (trainer.gate).
     ids = [_item_ids(art, candidate)] + ([_item_ids(art, published)] if published else [])
-    holdout = shared_holdout(ds, ids, tcfg.split.max_users_eval, tcfg.train.seed)
+    holdout = shared_holdout(
+        ds,
+        ids,
+        tcfg.split.max_users_eval,
+        tcfg.train.seed,
+        tcfg.split.dislike_holdout,
+        tcfg.split.dislike_valid_share,
+        tcfg.split.dislike_holdout_users,
+    )
     report["holdout"] = holdout.describe()
     cand_metrics = evaluate_on_holdout(art, candidate, holdout)
     report["candidate"] = {"version": candidate, "metrics": cand_metrics}
     pub_metrics = evaluate_on_holdout(art, published, holdout) if published else None
     if published:
         report["published"] = {"version": published, "metrics": pub_metrics}
-    passed, rows = apply_gate(cand_metrics, pub_metrics, pc.gate)
+    # A published version trained with another dislike holdout may have trained on its answers.
+    mismatch = (
+        holdout_mismatch(published_manifest, artifacts.read_manifest(art, candidate))
+        if published_manifest
+        else None
+    )
+    passed, rows = apply_gate(
+        cand_metrics,
+        pub_metrics,
+        pc.gate,
+        min_users=pc.gate_min_users,
+        left_out=dict.fromkeys(HOLDOUT_METRICS, mismatch) if mismatch else None,
+    )
     report["gate"] = rows
 
     info = {
@@ -314,6 +340,8 @@ def gated_run(
         "compared_with": published,
         "holdout": report["holdout"],
     }
+    # Rules the gate could not compare, and why (reported whatever the outcome).
+    skipped = [f"{r['metric']} ({r['why']})" for r in rows if r.get("left_out")]
     conflict = False
     if passed or force:
         annotate(art, candidate, {**info, "outcome": "published"})
@@ -325,11 +353,15 @@ def gated_run(
         else:
             outcome_name = "published"
             reason = "gate passed" if passed else "gate failed, published with --force"
+            if skipped:
+                reason += f"; not compared: {'; '.join(skipped)}"
             if not passed:
                 log.warning("quality gate FAILED but --force given: published %s", candidate)
     else:
         bad = [r["metric"] for r in rows if not r["ok"]]
         outcome_name, reason = "refused", f"regression on {', '.join(bad)}"
+        if skipped:
+            reason += f"; not compared: {'; '.join(skipped)}"
     if outcome_name == "refused":
         annotate(art, candidate, {**info, "outcome": "refused", "reason": reason})
     report.update(outcome=outcome_name, version=candidate, reason=reason)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 REPORTS_DIR = "reports"
 HISTORY_FILE = "history.jsonl"
 #: Charted when the gate names none of them.
-DEFAULT_CHART = ("recall@20", "dislike_rate@20")
+DEFAULT_CHART = ("recall@20", "like_dislike_auc", "dislike_share@20", "dislike_rate@20")
 
 
 def reports_dir(art: Path) -> Path:
@@ -171,13 +171,19 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
 
 
+def _verdict(row: dict[str, Any]) -> str:
+    if row.get("left_out"):
+        return html.escape(str(row.get("why", "left out")))
+    return "ok" if row["ok"] else "REGRESSION"
+
+
 def render_html(report: dict[str, Any], history: list[dict[str, Any]]) -> str:
     """The run's page: outcome, gate table, the history chart and table. Everything escaped."""
     esc = html.escape
     gate_rows = "".join(
         f"<tr><td>{esc(r['metric'])}</td><td>{esc(str(r.get('direction', '')))}</td>"
         f"<td>{_fmt(r.get('published'))}</td><td>{_fmt(r['candidate'])}</td>"
-        f"<td>{_fmt(r.get('tolerance'))}</td><td>{'ok' if r['ok'] else 'REGRESSION'}</td></tr>"
+        f"<td>{_fmt(r.get('tolerance'))}</td><td>{_verdict(r)}</td></tr>"
         for r in report.get("gate", [])
     )
     img = ""
