@@ -9,12 +9,14 @@ answers, prints ``curl`` lines that show the dislike filter at work.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,28 @@ def _curl_lines(base: str, user: str, item: str) -> str:
     )
 
 
+def _hold_work_dir(work: Path) -> IO[bytes]:
+    """Lock ``work`` for this demo's lifetime (the OS drops the lock when the process ends).
+
+    A second demo on the same directory, on another port, would otherwise train and
+    publish into the running demo's artifacts, which hot-swaps the version it serves.
+
+    Raises:
+      ConfigError: another running demo holds the directory.
+    """
+    from twotower.config import ConfigError
+
+    handle = (work / ".demo.lock").open("a+b")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(
+            f"--dir {work} is used by another running demo; stop it or pass another --dir"
+        ) from None
+    return handle
+
+
 def demo_command(args: argparse.Namespace) -> int:
     if not args.no_serve:
         from serving.main import check_port
@@ -73,6 +97,7 @@ def demo_command(args: argparse.Namespace) -> int:
 
     work = Path(args.dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    lock = _hold_work_dir(work)  # noqa: F841 - held until the process ends
     art = work / "artifacts"
     store_url = f"sqlite:///{work / 'store.sqlite'}"
     started = time.perf_counter()

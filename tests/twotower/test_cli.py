@@ -299,3 +299,27 @@ def test_a_server_that_does_not_start_exits_1_not_uvicorns_3(tmp_path):
     )
     assert out.returncode == 1, out.stderr[-3000:]
     assert "the API did not start" in out.stderr
+
+
+@pytest.mark.slow
+def test_a_second_demo_on_the_same_dir_is_refused_before_training(tmp_path):
+    import fcntl
+
+    work = tmp_path / "demo"
+    work.mkdir()
+    with (work / ".demo.lock").open("a+b") as running:  # what a running demo holds
+        fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "twotower.cli", "demo", "--dir", str(work), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "is used by another running demo; stop it or pass another --dir" in out.stderr
+    assert "[2/4] training" not in out.stderr
+    assert not (work / "artifacts").exists()
