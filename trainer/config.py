@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -87,9 +87,7 @@ class TrainConfig(_Section):
 class SplitConfig(_Section):
     max_users_eval: int | None = Field(None, ge=1)
     """Evaluate on a seeded sample of this many test users (None = all)."""
-    dislike_holdout: str = Field(
-        "last_fraction:0.2", pattern=r"^(none|last_fraction:0?\.[0-9]*[1-9][0-9]*)$"
-    )
+    dislike_holdout: str = "last_fraction:0.2"
     """``last_fraction:F`` (0 < F < 1): the dislikes among each user's last F of events
     (by time) are held out of training and judged, against the user's held-out
     positive, by ``like_dislike_auc`` and ``dislike_share@20``; ``none`` = no such
@@ -101,6 +99,18 @@ class SplitConfig(_Section):
     dislike_valid_share: float = Field(0.2, gt=0.0, lt=1.0)
     """Share of the held-out users (the same hash) whose held-out events are
     validation answers; the others' are test answers."""
+
+    @field_validator("dislike_holdout")
+    @classmethod
+    def _holdout_spec(cls, value: str) -> str:
+        kind, _, fraction = value.partition(":")
+        try:
+            ok = value == "none" or (kind == "last_fraction" and 0.0 < float(fraction) < 1.0)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"must be 'none' or 'last_fraction:F' with 0 < F < 1, got {value!r}")
+        return value
 
 
 class ExportConfig(_Section):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from trainer.config import TrainerConfig
 from trainer.data.dataset import DISLIKE, HOLDOUT, POSITIVE, TEST, TRAIN, VALID, EvalSet
 from trainer.data.examples import build_eval_set, build_judged_set, build_train_examples
 from trainer.data.split import (
@@ -23,6 +24,7 @@ from trainer.metrics import (
     judged_metrics,
     like_dislike_auc,
 )
+from twotower.config import ConfigError, load_config
 
 P, D = POSITIVE, DISLIKE
 
@@ -291,6 +293,8 @@ def test_the_holdout_applies_only_where_it_can_be_measured():
     for bad in ("last_fraction:1", "last_fraction:0", "fraction:0.2", "last_fraction:x"):
         with pytest.raises(ValueError, match="split.dislike_holdout"):
             parse_dislike_holdout(bad)
+        with pytest.raises(ConfigError, match="split.dislike_holdout.*'last_fraction:F'"):
+            load_config(TrainerConfig, overrides=[f"split.dislike_holdout={bad}"], environ={})
 
 
 def test_synthetic_judged_answers_were_never_trained_on():
