@@ -116,7 +116,13 @@ BETTER = {
     "responsiveness@20": "↓",
 }
 #: Counts kept beside the metrics (how many users each figure covers).
-COUNT_KEYS = ["num_users", "num_users_with_dislikes", "num_users_judged", "num_judged_in_top20"]
+COUNT_KEYS = [
+    "num_users",
+    "num_users_with_dislikes",
+    "num_users_judged",
+    "num_judged_in_top20",
+    "num_users_judged_in_top20",
+]
 
 LAMBDAS = (0, 5, 20, 50, 100)
 PATHWAYS = ("concat", "subtract")
@@ -777,8 +783,8 @@ def _users_note(doc: dict[str, Any], part: str) -> str:
         f"{part}: recall/ndcg on {run.get('num_users', '?')} users (leave-last-out), "
         f"dislike_rate on {run.get('num_users_with_dislikes', '?')} users with a held-out dislike; "
         f"like_dislike_auc and dislike_share@20 on {run.get('num_users_judged', '?')} users of the "
-        f"dislike holdout ({run.get('num_judged_in_top20', '?')} judged items in their top-20 "
-        f"for `{name}`, seed 0)."
+        f"dislike holdout ({run.get('num_judged_in_top20', '?')} judged items in the top-20 of "
+        f"{run.get('num_users_judged_in_top20', '?')} of them for `{name}`, seed 0)."
     )
 
 
