@@ -17,6 +17,7 @@ from trainer.data.dataset import DISLIKE, POSITIVE, TRAIN, Dataset, EvalSet
 from trainer.data.examples import capped_users
 from trainer.metrics import (
     JUDGED_NOT_MEASURED,
+    csr_within_catalog,
     embedding_scores,
     judged_in_catalog,
     judged_metrics,
@@ -54,15 +55,8 @@ def restrict_to_catalog(evalset: EvalSet, num_items: int) -> EvalSet:
     """
     if (evalset.mask_items < num_items).all() and (evalset.dislike_items < num_items).all():
         return evalset
-
-    def keep(ptr: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ok = vals < num_items
-        rows = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
-        counts = np.bincount(rows[ok], minlength=len(ptr) - 1)
-        return np.concatenate([[0], np.cumsum(counts)]).astype(ptr.dtype), vals[ok]
-
-    mp, mi = keep(evalset.mask_ptr, evalset.mask_items)
-    dp, di = keep(evalset.dislike_ptr, evalset.dislike_items)
+    mp, mi = csr_within_catalog(evalset.mask_ptr, evalset.mask_items, num_items)
+    dp, di = csr_within_catalog(evalset.dislike_ptr, evalset.dislike_items, num_items)
     return EvalSet(
         evalset.users,
         evalset.history,

@@ -262,6 +262,19 @@ JUDGED_NOT_MEASURED = {
 }
 
 
+def csr_within_catalog(
+    ptr: np.ndarray, vals: np.ndarray, num_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A CSR list (``ptr`` [rows + 1], ``vals``) without the items >= ``num_items``.
+
+    Every row stays (possibly empty); ``ptr`` keeps its dtype.
+    """
+    ok = vals < num_items
+    rows = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
+    counts = np.bincount(rows[ok], minlength=len(ptr) - 1)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(ptr.dtype), vals[ok]
+
+
 def judged_in_catalog(judged: EvalSet, num_items: int) -> EvalSet:
     """``judged`` without answers and mask entries outside a catalog of ``num_items``.
 
@@ -269,16 +282,9 @@ def judged_in_catalog(judged: EvalSet, num_items: int) -> EvalSet:
     score for cannot be judged either way; users left without a positive or a
     dislike answer are dropped.
     """
-
-    def keep(ptr: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ok = vals < num_items
-        rows = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
-        counts = np.bincount(rows[ok], minlength=len(ptr) - 1)
-        return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), vals[ok]
-
-    tp, ti = keep(judged.target_ptr, judged.target_items)
-    mp, mi = keep(judged.mask_ptr, judged.mask_items)
-    dp, di = keep(judged.dislike_ptr, judged.dislike_items)
+    tp, ti = csr_within_catalog(judged.target_ptr, judged.target_items, num_items)
+    mp, mi = csr_within_catalog(judged.mask_ptr, judged.mask_items, num_items)
+    dp, di = csr_within_catalog(judged.dislike_ptr, judged.dislike_items, num_items)
     out = EvalSet(judged.users, judged.history, judged.dislikes, tp, ti, mp, mi, dp, di)
     both = np.flatnonzero((np.diff(tp) > 0) & (np.diff(dp) > 0))
     return out if len(both) == len(out) else out.subset(both)

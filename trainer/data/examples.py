@@ -226,6 +226,23 @@ def _row_of(users: np.ndarray, eval_users: np.ndarray) -> tuple[np.ndarray, np.n
     return hit, at
 
 
+def _eval_set(
+    ds: Dataset,
+    eval_users: np.ndarray,
+    history: np.ndarray,
+    dislikes: np.ndarray,
+    events: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> EvalSet:
+    """An EvalSet of ``eval_users`` from event indices (targets, mask, dislike answers)."""
+
+    def csr_of(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hit, row = _row_of(ds.users[idx], eval_users)
+        return _csr(row[hit], ds.items[idx][hit].astype(np.int64), len(eval_users))
+
+    (tp, ti), (mp, mi), (dp, di) = (csr_of(idx) for idx in events)
+    return EvalSet(eval_users.astype(np.int32), history, dislikes, tp, ti, mp, mi, dp, di)
+
+
 def build_eval_set(
     ds: Dataset, which: str, history_length: int, dislike_length: int, *, seed: int = 0
 ) -> EvalSet:
@@ -280,15 +297,7 @@ def build_eval_set(
     else:
         history = _untimed_inputs(ds, eval_users, H, np.random.default_rng([seed, held]))
         dislikes = np.zeros((u, D), dtype=np.int32)
-
-    def csr_of(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        hit, row = _row_of(ds.users[idx], eval_users)
-        return _csr(row[hit], ds.items[idx][hit].astype(np.int64), u)
-
-    tp, ti = csr_of(target_idx)
-    mp, mi = csr_of(mask_idx)
-    dp, di = csr_of(dis)
-    return EvalSet(eval_users.astype(np.int32), history, dislikes, tp, ti, mp, mi, dp, di)
+    return _eval_set(ds, eval_users, history, dislikes, (target_idx, mask_idx, dis))
 
 
 def empty_eval_set(history_length: int, dislike_length: int) -> EvalSet:
@@ -349,15 +358,7 @@ def build_judged_set(ds: Dataset, which: str, history_length: int, dislike_lengt
     first = target_idx[np.unique(ds.users[target_idx], return_index=True)[1]]
     # The input at the target's time, the held-out dislikes hidden (they are the answers).
     history, dislikes = _Timeline(ds, hide=ds.split == HOLDOUT).inputs(first, H, D)
-
-    def csr_of(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        hit, row = _row_of(ds.users[idx], eval_users)
-        return _csr(row[hit], ds.items[idx][hit].astype(np.int64), u)
-
-    tp, ti = csr_of(target_idx)
-    mp, mi = csr_of(mask_idx)
-    dp, di = csr_of(dis)
-    return EvalSet(eval_users.astype(np.int32), history, dislikes, tp, ti, mp, mi, dp, di)
+    return _eval_set(ds, eval_users, history, dislikes, (target_idx, mask_idx, dis))
 
 
 def _untimed_inputs(
