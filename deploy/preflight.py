@@ -20,7 +20,10 @@ not started (exit 2, one line per problem) while any of these holds:
   ``serving.settings`` and are called from here, not restated;
 * a ``rediss://`` URL turns certificate verification off (``ssl_cert_reqs=none``);
 * ``TWOTOWER_SERVE_ENVIRONMENT`` is not ``production`` (serving would skip its
-  own production checks) or the benchmark-only ``/_floor`` route is enabled.
+  own production checks) or the benchmark-only ``/_floor`` route is enabled;
+* ``twotower serve`` gets no API keys (neither ``TWOTOWER_SERVE_API_KEYS`` nor
+  ``TWOTOWER_SERVE_API_KEYS_FILE``; serving refuses that too, and checks the
+  keys themselves: length, placeholders).
 
 In any mode a Redis password with characters that are not URL-safe is refused:
 it is pasted into ``redis://:PASSWORD@host`` unescaped (use ``openssl rand -hex 32``).
@@ -117,16 +120,15 @@ def _password_problems(where: str, password: str) -> list[str]:
 def _serving_rule(url: str) -> str | None:
     """The serving settings' production verdict on ``url`` (None = accepted)."""
     try:
-        from pydantic import ValidationError
-
-        from serving.settings import Settings
+        from feature_store.urls import StoreURLError, parse_url
+        from serving.settings import production_store_problem
     except ImportError as exc:  # the images always have it; say so rather than pass silently
         return f"cannot load serving.settings to check the store URL ({exc})"
     try:
-        Settings(artifacts=".", store_url=url, environment="production")
-    except ValidationError as exc:
-        return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-    return None
+        parse_url(url)
+    except StoreURLError as exc:
+        return str(exc).replace(urlsplit(url).password or "\0", "***")
+    return production_store_problem(url)
 
 
 def _check_url(where: str, url: str, production: bool, verdict: Verdict) -> None:
@@ -205,6 +207,14 @@ def check(environ: Mapping[str, str], argv: Sequence[str] = ()) -> Verdict:
         verdict.problems.append(
             f"TWOTOWER_SERVE_ENVIRONMENT={serve_env!r}: must be 'production' when TWOTOWER_ENV=production "
             "(serving applies its own production checks only then)"
+        )
+    if "serve" in argv[1:2] and not any(
+        environ.get(name, "").strip()
+        for name in ("TWOTOWER_SERVE_API_KEYS", "TWOTOWER_SERVE_API_KEYS_FILE")
+    ):
+        verdict.problems.append(
+            "TWOTOWER_SERVE_API_KEYS / TWOTOWER_SERVE_API_KEYS_FILE: neither is set; the API "
+            "needs keys in production (a Secret: see deploy/README.md)"
         )
     if environ.get("TWOTOWER_SERVE_FLOOR_ROUTE", "").strip().lower() in ("1", "true", "yes", "on"):
         verdict.problems.append(

@@ -28,13 +28,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving.auth import AccessMiddleware, KeyRing
 from serving.batcher import Batcher, BatcherClosed
 from serving.deps import AppState
 from serving.docs import ASSETS_PATH as DOCS_ASSETS_PATH
 from serving.docs import install_docs
 from serving.metrics import Metrics, mark_process_dead
 from serving.middleware import LimitsAndTimingMiddleware
-from serving.openapi import apply_limits
+from serving.openapi import apply_access, apply_limits
+from serving.ratelimit import RateLimiter
 from serving.reload import ModelHolder, Reloader
 from serving.retrieval import Demotion
 from serving.routes import InputError, floor_router, router
@@ -52,6 +54,7 @@ _STATUS_NAMES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
+    429: "rate_limited",
     503: "unavailable",
 }
 
@@ -269,6 +272,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(BatcherClosed, _batcher_closed)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    _add_access_control(app, settings, state)
     app.add_middleware(
         LimitsAndTimingMiddleware,
         metrics=state.metrics,
@@ -278,11 +282,46 @@ def create_app(settings: Settings) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = apply_limits(FastAPI.openapi(app), settings)
+            app.openapi_schema = apply_access(
+                apply_limits(FastAPI.openapi(app), settings), settings
+            )
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _add_access_control(app: FastAPI, settings: Settings, state: AppState) -> None:
+    """API keys and the rate limit (serving.auth), when either is on: nothing runs otherwise.
+
+    The key file is read here, so a missing or empty one stops the start
+    (``KeyConfigError``, exit 2), in every worker process as in a single one.
+    """
+    keyring = KeyRing.from_settings(settings)
+    limiter = None
+    if settings.rate_limit_per_s > 0:
+        burst = settings.rate_limit_burst or max(1.0, settings.rate_limit_per_s)
+        limiter = RateLimiter(settings.rate_limit_per_s, burst, settings.rate_limit_clients)
+    mode = settings.auth_mode
+    if mode == "none" and not settings.metrics_auth and limiter is None:
+        # Development only (production refuses auth=none): loud when reachable from the network.
+        loopback = settings.host in ("127.0.0.1", "localhost", "::1")
+        log.log(
+            logging.INFO if loopback else logging.WARNING,
+            "no API keys: every route is open (TWOTOWER_SERVE_API_KEYS or "
+            "TWOTOWER_SERVE_API_KEYS_FILE turn them on; see SECURITY.md)",
+        )
+        return
+    state.extra["keyring"] = keyring
+    app.add_middleware(
+        AccessMiddleware,
+        mode=mode,
+        metrics_auth=settings.metrics_auth,
+        keyring=keyring,
+        limiter=limiter,
+        metrics=state.metrics,
+        templates=lambda: app.openapi()["paths"].keys(),
+    )
 
 
 def create_app_from_env() -> FastAPI:

@@ -112,10 +112,13 @@ def uvicorn_options(settings: Any) -> dict[str, Any]:
 
 def check_serve_args(args: argparse.Namespace) -> Any:
     """The settings of ``args`` once everything checkable without the model is: raises
-    ConfigError (settings, PortUnavailable) or ArtifactError (no such directory)."""
+    ConfigError (settings, API key file, PortUnavailable) or ArtifactError (no such directory)."""
     settings = settings_from_args(args)
     if not settings.artifacts.is_dir():
         raise ArtifactError(f"--artifacts {settings.artifacts}: no such directory")
+    from serving.auth import KeyRing
+
+    KeyRing.from_settings(settings)  # an unreadable or empty key file: KeyConfigError, exit 2
     check_port(settings.host, settings.port)
     return settings
 

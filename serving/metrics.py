@@ -162,6 +162,23 @@ class Metrics:
             "Times the micro-batcher task died and was restarted",
             registry=r,
         )
+        self.auth_refused = Counter(
+            "twotower_auth_refused_total",
+            "Requests refused with 401 by why (missing, malformed or unknown key; never the key)",
+            ["reason"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "twotower_rate_limited_total",
+            "Requests refused with 429 by this process's rate limit",
+            registry=r,
+        )
+        self.ts_adjusted = Counter(
+            "twotower_event_ts_adjusted_total",
+            "Events whose ts was ahead of the server's clock by more than the allowance and "
+            "was recorded as the receive time",
+            registry=r,
+        )
         self._model_labels: tuple[str, str, str] | None = None
         self._published: str | None = None
         self._served: str | None = None

@@ -11,12 +11,24 @@ The body size limit (``max_body_bytes``, enforced for every route by
 keyword: every request body states it in its description and as
 ``x-max-body-bytes``, and every POST operation documents the 413 answer with
 the number.
+
+:func:`apply_access` declares the API key security schemes (bearer and the
+``X-API-Key`` header) on exactly the operations the server protects (the
+same :func:`serving.auth.needs_key`), with their 401, and the 429 of the rate
+limit on the operations it covers.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from serving.auth import (
+    API_KEY_HEADER,
+    SECURITY_REQUIREMENT,
+    SECURITY_SCHEMES,
+    needs_key,
+    rate_limited,
+)
 from serving.settings import Settings
 
 #: OpenAPI extension on each request body: the largest body accepted, in bytes.
@@ -94,3 +106,52 @@ def _body_limit(schema: dict[str, Any], limit: int) -> None:
             response["description"] = too_large
     if not posts:
         raise SchemaShapeError("OpenAPI schema has no POST operation to state the body limit on")
+
+
+def apply_access(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Declare API keys and the rate limit as ``settings`` enforce them (in place; also returned)."""
+    mode = settings.auth_mode
+    rate = settings.rate_limit_per_s
+    burst = settings.rate_limit_burst or max(1.0, rate)
+    protected = 0
+    for path, path_item in _node(schema, "paths").items():
+        for method, operation in path_item.items():
+            if not isinstance(operation, dict) or method not in _METHODS:
+                continue
+            responses = operation.setdefault("responses", {})
+            if needs_key(mode, settings.metrics_auth, path):
+                protected += 1
+                operation["security"] = [dict(r) for r in SECURITY_REQUIREMENT]
+                responses["401"] = {
+                    "description": "no API key, a malformed one, or one this server does not "
+                    f"know: send Authorization: Bearer <key> or {API_KEY_HEADER}: <key>",
+                    "headers": {
+                        "WWW-Authenticate": {
+                            "description": 'Bearer realm="twotower" (with error="invalid_token" '
+                            "for an unknown key)",
+                            "schema": {"type": "string"},
+                        }
+                    },
+                    "content": {"application/json": {"schema": dict(_ERROR_REF)}},
+                }
+            if rate > 0 and rate_limited(path):
+                responses["429"] = {
+                    "description": f"more than {rate:g} requests per second (burst {burst:g}) "
+                    "from this API key, or from this client IP without a valid key, in one "
+                    "server process; Retry-After says when to try again",
+                    "headers": {
+                        "Retry-After": {
+                            "description": "seconds to wait",
+                            "schema": {"type": "integer", "minimum": 1},
+                        }
+                    },
+                    "content": {"application/json": {"schema": dict(_ERROR_REF)}},
+                }
+    if protected:
+        schema.setdefault("components", {})["securitySchemes"] = {
+            name: dict(scheme) for name, scheme in SECURITY_SCHEMES.items()
+        }
+    return schema
+
+
+_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})

@@ -19,6 +19,16 @@ says whether such a request is answered from its own lists
 keeps answering through an outage, as SPEC's "503 only while no model is
 loaded" asks) or refused with 503 (``"refuse"``: for deployments that prefer
 no answer to one that may repeat a dislike made through another pod).
+
+Access (see ``SECURITY.md``): API keys come from ``api_keys`` (comma-separated)
+and/or ``api_keys_file`` (one per line, re-read when it changes, so a
+Kubernetes Secret volume rotates them without a restart). ``auth`` says which
+routes need one (:func:`serving.auth.needs_key`); unset, it is ``writes`` once
+any key source is configured and ``none`` otherwise. ``environment=production``
+refuses to start without a key source or with ``auth=none``. The request rate
+limit (``rate_limit_per_s``, ``rate_limit_burst``) is a token bucket per API
+key, or per client IP for requests without a valid key, kept in each worker
+process (N workers or pods allow N times the rate).
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from feature_store.urls import StoreURLError, parse_url
@@ -147,6 +157,46 @@ class Settings(BaseSettings):
     )
     faiss_threads: int = Field(1, ge=0, le=256, description="FAISS OpenMP threads (0 = default)")
 
+    # --- access: API keys and rate limits (SECURITY.md) -----------------------------
+    api_keys: SecretStr | None = Field(
+        None,
+        description="comma-separated API keys; clients send Authorization: Bearer KEY (or "
+        "X-API-Key: KEY). Never logged or shown",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="file of API keys, one per line (blank lines and # comments ignored), e.g. "
+        "a mounted Kubernetes Secret; re-read when it changes (checked at most once a second)",
+    )
+    auth: Literal["writes", "all", "none"] | None = Field(
+        None,
+        description="which routes need a key: writes = /v1/events and admin routes, all = every "
+        "/v1/* route, none. Unset: writes when keys are configured, else none. /healthz and "
+        "/readyz never need one",
+    )
+    metrics_auth: bool = Field(False, description="/metrics needs a key too (default: open)")
+    rate_limit_per_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=1e6,
+        description="requests per second to /v1/* per API key (per client IP without a valid "
+        "key), token bucket in each worker process; 0 = no limit",
+    )
+    rate_limit_burst: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="token bucket size: requests a client may send at once "
+        "(0 = max(1, rate_limit_per_s))",
+    )
+    rate_limit_clients: int = Field(
+        100_000,
+        ge=1,
+        le=10_000_000,
+        description="clients (keys or IPs) whose buckets each worker keeps (LRU; an evicted "
+        "client starts again with a full bucket)",
+    )
+
     floor_route: bool = Field(
         False,
         description="register POST /_floor (same body parsing, fixed answer): the benchmark floor",
@@ -169,6 +219,14 @@ class Settings(BaseSettings):
         5, ge=1, le=100, description="how many recent dislikes demotion looks at"
     )
 
+    @field_validator("api_keys", "api_keys_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # compose passes an unset variable as "" (TWOTOWER_SERVE_API_KEYS: ${X:-}).
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _refuse_unknown_env(cls, data: Any) -> Any:
@@ -183,37 +241,90 @@ class Settings(BaseSettings):
             parse_url(self.store_url)
         except StoreURLError as exc:
             raise ValueError(f"store_url: {_mask(self.store_url, str(exc))}") from None
-        scheme = urlsplit(self.store_url).scheme.lower()
         if self.environment == "production":
-            # An embedded file store cannot be shared by several pods and has no auth;
-            # a remote Redis without a password or TLS would expose every user's history.
-            if scheme == "sqlite":
+            problem = production_store_problem(self.store_url)
+            if problem is not None:
+                raise ValueError(problem)
+            if not self.has_key_source:
                 raise ValueError(
-                    "environment=production needs a redis:// or rediss:// store_url, not sqlite"
+                    f"environment=production needs API keys: set {ENV_PREFIX}API_KEYS "
+                    f"(comma-separated) or {ENV_PREFIX}API_KEYS_FILE (one key per line)"
                 )
-            parts = urlsplit(self.store_url)
-            remote = not _is_loopback(parts.hostname or "")
-            if remote and scheme == "redis" and not parts.password:
+            if self.auth == "none":
                 raise ValueError(
-                    "environment=production: a remote redis store needs a password (redis://:PASSWORD@host) or TLS (rediss://)"
+                    f"environment=production refuses {ENV_PREFIX}AUTH=none: every route would "
+                    "be open; use writes (the default) or all"
                 )
+        needs_keys = [
+            name
+            for name, on in (
+                (f"{ENV_PREFIX}AUTH={self.auth}", self.auth in ("writes", "all")),
+                (f"{ENV_PREFIX}METRICS_AUTH=true", self.metrics_auth),
+            )
+            if on
+        ]
+        if needs_keys and not self.has_key_source:
+            raise ValueError(
+                f"{' and '.join(needs_keys)} need API keys: set {ENV_PREFIX}API_KEYS or "
+                f"{ENV_PREFIX}API_KEYS_FILE"
+            )
         return self
+
+    @property
+    def has_key_source(self) -> bool:
+        """Whether any API key source is configured (the keys themselves are read by serving.auth)."""
+        return self.api_keys_file is not None or bool(
+            self.api_keys is not None and self.api_keys.get_secret_value().strip(" ,")
+        )
+
+    @property
+    def auth_mode(self) -> Literal["writes", "all", "none"]:
+        """``auth``, or its default: ``writes`` with a key source, ``none`` without."""
+        if self.auth is not None:
+            return self.auth
+        return "writes" if self.has_key_source else "none"
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``TWOTOWER_SERVE_*`` variables (for worker processes)."""
         out: dict[str, str] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
+            if value is None:
+                continue  # unset: the worker's default is None too
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             out[f"{ENV_PREFIX}{name.upper()}"] = str(value)
         return out
 
     def public(self) -> dict[str, object]:
-        """Settings safe to show (the store password is masked)."""
+        """Settings safe to show (the store password and the API keys are masked)."""
         data = self.model_dump(mode="json")
+        if self.api_keys is not None:
+            data["api_keys"] = "***"
         parts = urlsplit(self.store_url)
         if parts.password:
             data["store_url"] = self.store_url.replace(f":{parts.password}@", ":***@", 1)
         return data
+
+
+def production_store_problem(store_url: str) -> str | None:
+    """Why ``store_url`` is refused with ``environment=production`` (None: accepted).
+
+    An embedded file store cannot be shared by several pods and has no auth; a
+    remote Redis without a password or TLS would expose every user's history.
+    ``deploy/preflight.py`` calls this too (one rule, not two copies).
+    """
+    scheme = urlsplit(store_url).scheme.lower()
+    if scheme == "sqlite":
+        return "environment=production needs a redis:// or rediss:// store_url, not sqlite"
+    parts = urlsplit(store_url)
+    remote = not _is_loopback(parts.hostname or "")
+    if remote and scheme == "redis" and not parts.password:
+        return (
+            "environment=production: a remote redis store needs a password "
+            "(redis://:PASSWORD@host) or TLS (rediss://)"
+        )
+    return None
 
 
 def env_names() -> dict[str, str]:

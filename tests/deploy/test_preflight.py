@@ -24,6 +24,7 @@ def prod(**extra: str) -> dict[str, str]:
         "TWOTOWER_REDIS_PASSWORD": STRONG,
         "TWOTOWER_SERVE_ENVIRONMENT": "production",
         "TWOTOWER_SERVE_STORE_URL": f"rediss://:{STRONG}@redis.internal:6380/0",
+        "TWOTOWER_SERVE_API_KEYS_FILE": "/var/run/secrets/twotower/api-keys",
     }
     env.update(extra)
     return env
@@ -71,7 +72,12 @@ def test_compose_in_production_mode_refuses_the_default_password_and_accepts_a_r
     refused = verdict_for({"TWOTOWER_ENV": "production"})
     assert not refused.ok
     assert any("local-stack default" in p for p in refused.problems)
-    accepted = verdict_for({"TWOTOWER_ENV": "production", "TWOTOWER_REDIS_PASSWORD": STRONG})
+    real = {"TWOTOWER_ENV": "production", "TWOTOWER_REDIS_PASSWORD": STRONG}
+    if name == "api":  # the API also needs its keys
+        no_keys = verdict_for(real)
+        assert any("TWOTOWER_SERVE_API_KEYS" in p for p in no_keys.problems), no_keys.problems
+        real["TWOTOWER_API_KEYS"] = "a" * 32
+    accepted = verdict_for(real)
     assert accepted.ok, accepted.problems
 
 
@@ -96,6 +102,12 @@ def test_compose_in_production_mode_refuses_the_default_password_and_accepts_a_r
         ),
         (prod(TWOTOWER_SERVE_ENVIRONMENT="development"), SERVE, "TWOTOWER_SERVE_ENVIRONMENT"),
         (prod(TWOTOWER_SERVE_FLOOR_ROUTE="true"), SERVE, "/_floor"),
+        (prod(TWOTOWER_SERVE_API_KEYS_FILE=""), SERVE, "TWOTOWER_SERVE_API_KEYS"),
+        (
+            prod(TWOTOWER_SERVE_API_KEYS="CHANGE-ME-openssl-rand-hex-32"),
+            SERVE,
+            "TWOTOWER_SERVE_API_KEYS: still holds a placeholder",
+        ),
         (prod(TWOTOWER_SEED_DATA="movielens:/data/CHANGE-ME"), SERVE, "TWOTOWER_SEED_DATA"),
         (prod(TWOTOWER_ENV="prod"), SERVE, "expected one of"),
         (

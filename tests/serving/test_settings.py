@@ -54,20 +54,31 @@ def test_unsafe_or_invalid_values_are_refused(tmp_path: Path, overrides: dict, n
     ],
 )
 def test_production_accepts_authenticated_tls_or_loopback_redis(tmp_path: Path, url: str) -> None:
-    assert Settings(artifacts=tmp_path, environment="production", store_url=url).store_url == url
+    s = Settings(artifacts=tmp_path, environment="production", store_url=url, api_keys="k" * 32)
+    assert s.store_url == url
 
 
 def test_env_round_trip_and_password_masking(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Unset optional settings stay unset in a worker (not the string "None").
+    plain = Settings(artifacts=tmp_path)
+    assert f"{ENV_PREFIX}API_KEYS" not in plain.to_env() and plain.auth_mode == "none"
     s = Settings(
-        artifacts=tmp_path, store_url="redis://:hunter2@h:6379/1", batch_max_size=7, port=9001
+        artifacts=tmp_path,
+        store_url="redis://:hunter2@h:6379/1",
+        batch_max_size=7,
+        port=9001,
+        api_keys="key-one-0123456789,key-two-0123456789",
+        auth="all",
+        rate_limit_per_s=2.5,
     )
     for name, value in s.to_env().items():
         assert name.startswith(ENV_PREFIX)
         monkeypatch.setenv(name, value)
     assert Settings() == s  # type: ignore[call-arg]
     assert "hunter2" not in str(s.public())
+    assert "key-one" not in str(s.public()) and "key-one" not in repr(s)
 
 
 def test_store_url_errors_do_not_show_the_password(tmp_path: Path) -> None:
