@@ -252,7 +252,12 @@ def test_serving_environment_names_are_real_settings_fields(stack):
 
 
 def test_api_environment_builds_valid_serving_settings(stack, monkeypatch, tmp_path):
-    for env in ({}, {"TWOTOWER_ENV": "production", "TWOTOWER_REDIS_PASSWORD": "a" * 32}):
+    production = {
+        "TWOTOWER_ENV": "production",
+        "TWOTOWER_REDIS_PASSWORD": "a" * 32,
+        "TWOTOWER_API_KEYS": "b" * 32,
+    }
+    for env in ({}, production):
         api_env = d.env_dict(d.compose(env)["services"]["api"]["environment"])
         for var, value in api_env.items():
             if var.startswith("TWOTOWER_SERVE_"):
@@ -260,6 +265,11 @@ def test_api_environment_builds_valid_serving_settings(stack, monkeypatch, tmp_p
         settings = Settings(artifacts=tmp_path)
         assert settings.store_url.startswith("redis://")
         assert settings.environment == env.get("TWOTOWER_ENV", "development")
+        # Keys only when given (development default: none, the API open on loopback).
+        assert settings.auth_mode == ("writes" if env else "none")
+    monkeypatch.setenv("TWOTOWER_SERVE_API_KEYS", "")
+    with pytest.raises(ValueError, match="TWOTOWER_SERVE_API_KEYS"):
+        Settings(artifacts=tmp_path)  # production without keys
 
 
 def test_trainer_config_environment_and_file_load(stack):

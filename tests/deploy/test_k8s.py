@@ -191,6 +191,12 @@ def test_env_sources_exist_and_names_are_known():
                     assert cm_ref["key"] in generated.get(cm_ref["name"], {}), f"{where}: {e}"
 
 
+def _api_literal_env() -> dict[str, str]:
+    """The API container's env entries with a literal value."""
+    (c,) = one("Deployment")["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+
+
 def test_configmap_settings_are_valid_production_serving_settings(monkeypatch):
     config = next(
         doc
@@ -198,11 +204,41 @@ def test_configmap_settings_are_valid_production_serving_settings(monkeypatch):
         if doc["metadata"]["name"] == "twotower-config"
     )
     secret = one("Secret")["stringData"]
-    for name, value in config["data"].items():
+    for name, value in {**config["data"], **_api_literal_env()}.items():
         if name.startswith("TWOTOWER_SERVE_"):
             monkeypatch.setenv(name, value)
     settings = Settings(artifacts="/artifacts", store_url=secret["TWOTOWER_STORE_URL"])
     assert settings.environment == "production" and config["data"]["TWOTOWER_ENV"] == "production"
+    assert settings.auth_mode == "writes"
+
+
+def test_api_keys_come_from_the_secret_as_a_file_that_rotates(tmp_path):
+    """Mounted as a directory (a subPath mount never sees an update), read-only, at the
+    path TWOTOWER_SERVE_API_KEYS_FILE names; the example's placeholder is refused by
+    serving and a real key is accepted."""
+    from serving.auth import KeyConfigError, KeyRing
+
+    dep = one("Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    path = _api_literal_env()["TWOTOWER_SERVE_API_KEYS_FILE"]
+    (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == volume["name"]]
+    assert "subPath" not in mount and mount["readOnly"] is True
+    secret = one("Secret")
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    (item,) = volume["secret"]["items"]
+    assert f"{mount['mountPath']}/{item['path']}" == path
+    assert item["key"] in secret["stringData"]
+    assert volume["secret"]["defaultMode"] & 0o007 == 0, "not readable by other users"
+
+    keys = tmp_path / "api-keys"
+    base = {"artifacts": tmp_path, "store_url": "rediss://r:6380/0", "environment": "production"}
+    keys.write_text(secret["stringData"][item["key"]])
+    with pytest.raises(KeyConfigError, match="placeholder"):
+        KeyRing.from_settings(Settings(**base, api_keys_file=keys))
+    keys.write_text(secret["stringData"][item["key"]].replace("CHANGE-ME-", "9f" * 8))
+    assert len(KeyRing.from_settings(Settings(**base, api_keys_file=keys))) == 1
 
 
 def test_example_secret_is_refused_by_the_preflight_as_is():
@@ -213,7 +249,7 @@ def test_example_secret_is_refused_by_the_preflight_as_is():
         for _p, doc in d.k8s_objects("ConfigMap")
         if doc["metadata"]["name"] == "twotower-config"
     )
-    env = {**config["data"], **one("Secret")["stringData"]}
+    env = {**config["data"], **one("Secret")["stringData"], **_api_literal_env()}
     env["TWOTOWER_SERVE_STORE_URL"] = env["TWOTOWER_STORE_URL"]
     verdict = preflight.check(env, ["twotower", "serve", "--artifacts", "/artifacts"])
     assert not verdict.ok

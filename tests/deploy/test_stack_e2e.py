@@ -29,6 +29,7 @@ from tests.deploy import _deploy as d
 from twotower import artifacts
 
 TINY = "synthetic:users=200,items=120,events_per_user=15,seed=5"
+API_KEY = "e2e-api-key-" + "7" * 32
 NEW_ITEMS = [f"e2e-new-{i}" for i in range(8)]
 
 
@@ -47,6 +48,7 @@ class Stack:
             {
                 "TWOTOWER_ENV": "production",
                 "TWOTOWER_REDIS_PASSWORD": password,
+                "TWOTOWER_API_KEYS": API_KEY,
                 "TWOTOWER_SEED_DATA": TINY,
                 "TWOTOWER_SEED_SETTINGS": "train.epochs=2 train.batch_size=256",
             }
@@ -153,7 +155,11 @@ def test_events_pipeline_publish_hot_reload(stack_redis, tmp_path):
             for u in range(40)
             for j in range(4)
         ]
-        r = http.post("/v1/events", json={"events": events})
+        # Production: writes need the API key; reads stay open (auth=writes).
+        assert http.post("/v1/events", json={"events": events}).status_code == 401
+        r = http.post(
+            "/v1/events", json={"events": events}, headers={"Authorization": f"Bearer {API_KEY}"}
+        )
         assert r.status_code == 200 and r.json() == {"accepted": len(events), "duplicates": 0}, (
             r.text
         )
