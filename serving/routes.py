@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import email.message
 import logging
+import math
+import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from feature_store.base import StoreOutcomeUnknown, StoreUnavailable
-from feature_store.events import DISLIKE, EventError, make_event
+from feature_store.events import DISLIKE, MAX_FUTURE_SKEW_S, EventError, make_event
 from serving import service
 from serving.deps import ModelDep, StateDep
 from serving.schemas import (
     EVENTS_RESPONSES,
+    MAX_TS,
     MODEL_RESPONSES,
     RECOMMEND_RESPONSES,
     SIMILAR_RESPONSES,
@@ -26,6 +29,7 @@ from serving.schemas import (
     RecommendRequest,
     RecommendResponse,
     SimilarResponse,
+    TsAdjusted,
 )
 from serving.settings import K_CAP
 
@@ -117,18 +121,25 @@ async def recommend(
 @router.post(
     "/v1/events",
     response_model=EventsResponse,
+    response_model_exclude_none=True,
     responses=EVENTS_RESPONSES,
     dependencies=JsonBody,
     tags=["events"],
 )
 async def post_events(req: EventsRequest, state: StateDep) -> EventsResponse:
-    """Write interaction events (idempotent per `event_id`).
+    """Write interaction events (idempotent per `(user_id, event_id)`).
 
     When this returns 200, the events are durable and the next `/v1/recommend` for
     the user reflects them. A 503 means the store failed or did not answer within
     `store_write_timeout_s`: the outcome is unknown (some or all events may have
     been written), and a retry with the same `event_id` values is safe. Dislikes
     in the call are filtered by this server from the moment it validated them.
+
+    The same `(user_id, event_id)` twice in one call is one event: the first copy is
+    written, later copies count as `duplicates` (as they would in a later call). A
+    `ts` ahead of the server's clock by more than the allowance is recorded as the
+    receive time and reported in `ts_adjusted`. The call is all or nothing: one
+    invalid event refuses the whole call (422 naming it) and nothing is written.
     """
     settings = state.settings
     if len(req.events) > settings.max_events:
@@ -137,12 +148,35 @@ async def post_events(req: EventsRequest, state: StateDep) -> EventsResponse:
             f"has {len(req.events)} events; at most {settings.max_events} per call",
             "too_long",
         )
+    now = time.time()
     events = []
+    adjusted: list[TsAdjusted] = []
     for i, raw in enumerate(req.events):
+        data = raw.model_dump(exclude_none=True)
+        ts = data.get("ts")
+        if ts is not None and math.isfinite(ts):
+            if ts > MAX_TS:
+                raise InputError(
+                    f"body.events.{i}.ts",
+                    f"{ts} is after {MAX_TS:.0f} (2100-01-01): timestamps are seconds since "
+                    "the epoch, not milliseconds",
+                    "less_than_equal",
+                )
+            if ts > now + MAX_FUTURE_SKEW_S:
+                adjusted.append(TsAdjusted(index=i, sent=ts, recorded=now))
+                data["ts"] = now
         try:
-            events.append(make_event(raw.model_dump(exclude_none=True), index=i))
+            events.append(make_event(data, index=i, now=now))
         except EventError as exc:
             raise InputError(f"body.events.{i}.{exc.field}", str(exc).split(": ", 1)[-1]) from exc
+    if adjusted:
+        state.metrics.ts_adjusted.inc(len(adjusted))
+        log.info(
+            "%d event(s) stamped more than %.0f s ahead of this server's clock recorded at "
+            "receive time (client clock fast?)",
+            len(adjusted),
+            MAX_FUTURE_SKEW_S,
+        )
     for ev in events:
         if ev.type == DISLIKE:
             state.dislike_cache.learn(ev.user_id, (ev.item_id,), complete=False)
@@ -175,7 +209,9 @@ async def post_events(req: EventsRequest, state: StateDep) -> EventsResponse:
         raise HTTPException(503, f"online store unavailable ({reason}); {outcome}", retry) from exc
     state.metrics.events.labels("accepted").inc(result.accepted)
     state.metrics.events.labels("duplicate").inc(result.duplicates)
-    return EventsResponse(accepted=result.accepted, duplicates=result.duplicates)
+    return EventsResponse(
+        accepted=result.accepted, duplicates=result.duplicates, ts_adjusted=adjusted or None
+    )
 
 
 @router.get(

@@ -64,8 +64,11 @@ IdList = Annotated[list[Id], Field(max_length=LIST_CAP)]
 K = Annotated[int, Strict(), Field(ge=1, le=K_CAP), BeforeValidator(_integral)]
 
 
-#: OpenAPI extension on ``EventIn.ts``: how far ahead of the server's clock a ts may be (s).
-TS_AHEAD_KEY = "x-max-seconds-ahead-of-server-clock"
+#: OpenAPI extension on ``EventIn.ts``: a ts further than this ahead of the server's clock (s)
+#: is not refused but recorded as the time the server received the event (see EventIn.ts).
+TS_AHEAD_KEY = "x-recorded-as-receive-time-beyond-seconds-ahead"
+#: Latest ts accepted at all (2100-01-01T00:00:00Z): later values are unit errors (ms, us).
+MAX_TS = 4102444800.0
 
 #: The event types as a JSON Schema enum (validated by make_event, which names the field).
 _EVENT_TYPE_ENUM: dict[str, Any] = {"enum": sorted(EVENT_TYPES)}
@@ -162,11 +165,13 @@ class EventIn(_Strict):
     )
     ts: Annotated[float, Strict()] | None = Field(
         None,
-        description=f"seconds since the epoch (default: now); at least {MIN_TS:.0f} "
-        f"(2000-01-01) and at most {MAX_FUTURE_SKEW_S:.0f} s ahead of the server's clock when "
-        f"the call arrives ({TS_AHEAD_KEY}: a bound relative to the server's clock, which "
-        "JSON Schema's maximum cannot state)",
-        json_schema_extra={"minimum": MIN_TS, TS_AHEAD_KEY: MAX_FUTURE_SKEW_S},
+        description=f"seconds since the epoch (default: now), from {MIN_TS:.0f} (2000-01-01) "
+        f"to {MAX_TS:.0f} (2100-01-01; a larger number is milliseconds, refused). A ts more "
+        f"than {MAX_FUTURE_SKEW_S:.0f} s ahead of the server's clock when the call arrives "
+        "(a client clock running fast) is not refused: the event is recorded with the "
+        "server's receive time as its ts, and the answer's `ts_adjusted` lists the event's "
+        f"index with the ts sent and the ts recorded ({TS_AHEAD_KEY})",
+        json_schema_extra={"minimum": MIN_TS, "maximum": MAX_TS, TS_AHEAD_KEY: MAX_FUTURE_SKEW_S},
     )
 
 
@@ -194,12 +199,38 @@ class EventsRequest(_Strict):
     events: list[EventIn] = Field(min_length=1, max_length=EVENTS_CAP)
 
 
+class TsAdjusted(BaseModel):
+    """An event whose ts was ahead of the server's clock and was recorded as the receive time."""
+
+    index: int = Field(description="position of the event in the request's `events`")
+    sent: float = Field(description="the ts the request carried")
+    recorded: float = Field(description="the ts stored: when the server received the call")
+
+
 class EventsResponse(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"accepted": 2, "duplicates": 0}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"accepted": 2, "duplicates": 0},
+                {
+                    "accepted": 1,
+                    "duplicates": 0,
+                    "ts_adjusted": [{"index": 0, "sent": 1767229200.0, "recorded": 1767225600.5}],
+                },
+            ]
+        }
+    )
 
     accepted: int = Field(description="events newly written")
     duplicates: int = Field(
-        description="events whose event_id was already accepted (not applied again)"
+        description="events whose (user_id, event_id) was already accepted, by an earlier call "
+        "or earlier in this one (not applied again: the first copy stands)"
+    )
+    ts_adjusted: list[TsAdjusted] | None = Field(
+        None,
+        description="present only when some event's ts was more than "
+        f"{MAX_FUTURE_SKEW_S:.0f} s ahead of the server's clock: those events were recorded "
+        "with the receive time as their ts",
     )
 
 

@@ -173,7 +173,7 @@ def test_malformed_json_and_limits(make_client: Callable[..., TestClient]) -> No
         ({"user_id": "u", "item_id": "i1", "type": "zap"}, "body.events.1.type"),
         ({"user_id": "u", "item_id": "i1", "type": "click", "ts": 5.0}, "body.events.1.ts"),
         (
-            {"user_id": "u", "item_id": "i1", "type": "click", "ts": time.time() + 86400},
+            {"user_id": "u", "item_id": "i1", "type": "click", "ts": time.time() * 1000},
             "body.events.1.ts",
         ),
         ({"user_id": "u", "item_id": "i1", "type": "click", "ts": "now"}, "body.events.1.ts"),

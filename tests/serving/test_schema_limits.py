@@ -4,9 +4,10 @@ The walk: for each enforced limit, a request at the limit and one just past it
 (or breaking the rule) go to the server and through a JSON Schema validator
 built from the served document. A request the schema accepts must be
 accepted, and one the server refuses must be refused by the schema, except
-for the two limits JSON Schema has no keyword for, which the document states
-as extensions: the body size in bytes (``x-max-body-bytes``) and how far an
-event ``ts`` may be ahead of the server's clock.
+for the one limit JSON Schema has no keyword for, which the document states
+as an extension: the body size in bytes (``x-max-body-bytes``). An event
+``ts`` far ahead of the server's clock is accepted and recorded as the
+receive time (the schema's static maximum refuses milliseconds).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from fastapi.testclient import TestClient
 
 from feature_store.events import EVENT_TYPES, MAX_FUTURE_SKEW_S, MAX_ID_LENGTH, MIN_TS
 from serving.openapi import MAX_BODY_BYTES_KEY
-from serving.schemas import TS_AHEAD_KEY
+from serving.schemas import MAX_TS, TS_AHEAD_KEY
 
 #: Non-default limits, so the document cannot pass by showing the defaults or the hard caps.
 LIMITS = {"max_k": 40, "default_k": 7, "max_list_length": 3, "max_events": 2}
@@ -116,6 +117,8 @@ PROBES: list[Probe] = [
     Probe("ts minimum", EVT, _events(_ev(ts=MIN_TS)), True),
     Probe("ts an integer", EVT, _events(_ev(ts=int(MIN_TS) + 1)), True),
     Probe("ts below minimum", EVT, _events(_ev(ts=MIN_TS - 1)), False),
+    Probe("ts maximum", EVT, _events(_ev(ts=MAX_TS)), True),
+    Probe("ts above maximum", EVT, _events(_ev(ts=MAX_TS + 1)), False),
     Probe("ts a string", EVT, _events(_ev(ts="1767225600")), False),
     Probe("ts true", EVT, _events(_ev(ts=True)), False),
 ]
@@ -155,16 +158,28 @@ def test_every_enforced_limit_is_stated_in_the_schema(limited: TestClient) -> No
     assert disagreements == []
 
 
-def test_event_ts_bound_ahead_of_the_clock_is_stated(limited: TestClient) -> None:
-    """JSON Schema has no relative maximum: an extension and the description give it."""
+def test_event_ts_ahead_of_the_clock_is_recorded_at_receive_time(limited: TestClient) -> None:
+    """Every schema-valid ts is accepted: JSON Schema cannot bound a ts by the server's clock,
+    so the schema bounds it statically (2000..2100) and a ts too far ahead of the clock is
+    recorded as the receive time, reported in ``ts_adjusted`` (the extension and the
+    description say so)."""
     ts = limited.get("/openapi.json").json()["components"]["schemas"]["EventIn"]["properties"]["ts"]
     ahead = ts[TS_AHEAD_KEY]
     assert ahead == MAX_FUTURE_SKEW_S
-    assert f"at most {ahead:.0f} s ahead of the server's clock" in ts["description"]
-    assert ts["minimum"] == MIN_TS and f"at least {MIN_TS:.0f}" in ts["description"]
+    assert f"more than {ahead:.0f} s ahead of the server's clock" in ts["description"]
+    assert ts["minimum"] == MIN_TS and ts["maximum"] == MAX_TS
     now = time.time()
-    assert _post(limited, EVT, _events(_ev(ts=now + ahead - 30))) == 200
-    assert _post(limited, EVT, _events(_ev(ts=now + ahead + 60))) == 422
+    near = limited.post("/v1/events", json=_events(_ev(ts=now + ahead - 30)))
+    assert near.status_code == 200 and "ts_adjusted" not in near.json()
+    before = time.time()
+    far = limited.post(
+        "/v1/events", json=_events(_ev(event_id="e-far", ts=now + 86400), _ev(ts=now))
+    )
+    assert far.status_code == 200, far.text
+    (adjusted,) = far.json()["ts_adjusted"]
+    assert adjusted["index"] == 0 and adjusted["sent"] == now + 86400
+    assert before <= adjusted["recorded"] <= time.time()
+    assert _post(limited, EVT, _events(_ev(ts=MAX_TS))) == 200
     assert _post(limited, EVT, _events(_ev(ts=now * 1000))) == 422  # milliseconds, not seconds
 
 
