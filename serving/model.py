@@ -292,15 +292,26 @@ def load_model(art: str | os.PathLike[str], version: str, *, use_gpu: str = "aut
     Raises:
       ModelLoadError: naming the file and what is wrong with it.
     """
-    vdir = artifacts.version_dir(art, version)
+    try:
+        # Only under the artifact root: no "../", absolute path or escaping symlink.
+        vdir = artifacts.contained_version_dir(art, version)
+    except artifacts.ArtifactError as exc:
+        raise ModelLoadError(str(exc)) from None
     mpath = _require(vdir / artifacts.MANIFEST, "manifest")
     try:
         manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{mpath}: not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise ModelLoadError(f"{mpath}: not a JSON object")
     for key in ("embedding_dim", "history_length", "dislike_length", "index"):
         if key not in manifest:
             raise ModelLoadError(f"{mpath}: field {key!r} is missing")
+    if manifest.get("version", version) != version:
+        raise ModelLoadError(
+            f"{mpath}: names version {str(manifest['version'])[:80]!r}, but it is the "
+            f"manifest of {version!r}"
+        )
 
     with np.load(_require(vdir / artifacts.ITEMS, "item table"), allow_pickle=False) as npz:
         item_ids = np.asarray(npz["ids"]).astype(str)

@@ -11,6 +11,11 @@ A version that fails to load (a transient read error, a GPU out of memory, a
 half-synced volume) is retried with capped exponential backoff without
 waiting for LATEST to change: ``poll_s``, then twice that, and so on up to
 ``retry_max_s``.
+
+Only versions under the artifact root are loaded: a LATEST naming ``../x``, an
+absolute path, or a version that is (or holds) a symlink out of the root is a
+failed load (:func:`twotower.artifacts.contained_version_dir`), logged, and the
+current version keeps serving.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ from serving.tasks import cancel_task
 from twotower import artifacts
 
 log = logging.getLogger(__name__)
+
+
+def _shown(version: str) -> str:
+    """A version id for logs and errors: quoted, escaped and cut (LATEST may hold anything)."""
+    return repr(version if len(version) <= 80 else version[:80] + "...")
 
 
 class ModelHolder:
@@ -94,7 +104,8 @@ class Reloader:
         async with self._lock:
             version = artifacts.latest_version(self.art)
             if self.on_published is not None:
-                self.on_published(version)
+                valid = version is None or artifacts.VERSION_ID.fullmatch(version)
+                self.on_published(version if valid else "<invalid>")
             current = self.holder.current
             if version is None or (current is not None and current.version == version):
                 return False
@@ -120,10 +131,10 @@ class Reloader:
         delay = retry_delay(self.failures, self.poll_s, self.retry_max_s)
         self.retry_at = self.clock() + delay
         current = self.holder.current
-        self.holder.last_error = f"version {version}: {exc}"
+        self.holder.last_error = f"version {_shown(version)}: {exc}"
         log.error(
             "cannot load version %s (attempt %d; still serving %s; retrying in %.0fs): %s",
-            version,
+            _shown(version),
             self.failures,
             current and current.version,
             delay,

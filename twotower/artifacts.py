@@ -34,6 +34,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -53,6 +54,9 @@ CHECKPOINT = "checkpoint"
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
 PAD_INDEX = 0
+#: A version id is one plain directory name: not hidden (staging/trash dirs start with
+#: "."), no path separator, no "..", no whitespace or control characters.
+VERSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 
 
 class ArtifactError(RuntimeError):
@@ -232,6 +236,46 @@ def resolve_version(art: str | os.PathLike[str], version: str | None = None) -> 
             f"{art}: version {version!r} not found (have: {', '.join(list_versions(art)) or 'none'})"
         )
     return version
+
+
+def check_version_id(version: str) -> str:
+    """``version`` if it is a plain version directory name, else ArtifactError (never a path)."""
+    if not VERSION_ID.fullmatch(version):
+        shown = version if len(version) <= 80 else version[:80] + "..."
+        raise ArtifactError(
+            f"version id {shown!r} is not a plain directory name (letters, digits, '.', '_', "
+            "'+', '-'; no path separators, no leading '.')"
+        )
+    return version
+
+
+def contained_version_dir(art: str | os.PathLike[str], version: str) -> Path:
+    """The real path of ``version``'s directory, refused unless it stays under ``art``.
+
+    The id must be a plain name (:func:`check_version_id`), and neither the
+    directory nor any symlink inside it may resolve outside the artifact root
+    (``realpath(art)``): a LATEST naming ``../x`` or ``/etc``, or a version or a
+    file in it that is a symlink to elsewhere, is an ArtifactError naming it.
+    """
+    check_version_id(version)
+    root = Path(art).resolve()
+    vdir = version_dir(art, version)
+    try:
+        real = vdir.resolve(strict=True)
+    except (FileNotFoundError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise ArtifactError(f"{vdir}: no such version directory ({exc})") from None
+    if not real.is_relative_to(root):
+        raise ArtifactError(f"{vdir} resolves to {real}, outside the artifact root {root}")
+    for dirpath, dirnames, filenames in os.walk(real):
+        for name in (*dirnames, *filenames):
+            entry = Path(dirpath) / name
+            if entry.is_symlink():
+                target = entry.resolve()
+                if not target.is_relative_to(root):
+                    raise ArtifactError(
+                        f"{entry} is a symlink to {target}, outside the artifact root {root}"
+                    )
+    return real
 
 
 def read_manifest(art: str | os.PathLike[str], version: str | None = None) -> dict[str, Any]:
