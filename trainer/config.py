@@ -29,6 +29,15 @@ class ModelConfig(_Section):
     disliked items' directions (see trainer/towers.py)."""
     use_item_features: bool = True
     """Add item metadata (category/genre) embeddings to the item tower where the source has them."""
+    item_dislike_ratio_buckets: int = Field(0, ge=0, le=1000)
+    """K > 0: an item-tower feature of the item's dislike ratio, dislikes / (positives +
+    dislikes) among its TRAIN events only, cut into K equal-width bins, plus a "too few
+    events" value (see trainer/data/item_quality.py); independent of
+    ``use_item_features`` and baked into the exported item vectors. 0 = off. An
+    architecture key: changing it cold-starts."""
+    item_dislike_ratio_min_events: int = Field(5, ge=1)
+    """Items with fewer train events (positives + dislikes) than this get the
+    ``dislike_ratio`` feature's "too few events" value."""
     hidden_units: int = Field(128, ge=0)
     """Width of the towers' hidden layer (0 = a single linear projection)."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -161,6 +170,7 @@ ARCHITECTURE_KEYS = (
     "attention_heads",
     "attention_layers",
     "use_item_features",
+    "item_dislike_ratio_buckets",
     "use_dislike_input",
     "dislike_pathway",
 )

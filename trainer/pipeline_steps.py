@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainer.config import TrainerConfig, architecture_changes
+from trainer.data.item_quality import metadata_feature_names
 from trainer.gate import (
     HOLDOUT_METRICS,
     apply_gate,
@@ -147,8 +148,10 @@ def _warm_version(
     if not can_warm_start(manifest, config):
         return None
     if config.model.use_item_features:
-        old_features = sorted(manifest.get("item_feature_sizes", {}))
-        new_features = sorted(ds.item_feature_sizes)
+        # The derived dislike_ratio feature is not item metadata (architecture_changes
+        # compares its key): metadata names only.
+        old_features = metadata_feature_names(manifest.get("item_feature_sizes", {}))
+        new_features = metadata_feature_names(ds.item_feature_sizes)
         if old_features != new_features:
             hint = (
                 "; the store holds no usable item metadata for these items (`twotower ingest` "

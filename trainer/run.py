@@ -19,6 +19,7 @@ from trainer.checkpoints import checkpoint_paths, is_chief, prune_stale_runs, ru
 from trainer.config import SOURCE_DEFAULTS, TrainerConfig
 from trainer.data.dataset import Dataset, EvalSet, Examples
 from trainer.data.examples import build_eval_set, build_judged_set, build_train_examples
+from trainer.data.item_quality import DISLIKE_RATIO, tower_item_features
 from trainer.data.sources import load_source
 from trainer.data.split import apply_dislike_holdout
 from trainer.data.vocab import align_items, widen_feature_sizes
@@ -159,6 +160,9 @@ def train(
         cfg.split.dislike_valid_share,
         cfg.split.dislike_holdout_users,
     )
+    # The item tower's features: metadata, plus the train-split dislike ratio when asked
+    # for (computed here, after the holdout, from TRAIN events only).
+    tower_features, tower_sizes = tower_item_features(ds, cfg.model)
     seed_everything(cfg.train.seed)
     strategy = make_strategy(cfg.train.strategy)
     H, D = cfg.model.history_length, cfg.model.dislike_length
@@ -190,7 +194,7 @@ def train(
             else None
         )
         with strategy.scope():
-            model = TwoTowerModel(cfg, ds.num_items, ds.item_features, ds.item_feature_sizes, probs)
+            model = TwoTowerModel(cfg, ds.num_items, tower_features, tower_sizes, probs)
             model.build_all()
         summary = warm_start(model, out, warm_from) if warm_from else None
         trainer = Trainer(
@@ -285,7 +289,11 @@ def train(
     extra = {
         "training": training,
         "metrics_other_similarity": {"similarity": other, "metrics": metrics_other},
-        "item_feature_sizes": dict(ds.item_feature_sizes) if cfg.model.use_item_features else {},
+        "item_feature_sizes": {
+            name: size
+            for name, size in tower_sizes.items()
+            if cfg.model.use_item_features or name == DISLIKE_RATIO
+        },
         "eval": eval_notes(ds, test, metrics, H, "test", cfg.split.dislike_holdout),
     }
     interrupts.check()

@@ -19,6 +19,7 @@ import numpy as np
 
 from trainer._tf import keras, tf
 from trainer.config import ModelConfig
+from trainer.data.item_quality import DISLIKE_RATIO
 
 
 def _mlp(hidden: int, dim: int, dropout: float, name: str) -> keras.Sequential:
@@ -38,7 +39,9 @@ class ItemTower(keras.Model):
       num_items: N; the id table has N + 1 rows (row 0 = padding).
       config: model section of the trainer config.
       item_features: name -> int array [N] of categorical values per item
-        (0 = unknown); looked up by token inside the graph.
+        (0 = unknown); looked up by token inside the graph. Item metadata is used
+        with ``config.use_item_features``; the derived ``dislike_ratio`` feature
+        (:mod:`trainer.data.item_quality`) with ``config.item_dislike_ratio_buckets`` > 0.
       feature_sizes: name -> number of values of that feature (incl. 0).
     """
 
@@ -62,15 +65,21 @@ class ItemTower(keras.Model):
         )
         self._feature_tables: dict[str, tf.Tensor] = {}
         self._feature_embeddings: dict[str, keras.layers.Embedding] = {}
-        if config.use_item_features and item_features:
-            for fname, values in sorted(item_features.items()):
-                # Token 0 (padding) maps to feature value 0 (unknown).
-                table = np.concatenate([[0], np.asarray(values, dtype=np.int32)])
-                self._feature_tables[fname] = tf.constant(table, dtype=tf.int32)
-                size = int((feature_sizes or {}).get(fname, int(table.max()) + 1))
-                self._feature_embeddings[fname] = keras.layers.Embedding(
-                    size, dim, name=f"item_{fname}_embedding"
-                )
+        for fname, values in sorted((item_features or {}).items()):
+            # Metadata with model.use_item_features; the derived train-split dislike
+            # ratio (trainer/data/item_quality.py) with model.item_dislike_ratio_buckets.
+            if fname == DISLIKE_RATIO:
+                if config.item_dislike_ratio_buckets <= 0:
+                    continue
+            elif not config.use_item_features:
+                continue
+            # Token 0 (padding) maps to feature value 0 (unknown).
+            table = np.concatenate([[0], np.asarray(values, dtype=np.int32)])
+            self._feature_tables[fname] = tf.constant(table, dtype=tf.int32)
+            size = int((feature_sizes or {}).get(fname, int(table.max()) + 1))
+            self._feature_embeddings[fname] = keras.layers.Embedding(
+                size, dim, name=f"item_{fname}_embedding"
+            )
         self.mlp = _mlp(config.hidden_units, dim, config.dropout, "item_mlp")
 
     def call(self, tokens: tf.Tensor, training: bool = False) -> tf.Tensor:
