@@ -177,8 +177,11 @@ async def post_events(req: EventsRequest, state: StateDep) -> EventsResponse:
             len(adjusted),
             MAX_FUTURE_SKEW_S,
         )
+    first: dict[tuple[str, str], object] = {}
     for ev in events:
-        if ev.type == DISLIKE:
+        # A repeated (user_id, event_id) in one call is a duplicate the store does not apply:
+        # only the first copy may teach this process a dislike.
+        if first.setdefault((ev.user_id, ev.event_id), ev) is ev and ev.type == DISLIKE:
             state.dislike_cache.learn(ev.user_id, (ev.item_id,), complete=False)
     state.metrics.cache_users.set(len(state.dislike_cache))
     retry = {"Retry-After": str(service.STORE_RETRY_AFTER_S)}
