@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from feature_store.base import StoreError, user_hash
-from feature_store.events import Event
+from feature_store.events import EVENT_TYPES, Event
 
 SCHEMA = pa.schema(
     [
@@ -119,10 +119,55 @@ def erased_mask(table: pa.Table, tombstones: Mapping[str, float]) -> pa.Array:
 
 
 def read_file(path: Path) -> pa.Table:
+    """A committed export file, checked row by row (see :func:`check_table`)."""
     try:
-        return pq.read_table(path, schema=SCHEMA)
+        columns = pq.read_schema(path).names
+        table = pq.read_table(path, schema=SCHEMA)
     except (OSError, pa.ArrowInvalid) as exc:
         raise StoreError(f"{path}: committed export file unreadable: {exc}") from exc
+    check_table(table, path, columns)
+    return table
+
+
+def _first(mask: pa.ChunkedArray | pa.Array) -> int:
+    return int(pc.index(mask, True).as_py())
+
+
+def check_table(table: pa.Table, path: Path, columns: list[str]) -> None:
+    """Refuse a file no export run writes: a missing column (read back as nulls), a null,
+    an empty id, an unknown type, a ts or received_at that is not a finite positive number.
+
+    Args:
+      columns: the column names the file itself has (``pq.read_schema``): reading with
+        ``SCHEMA`` fills a missing one with nulls.
+    Raises StoreError naming ``path``, the row (0-based) and the column: such a file was
+    damaged or replaced, and training on it would silently learn from wrong events.
+    """
+    for name in SCHEMA.names:
+        if name not in columns:
+            raise StoreError(f"{path}: column {name!r} is missing; not an export file of this log")
+        column = table.column(name)
+        if column.null_count:
+            raise StoreError(f"{path}: row {_first(column.is_null())}: {name} is null")
+    for name in ("event_id", "user_id", "item_id"):
+        empty = pc.equal(pc.utf8_length(table.column(name)), 0)
+        if pc.any(empty).as_py():
+            raise StoreError(f"{path}: row {_first(empty)}: {name} is empty")
+    unknown = pc.invert(pc.is_in(table.column("type"), value_set=pa.array(sorted(EVENT_TYPES))))
+    if pc.any(unknown).as_py():
+        row = _first(unknown)
+        raise StoreError(
+            f"{path}: row {row}: unknown event type {table.column('type')[row].as_py()!r}"
+        )
+    for name in ("ts", "received_at"):
+        column = table.column(name)
+        bad = pc.or_(pc.invert(pc.is_finite(column)), pc.less_equal(column, 0.0))
+        if pc.any(bad).as_py():
+            row = _first(bad)
+            raise StoreError(
+                f"{path}: row {row}: {name}={column[row].as_py()!r} is not a finite number "
+                "of seconds since the epoch"
+            )
 
 
 def purge(
