@@ -14,7 +14,9 @@ no event and is not in the data set. A malformed line (a token that is not
 an id: anything but ASCII digits, e.g. ``-1``, ``1.5`` or ``²``, or a number
 above int64's range; see :mod:`trainer.data.ids`) raises a DataError naming
 file, line and token, or with ``skip_bad_lines`` is skipped and counted in
-``Dataset.skipped_lines``. Blank lines are ignored.
+``Dataset.skipped_lines``. Blank lines are ignored. A ``train.txt`` or
+``test.txt`` without any (user, item) pair (empty, truncated, only item-less
+user lines) is a DataError naming the file.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def _parse_slow(numbered: list[tuple[int, str]], bad: BadLines) -> tuple[np.ndar
 
 def read_split_file(path: Path, bad: BadLines) -> tuple[np.ndarray, np.ndarray]:
     """(users [E], items [E]) int64 of one file, one entry per listed (user, item) pair."""
-    text = path.read_bytes().decode("utf-8", errors="replace")
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")  # a leading BOM is not data
     numbered = [(i, line) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
     parsed = _parse_fast([line for _, line in numbered])
     return parsed if parsed is not None else _parse_slow(numbered, bad)
@@ -109,7 +111,7 @@ def read_lightgcn(
     root = check_directory(directory)
     users, items, splits = [], [], []
     skipped = 0
-    for name, split, _required in FILES:
+    for name, split, required in FILES:
         path = root / name
         if not path.is_file():  # only valid.txt is optional (check_directory)
             log.warning("%s: no %s; the data set has no validation split", root, name)
@@ -117,6 +119,14 @@ def read_lightgcn(
         bad = BadLines(str(path), skip_bad_lines)
         u, i = read_split_file(path, bad)
         skipped += bad.report()
+        if not len(u) and required:
+            # Empty, truncated to nothing, or only item-less user lines: training on no
+            # train pair, or scoring on no test pair, would be a silently meaningless model.
+            raise DataError(
+                f"no (user, item) pair in {name}: empty or truncated? ('user item item ...' "
+                "per line)",
+                path=str(path),
+            )
         users.append(u)
         items.append(i)
         splits.append(np.full(len(u), split, dtype=np.int8))

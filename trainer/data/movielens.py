@@ -130,7 +130,7 @@ def _slow_rows(
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:
     """(1-based line number, text) of the non-blank lines."""
-    text = path.read_bytes().decode("utf-8", errors="replace")
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")  # a leading BOM is not data
     return [(i, line) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
@@ -182,7 +182,7 @@ def _udata_genres(path: Path, bad: BadLines) -> tuple[np.ndarray, np.ndarray, in
 
 def _csv_genres(path: Path, bad: BadLines) -> tuple[np.ndarray, np.ndarray, int] | None:
     """(item ids, first genre numbered from 1, vocabulary size) from ``movies.csv``."""
-    text = path.read_bytes().decode("utf-8", errors="replace")
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")
     rows = list(csv.reader(io.StringIO(text)))
     ids, first = [], []
     for no, row in enumerate(rows[1:], start=2):

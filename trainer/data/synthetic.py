@@ -133,6 +133,8 @@ def parse_params(arg: str) -> SyntheticParams:
             near = difflib.get_close_matches(key, FIELDS, n=1, cutoff=0.6)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise DataError(f"synthetic: unknown key {key!r}{hint}; keys: {', '.join(FIELDS)}")
+        if key in values:
+            raise DataError(f"synthetic: {key} is given twice; give each key once")
         raw = raw.strip()
         is_int = FIELDS[key] == "int"
         # ASCII only: int() and float() also read Unicode digits ('\u0663' -> 3).
