@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recent", type=int, default=5, help="recent dislikes used for demotion")
     args = p.parse_args(argv)
 
+    from common import artifacts
     from serving.model import load_model
     from serving.retrieval import Demotion, Query, run_batch
     from trainer.data.examples import build_eval_set
@@ -40,7 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.data.vocab import align_items
     from trainer.metrics import ranking_metrics
     from trainer.run import train, trainer_config
-    from twotower import artifacts
 
     spec = f"movielens:{SHARED_DATA / 'ml-100k' / 'u.data'}"
     ds = load_source(spec)

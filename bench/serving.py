@@ -133,10 +133,10 @@ def load_users(num_users: int, catalog: list[str], seed: int, ml100k: Path | Non
 
 def in_process(art: Path, users: int, iterations: int) -> dict[str, Any]:
     """The same work as /v1/recommend without HTTP: store read + tower + FAISS + filtering."""
+    from common import artifacts
     from feature_store import open_store
     from serving.model import configure_threads, load_model
     from serving.retrieval import Query, run_batch
-    from twotower import artifacts
 
     configure_threads(1, 1)
     model = load_model(art, artifacts.latest_version(art))
@@ -196,8 +196,8 @@ def in_process(art: Path, users: int, iterations: int) -> dict[str, Any]:
 
 
 def bench_corpus(name: str, art: Path, users: int, duration: int, tmp: Path) -> dict[str, Any]:
+    from common import artifacts
     from tests.serving.server import running_server
-    from twotower import artifacts
 
     manifest = artifacts.read_manifest(art)
     out: dict[str, Any] = {
@@ -375,7 +375,7 @@ def main() -> int:
 
 
 def _catalog(art: Path) -> list[str]:
-    from twotower import artifacts
+    from common import artifacts
 
     with np.load(
         artifacts.version_dir(art, artifacts.latest_version(art)) / artifacts.ITEMS

@@ -53,7 +53,7 @@ class SeedError(ValueError):
 
 def published_version(art: Path) -> str | None:
     """The version ``ART/LATEST`` names, if that version is complete (has its manifest)."""
-    from twotower.artifacts import MANIFEST, latest_version, version_dir
+    from common.artifacts import MANIFEST, latest_version, version_dir
 
     version = latest_version(art)
     if version and (version_dir(art, version) / MANIFEST).is_file():

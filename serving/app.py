@@ -248,7 +248,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> FastAPI:
     """The API for ``settings`` (nothing is loaded until the lifespan starts)."""
     if not settings.artifacts.is_dir():
-        from twotower.artifacts import ArtifactError
+        from common.artifacts import ArtifactError
 
         raise ArtifactError(f"artifacts directory {settings.artifacts} does not exist")
     app = FastAPI(
@@ -326,7 +326,7 @@ def _add_access_control(app: FastAPI, settings: Settings, state: AppState) -> No
 
 def create_app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` and worker processes: settings from ``TWOTOWER_SERVE_*``."""
-    from twotower.tf_logging import import_tensorflow_quietly
+    from common.tf_logging import import_tensorflow_quietly
 
     # Worker processes start fresh: keep TensorFlow's start-up notices out of their stderr too.
     import_tensorflow_quietly()

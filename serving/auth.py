@@ -44,8 +44,8 @@ from typing import Any
 
 from starlette.routing import compile_path
 
+from common.config import ConfigError
 from serving.ratelimit import RateLimiter
-from twotower.config import ConfigError
 
 log = logging.getLogger(__name__)
 

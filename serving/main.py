@@ -27,8 +27,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from twotower.artifacts import ArtifactError
-from twotower.config import ConfigError
+from common.artifacts import ArtifactError
+from common.config import ConfigError
 
 log = logging.getLogger(__name__)
 

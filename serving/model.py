@@ -20,7 +20,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from twotower import artifacts
+from common import artifacts
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

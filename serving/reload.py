@@ -14,7 +14,7 @@ waiting for LATEST to change: ``poll_s``, then twice that, and so on up to
 
 Only versions under the artifact root are loaded: a LATEST naming ``../x``, an
 absolute path, or a version that is (or holds) a symlink out of the root is a
-failed load (:func:`twotower.artifacts.contained_version_dir`), logged, and the
+failed load (:func:`common.artifacts.contained_version_dir`), logged, and the
 current version keeps serving.
 """
 
@@ -26,9 +26,9 @@ import os
 import time
 from collections.abc import Callable
 
+from common import artifacts
 from serving.model import LoadedModel, load_model
 from serving.tasks import cancel_task
-from twotower import artifacts
 
 log = logging.getLogger(__name__)
 

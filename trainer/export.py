@@ -1,4 +1,4 @@
-"""Export a trained model as a versioned artifact (layout in ``twotower/artifacts.py``)."""
+"""Export a trained model as a versioned artifact (layout in ``common/artifacts.py``)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from common import artifacts, interrupts
 from trainer._tf import tf
 from trainer.index_build import build_index, write_index
 from trainer.model import TwoTowerModel, l2_normalize
-from twotower import artifacts, interrupts
 
 log = logging.getLogger(__name__)
 

@@ -332,11 +332,11 @@ def evaluate_on_holdout(art: str | Path, version: str, holdout: Holdout) -> dict
     answers (the same for every version). Returns the metrics dict (``num_users``
     = the holdout's users with a target, ``num_users_judged`` = its judged users).
     """
+    from common.tf_logging import import_tensorflow_quietly
     from trainer.data.examples import build_eval_set, build_judged_set
     from trainer.data.vocab import align_items
     from trainer.evaluate import evaluate, version_neighbors
     from trainer.metrics import JUDGED_NOT_MEASURED, ranking_metrics
-    from twotower.tf_logging import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from trainer.run import ExportedModel

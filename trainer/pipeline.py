@@ -48,12 +48,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common import artifacts
+from common.config import ConfigError, load_config
 from trainer import reports
 from trainer.config import TrainerConfig
 from trainer.gate import GateRule, apply_gate, check_gate_names
 from trainer.schedule import next_run_delay, run_forever
-from twotower import artifacts
-from twotower.config import ConfigError, load_config
 
 log = logging.getLogger(__name__)
 

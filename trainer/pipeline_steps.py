@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from common import artifacts
 from trainer.config import TrainerConfig, architecture_changes
 from trainer.data.item_quality import metadata_feature_names
 from trainer.gate import (
@@ -44,7 +45,6 @@ from trainer.snapshot import (
     prune_snapshots,
     write_snapshot,
 )
-from twotower import artifacts
 
 if TYPE_CHECKING:
     from feature_store.events import Event
@@ -183,7 +183,7 @@ def _train(
     progress: bool,
 ) -> TrainOutcome:
     """Train into the checkpoint dir of ``key``; a failed warm start falls back to a cold one."""
-    from twotower.tf_logging import import_tensorflow_quietly
+    from common.tf_logging import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from trainer.run import train

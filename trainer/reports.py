@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from twotower import artifacts
+from common import artifacts
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from common import artifacts, interrupts
+from common.config import load_config
 from trainer._tf import tf
 from trainer.checkpoints import checkpoint_paths, is_chief, prune_stale_runs, run_directory
 from trainer.config import SOURCE_DEFAULTS, TrainerConfig
@@ -44,8 +46,6 @@ from trainer.train import (
     seed_everything,
 )
 from trainer.warmstart import load_version_items, warm_start
-from twotower import artifacts, interrupts
-from twotower.config import load_config
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def train(
     with their own retention pass False). Returns the new version id and its
     metrics.
 
-    Under :func:`twotower.interrupts.handled`, Ctrl-C stops the run at any phase
+    Under :func:`common.interrupts.handled`, Ctrl-C stops the run at any phase
     (a swallowed ``KeyboardInterrupt`` is raised again at the next step or
     phase) and nothing is published; the checkpoint directory stays, so the
     same call resumes.

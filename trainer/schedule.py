@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from twotower.config import ConfigError
+from common.config import ConfigError
 
 log = logging.getLogger(__name__)
 

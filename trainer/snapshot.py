@@ -43,9 +43,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common import artifacts
 from feature_store.events import Event
 from feature_store.export_files import SCHEMA as EXPORT_SCHEMA
-from twotower import artifacts
 
 SNAPSHOTS_DIR = "snapshots"
 EVENTS_FILE = "events.parquet"

@@ -37,13 +37,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from common import interrupts
+from common.config import ConfigError
 from trainer._tf import keras, tf
 from trainer.config import TrainerConfig
 from trainer.data.dataset import EvalSet, Examples
 from trainer.metrics import ranking_metrics, topk_all_ranking
 from trainer.model import TwoTowerModel, l2_normalize
-from twotower import interrupts
-from twotower.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class Trainer:
     def fit(self, resume: bool = True) -> TrainResult:
         """Train to ``train.epochs`` (or early stopping), resuming when a checkpoint exists.
 
-        Ctrl-C stops it between two steps (see :mod:`twotower.interrupts`); the
+        Ctrl-C stops it between two steps (see :mod:`common.interrupts`); the
         last checkpoint is where the same run resumes.
 
         Raises:

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from common import artifacts
 from trainer._tf import tf
 from trainer.config import TrainerConfig, architecture_changes
 from trainer.model import TwoTowerModel
-from twotower import artifacts
 
 log = logging.getLogger(__name__)
 

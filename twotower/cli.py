@@ -47,7 +47,8 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
-from twotower import __version__, interrupts
+from common import interrupts
+from twotower import __version__
 
 log = logging.getLogger("twotower")
 
@@ -78,9 +79,9 @@ EPOCHS_HELP = "shorthand for --set train.epochs=N"
 
 def _input_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean "bad usage or bad input" (exit 2)."""
+    from common.artifacts import ArtifactError
+    from common.config import ConfigError
     from feature_store.events import EventError
-    from twotower.artifacts import ArtifactError
-    from twotower.config import ConfigError
 
     types: list[type[BaseException]] = [ConfigError, EventError, ArtifactError]
     try:
@@ -398,17 +399,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_args(args)  # milliseconds, before TensorFlow and before any data is read
         with _ctrl_c_handled(args.command):
             if args.command in TF_COMMANDS:  # before anything imports it: its notices are noise
-                from twotower.tf_logging import import_tensorflow_quietly
+                from common.tf_logging import import_tensorflow_quietly
 
                 import_tensorflow_quietly()
                 # TensorFlow's import runs bare ``except:`` blocks: a Ctrl-C they swallowed
-                # is still recorded (twotower.interrupts) and stops the command here.
+                # is still recorded (common.interrupts) and stops the command here.
                 interrupts.check()
             return args.func(args)
     except KeyboardInterrupt:
         # SPEC's exit codes are 0, 2 and 1 ("anything else"): an interrupted run is 1.
         # Training checkpoints as it goes: the same command picks up where this one stopped.
-        from twotower.interrupts import EXIT_STATUS, RESUME_HINT
+        from common.interrupts import EXIT_STATUS, RESUME_HINT
 
         resumable = args.command in ("train", "pipeline")
         print(

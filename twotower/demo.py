@@ -66,7 +66,7 @@ def _hold_work_dir(work: Path) -> IO[bytes]:
     Raises:
       ConfigError: another running demo holds the directory.
     """
-    from twotower.config import ConfigError
+    from common.config import ConfigError
 
     handle = (work / ".demo.lock").open("a+b")
     try:
@@ -86,13 +86,13 @@ def demo_command(args: argparse.Namespace) -> int:
         # Before any work: a demo already running on this port would otherwise get a
         # second one's training published into its artifacts (and hot-swap it) first.
         check_port(args.host, args.port)
-    from twotower.tf_logging import import_tensorflow_quietly
+    from common.tf_logging import import_tensorflow_quietly
 
     import_tensorflow_quietly()  # also when called directly, not through the CLI
+    from common import artifacts
     from feature_store import open_store, run_sync
     from trainer.data.sources import load_source
     from trainer.run import ExportedModel, train, trainer_config
-    from twotower import artifacts
     from twotower.ingest import ingest_dataset
 
     work = Path(args.dir).resolve()

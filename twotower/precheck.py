@@ -17,8 +17,8 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from twotower import artifacts
-from twotower.artifacts import ArtifactError
+from common import artifacts
+from common.artifacts import ArtifactError
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -52,8 +52,8 @@ def _published(flag: str, art: str, version: str | None) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from common.config import load_config
     from trainer.config import SOURCE_DEFAULTS, TrainerConfig
-    from twotower.config import load_config
 
     _source(args.data)
     # The layering of trainer.run.trainer_config (tuned defaults < file < env < --set).

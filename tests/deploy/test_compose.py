@@ -19,10 +19,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from common.config import load_config
 from serving.settings import Settings
 from tests.deploy import _deploy as d
 from trainer.pipeline import PipelineConfig, next_run_delay
-from twotower.config import load_config
 
 SCHEMA = json.loads((Path(__file__).parent / "compose_schema.json").read_text())
 

@@ -112,7 +112,7 @@ def test_dockerignore_keeps_out(path):
         "README.md",
         "constraints.txt",
         "twotower/cli.py",
-        "twotower/artifacts.py",
+        "common/artifacts.py",
         "twotower/py.typed",
         "trainer/data/sources.py",
         "serving/app.py",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from common import artifacts
 from tests.deploy import _deploy as d
-from twotower import artifacts
 
 seed = d.load_script("seed")
 TINY = "synthetic:users=150,items=80,events_per_user=12,seed=3"

@@ -25,8 +25,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from common import artifacts
 from tests.deploy import _deploy as d
-from twotower import artifacts
 
 TINY = "synthetic:users=200,items=120,events_per_user=15,seed=5"
 API_KEY = "e2e-api-key-" + "7" * 32

@@ -16,7 +16,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from twotower import artifacts
+from common import artifacts
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 

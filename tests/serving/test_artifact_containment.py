@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from common import artifacts
+from common.artifacts import ArtifactError, check_version_id, contained_version_dir
 from tests.serving.artifact_factory import make_artifact, read_json
-from twotower import artifacts
-from twotower.artifacts import ArtifactError, check_version_id, contained_version_dir
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import serving.batcher
+from common import artifacts
 from serving.batcher import Batcher, BatcherClosed, run_isolated
 from serving.model import LoadedModel, load_model
 from serving.retrieval import Query, run_batch
-from twotower import artifacts
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from common import artifacts
 from tests.serving.artifact_factory import make_artifact
-from twotower import artifacts
 
 
 def _ids(resp: dict) -> list[str]:

@@ -17,10 +17,10 @@ import httpx
 import numpy as np
 import pytest
 
+from common import artifacts
 from tests.serving.artifact_factory import make_artifact
 from tests.serving.conftest import redis_url
 from tests.serving.server import running_server
-from twotower import artifacts
 
 pytestmark = pytest.mark.slow
 

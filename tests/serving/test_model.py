@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from common import artifacts
 from serving.model import (
     GPU_MAX_K,
     GPU_MAX_NPROBE,
@@ -18,7 +19,6 @@ from serving.model import (
     place_index,
 )
 from tests.serving.artifact_factory import make_artifact
-from twotower import artifacts
 
 
 class FakeFaiss:

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from fastapi.testclient import TestClient
 
+from common import artifacts
 from serving.reload import retry_delay
 from serving.retrieval import Query
 from tests.serving.artifact_factory import make_artifact
-from twotower import artifacts
 
 
 def test_publish_swaps_and_old_version_finishes_and_is_released(

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from common.config import ConfigError, load_config
 from trainer._tf import tf
 from trainer.config import TrainerConfig, architecture_changes
 from trainer.export import SIGNATURE, ServingTower, embed_in_chunks, serving_embed
 from trainer.losses import sampled_softmax_ntr
 from trainer.model import TwoTowerModel
-from twotower.config import ConfigError, load_config
 
 N_ITEMS, H, D = 40, 6, 5
 SMALL = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.config import ConfigError, load_config
 from trainer.config import TrainerConfig
 from trainer.data.dataset import DISLIKE, HOLDOUT, POSITIVE, TEST, TRAIN, VALID, EvalSet
 from trainer.data.examples import build_eval_set, build_judged_set, build_train_examples
@@ -24,7 +25,6 @@ from trainer.metrics import (
     judged_metrics,
     like_dislike_auc,
 )
-from twotower.config import ConfigError, load_config
 
 P, D = POSITIVE, DISLIKE
 
@@ -408,10 +408,10 @@ def test_the_issue_repro_publishes_and_a_worse_recall_is_still_refused(tmp_path)
     import sys
     from pathlib import Path
 
+    from common import artifacts
+    from common.config import load_config
     from tests.trainer.test_pipeline import BAD_CANDIDATE, _append, _ingest, _likes
     from trainer.pipeline import PipelineConfig, run_once
-    from twotower import artifacts
-    from twotower.config import load_config
 
     sets = [
         "train.epochs=3",

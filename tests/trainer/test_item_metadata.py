@@ -15,6 +15,7 @@ import logging
 import numpy as np
 import pytest
 
+from common import artifacts
 from feature_store import open_store
 from feature_store.events import make_event
 from feature_store.log import METADATA_FILE, compact, read_compacted, read_item_metadata
@@ -26,7 +27,6 @@ from trainer.data.sources import load_source
 from trainer.data.vocab import align_items, widen_feature_sizes
 from trainer.pipeline_steps import _warm_version, events_dataset
 from trainer.snapshot import ITEMS_FILE, SnapshotError, load_item_metadata, write_snapshot
-from twotower import artifacts
 from twotower.ingest import ingest_dataset, item_metadata
 
 SYNTH = "synthetic:users=60,items=40,events_per_user=12,categories=6,seed=11"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from common import artifacts
 from tests.trainer.tiny import TINY, TINY_SETS
-from twotower import artifacts
 
 REPO = Path(__file__).resolve().parents[2]
 SETS = [*TINY_SETS, "train.epochs=2", "train.checkpoint_every=3", "loss.mixed_negatives=8"]

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common import artifacts
+from common.config import ConfigError, load_config
 from feature_store import open_store, run_sync
 from feature_store.events import make_event
 from tests.trainer.tiny import TINY, TINY_SETS
@@ -31,8 +33,6 @@ from trainer.pipeline import (
     run_lock,
     run_once,
 )
-from twotower import artifacts
-from twotower.config import ConfigError, load_config
 from twotower.ingest import ingest_dataset
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from common import artifacts
 from feature_store.events import Event
 from feature_store.log import read_compacted
 from tests.trainer.test_pipeline import DATA, SETS, _config, _ingest
@@ -21,7 +22,6 @@ from trainer.snapshot import (
     pinned_versions,
     write_snapshot,
 )
-from twotower import artifacts
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common import artifacts
 from tests.trainer.tiny import TINY, TINY_SETS
 from trainer.data.sources import load_source
 from trainer.index_build import read_index
 from trainer.run import ExportedModel, evaluate_version, train, trainer_config
-from twotower import artifacts
 
 SETS = [*TINY_SETS, "train.checkpoint_every=5"]
 SPEC_METRICS = [f"{m}@{k}" for m in ("recall", "ndcg", "hit_rate") for k in (10, 20, 50)] + [

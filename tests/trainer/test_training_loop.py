@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common import artifacts
 from tests.trainer.tiny import TINY, TINY_SETS
 from trainer._tf import tf
 from trainer.checkpoints import (
@@ -32,7 +33,6 @@ from trainer.run import (
     training_examples,
 )
 from trainer.train import Trainer, epoch_line, format_duration, seed_everything
-from twotower import artifacts
 from twotower.cli import main
 
 # Adam's step with this rate moves no float32 weight of the tiny model: every epoch

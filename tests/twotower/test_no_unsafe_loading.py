@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("twotower", "trainer", "serving", "feature_store", "deploy", "bench")
+PACKAGES = ("twotower", "trainer", "serving", "feature_store", "common", "deploy", "bench")
 UNSAFE = {
     "pickle": re.compile(r"\b(c?pickle|dill|cloudpickle|joblib|shelve|marshal)\b"),
     "allow_pickle=True": re.compile(r"allow_pickle\s*=\s*True"),
@@ -49,9 +49,9 @@ def test_np_load_refuses_pickled_arrays_by_default(tmp_path: Path) -> None:
 
 
 def test_serving_refuses_a_version_whose_item_table_is_a_pickle(tmp_path: Path) -> None:
+    from common import artifacts
     from serving.model import load_model
     from tests.serving.artifact_factory import make_artifact
-    from twotower import artifacts
 
     version = make_artifact(tmp_path, num_items=20, seed=3)
     items = artifacts.version_dir(tmp_path, version) / artifacts.ITEMS

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from twotower import artifacts
+from common import artifacts
 
 
 def _write_version(art, payload="x", publish=True):

@@ -1,4 +1,4 @@
-"""Ctrl-C handling (twotower.interrupts): a swallowed KeyboardInterrupt is not a lost
+"""Ctrl-C handling (common.interrupts): a swallowed KeyboardInterrupt is not a lost
 request, deferred sections finish first, a second Ctrl-C always exits.
 
 Every signal is sent to a child process: the test process's own handlers stay as they are.
@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from twotower import interrupts
+from common import interrupts
 
 REPO = Path(__file__).resolve().parents[2]
 
 # Runs the script's body under interrupts.handled(); prints what happened.
 PRELUDE = """
 import os, signal, sys, time
-from twotower import interrupts
+from common import interrupts
 
 def ctrl_c():
     os.kill(os.getpid(), signal.SIGINT)

@@ -1,7 +1,7 @@
 import pytest
 
+from common.config import ConfigError, load_config
 from trainer.config import TrainerConfig
-from twotower.config import ConfigError, load_config
 
 
 def test_layers_apply_in_order(tmp_path):
