@@ -107,7 +107,10 @@ class Reloader:
                 valid = version is None or artifacts.VERSION_ID.fullmatch(version)
                 self.on_published(version if valid else "<invalid>")
             current = self.holder.current
-            if version is None or (current is not None and current.version == version):
+            if current is not None and current.version == version:
+                self.holder.last_error = None  # LATEST names what is served (e.g. a rollback)
+                return False
+            if version is None:
                 return False
             if version == self.failed_version and self.clock() < self.retry_at:
                 return False

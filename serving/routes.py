@@ -297,12 +297,19 @@ async def readyz(
         problems.append(f"batcher not running ({state.batcher.last_error or 'stopped'})")
     if not store_ok and store == "required":
         problems.append(f"store unreachable ({state.store_error or 'ping failed or timed out'})")
+    notes = list(problems)
+    if model is not None and state.holder.last_error:
+        # Still ready (the last good version answers), but say that LATEST names another.
+        notes.append(
+            f"serving {model.version}: the published version failed to load "
+            f"({state.holder.last_error})"
+        )
     body = HealthResponse(
         status="ready" if not problems else "not_ready",
         model_version=model.version if model else None,
         store="ok" if store_ok else "unreachable",
         batcher="ok" if batcher_ok else "dead",
-        detail="; ".join(problems) or None,
+        detail="; ".join(notes) or None,
     )
     return JSONResponse(body.model_dump(), status_code=200 if not problems else 503)
 

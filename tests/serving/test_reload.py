@@ -86,6 +86,26 @@ def test_broken_new_version_keeps_serving_the_old_one(
     assert c.portal.call(state.reloader.check_once) is True and state.holder.current.version == v3
 
 
+def test_readyz_says_the_published_version_failed_and_a_rollback_clears_it(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    art = tmp_path / "art"
+    v1 = make_artifact(art, num_items=60, seed=1)
+    c = make_client(artifacts=art)
+    state = c.app.state.twotower
+    assert c.get("/readyz").json()["detail"] is None
+    v2 = make_artifact(art, num_items=60, seed=2)
+    (artifacts.version_dir(art, v2) / artifacts.INDEX).write_bytes(b"not a faiss index")
+    assert c.portal.call(state.reloader.check_once) is False
+    ready = c.get("/readyz")
+    # Still ready: the last good version answers; the detail names both.
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert v1 in ready.json()["detail"] and v2 in ready.json()["detail"]
+    artifacts.publish(art, v1)  # rollback: LATEST names what is served again
+    assert c.portal.call(state.reloader.check_once) is False
+    assert c.get("/readyz").json()["detail"] is None and state.holder.last_error is None
+
+
 def test_retry_delay_doubles_up_to_the_cap() -> None:
     assert [retry_delay(n, 2.0, 30.0) for n in range(1, 7)] == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
 
