@@ -52,6 +52,11 @@ class LossConfig(_Section):
     """tau: logits are cos(u, v) / tau."""
     logq: Literal["streaming", "counts", "none"] = "streaming"
     """Where the logQ correction's sampling probability comes from."""
+    logq_label: Literal["corrected", "exact"] = "corrected"
+    """``corrected``: every logit, the row's own label's too, gets -log q (LOSSES.md);
+    ``exact``: the row's own label is not a Monte Carlo sample of its partition and
+    gets none, the other candidates keep theirs ("Correcting the LogQ Correction",
+    Khrylchenko et al. 2025; see trainer/losses.py)."""
     ntr_weight: float = Field(20.0, ge=0.0)
     """lambda of the not-to-recommend term; 0 disables it."""
     dislike_weight: float = Field(1.0, ge=0.0)

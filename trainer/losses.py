@@ -84,6 +84,30 @@ loss_0 = 0.339178 -> 0.553283. Row 1 gets 12 (z = 1.0 / 0.5 = 2.0), its 11
 is its own label and is dropped: loss_1 = 0.523878 -> 0.723444. Row 2 gets
 nothing: ntr_2 = 0.862204 as before. L = 0.638363 + 0.5 * 0.862204 = 1.069465.
 
+The label's correction (``loss.logq_label``, ``corrected`` by default)
+----------------------------------------------------------------------
+``corrected`` is LOSSES.md (Yi et al. 2019): every logit, the row's own
+label's included, is ``s - log q`` with ``s = u . v / tau``. ``exact`` follows
+Khrylchenko et al., "Correcting the LogQ Correction" (RecSys 2025): the
+full-softmax gradient of a positive row is
+``-(1 - P_y) grad s_y + sum_{j != y} P_j grad s_j = (1 - P_y) (-grad s_y +
+E_{j ~ P(. | j != y)} grad s_j)``. Only the expectation over the *other*
+items is estimated from C; the label is in the row's partition with
+probability 1, it is not a Monte Carlo sample, so its logit is not
+corrected. Self-normalised importance sampling over C (weights ``exp(s_j -
+log q_j)``) gives the loss ``softplus(o_r - s_r)`` with ``o_r`` as above
+(the other items' corrected logits) and the label's logit ``s_r`` =
+``u_r . v_r / tau`` **without** -log q: its gradient is ``(1 - P^_y)(-grad s_y +
+the estimate)``, where ``P^_y = sigmoid(s_r - o_r)`` estimates P_y, the
+paper's sample weight (the model's probability of missing the label). The
+same holds wherever the row's own label enters its partition: the NTR
+term's ``p = sigmoid(s_r - o_r)`` of a dislike row, and, without accidental
+hit removal, the own slot (the label's *other* copies in C stay samples
+and keep -log q). The candidates' logits, dislike negatives (log q = 0)
+and deduplication are unchanged. On LOSSES.md's worked example:
+loss_0 = 0.591992, loss_1 = 1.322890, ntr_2 = 0.128250 (p = 0.120367),
+L = 0.957441 + 0.5 * 0.128250 = 1.021566 (``tests/trainer/test_losses.py``).
+
 Under ``tf.distribute`` (:class:`NTRRetrievalTask` inside ``strategy.run``)
 the in-batch candidate slots are all-gathered from every replica, so a
 replica's rows see the global batch's candidate set, and the per-replica
@@ -116,6 +140,12 @@ _MASKED = -1e9
 _Q_MIN, _Q_MAX = 1e-6, 1.0
 
 LogQ: TypeAlias = Callable[[tf.Tensor], tf.Tensor] | tf.Tensor | None
+LogQLabel: TypeAlias = Literal["corrected", "exact"]
+
+
+def _check_logq_label(value: str) -> None:
+    if value not in ("corrected", "exact"):
+        raise ValueError(f"loss.logq_label must be 'corrected' or 'exact', got {value!r}")
 
 
 class LossOutput(NamedTuple):
@@ -169,6 +199,8 @@ def _row_terms(
     dedupe: bool = False,
     neg_item: tf.Tensor | None = None,
     neg_ids: tf.Tensor | None = None,
+    exact_label: bool = False,
+    own_slot: tf.Tensor | None = None,
 ) -> _RowTerms:
     """Per-row terms for rows [B] against candidate slots [K] (all inputs normalised).
 
@@ -177,12 +209,17 @@ def _row_terms(
     keeps only the first valid slot of each item id. ``neg_item`` [B, N, d] and
     ``neg_ids`` [B, N] (0 = padding) are each row's dislike negatives: extra
     candidates of that (positive) row only, with log q = 0 (module docstring).
+    ``exact_label``: the row's own label logit carries no -log q (``loss.logq_label``
+    = ``exact``); ``own_slot`` bool [B, K] marks each positive row's own slot (needed
+    then without hit removal, where the other copies of the label stay samples).
     """
     positive = is_positive > 0.5
     dislike = tf.logical_not(positive)
     if dedupe:
         cand_valid = _first_valid_slots(cand_ids, cand_valid)
-    own_z = tf.reduce_sum(user * own_item, axis=-1) / temperature - own_logq  # [B]
+    own_s = tf.reduce_sum(user * own_item, axis=-1) / temperature  # [B]
+    own_z = own_s - own_logq  # [B], the label as a sample of C
+    label_z = own_s if exact_label else own_z  # [B], the label's logit in its own partition
     z = tf.matmul(user, cand_item, transpose_b=True) / temperature - cand_logq[None, :]  # [B, K]
     same = tf.equal(own_ids[:, None], cand_ids[None, :])  # [B, K]
     other = tf.logical_and(cand_valid[None, :], tf.logical_not(same))
@@ -211,7 +248,23 @@ def _row_terms(
 
     if remove_accidental_hits or dedupe:
         # Deduplicated: the row's label is in C once, as its own slot (no other copies).
-        ssm = tf.nn.softplus(tf.where(has_other, lse_other - own_z, _MASKED))
+        ssm = tf.nn.softplus(tf.where(has_other, lse_other - label_z, _MASKED))
+    elif exact_label:
+        # The own slot holds the label, uncorrected; other copies of it stay samples.
+        if own_slot is None:
+            raise ValueError("exact_label without hit removal needs own_slot")
+        lse_all = tf.reduce_logsumexp(
+            tf.concat(
+                [
+                    label_z[:, None],
+                    tf.where(cand_valid[None, :] & tf.logical_not(own_slot), z, _MASKED),
+                    tf.where(neg_valid, zn, _MASKED),
+                ],
+                axis=1,
+            ),
+            axis=1,
+        )
+        ssm = lse_all - label_z
     else:
         # Every candidate slot, own slot included (a positive row's own slot is a candidate).
         lse_all = tf.reduce_logsumexp(
@@ -222,7 +275,7 @@ def _row_terms(
             axis=1,
         )
         ssm = lse_all - own_z
-    ntr = weight * tf.nn.softplus(tf.where(has_other, own_z - lse_other, _MASKED))
+    ntr = weight * tf.nn.softplus(tf.where(has_other, label_z - lse_other, _MASKED))
 
     f = lambda b: tf.cast(b, tf.float32)  # noqa: E731
     return _RowTerms(
@@ -303,6 +356,7 @@ def sampled_softmax_ntr(
     dedupe_candidates: bool = False,
     dislike_item: tf.Tensor | None = None,
     dislike_ids: tf.Tensor | None = None,
+    logq_label: LogQLabel = "corrected",
 ) -> LossOutput:
     """The loss of LOSSES.md on one (single-device) batch.
 
@@ -326,10 +380,13 @@ def sampled_softmax_ntr(
         negatives, or None (module docstring: extra candidates of positive rows,
         log q = 0).
       dislike_ids: int [B, N] their ids, 0 = padding, or None.
+      logq_label: ``corrected`` (LOSSES.md: the row's label logit is corrected like
+        every slot) or ``exact`` (no -log q on the row's own label; module docstring).
 
     Returns:
       :class:`LossOutput` of the batch.
     """
+    _check_logq_label(logq_label)
     ids = tf.reshape(tf.cast(item_ids, tf.int64), [-1])
     user, item = _normalize(user), _normalize(item)
     is_positive = tf.reshape(tf.cast(is_positive, tf.float32), [-1])
@@ -345,6 +402,11 @@ def sampled_softmax_ntr(
     all_ids = tf.concat([ids, extra_ids], axis=0)
     row_logq, extra_logq = _log_q_for(log_q, all_ids, rows)
     neg_item, neg_ids = _dislike_negatives(dislike_item, dislike_ids, rows)
+    # Slot k < B is row k's own label slot; the extras follow.
+    own_slot = tf.equal(
+        tf.range(rows, dtype=tf.int64)[:, None],
+        tf.range(tf.shape(all_ids, out_type=tf.int64)[0], dtype=tf.int64)[None, :],
+    )
     terms = _row_terms(
         user,
         item,
@@ -361,6 +423,8 @@ def sampled_softmax_ntr(
         dedupe=dedupe_candidates,
         neg_item=neg_item,
         neg_ids=neg_ids,
+        exact_label=logq_label == "exact",
+        own_slot=own_slot,
     )
     sums = _sums(terms)
     return _output(terms, sums, sums, ntr_weight)
@@ -420,6 +484,7 @@ class NTRRetrievalTask(keras.layers.Layer):
         (module docstring).
       dislike_negatives: N, the user's most recent dislikes each positive row
         receives as extra candidates (log q = 0; module docstring); 0 = none.
+      logq_label: ``corrected`` or ``exact`` (see :func:`sampled_softmax_ntr`).
     """
 
     def __init__(
@@ -434,9 +499,11 @@ class NTRRetrievalTask(keras.layers.Layer):
         remove_accidental_hits: bool = True,
         dedupe_candidates: bool = False,
         dislike_negatives: int = 0,
+        logq_label: LogQLabel = "corrected",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        _check_logq_label(logq_label)
         if logq not in ("streaming", "counts", "none"):
             raise ValueError(f"loss.logq must be 'streaming', 'counts' or 'none', got {logq!r}")
         if temperature <= 0.0:
@@ -471,6 +538,7 @@ class NTRRetrievalTask(keras.layers.Layer):
         self.remove_accidental_hits = bool(remove_accidental_hits)
         self.dedupe_candidates = bool(dedupe_candidates)
         self.dislike_negatives = int(dislike_negatives)
+        self.logq_label: LogQLabel = logq_label
 
     def _log_q(self, ids: tf.Tensor, num_extra: tf.Tensor) -> tf.Tensor:
         """float32 [n] log q for ids [n]; ``num_extra`` = M extras in the candidate set."""
@@ -548,7 +616,13 @@ class NTRRetrievalTask(keras.layers.Layer):
 
         # The candidate set is the global batch's: gather every replica's slots. The
         # extras are already global (the same M on every replica): never gathered.
-        g_item, g_ids, g_positive = all_gather_rows(item, ids, positive)
+        # A row's own slot in the gathered candidates: tagged (replica, row).
+        ctx = replica_context_to_gather()
+        replica = 0 if ctx is None else ctx.replica_id_in_sync_group
+        own_tag = tf.cast(replica, tf.int64) * (1 << 32) + tf.range(
+            tf.shape(ids, out_type=tf.int64)[0], dtype=tf.int64
+        )
+        g_item, g_ids, g_positive, g_tag = all_gather_rows(item, ids, positive, own_tag)
         g_extra, g_extra_ids = extra, extra_ids
         num_extra = tf.shape(g_extra_ids)[0]
         cand_ids = tf.concat([g_ids, g_extra_ids], axis=0)
@@ -572,9 +646,15 @@ class NTRRetrievalTask(keras.layers.Layer):
             dedupe=self.dedupe_candidates,
             neg_item=neg_item,
             neg_ids=neg_ids,
+            exact_label=self.logq_label == "exact",
+            own_slot=tf.equal(
+                own_tag[:, None],
+                tf.concat([g_tag, tf.fill([num_extra], tf.constant(-1, tf.int64))], axis=0)[
+                    None, :
+                ],
+            ),
         )
         local = _sums(terms)
-        ctx = replica_context_to_gather()
         global_ = (
             local
             if ctx is None
@@ -593,4 +673,5 @@ class NTRRetrievalTask(keras.layers.Layer):
             "remove_accidental_hits": self.remove_accidental_hits,
             "dedupe_candidates": self.dedupe_candidates,
             "dislike_negatives": self.dislike_negatives,
+            "logq_label": self.logq_label,
         }

@@ -61,6 +61,7 @@ class TwoTowerModel(tfrs.Model):
             remove_accidental_hits=config.loss.remove_accidental_hits,
             dedupe_candidates=config.loss.dedupe_candidates,
             dislike_negatives=config.loss.dislike_negatives,
+            logq_label=config.loss.logq_label,
         )
         self.ssm_tracker = keras.metrics.Mean(name="ssm")
         self.ntr_tracker = keras.metrics.Mean(name="ntr")

@@ -57,13 +57,13 @@ SCRIPT = textwrap.dedent(
         return out
 
 
-    def build(dedupe, negs=0):
+    def build(dedupe, negs=0, label="corrected", hits=True):
         users = tf.Variable(USER0, name="users")
         items = tf.Variable(ITEM0, name="items")
         est = StreamingFrequencyEstimator(buckets=16, hashes=2, alpha=0.3, initial_gap=10.0, seed=3)
         task = NTRRetrievalTask(
             N, 0.2, 0.6, logq="streaming", estimator=est, mixed_negatives=M, dedupe_candidates=dedupe,
-            dislike_negatives=negs,
+            dislike_negatives=negs, logq_label=label, remove_accidental_hits=hits,
         )
         return users, items, est, task
 
@@ -88,11 +88,11 @@ SCRIPT = textwrap.dedent(
         return {n: first(getattr(est, n)).numpy() for n in ("last_seen", "gap", "step")}
 
 
-    def run(strategy, split, dedupe=False, negs=0):
+    def run(strategy, split, dedupe=False, negs=0, label="corrected", hits=True):
         data = batches(split)
         res = {"single": [], "mirrored": []}
 
-        users, items, est, task = build(dedupe, negs)
+        users, items, est, task = build(dedupe, negs, label, hits)
         step = tf.function(lambda b: loss_and_grads(users, items, task, b))
         for b in data:
             total, ssm, ntr, npos, grads = step({k: tf.constant(v) for k, v in b.items()})
@@ -100,7 +100,7 @@ SCRIPT = textwrap.dedent(
         single_state = state(est)
 
         with strategy.scope():
-            m_users, m_items, m_est, m_task = build(dedupe, negs)
+            m_users, m_items, m_est, m_task = build(dedupe, negs, label, hits)
 
         @tf.function
         def m_step(per_replica):
@@ -168,6 +168,8 @@ SCRIPT = textwrap.dedent(
         "dedupe": run(strategy, 5, dedupe=True), "cross_replica": cross_replica(strategy),
         "dislike_negatives": run(strategy, 5, negs=NEGS),
         "dislike_negatives_dedupe": run(strategy, 7, dedupe=True, negs=NEGS),
+        "exact_label": run(strategy, 5, label="exact"),
+        "exact_label_with_hits": run(strategy, 7, label="exact", hits=False, negs=NEGS),
     }))
     """
 )
@@ -194,14 +196,25 @@ def mirrored_results() -> dict:
 
 
 @pytest.mark.parametrize(
-    "split", ["even", "uneven", "dedupe", "dislike_negatives", "dislike_negatives_dedupe"]
+    "split",
+    [
+        "even",
+        "uneven",
+        "dedupe",
+        "dislike_negatives",
+        "dislike_negatives_dedupe",
+        "exact_label",
+        "exact_label_with_hits",
+    ],
 )
 def test_mirrored_loss_and_gradients_equal_single_device(mirrored_results: dict, split: str):
     """5 global batches of 12 rows split 6/6 (and 5/7) over 2 replicas; M = 3 mixed negatives
     per global batch: the single device gets M, each replica the same M (not 2M in all).
     ``dedupe``: one slot per distinct item of the gathered (global) candidate set.
     ``dislike_negatives``: 3 per row, each replica its own rows' (split 5/7, and 7/5 with
-    dedupe, where a row's dislikes also drop C's slots of those items)."""
+    dedupe, where a row's dislikes also drop C's slots of those items). ``exact_label``:
+    ``loss.logq_label=exact`` (split 5/7), and without hit removal (7/5), where each row's
+    own slot must be found among the gathered slots."""
     r = mirrored_results[split]
     assert r["loss_scale"] > 0.1 and r["grad_scale"] > 1e-3, (
         r

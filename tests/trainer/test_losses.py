@@ -30,6 +30,7 @@ def reference_loss(
     dedupe: bool = False,
     negs: np.ndarray | None = None,
     neg_v: np.ndarray | None = None,
+    exact_label: bool = False,
 ) -> dict[str, object]:
     """LOSSES.md read literally, in float64 with explicit loops and sets.
 
@@ -39,6 +40,8 @@ def reference_loss(
     ``trainer/losses.py`` -- extra slots of a positive row's own, logit u . v / tau with
     no correction, padding and the row's own label dropped; with ``dedupe`` the row's
     first copy of each id only, and C's slots of those ids dropped for the row.
+    ``exact_label``: the row's own label (its own slot, the numerator, a dislike's p)
+    has logit u . v / tau with no -log q; every other slot keeps its correction.
     """
     norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     user, item = norm(user.astype(np.float64)), norm(item.astype(np.float64))
@@ -60,6 +63,9 @@ def reference_loss(
     def z(r: int, v: np.ndarray, j: int) -> float:
         return float(user[r] @ v) / tau - logq(j)
 
+    def label(r: int) -> float:
+        return float(user[r] @ item[r]) / tau if exact_label else z(r, item[r], int(ids[r]))
+
     ssm, ntr, no_cand = [], [], 0
     ssm_rows, ntr_rows = np.zeros(len(ids)), np.zeros(len(ids))
     for r in range(len(ids)):
@@ -77,11 +83,13 @@ def reference_loss(
                         mine.append((int(j), v.astype(np.float64) / np.linalg.norm(v)))
             if dedupe:
                 keep = [k for k in keep if slots_id[k] not in [i for i, _ in mine]]
-            logits = [z(r, slots_v[k], slots_id[k]) for k in keep]
+            logits = [
+                label(r) if slots_row[k] == r else z(r, slots_v[k], slots_id[k]) for k in keep
+            ]
             logits += [float(user[r] @ v) / tau for _, v in mine]  # log q = 0
             if dedupe and r not in [slots_row[k] for k in keep]:
-                logits.append(z(r, item[r], y))  # the row's own label, once
-            loss = -z(r, item[r], y) + math.log(sum(math.exp(x) for x in logits))
+                logits.append(label(r))  # the row's own label, once
+            loss = -label(r) + math.log(sum(math.exp(x) for x in logits))
             ssm.append(loss)
             ssm_rows[r] = loss
         else:
@@ -92,7 +100,7 @@ def reference_loss(
                 no_cand += 1
                 ntr.append(0.0)
                 continue
-            e_d = math.exp(z(r, item[r], y))
+            e_d = math.exp(label(r))
             p = e_d / (e_d + sum(math.exp(x) for x in others))
             val = -weight[r] * math.log(1.0 - p)
             ntr.append(val)
@@ -552,3 +560,122 @@ def test_task_refuses_missing_mixed_negatives():
     task = NTRRetrievalTask(12, 0.3, 0.7, logq="none", mixed_negatives=2)
     with pytest.raises(ValueError, match="mixed_negatives=2 but extra items were not given"):
         task(user, item, ids, pos, weight)
+
+
+# ---------------------------------------------------------------- loss.logq_label = exact
+
+
+def test_exact_label_worked_by_hand():
+    """LOSSES.md's example with the label uncorrected (trainer/losses.py). Row 0: label
+    0.8 / 0.5 = 1.6 against C's 11 (1.386294); row 1: 0.8 / 0.5 = 1.6 against C's 10
+    (2.613147); row 2 (dislike of 12): 1.6 against 10 (1.893147) and 11 (3.386294)."""
+    w = WORKED
+    out = sampled_softmax_ntr(
+        w["user"], w["item"], w["ids"], w["pos"], np.ones(3, np.float32),
+        table_log_q(w["q"]), temperature=0.5, ntr_weight=0.5, logq_label="exact",
+    )  # fmt: skip
+    softplus = lambda x: math.log1p(math.exp(x))  # noqa: E731
+    o2 = math.log(math.exp(1.893147) + math.exp(3.386294))
+    by_hand = [softplus(1.386294 - 1.6), softplus(2.613147 - 1.6), softplus(1.6 - o2)]
+    np.testing.assert_allclose(by_hand, [0.591992, 1.322890, 0.128250], atol=1e-6)
+    np.testing.assert_allclose(out.ssm_rows.numpy()[:2], by_hand[:2], atol=1e-5)
+    np.testing.assert_allclose(out.ntr_rows.numpy()[2], by_hand[2], atol=1e-5)
+    np.testing.assert_allclose(1.0 - np.exp(-out.ntr_rows.numpy()[2]), 0.120367, atol=1e-5)
+    np.testing.assert_allclose(out.total.numpy(), 1.021566, atol=1e-5)
+    # q = 1 for every item: nothing to correct, both variants agree.
+    ones = table_log_q({10: 1.0, 11: 1.0, 12: 1.0})
+    a = sampled_softmax_ntr(
+        w["user"], w["item"], w["ids"], w["pos"], np.ones(3, np.float32), ones, 0.5, 0.5
+    )
+    b = sampled_softmax_ntr(
+        w["user"], w["item"], w["ids"], w["pos"], np.ones(3, np.float32), ones, 0.5, 0.5,
+        logq_label="exact",
+    )  # fmt: skip
+    np.testing.assert_allclose(a.total.numpy(), b.total.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("negs", [False, True])
+@pytest.mark.parametrize("dedupe", [False, True])
+@pytest.mark.parametrize("remove_hits", [True, False])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_exact_label_matches_numpy_reference(
+    seed: int, remove_hits: bool, dedupe: bool, negs: bool
+):
+    """Accidental hits (3 and 9 among the extras, 3 and 5 twice in the batch), dislike rows,
+    dislike negatives: only the row's own label loses its -log q."""
+    user, item, ids, pos, weight, extra, extra_ids, q = _random_batch(seed)
+    neg_v = np.random.default_rng(seed + 10).normal(size=(8, 3, 4)).astype(np.float32)
+    neg = {"negs": RANDOM_NEGS, "neg_v": neg_v} if negs else {}
+    args = (user, item, ids, pos, weight)
+    out = sampled_softmax_ntr(
+        *args, table_log_q(q), 0.3, 0.7, extra, extra_ids, remove_hits,
+        dedupe_candidates=dedupe, logq_label="exact",
+        dislike_item=neg_v if negs else None, dislike_ids=RANDOM_NEGS if negs else None,
+    )  # fmt: skip
+    ref = reference_loss(
+        *args, q, 0.3, 0.7, extra, extra_ids, remove_hits=remove_hits, dedupe=dedupe,
+        exact_label=True, **neg,
+    )  # fmt: skip
+    assert_matches(out, ref)
+    # Every row's figure moves (q < 1 everywhere here).
+    plain = reference_loss(
+        *args, q, 0.3, 0.7, extra, extra_ids, remove_hits=remove_hits, dedupe=dedupe, **neg
+    )
+    assert np.all(
+        np.abs(ref["ssm_rows"] + ref["ntr_rows"] - plain["ssm_rows"] - plain["ntr_rows"]) > 1e-6
+    )
+
+
+@pytest.mark.parametrize("remove_hits", [True, False])
+def test_task_with_exact_label_matches_reference(remove_hits: bool):
+    """The training path: counts-q with mixed negatives and the label uncorrected."""
+    user, item, ids, pos, weight, extra, extra_ids = _task_batch()
+    n = 12
+    probs = np.linspace(0.0, 1.2, n + 1).astype(np.float32)
+    task = NTRRetrievalTask(
+        n, 0.3, 0.7, logq="counts", item_probabilities=probs, mixed_negatives=3,
+        remove_accidental_hits=remove_hits, logq_label="exact",
+    )  # fmt: skip
+    out = task(user, item, ids, pos, weight, extra_item_embeddings=extra, extra_ids=extra_ids)
+    q = {j: float(np.clip(probs[j] + 3 / n, 1e-6, 1.0)) for j in range(1, n + 1)}
+    ref = reference_loss(
+        user, item, ids, pos, weight, q, 0.3, 0.7, extra, extra_ids,
+        remove_hits=remove_hits, exact_label=True,
+    )  # fmt: skip
+    assert_matches(out, ref)
+    assert task.get_config()["logq_label"] == "exact"
+
+
+def test_exact_label_gradient_carries_the_papers_sample_weight():
+    """d loss_r / d s_r = -(1 - P^_r), P^_r = sigmoid(s_r - o_r): the model's estimated
+    probability of the label (Khrylchenko et al.); checked through the user vector."""
+    user, item, ids, pos, weight, extra, extra_ids, q = _random_batch(3)
+    ids1, pos1 = ids[:5], pos[:5]  # the positive rows only (labels 3, 5, 3, 7, 9)
+    u = tf.Variable(user[:5])
+    with tf.GradientTape() as tape:
+        out = sampled_softmax_ntr(
+            u, item[:5], ids1, pos1, weight[:5], table_log_q(q), 0.3, 0.0, logq_label="exact"
+        )
+        total = tf.reduce_sum(out.ssm_rows)
+    grad = tape.gradient(total, u).numpy().astype(np.float64)
+    # By hand: loss_r = softplus(o_r - s_r) over normalised vectors.
+    un = user[:5].astype(np.float64) / np.linalg.norm(user[:5], axis=1, keepdims=True)
+    vn = item[:5].astype(np.float64) / np.linalg.norm(item[:5], axis=1, keepdims=True)
+    r = 0  # label 3, another copy in row 2 (an accidental hit, removed)
+    s = un[r] @ vn[r] / 0.3
+    others = [k for k in range(5) if ids1[k] != ids1[r]]
+    zo = np.array([un[r] @ vn[k] / 0.3 - math.log(q[int(ids1[k])]) for k in others])
+    o = math.log(np.exp(zo).sum())
+    p_hat = 1.0 / (1.0 + math.exp(o - s))
+    soft = np.exp(zo - o)
+    d_du_normalised = (-(1.0 - p_hat)) * (vn[r] / 0.3 - (soft[:, None] * vn[others]).sum(0) / 0.3)
+    # Through the normalisation u / |u|: project out the radial part, divide by |u|.
+    norm = np.linalg.norm(user[r].astype(np.float64))
+    want = (d_du_normalised - un[r] * (un[r] @ d_du_normalised)) / norm
+    np.testing.assert_allclose(grad[r], want, rtol=1e-4, atol=1e-6)
+    assert 0.0 < p_hat < 1.0
+
+
+def test_task_refuses_an_unknown_logq_label():
+    with pytest.raises(ValueError, match="loss.logq_label must be"):
+        NTRRetrievalTask(12, 0.1, 0.5, logq="none", logq_label="bogus")  # type: ignore[arg-type]
