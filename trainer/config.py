@@ -96,6 +96,10 @@ class TrainConfig(_Section):
     """Cap on steps per epoch (for quick runs)."""
     valid_max_users: int | None = Field(5000, ge=1)
     """Validation recall@20 (early stopping, similarity choice) on a seeded sample of this many users."""
+    refit: bool = False
+    """After the run chose its epochs (early stopping) and similarity on validation, train
+    a fresh model on train + valid for those epochs and export that one (test inputs then
+    hold the valid events too); the manifest's ``training.refit`` says whether it was done."""
 
 
 class SplitConfig(_Section):

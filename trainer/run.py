@@ -8,7 +8,7 @@ import logging
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from common.config import load_config
 from trainer._tf import tf
 from trainer.checkpoints import checkpoint_paths, is_chief, prune_stale_runs, run_directory
 from trainer.config import SOURCE_DEFAULTS, TrainerConfig
-from trainer.data.dataset import Dataset, EvalSet, Examples
+from trainer.data.dataset import TRAIN, VALID, Dataset, EvalSet, Examples
 from trainer.data.examples import build_eval_set, build_judged_set, build_train_examples
 from trainer.data.item_quality import DISLIKE_RATIO, tower_item_features
 from trainer.data.sources import load_source
@@ -99,6 +99,11 @@ def exact_item_probabilities(ds: Dataset, batch_size: int, distinct: bool = Fals
     return np.concatenate([[0.0], per_batch]).astype(np.float32)
 
 
+def train_and_valid(ds: Dataset) -> Dataset:
+    """``ds`` with its validation events made training events (``train.refit``)."""
+    return replace(ds, split=np.where(ds.split == VALID, TRAIN, ds.split).astype(ds.split.dtype))
+
+
 def training_examples(ds: Dataset, cfg: TrainerConfig, epoch: int) -> Examples:
     """The training rows of ``epoch`` as the config asks for them (H, D, seed, w)."""
     return build_train_examples(
@@ -169,6 +174,7 @@ def train(
     cache: dict[int, Examples] = {}
 
     def examples_fn(epoch: int) -> Examples:
+        assert ds is not None  # rebound by train.refit: read at call time
         # Timestamped data gives the same rows every epoch; build them once.
         key = epoch if not ds.timestamped else 0
         if key not in cache:
@@ -187,6 +193,7 @@ def train(
     restore_dir, write_dir = checkpoint_paths(ckpt_dir, strategy)
 
     def build() -> tuple[TwoTowerModel, Trainer, dict | None]:
+        assert ds is not None  # rebound by train.refit: read at call time
         seed_everything(cfg.train.seed)  # a rebuilt model starts as a first one would
         probs = (
             exact_item_probabilities(ds, cfg.train.batch_size, cfg.loss.dedupe_candidates)
@@ -199,9 +206,9 @@ def train(
         summary = warm_start(model, out, warm_from) if warm_from else None
         trainer = Trainer(
             model,
-            cfg,
+            fit_cfg,
             examples_fn,
-            valid if len(valid) else None,
+            stop_on,
             restore_dir,
             strategy,
             progress,
@@ -209,6 +216,8 @@ def train(
         )
         return model, trainer, summary
 
+    # What the loop reads (train.refit changes both); the model and manifest keep cfg.
+    fit_cfg, stop_on = cfg, (valid if len(valid) else None)
     model, trainer, warm_summary = build()
     interrupts.check()  # tf_keras swallows a KeyboardInterrupt raised while the towers build
     try:
@@ -254,6 +263,39 @@ def train(
             else "cosine"
         )
     interrupts.check()
+    refit: dict[str, Any] = {"done": False}
+    if cfg.train.refit and len(valid) and result.best_epoch > 0:
+        # The epochs and similarity are chosen; train them afresh on train + valid. The
+        # chosen model's own test figures are kept for the record (nothing reads them).
+        before = sample_rows(
+            build_eval_set(ds, "test", H, D), cfg.split.max_users_eval, cfg.train.seed
+        )
+        refit["test_metrics_without_refit"] = evaluate(
+            embed_by_sim[similarity], items_by_sim[similarity], before, item_counts, None
+        ).metrics
+        ds = train_and_valid(ds)
+        tower_features, tower_sizes = tower_item_features(ds, cfg.model)
+        fit_cfg = cfg.model_copy(
+            update={"train": cfg.train.model_copy(update={"epochs": result.best_epoch})}
+        )
+        stop_on = None  # no early stopping: the epochs are fixed
+        cache.clear()
+        restore_dir, write_dir = checkpoint_paths(ckpt_dir / "refit", strategy)
+        log.info("refit: %d epochs on train + valid...", result.best_epoch)
+        model, trainer, _ = build()
+        interrupts.check()
+        refit_result = trainer.fit()
+        refit.update(
+            done=True,
+            epochs=refit_result.epochs_run,
+            steps=refit_result.steps,
+            seconds=round(refit_result.seconds, 2),
+            examples_per_second=round(refit_result.examples_per_second, 1),
+        )
+        item_raw = model.embed_items()
+        item_counts = ds.train_item_counts()
+        items_by_sim = {"cosine": l2_normalize(item_raw), "dot": item_raw}
+        embed_by_sim = {sim: serving_embed(model, sim) for sim in items_by_sim}
     test = sample_rows(build_eval_set(ds, "test", H, D), cfg.split.max_users_eval, cfg.train.seed)
     log.info("evaluating on %d test users (%s similarity)...", len(test), similarity)
     embed = embed_by_sim[similarity]
@@ -285,6 +327,7 @@ def train(
         "warm_start": warm_summary,
         "valid_recall@20_by_similarity": valid_by_sim,
         "valid_metrics": valid_eval.get(similarity, {}),
+        "refit": refit,
     }
     extra = {
         "training": training,
@@ -437,6 +480,8 @@ def evaluate_version(
     ds = apply_dislike_holdout(
         align_items(ds, exported.item_ids), holdout_spec, valid_share, users_share
     )
+    if m.get("training", {}).get("refit", {}).get("done"):
+        ds = train_and_valid(ds)  # as the version was trained and tested (train.refit)
     H, D = int(m["history_length"]), int(m["dislike_length"])
     test = sample_rows(build_eval_set(ds, "test", H, D), cfg.split.max_users_eval, cfg.train.seed)
     judged = sample_rows(
