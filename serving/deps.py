@@ -1,4 +1,9 @@
-"""Request dependencies: routes read ``state: StateDep, model: ModelDep, ...``."""
+"""Request dependencies: routes read ``state: StateDep, model: ModelDep, ...``.
+
+Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency in
+its thread pool, a thread hop (and two context switches) per dependency per
+request for what is an attribute read.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ class AppState:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.twotower
     return state
 
@@ -39,11 +44,11 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_settings(state: StateDep) -> Settings:
+async def get_settings(state: StateDep) -> Settings:
     return state.settings
 
 
-def get_model(state: StateDep) -> LoadedModel:
+async def get_model(state: StateDep) -> LoadedModel:
     """The current version, read once per request (hot reload swaps the holder, not this object)."""
     model = state.holder.current
     if model is None:
@@ -53,7 +58,7 @@ def get_model(state: StateDep) -> LoadedModel:
     return model
 
 
-def get_metrics(state: StateDep) -> Metrics:
+async def get_metrics(state: StateDep) -> Metrics:
     return state.metrics
 
 

@@ -45,6 +45,8 @@ class LimitsAndTimingMiddleware:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.fixed_routes = tuple(r.rstrip("/") for r in fixed_routes if r.rstrip("/"))
+        # The histogram's child per label set, looked up once (labels() costs more than observe()).
+        self._series: dict[tuple[str, str, int], Any] = {}
 
     async def _reply_413(self, send: Callable[[Any], Awaitable[None]], size: str) -> None:
         body = json.dumps(
@@ -125,9 +127,12 @@ class LimitsAndTimingMiddleware:
         self, scope: Scope, request_path: tuple[str, str], status: int, start: float
     ) -> None:
         template = getattr(scope.get("route"), "path", None) or self._fixed_route(*request_path)
-        self.metrics.latency.labels(scope.get("method", ""), template, str(status)).observe(
-            time.perf_counter() - start
-        )
+        key = (scope.get("method", ""), template, status)
+        series = self._series.get(key)
+        if series is None:
+            # Bounded: methods x route templates (fixed set) x status codes.
+            series = self._series[key] = self.metrics.latency.labels(key[0], template, str(status))
+        series.observe(time.perf_counter() - start)
 
     def _fixed_route(self, path: str, root_path: str) -> str:
         if root_path and path.startswith(root_path):

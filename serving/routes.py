@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.message
+import functools
 import logging
 import math
 import time
@@ -11,6 +12,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic_core import to_json
 
 from feature_store.base import StoreOutcomeUnknown, StoreUnavailable
 from feature_store.events import DISLIKE, MAX_FUTURE_SKEW_S, EventError, make_event
@@ -52,6 +54,13 @@ def is_json(content_type: str | None) -> bool:
     """``application/json`` or ``application/*+json`` (parameters such as charset allowed)."""
     if not content_type:
         return False
+    if content_type == "application/json":
+        return True  # the common case, without parsing a MIME header
+    return _is_json_type(content_type)
+
+
+@functools.lru_cache(maxsize=256)
+def _is_json_type(content_type: str) -> bool:
     message = email.message.Message()
     message["content-type"] = content_type
     subtype = message.get_content_subtype()
@@ -96,7 +105,7 @@ async def recommend(
     state: StateDep,
     model: ModelDep,
     req: Annotated[RecommendRequest | None, Body()] = None,
-) -> RecommendResponse:
+) -> Response:
     """Top-k candidates for a user and/or the given history, never an item they disliked.
 
     With `user_id`, the stored history and dislikes are merged with the request's.
@@ -115,7 +124,10 @@ async def recommend(
             "body.k", f"is {k}; this server accepts at most {settings.max_k}", "less_than_equal"
         )
     _check_lists(req, settings.max_list_length)
-    return await service.recommend(state, model, req, k)
+    body = await service.recommend(state, model, req, k)
+    # Encoded once, here (pydantic-core's encoder: the same JSON the response model gives);
+    # a Response is passed through by FastAPI without validating the body a second time.
+    return Response(to_json(body), media_type="application/json")
 
 
 @router.post(

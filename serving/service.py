@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import HTTPException
@@ -24,7 +24,7 @@ from serving.batcher import Arrival
 from serving.deps import AppState
 from serving.model import LoadedModel
 from serving.retrieval import Query
-from serving.schemas import RecommendRequest, RecommendResponse, ScoredItem
+from serving.schemas import RecommendRequest, ScoredItem
 
 log = logging.getLogger(__name__)
 
@@ -57,42 +57,135 @@ class UserRead:
     error: str | None = None
 
 
+def _degraded(app: AppState, outcome: str, error: str, elapsed: float) -> UserRead:
+    app.metrics.store_read.labels(outcome).observe(elapsed)
+    return UserRead(None, True, error)
+
+
+class StoreReads:
+    """Coalesces the user reads of one event-loop turn into one ``get_users`` call.
+
+    Requests that read the store in the same turn of the loop (under load: the
+    requests of one burst, which also share a model batch) wait on one store
+    round trip, bounded by one ``store_timeout_s`` timer, instead of one each.
+    A lone request (concurrency 1) is read at the next turn: no added wait.
+    A failed or slow read degrades every request of that read (see :func:`read_user`).
+    """
+
+    def __init__(self, app: AppState) -> None:
+        self.app = app
+        # with_seen -> user id -> the requests waiting for that user
+        self._pending: dict[bool, dict[str, list[asyncio.Future[UserRead]]]] = {}
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.calls = 0
+        self.users = 0
+
+    def read(self, user_id: str, with_seen: bool) -> asyncio.Future[UserRead]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[UserRead] = loop.create_future()
+        self._pending.setdefault(with_seen, {}).setdefault(user_id, []).append(fut)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, {}
+        for with_seen, waiters in pending.items():
+            task = asyncio.create_task(self._read(waiters, with_seen))
+            self._tasks.add(task)  # a reference until done (the loop keeps only weak ones)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _read(
+        self, waiters: dict[str, list[asyncio.Future[UserRead]]], with_seen: bool
+    ) -> None:
+        try:
+            answers = await self._answers(list(waiters), with_seen)
+        except BaseException as exc:  # cancelled at shutdown, or a bug: nobody waits forever
+            for futs in waiters.values():
+                for fut in futs:
+                    if not fut.done():
+                        fut.set_exception(
+                            exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+                        )
+            raise
+        for uid, futs in waiters.items():
+            for fut in futs:
+                if not fut.done():  # a client that went away
+                    fut.set_result(answers[uid])
+
+    async def _answers(self, uids: list[str], with_seen: bool) -> dict[str, UserRead]:
+        app = self.app
+        store = app.store
+        if store is None:
+            why = app.store_error or "store not open"
+            return {uid: UserRead(None, True, why) for uid in uids}
+        self.calls += 1
+        self.users += len(uids)
+        timeout = app.settings.store_timeout_s
+        started = time.perf_counter()
+        try:
+            states = await asyncio.wait_for(store.get_users(uids, with_seen=with_seen), timeout)
+            missing = [uid for uid in uids if uid not in states]
+            if missing:
+                raise RuntimeError(f"store returned no state for {len(missing)} user(s)")
+        except TimeoutError:
+            elapsed = time.perf_counter() - started
+            log.warning(
+                "store read for user(s) %s took over %.3fs: degraded answer",
+                _names(uids),
+                timeout,
+            )
+            why = f"no answer within {timeout}s"
+            return {uid: _degraded(app, "timeout", why, elapsed) for uid in uids}
+        except Exception as exc:  # whatever the backend raises (redis, OS, store errors): degrade
+            elapsed = time.perf_counter() - started
+            log.warning(
+                "store read for user(s) %s failed (%s: %s): degraded answer",
+                _names(uids),
+                type(exc).__name__,
+                exc,
+            )
+            why = type(exc).__name__
+            return {uid: _degraded(app, "error", why, elapsed) for uid in uids}
+        elapsed = time.perf_counter() - started
+        ok = app.metrics.store_read.labels("ok")
+        cache = app.dislike_cache
+        out = {}
+        for uid in uids:
+            ok.observe(elapsed)
+            state = states[uid]
+            cache.learn(uid, (item for item, _ts in state.dislikes), complete=True)
+            out[uid] = UserRead(state, False)
+        app.metrics.cache_users.set(len(cache))
+        return out
+
+
+def _names(uids: list[str], most: int = 5) -> str:
+    shown = ", ".join(repr(u) for u in uids[:most])
+    return shown if len(uids) <= most else f"{shown} and {len(uids) - most} more"
+
+
+def store_reads(app: AppState) -> StoreReads:
+    """The app's read coalescer (made on first use, in the serving event loop)."""
+    reads = app.extra.get("store_reads")
+    if not isinstance(reads, StoreReads):
+        reads = StoreReads(app)
+        app.extra["store_reads"] = reads
+    return reads
+
+
 async def read_user(app: AppState, user_id: str, with_seen: bool) -> UserRead:
     """The user's stored state, or ``degraded`` when the store fails or is too slow.
 
     Any exception of the store counts as "store unavailable" (the backend may
     raise its client library's own errors), and a successful read refreshes the
-    user's entry in the dislike cache.
+    user's entry in the dislike cache. Reads of the same loop turn share one
+    store call (:class:`StoreReads`).
     """
-    store = app.store
-    if store is None:
-        return UserRead(None, True, app.store_error or "store not open")
-    started = time.perf_counter()
-    try:
-        state = await asyncio.wait_for(
-            store.get_user(user_id, with_seen=with_seen), app.settings.store_timeout_s
-        )
-    except TimeoutError:
-        app.metrics.store_read.labels("timeout").observe(time.perf_counter() - started)
-        log.warning(
-            "store read for user %r took over %.3fs: degraded answer",
-            user_id,
-            app.settings.store_timeout_s,
-        )
-        return UserRead(None, True, f"no answer within {app.settings.store_timeout_s}s")
-    except Exception as exc:  # whatever the backend raises (redis, OS, store errors): degrade
-        app.metrics.store_read.labels("error").observe(time.perf_counter() - started)
-        log.warning(
-            "store read for user %r failed (%s: %s): degraded answer",
-            user_id,
-            type(exc).__name__,
-            exc,
-        )
-        return UserRead(None, True, type(exc).__name__)
-    app.metrics.store_read.labels("ok").observe(time.perf_counter() - started)
-    app.dislike_cache.learn(user_id, (item for item, _ts in state.dislikes), complete=True)
-    app.metrics.cache_users.set(len(app.dislike_cache))
-    return UserRead(state, False)
+    return await store_reads(app).read(user_id, with_seen)
 
 
 def _unique(ids: list[str]) -> list[str]:
@@ -143,15 +236,18 @@ def popular_fallback(
 
 async def recommend(
     app: AppState, model: LoadedModel, req: RecommendRequest, k: int
-) -> RecommendResponse:
-    """Top-k for one request on ``model`` (the version read once at the start of the request)."""
+) -> dict[str, Any]:
+    """Top-k for one request on ``model`` (the version read once at the start of the request).
+
+    Returns the body of a :class:`~serving.schemas.RecommendResponse` as a plain dict.
+    """
     with app.batcher.incoming() as arrival:
         return await _recommend(app, model, req, k, arrival)
 
 
 async def _recommend(
     app: AppState, model: LoadedModel, req: RecommendRequest, k: int, arrival: Arrival
-) -> RecommendResponse:
+) -> dict[str, Any]:
     metrics = app.metrics
     stored: UserState | None = None
     degraded = False
@@ -217,17 +313,18 @@ async def _recommend(
     if ignored:
         metrics.ignored_items.inc(len(ignored))
     ids = model.item_ids
-    return RecommendResponse(
-        user_id=req.user_id,
-        items=[
-            ScoredItem(item_id=str(ids[r]), score=float(s))
-            for r, s in zip(rows, scores, strict=True)
+    # A plain dict in the response schema's field order, encoded once by the route
+    # (RecommendResponse documents it; building 20 models per answer costs more).
+    return {
+        "user_id": req.user_id,
+        "items": [
+            {"item_id": str(ids[r]), "score": float(s)} for r, s in zip(rows, scores, strict=True)
         ],
-        model_version=model.version,
-        fallback=fallback,
-        degraded=degraded,
-        ignored_items=ignored,
-    )
+        "model_version": model.version,
+        "fallback": fallback,
+        "degraded": degraded,
+        "ignored_items": ignored,
+    }
 
 
 async def similar(app: AppState, model: LoadedModel, row: int, k: int) -> list[ScoredItem]:
