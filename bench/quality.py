@@ -29,10 +29,12 @@ which bench.report leaves out.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, SHARED_DATA, write_result
@@ -55,14 +57,7 @@ def _run(spec: str, sets: list[str], ds: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
         out = train(spec, art, cfg, ds=ds, progress=False)
         seconds = time.perf_counter() - t0
-    return {
-        "metrics": {k: out.metrics[k] for k in [*KEYS, "longtail_recall@20"] if k in out.metrics},
-        "baseline_popular": {k: out.baseline_popular[k] for k in KEYS if k in out.baseline_popular},
-        "seconds": round(seconds, 1),
-        "epochs_run": out.training["epochs_run"],
-        "best_epoch": out.training["best_epoch"],
-        "examples_per_second": out.training["examples_per_second"],
-    }
+    return _record(out.metrics, out.baseline_popular, out.training, seconds)
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -96,23 +91,168 @@ def suite_ml100k(seeds: int, extra: list[str]) -> dict[str, Any]:
     return {"data": spec, "seeds": seeds, "extra_settings": extra, "arms": results}
 
 
-def suite_gowalla(extra: list[str]) -> dict[str, Any]:
+#: Gowalla arms: the defaults (logQ from the streaming estimator) and the plain in-batch
+#: softmax (no logQ: TFRS's Retrieval loss, ``tests/trainer/test_losses.py``), each with
+#: ``train.refit``, so one run gives the test figures with and without the refit.
+GOWALLA_ARMS = {
+    "logq_streaming": ["train.refit=true"],
+    "in_batch_no_logq": ["loss.logq=none", "train.refit=true"],
+}
+
+#: Published figures on the same users, items and test interactions (recall@20, ndcg@20),
+#: as quoted; not measured here. SSM paper: Wu et al., "On the Effectiveness of Sampled
+#: Softmax Loss for Item Recommendation", Table 3 (trained on the 7:1 train split).
+#: Its MF-BPR, MF-SSM and LightGCN-BPR rows are left out: their figures are not at hand
+#: here, and a row is only printed with its published numbers.
+PUBLISHED_GOWALLA = [
+    ("SVD++-SSM (SSM paper, Table 3)", 0.1669, 0.1376),
+    ("LightGCN-SSM (SSM paper, Table 3)", 0.1869, 0.1571),
+    ("SimpleX (published; trained on train + valid)", 0.1872, 0.1557),
+    ("MF + BSL loss (published; trained on train + valid)", 0.1882, 0.1584),
+]
+
+
+def _from_manifest(path: str) -> dict[str, Any]:
+    """A run's record from an exported version's manifest (same fields as :func:`_run`)."""
+    m = json.loads(Path(path).read_text())
+    t = m["training"]
+    return _record(m["metrics"], m["baseline_popular"], t, float(t["seconds"]))
+
+
+def _record(
+    metrics: dict[str, Any], baseline: dict[str, Any], t: dict[str, Any], seconds: float
+) -> dict[str, Any]:
+    refit = t.get("refit") or {}
+    keep = [*KEYS, "longtail_recall@20"]
+    out = {
+        "metrics": {k: metrics[k] for k in keep if k in metrics},
+        "baseline_popular": {k: baseline[k] for k in KEYS if k in baseline},
+        "seconds": round(seconds, 1),
+        "fit_seconds": t["seconds"],
+        "epochs_run": t["epochs_run"],
+        "best_epoch": t["best_epoch"],
+        "examples_per_second": t["examples_per_second"],
+        "valid_recall@20": t.get("valid_metrics", {}).get("recall@20"),
+        "refit": bool(refit.get("done")),
+    }
+    if refit.get("done"):
+        before = refit["test_metrics_without_refit"]
+        out["metrics_without_refit"] = {k: before[k] for k in keep if k in before}
+        out["refit_seconds"] = refit.get("seconds")
+        out["refit_examples_per_second"] = refit.get("examples_per_second")
+    return out
+
+
+def suite_gowalla(extra: list[str], manifests: list[str] | None = None) -> dict[str, Any]:
+    """Train the arms (or read them from ``manifests``, one per arm in GOWALLA_ARMS order)."""
     from trainer.data.sources import load_source
 
     spec = f"lightgcn:{SHARED_DATA / 'gowalla'}"
-    ds = load_source(spec)
-    arms = {
-        "logq_streaming": ["loss.logq=streaming"],
-        "logq_none": ["loss.logq=none"],
-        "logq_counts": ["loss.logq=counts"],
-    }
+    if manifests is not None and len(manifests) != len(GOWALLA_ARMS):
+        raise SystemExit(f"--manifests needs {len(GOWALLA_ARMS)} files: {list(GOWALLA_ARMS)}")
+    ds = None if manifests else load_source(spec)
     results: dict[str, Any] = {}
-    for arm, sets in arms.items():
-        run = _run(spec, [*extra, *sets], ds)
+    for i, (arm, sets) in enumerate(GOWALLA_ARMS.items()):
+        run = _from_manifest(manifests[i]) if manifests else _run(spec, [*extra, *sets], ds)
         print(f"{arm}: {run['metrics']}", file=sys.stderr)
         results[arm] = {"settings": sets, "runs": [run], "summary": _summary([run])}
-    results["baseline_popular"] = results["logq_streaming"]["runs"][0]["baseline_popular"]
-    return {"data": spec, "extra_settings": extra, "arms": results}
+    results["baseline_popular"] = next(iter(results.values()))["runs"][0]["baseline_popular"]
+    return {
+        "data": spec,
+        "extra_settings": extra,
+        "arms": results,
+        "from_manifests": manifests is not None,
+        "published": [
+            {"model": name, "recall@20": r, "ndcg@20": n} for name, r, n in PUBLISHED_GOWALLA
+        ],
+        "figures": ["quality_gowalla_longtail.png"],
+    }
+
+
+def markdown_gowalla(doc: dict[str, Any]) -> str:
+    """Our arms (with and without the refit) beside the published rows."""
+    how = (
+        "read from the manifests of `twotower train --data lightgcn:../shared/data/gowalla` "
+        "with each arm's settings"
+        if doc.get("from_manifests")
+        else "`python -m bench.quality --suite gowalla`"
+    )
+    lines = [
+        "### gowalla: test split, all-ranking (the SSM paper's users, items and test set)",
+        "",
+        f"Ours: {how}; served as exported (user tower + index at the exported similarity). "
+        "`refit` = the same run's model retrained on train + valid for the epochs early "
+        "stopping chose (`train.refit`). Published rows are quoted, not measured here.",
+        "",
+        "| model | recall@20 | ndcg@20 | hit_rate@20 | coverage@20 | train time | examples/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm, res in doc["arms"].items():
+        if arm == "baseline_popular":
+            continue
+        run = res["runs"][0]
+        fit = run["fit_seconds"]
+        eps = f"{run['examples_per_second']:,.0f}"
+        if run.get("metrics_without_refit"):
+            m = run["metrics_without_refit"]
+            lines.append(
+                f"| ours: {arm} | {m['recall@20']:.4f} | {m['ndcg@20']:.4f} | "
+                f"{m['hit_rate@20']:.4f} | {m['coverage@20']:.4f} | {fit / 60:.1f} min | {eps} |"
+            )
+        m = run["metrics"]
+        label = f"ours: {arm}, refit" if run.get("refit") else f"ours: {arm}"
+        secs = (
+            f"{fit / 60:.1f} + {run['refit_seconds'] / 60:.1f} min"
+            if run.get("refit")
+            else f"{fit / 60:.1f} min"
+        )
+        lines.append(
+            f"| {label} | {m['recall@20']:.4f} | {m['ndcg@20']:.4f} | {m['hit_rate@20']:.4f} "
+            f"| {m['coverage@20']:.4f} | {secs} | {eps} |"
+        )
+    base = doc["arms"]["baseline_popular"]
+    lines.append(
+        f"| most popular | {base['recall@20']:.4f} | {base['ndcg@20']:.4f} | "
+        f"{base['hit_rate@20']:.4f} | {base['coverage@20']:.4f} | - | - |"
+    )
+    for p in doc.get("published", []):
+        lines.append(
+            f"| published: {p['model']} | {p['recall@20']:.4f} | {p['ndcg@20']:.4f} | - | - | - | - |"
+        )
+    lines += ["", "![long tail](quality_gowalla_longtail.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_longtail(doc: dict[str, Any], png: Path) -> Path:
+    """recall@20 by 10 item-popularity groups (least popular first), one line per arm and
+    refit state: the shape of the SSM paper's Fig. 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups = list(range(1, 11))
+    arms = [a for a in doc["arms"] if a != "baseline_popular"]
+    for i, arm in enumerate(arms):
+        run = doc["arms"][arm]["runs"][0]
+        color = f"C{i}"
+        if run.get("metrics_without_refit", {}).get("longtail_recall@20"):
+            curve = run["metrics_without_refit"]["longtail_recall@20"]
+            ax.plot(groups, curve, "--o", color=color, alpha=0.6, label=arm)
+        if run["metrics"].get("longtail_recall@20"):
+            label = f"{arm}, refit" if run.get("refit") else arm
+            ax.plot(groups, run["metrics"]["longtail_recall@20"], "-o", color=color, label=label)
+    ax.set_xlabel("item popularity group (1 = least popular tenth of items by train count)")
+    ax.set_ylabel("recall@20 of the group's test items")
+    ax.set_title("Gowalla: recall@20 by popularity group")
+    ax.set_xticks(groups)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
 
 
 def markdown(name: str, doc: dict[str, Any]) -> str:
@@ -152,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=None, help="ml100k: 3, dislikes: 5")
     p.add_argument("--quick", action="store_true", help="dislikes: a smoke test (see above)")
     p.add_argument(
+        "--manifests",
+        nargs="+",
+        default=None,
+        help="gowalla: the arms' exported manifest.json files (in arm order) instead of training",
+    )
+    p.add_argument(
         "--set",
         dest="extra",
         action="append",
@@ -164,14 +310,18 @@ def main(argv: list[str] | None = None) -> int:
     doc = (
         suite_ml100k(args.seeds or 3, args.extra)
         if args.suite == "ml100k"
-        else suite_gowalla(args.extra)
+        else suite_gowalla(args.extra, args.manifests)
     )
     path = write_result(
         f"quality_{args.suite}",
         doc,
         packages=("tensorflow", "tensorflow-recommenders", "faiss-gpu"),
     )
-    md = markdown(args.suite, doc)
+    if args.suite == "gowalla":
+        md = markdown_gowalla(doc)
+        plot_longtail(doc, RESULTS / "quality_gowalla_longtail.png")
+    else:
+        md = markdown(args.suite, doc)
     (RESULTS / f"quality_{args.suite}.md").write_text(md)
     print(md)
     print(f"wrote {path}", file=sys.stderr)

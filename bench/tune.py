@@ -12,7 +12,17 @@ Usage:
   python -m bench.tune --suite gowalla_history   (3 epochs per setting, history width H)
   python -m bench.tune --suite ml100k_dedupe | gowalla_dedupe   (loss.dedupe_candidates)
   python -m bench.tune --suite ml100k_dislikes [--seeds 3] [--quick]
-Writes bench/results/tune_<suite>.json and .md.
+  python -m bench.tune --suite gowalla_logq_label   (loss.logq_label, early stopping)
+  python -m bench.tune --suite ml100k_lightgcn_logq_label   (the same on ml-100k's
+      positives written as LightGCN train/valid/test files into a temporary
+      directory, 3 seeds; a second data set of the ``lightgcn:`` kind)
+  python -m bench.tune --suite S --manifests V1/manifest.json ...   (the rows from
+      the manifests of versions ``twotower train --data SRC [--set ...]`` exported,
+      instead of training them here: settings = the manifest config's differences
+      from that source kind's defaults)
+Writes bench/results/tune_<suite>.json and .md. Every row records the training
+time and examples/s, and validation recall@20 under both similarities (the
+export keeps the better: ``export.similarity=auto``).
 
 ml100k_dislikes: the dislike settings (bench/dislikes.py ``tune_arms``): positives
 only, the dislike input alone (both pathways), dislike negatives alone (both
@@ -35,6 +45,7 @@ import argparse
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, SHARED_DATA, write_result
@@ -97,6 +108,156 @@ GRIDS: dict[str, tuple[str, list[list[str]]]] = {
 }
 
 
+GRIDS["gowalla_logq_label"] = (
+    f"lightgcn:{SHARED_DATA / 'gowalla'}",
+    [[f"loss.logq_label={v}"] for v in ("corrected", "exact")],
+)
+#: Written by :func:`write_ml100k_lightgcn` into a temporary directory per run.
+ML100K_LIGHTGCN = "lightgcn:<ml-100k positives as LightGCN files>"
+GRIDS["ml100k_lightgcn_logq_label"] = (
+    ML100K_LIGHTGCN,
+    [
+        [f"loss.logq_label={v}", f"train.seed={seed}"]
+        for seed in range(3)
+        for v in ("corrected", "exact")
+    ],
+)
+
+
+def write_ml100k_lightgcn(root: Path, seed: int = 0) -> str:
+    """ml-100k's positives (rating >= 4) as LightGCN ``train/valid/test.txt`` under ``root``.
+
+    Each user's items are split 7:1:2 at random (seeded; a user with fewer than 3
+    goes to train only). Returns the ``lightgcn:`` spec. The files are the
+    reference data's, so they live in a temporary directory, never in the repository.
+    """
+    import numpy as np
+
+    d = np.loadtxt(SHARED_DATA / "ml-100k" / "u.data", dtype=np.int64)
+    d = d[d[:, 2] >= 4]
+    rng = np.random.default_rng(seed)
+    lines: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
+    for user in np.unique(d[:, 0]):
+        items = rng.permutation(d[d[:, 0] == user, 1])
+        n = len(items)
+        n_test = max(1, round(0.2 * n)) if n >= 3 else 0
+        n_valid = max(1, round(0.1 * n)) if n >= 3 else 0
+        parts = {
+            "test": items[:n_test],
+            "valid": items[n_test : n_test + n_valid],
+            "train": items[n_test + n_valid :],
+        }
+        for name, part in parts.items():
+            if len(part):
+                lines[name].append(" ".join(map(str, [user, *sorted(part.tolist())])))
+    root.mkdir(parents=True, exist_ok=True)
+    for name, rows in lines.items():
+        (root / f"{name}.txt").write_text("\n".join(rows) + "\n")
+    return f"lightgcn:{root}"
+
+
+def write_nested_lightgcn(src: Path, root: Path, seed: int = 0) -> str:
+    """A LightGCN split one level down, so that ``train.refit`` is judged on validation.
+
+    ``train.txt`` of ``src`` is split per user 7:1 at random (seeded) into the new
+    train and valid files; ``src``'s ``valid.txt`` becomes the new ``test.txt`` (a
+    user whose train items would all leave keeps them). ``src``'s test split is
+    never read. Returns the ``lightgcn:`` spec of ``root``.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    train, valid = [], []
+    for line in (src / "train.txt").read_text().splitlines():
+        user, *items = line.split()
+        if not items:
+            continue
+        order = rng.permutation(len(items))
+        n_valid = round(len(items) / 8) if len(items) >= 4 else 0
+        held = sorted(order[:n_valid].tolist())
+        kept = sorted(order[n_valid:].tolist())
+        train.append(" ".join([user, *(items[i] for i in kept)]))
+        if held:
+            valid.append(" ".join([user, *(items[i] for i in held)]))
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "train.txt").write_text("\n".join(train) + "\n")
+    (root / "valid.txt").write_text("\n".join(valid) + "\n")
+    (root / "test.txt").write_text((src / "valid.txt").read_text())
+    return f"lightgcn:{root}"
+
+
+#: Gowalla one level down (:func:`write_nested_lightgcn`): the run's "test" figures are
+#: the real validation split's, with and without ``train.refit``.
+GOWALLA_NESTED = "lightgcn:<gowalla train split 7:1 into train/valid; valid as test>"
+GRIDS["gowalla_refit_on_valid"] = (GOWALLA_NESTED, [["train.refit=true"]])
+
+
+def _row(
+    sets: list[str],
+    training: dict[str, Any],
+    seconds: float,
+    heldout: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One table row from a run's ``training`` record (validation figures only).
+
+    ``heldout``: the run's test metrics, kept only for the nested suites, where
+    the "test" split is the real validation split.
+    """
+    v = training["valid_metrics"]
+    refit = training.get("refit") or {}
+    extra: dict[str, Any] = {}
+    if heldout is not None and refit.get("done"):
+        before = refit["test_metrics_without_refit"]
+        extra["outer_valid"] = {
+            "without_refit": {k: before[k] for k in ("recall@20", "ndcg@20")},
+            "with_refit": {k: heldout[k] for k in ("recall@20", "ndcg@20")},
+        }
+    return {
+        **extra,
+        "settings": sets,
+        "valid": {k: v.get(k) for k in ("recall@20", "ndcg@20", "dislike_rate@20")},
+        "valid_recall@20_by_similarity": training.get("valid_recall@20_by_similarity", {}),
+        "best_epoch": training["best_epoch"],
+        "epochs_run": training["epochs_run"],
+        "train_seconds": training["seconds"],
+        "examples_per_second": training["examples_per_second"],
+        "refit_seconds": refit.get("seconds"),
+        "seconds": round(seconds, 1),
+    }
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def rows_from_manifests(paths: list[str], nested: bool = False) -> tuple[str, list[dict[str, Any]]]:
+    """(source, rows) of exported versions, settings = config minus the kind's defaults."""
+    import json
+
+    from trainer.run import trainer_config
+
+    rows, sources = [], set()
+    for path in paths:
+        m = json.loads(Path(path).read_text())
+        sources.add(m["data"]["source"])
+        default = _flat(trainer_config(m["data"]["kind"]).as_dict())
+        given = _flat(m["config"])
+        sets = [
+            f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+            for k, v in given.items()
+            if default.get(k) != v
+        ]
+        heldout = m["metrics"] if nested else None
+        rows.append(_row(sets, m["training"], float(m["training"]["seconds"]), heldout))
+    return " + ".join(sorted(sources)), rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -104,47 +265,91 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--suite", choices=sorted([*GRIDS, "ml100k_dislikes"]), required=True)
     p.add_argument("--seeds", type=int, default=3, help="ml100k_dislikes: seeds per arm")
     p.add_argument("--quick", action="store_true", help="ml100k_dislikes: a smoke test")
+    p.add_argument(
+        "--manifests",
+        nargs="+",
+        default=None,
+        help="build the rows from these exported versions' manifest.json instead of training",
+    )
     args = p.parse_args(argv)
     if args.suite == "ml100k_dislikes":
         return tune_dislikes(1 if args.quick else args.seeds, args.quick)
 
-    from trainer.data.sources import load_source
-    from trainer.run import train, trainer_config
-
-    spec, grid = GRIDS[args.suite]
-    ds = load_source(spec)
-    rows: list[dict[str, Any]] = []
-    for sets in grid:
-        cfg = trainer_config(spec.split(":", 1)[0], overrides=sets)
-        with tempfile.TemporaryDirectory() as art:
-            t0 = time.perf_counter()
-            out = train(spec, art, cfg, ds=ds, progress=False)
-        v = out.training["valid_metrics"]
-        row = {
-            "settings": sets,
-            "valid": {k: v.get(k) for k in ("recall@20", "ndcg@20", "dislike_rate@20")},
-            "best_epoch": out.training["best_epoch"],
-            "seconds": round(time.perf_counter() - t0, 1),
-        }
-        rows.append(row)
-        print(row, file=sys.stderr)
-    write_result(f"tune_{args.suite}", {"data": spec, "rows": rows})
+    if args.manifests:
+        nested = GRIDS.get(args.suite, ("", []))[0] == GOWALLA_NESTED
+        spec, rows = rows_from_manifests(args.manifests, nested)
+        how = "rows read from the manifests of `twotower train --data SRC [--set settings]`"
+    else:
+        spec, rows = _train_rows(*GRIDS[args.suite])
+        how = f"`python -m bench.tune --suite {args.suite}`"
+    write_result(f"tune_{args.suite}", {"data": spec, "rows": rows, "how": how})
     lines = [
         f"### validation sweep: {args.suite}",
         "",
-        "| settings | valid recall@20 | valid ndcg@20 | valid dislike_rate@20 | best epoch |",
-        "|---|---|---|---|---|",
+        f"{how}; valid figures at the exported similarity; train time and examples/s "
+        "of the fit (plus the refit's time where one was done).",
+        "",
+        "| settings | valid recall@20 | valid ndcg@20 | valid dislike_rate@20 "
+        "| valid recall@20 cosine / dot | best epoch | train time | examples/s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         v = r["valid"]
         dr = "-" if v["dislike_rate@20"] is None else f"{v['dislike_rate@20']:.4f}"
+        by = r.get("valid_recall@20_by_similarity") or {}
+        sims = " / ".join(f"{by[s]:.4f}" if s in by else "-" for s in ("cosine", "dot"))
+        secs = f"{r['train_seconds'] / 60:.1f} min" if r.get("train_seconds") else "-"
+        if r.get("refit_seconds"):
+            secs += f" + refit {r['refit_seconds'] / 60:.1f} min"
+        eps = f"{r['examples_per_second']:,.0f}" if r.get("examples_per_second") else "-"
         lines.append(
-            f"| {' '.join(r['settings'])} | {v['recall@20']:.4f} | {v['ndcg@20']:.4f} | {dr} | {r['best_epoch']} |"
+            f"| {' '.join(r['settings']) or '(defaults)'} | {v['recall@20']:.4f} | "
+            f"{v['ndcg@20']:.4f} | {dr} | {sims} | {r['best_epoch']} | {secs} | {eps} |"
         )
+    nested_rows = [r for r in rows if "outer_valid" in r]
+    if nested_rows:
+        lines += [
+            "",
+            "The run's held-out split is the real validation split (the test split is not "
+            "read): its figures with and without the refit.",
+            "",
+            "| settings | held-out (real valid) recall@20 / ndcg@20 without refit | with refit |",
+            "|---|---|---|",
+        ]
+        for r in nested_rows:
+            a, b = r["outer_valid"]["without_refit"], r["outer_valid"]["with_refit"]
+            lines.append(
+                f"| {' '.join(r['settings'])} | {a['recall@20']:.4f} / {a['ndcg@20']:.4f} | "
+                f"{b['recall@20']:.4f} / {b['ndcg@20']:.4f} |"
+            )
     md = "\n".join(lines) + "\n"
     (RESULTS / f"tune_{args.suite}.md").write_text(md)
     print(md)
     return 0
+
+
+def _train_rows(spec: str, grid: list[list[str]]) -> tuple[str, list[dict[str, Any]]]:
+    """Train every setting of ``grid`` on ``spec``; one row each (validation only)."""
+    from trainer.data.sources import load_source
+    from trainer.run import train, trainer_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        real = spec
+        if spec == ML100K_LIGHTGCN:
+            real = write_ml100k_lightgcn(Path(tmp) / "data")
+        elif spec == GOWALLA_NESTED:
+            real = write_nested_lightgcn(SHARED_DATA / "gowalla", Path(tmp) / "data")
+        ds = load_source(real)
+        rows: list[dict[str, Any]] = []
+        for sets in grid:
+            cfg = trainer_config(real.split(":", 1)[0], overrides=sets)
+            with tempfile.TemporaryDirectory() as art:
+                t0 = time.perf_counter()
+                out = train(real, art, cfg, ds=ds, progress=False)
+            heldout = out.metrics if spec == GOWALLA_NESTED else None
+            rows.append(_row(sets, out.training, time.perf_counter() - t0, heldout))
+            print(rows[-1], file=sys.stderr)
+    return spec, rows
 
 
 #: Validation figures of the dislike sweep, in table order.
