@@ -38,9 +38,11 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from common.files import atomic_write_text, fsync_path, fsync_tree
 
 LATEST = "LATEST"
 PREVIOUS = "PREVIOUS"
@@ -92,33 +94,6 @@ def new_version_id(now: float | None = None) -> str:
     return f"{stamp}.{int(now % 1 * 1e6):06d}Z-{secrets.token_hex(2)}"
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(root: Path) -> None:
-    """fsync every file and directory under ``root`` (files first, then dirs bottom-up)."""
-    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
-        for name in filenames:
-            _fsync_path(Path(dirpath) / name)
-        _fsync_path(Path(dirpath))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a fsynced temp file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
-
-
 def versions_dir(art: str | os.PathLike[str]) -> Path:
     return Path(art) / VERSIONS
 
@@ -147,7 +122,7 @@ def staging_version(
         if final.exists():
             raise ArtifactError(f"version {version} already exists in {root}")
         os.rename(staging, final)
-        _fsync_path(root)
+        fsync_path(root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -286,11 +261,10 @@ def read_manifest(art: str | os.PathLike[str], version: str | None = None) -> di
     return data
 
 
-def write_manifest(vdir: Path, manifest: dict[str, Any]) -> None:
-    with open(vdir / MANIFEST, "w") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True, default=_json_default)
-        fh.flush()
-        os.fsync(fh.fileno())
+def write_manifest(vdir: Path, manifest: Mapping[str, Any]) -> None:
+    """Write ``manifest.json`` of the version in ``vdir`` atomically (the only manifest writer)."""
+    text = json.dumps(dict(manifest), indent=2, sort_keys=True, default=_json_default)
+    atomic_write_text(vdir / MANIFEST, text)
 
 
 def _json_default(obj: Any) -> Any:
@@ -317,7 +291,7 @@ def remove_version(art: str | os.PathLike[str], version: str) -> None:
         os.rename(root / version, trash)
     except FileNotFoundError:
         return
-    _fsync_path(root)
+    fsync_path(root)
     shutil.rmtree(trash, ignore_errors=True)
 
 

@@ -31,6 +31,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from common.tf_env import set_tensorflow_environment
+
 BENIGN = (
     re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called"),
     re.compile(r"^I\d{4} [\d:.]+\s+\d+ port\.cc:\d+\] oneDNN custom operations are on\."),
@@ -81,8 +83,7 @@ class _DropNonSerializableWarning(logging.Filter):
 
 def import_tensorflow_quietly() -> None:
     """Import TensorFlow (once) without its start-up notices; see the module docstring."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # INFO and WARNING of TF's own logger
+    set_tensorflow_environment()
     tf_logger = logging.getLogger("tensorflow")
     if not any(isinstance(f, _DropNonSerializableWarning) for f in tf_logger.filters):
         tf_logger.addFilter(_DropNonSerializableWarning())

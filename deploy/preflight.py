@@ -40,6 +40,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
+from common.urls import mask_password, redact_url
+
 MODES = ("development", "production")
 #: The compose file's local default; anything but local use must replace it.
 LOCAL_REDIS_PASSWORD = "twotower-local-only"
@@ -63,14 +65,6 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
-    return url
 
 
 def _is_placeholder(value: str) -> bool:
@@ -127,7 +121,7 @@ def _serving_rule(url: str) -> str | None:
     try:
         parse_url(url)
     except StoreURLError as exc:
-        return str(exc).replace(urlsplit(url).password or "\0", "***")
+        return mask_password(url, str(exc))
     return production_store_problem(url)
 
 
@@ -145,7 +139,7 @@ def _check_url(where: str, url: str, production: bool, verdict: Verdict) -> None
         return
     refusal = _serving_rule(url)
     if refusal:
-        verdict.problems.append(f"{where} ({redact(url)}): {refusal}")
+        verdict.problems.append(f"{where} ({redact_url(url)}): {refusal}")
     if parts.password:
         verdict.problems.extend(_password_problems(f"{where}: the password", parts.password))
     query = dict(parse_qsl(parts.query))

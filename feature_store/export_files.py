@@ -11,7 +11,6 @@ file (:mod:`feature_store.log`).
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from common.files import durable_replace, fsync_path
 from feature_store.base import StoreError, user_hash
 from feature_store.events import EVENT_TYPES, Event
 
@@ -34,21 +34,6 @@ SCHEMA = pa.schema(
         ("pos", pa.int64()),
     ]
 )
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def durable_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
 
 
 def run_of(path: Path) -> int:
@@ -85,7 +70,7 @@ def write_run(out: Path, run: int, events: list[Event]) -> list[Path]:
         new_dir = not part_dir.exists()
         part_dir.mkdir(exist_ok=True)
         if new_dir:
-            fsync_dir(out)
+            fsync_path(out)
         rows = [events[p] for p in positions]
         table = pa.table(
             {

@@ -68,10 +68,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from common.files import durable_replace
 from feature_store import export_files
 from feature_store.base import OnlineStore, StoreError, user_hash
 from feature_store.events import Event
-from feature_store.export_files import SCHEMA, durable_replace
+from feature_store.export_files import SCHEMA
 
 __all__ = [
     "SCHEMA",

@@ -25,6 +25,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from common.urls import MASK
+
 #: ``log_retention`` value that keeps every log entry forever.
 KEEP_FOREVER = -1.0
 
@@ -152,7 +154,7 @@ class RedisConfig(CommonOptions):
     def redacted(self) -> str:
         """The URL without the password, for logs and reports."""
         scheme = "rediss" if self.tls else "redis"
-        auth = f"{self.username or ''}:***@" if self.password else ""
+        auth = f"{self.username or ''}:{MASK}@" if self.password else ""
         return f"{scheme}://{auth}{self.host}:{self.port}/{self.db}?prefix={self.prefix}"
 
 

@@ -8,7 +8,6 @@ batcher's worker thread (or at load time in a background thread).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,9 +20,10 @@ import faiss
 import numpy as np
 
 from common import artifacts
+from common.artifact_format import FormatError, parse_manifest, read_index, read_items
+from common.tf_env import set_tensorflow_environment
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+set_tensorflow_environment()
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ PUBLIC_MANIFEST_KEYS = (
 )
 
 
-class ModelLoadError(artifacts.ArtifactError):
+class ModelLoadError(FormatError):
     """A version directory cannot be served (missing file, shape mismatch, bad signature)."""
 
 
@@ -297,41 +297,15 @@ def load_model(art: str | os.PathLike[str], version: str, *, use_gpu: str = "aut
         vdir = artifacts.contained_version_dir(art, version)
     except artifacts.ArtifactError as exc:
         raise ModelLoadError(str(exc)) from None
-    mpath = _require(vdir / artifacts.MANIFEST, "manifest")
     try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{mpath}: not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict):
-        raise ModelLoadError(f"{mpath}: not a JSON object")
-    for key in ("embedding_dim", "history_length", "dislike_length", "index"):
-        if key not in manifest:
-            raise ModelLoadError(f"{mpath}: field {key!r} is missing")
-    if manifest.get("version", version) != version:
-        raise ModelLoadError(
-            f"{mpath}: names version {str(manifest['version'])[:80]!r}, but it is the "
-            f"manifest of {version!r}"
-        )
-
-    with np.load(_require(vdir / artifacts.ITEMS, "item table"), allow_pickle=False) as npz:
-        item_ids = np.asarray(npz["ids"]).astype(str)
-        embeddings = np.ascontiguousarray(npz["embeddings"], dtype=np.float32)
-    n, dim = embeddings.shape
-    if len(item_ids) != n:
-        raise ModelLoadError(f"{vdir / artifacts.ITEMS}: {len(item_ids)} ids but {n} embeddings")
-    if dim != int(manifest["embedding_dim"]):
-        raise ModelLoadError(
-            f"{vdir / artifacts.ITEMS}: dim {dim} != manifest embedding_dim {manifest['embedding_dim']}"
-        )
+        manifest = parse_manifest(vdir / artifacts.MANIFEST, version).as_dict()
+        items = read_items(vdir / artifacts.ITEMS, dim=int(manifest["embedding_dim"]))
+        item_ids, embeddings = items.ids, items.embeddings
+        n, dim = embeddings.shape
+        cpu_index = read_index(_require(vdir / artifacts.INDEX, "FAISS index"), ntotal=n, dim=dim)
+    except FormatError as exc:
+        raise ModelLoadError(str(exc)) from exc
     id_to_index = {x: i for i, x in enumerate(item_ids.tolist())}
-    if len(id_to_index) != n:
-        raise ModelLoadError(f"{vdir / artifacts.ITEMS}: item ids are not unique")
-
-    cpu_index = faiss.read_index(str(_require(vdir / artifacts.INDEX, "FAISS index")))
-    if cpu_index.ntotal != n or cpu_index.d != dim:
-        raise ModelLoadError(
-            f"{vdir / artifacts.INDEX}: index holds {cpu_index.ntotal} x {cpu_index.d}, items.npz {n} x {dim}"
-        )
     index_info = manifest["index"]
     index_type = str(index_info.get("type", "flat"))
     params = dict(index_info.get("params") or {})

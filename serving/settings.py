@@ -43,10 +43,10 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.urls import DEFAULT_STORE_URL, mask_password, redact_url
 from feature_store.urls import StoreURLError, parse_url
 
 ENV_PREFIX = "TWOTOWER_SERVE_"
-DEFAULT_STORE_URL = "sqlite:///twotower-store.sqlite"
 
 #: Hard caps of the public API (SPEC): settings may lower them, never raise them.
 K_CAP = 1000
@@ -240,7 +240,7 @@ class Settings(BaseSettings):
         try:
             parse_url(self.store_url)
         except StoreURLError as exc:
-            raise ValueError(f"store_url: {_mask(self.store_url, str(exc))}") from None
+            raise ValueError(f"store_url: {mask_password(self.store_url, str(exc))}") from None
         if self.environment == "production":
             problem = production_store_problem(self.store_url)
             if problem is not None:
@@ -301,9 +301,7 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")
         if self.api_keys is not None:
             data["api_keys"] = "***"
-        parts = urlsplit(self.store_url)
-        if parts.password:
-            data["store_url"] = self.store_url.replace(f":{parts.password}@", ":***@", 1)
+        data["store_url"] = redact_url(self.store_url)
         return data
 
 
@@ -346,12 +344,3 @@ def unknown_env(environ: Any) -> None:
         close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else f"; valid names: {sorted(valid)}"
         raise ValueError(f"environment variable {key} is not a serve setting{hint}")
-
-
-def _mask(url: str, text: str) -> str:
-    """``text`` with the password of ``url`` replaced by ``***``."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
-    return text.replace(password, "***") if password else text

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 
 from common import artifacts, interrupts
+from common.artifact_format import write_index, write_items
 from trainer._tf import tf
-from trainer.index_build import build_index, write_index
+from trainer.index_build import build_index
 from trainer.model import TwoTowerModel, l2_normalize
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def export_version(
         tf.saved_model.save(
             tower, str(vdir / artifacts.USER_TOWER), signatures={SIGNATURE: tower.serve}
         )
-        np.savez(vdir / artifacts.ITEMS, ids=np.asarray(item_ids).astype(str), embeddings=items)
+        write_items(vdir / artifacts.ITEMS, item_ids, items)
         write_index(index, vdir / artifacts.INDEX)
         model.weights_checkpoint().write(str(vdir / artifacts.CHECKPOINT / "model"))
         manifest = {

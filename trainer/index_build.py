@@ -1,4 +1,4 @@
-"""Build, tune, write and read the FAISS index of an export.
+"""Build and tune the FAISS index of an export (its file: :mod:`common.artifact_format`).
 
 The index is inner product over the exported item vectors (the caller has
 normalised them when the export's similarity is cosine). Small catalogs get an
@@ -19,13 +19,13 @@ import contextlib
 import logging
 import math
 import os
-import secrets
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import faiss
 import numpy as np
+
+from common.artifact_format import set_search_param
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,6 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 100
 # k-means on more than this many points per list buys nothing (FAISS warns below 39).
 IVF_TRAIN_POINTS_PER_LIST = 64
-
-
-class IndexMismatchError(ValueError):
-    """A serialized index does not match the export it belongs to."""
 
 
 def _available_cores() -> int:
@@ -85,16 +81,6 @@ def recall_vs_exact(
         len(np.intersect1d(a[a >= 0], e[e >= 0])) for a, e in zip(ids, exact_ids, strict=True)
     )
     return hits / float(k * len(queries))
-
-
-def _set_search_param(index: faiss.Index, name: str, value: int) -> None:
-    if name == "nprobe":
-        faiss.extract_index_ivf(index).nprobe = int(value)
-    elif name == "efSearch":
-        hnsw: Any = faiss.downcast_index(index)
-        hnsw.hnsw.efSearch = int(value)
-    else:
-        raise ValueError(f"unknown FAISS search parameter {name!r} (known: nprobe, efSearch)")
 
 
 def build_index(
@@ -155,7 +141,7 @@ def build_index(
         else:
             index, params, name, value, limit = _build_hnsw(x, kk)
         while True:
-            _set_search_param(index, name, value)
+            set_search_param(index, name, value)
             recall = recall_vs_exact(index, exact_ids, q, kk)
             if recall >= target_recall or value >= limit:
                 break
@@ -216,77 +202,3 @@ def _build_hnsw(x: np.ndarray, k: int) -> tuple[faiss.Index, dict[str, Any], str
     params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
     # efSearch below k cannot return k good results; past N it is a full scan.
     return index, params, "efSearch", max(k, 16), max(k, 16, n)
-
-
-def write_index(index: faiss.Index, path: str | Path) -> None:
-    """Serialize a CPU copy of ``index`` to ``path`` atomically (temp, fsync, rename, fsync dir)."""
-    path = Path(path)
-    if hasattr(faiss, "index_gpu_to_cpu") and faiss.get_num_gpus() > 0:
-        with contextlib.suppress(Exception):  # already a CPU index: nothing to convert
-            index = faiss.index_gpu_to_cpu(index)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        faiss.write_index(index, str(tmp))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def read_index(
-    path: str | Path,
-    params: dict[str, Any] | None = None,
-    *,
-    ntotal: int | None = None,
-    dim: int | None = None,
-) -> faiss.Index:
-    """Load a CPU index, check it against the export, and apply its search parameters.
-
-    Args:
-      path: the ``index.faiss`` file.
-      params: the manifest's ``index.params`` (or the whole ``index`` entry);
-        ``nprobe`` / ``efSearch`` found there are set on the loaded index.
-      ntotal: expected number of vectors (the manifest's ``num_items``).
-      dim: expected dimension (the manifest's ``embedding_dim``).
-    Raises:
-      FileNotFoundError: no file at ``path``.
-      IndexMismatchError: unreadable file, or size/dimension differ from expected.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"FAISS index not found: {path}")
-    try:
-        index = faiss.read_index(str(path))
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise IndexMismatchError(f"{path}: not a readable FAISS index ({first})") from e
-    if ntotal is not None and index.ntotal != ntotal:
-        raise IndexMismatchError(
-            f"{path}: index holds {index.ntotal} vectors, the manifest expects {ntotal}"
-        )
-    if dim is not None and index.d != dim:
-        raise IndexMismatchError(
-            f"{path}: index dimension is {index.d}, the manifest expects {dim}"
-        )
-    p = dict(params or {})
-    if isinstance(p.get("params"), dict):
-        p = dict(p["params"])
-    for name in ("nprobe", "efSearch"):
-        if name in p:
-            try:
-                _set_search_param(index, name, int(p[name]))
-            except (RuntimeError, AttributeError) as e:
-                raise IndexMismatchError(
-                    f"{path}: cannot set {name}={p[name]} on a {type(index).__name__}"
-                ) from e
-    return index

@@ -50,6 +50,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from common import artifacts
 from common.config import ConfigError, load_config
+from common.files import atomic_write_text
+from common.urls import redact_url
 from trainer import reports
 from trainer.config import TrainerConfig
 from trainer.gate import GateRule, apply_gate, check_gate_names
@@ -169,7 +171,7 @@ def run_once(
     report: dict[str, Any] = {
         "run_id": artifacts.new_version_id(),
         "started_at": _now(),
-        "store": _redact(store_url) if store_url else None,
+        "store": redact_url(store_url) if store_url else None,
         "snapshot": str(snapshot) if snapshot else None,
         "forced": force,
         "outcome": "failed",
@@ -218,7 +220,7 @@ def read_state(art: Path) -> dict[str, Any]:
 
 
 def write_state(art: Path, state: dict[str, Any]) -> None:
-    artifacts.atomic_write_text(art / STATE_FILE, json.dumps(state, indent=2, default=str))
+    atomic_write_text(art / STATE_FILE, json.dumps(state, indent=2, default=str))
 
 
 def checkpoint_dir(art: Path, key: dict[str, Any]) -> Path:
@@ -268,21 +270,9 @@ def apply_retention(art: Path, keep: int, keep_refused: int, protect: set[str]) 
 
 def annotate(art: Path, version: str, info: dict[str, Any]) -> None:
     """Record pipeline bookkeeping in a version's manifest (before it is published)."""
-    vdir = artifacts.version_dir(art, version)
     manifest = artifacts.read_manifest(art, version)
     manifest["pipeline"] = info
-    artifacts.atomic_write_text(
-        vdir / artifacts.MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str)
-    )
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a store URL before it goes into reports."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        _creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://***@{host}"
-    return url
+    artifacts.write_manifest(artifacts.version_dir(art, version), manifest)
 
 
 # -- the command ----------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from common import artifacts
+from common.artifact_format import read_item_ids
+from common.urls import redact_url
 from trainer.config import TrainerConfig, architecture_changes
 from trainer.data.item_quality import metadata_feature_names
 from trainer.gate import (
@@ -27,7 +29,6 @@ from trainer.pipeline import (
     EVENTS_DIR,
     PipelineConfig,
     _now,
-    _redact,
     annotate,
     apply_retention,
     checkpoint_dir,
@@ -76,8 +77,7 @@ def events_dataset(
 
 
 def _item_ids(art: Path, version: str) -> np.ndarray:
-    with np.load(artifacts.version_dir(art, version) / artifacts.ITEMS) as npz:
-        return npz["ids"].astype(str)
+    return read_item_ids(artifacts.version_dir(art, version) / artifacts.ITEMS)
 
 
 def _has_test_users(ds: Dataset) -> bool:
@@ -256,7 +256,7 @@ def gated_run(
         # The compaction refreshed the archive's copy of the store's item metadata.
         metadata, where = read_item_metadata(art / EVENTS_DIR), f"{art / EVENTS_DIR}"
         archive_run, archived, new = compacted.run, compacted.total, compacted.new_events
-        pinned, source = None, f"events:{_redact(store_url)}"
+        pinned, source = None, f"events:{redact_url(store_url)}"
     events = window(events, pc.window_days)
     published = artifacts.latest_version(art)
     published_manifest = artifacts.read_manifest(art, published) if published else None
@@ -397,7 +397,7 @@ def freeze_snapshot(store_url: str, art: Path, config: PipelineConfig) -> dict[s
         compacted = compact(store_url, art / EVENTS_DIR, consumer="pipeline")
         events = read_compacted(art / EVENTS_DIR, url=store_url)
         if not events:
-            raise DataError(f"{_redact(store_url)}: the event log is empty; nothing to freeze")
+            raise DataError(f"{redact_url(store_url)}: the event log is empty; nothing to freeze")
         warm = artifacts.latest_version(art)
         path = write_snapshot(
             art,

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from common import artifacts
+from common.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def trim_history(art: Path, keep: int) -> None:
     rows = read_history(art)
     if len(rows) > keep:
         text = "".join(json.dumps(r, default=str) + "\n" for r in rows[-keep:])
-        artifacts.atomic_write_text(reports_dir(art) / HISTORY_FILE, text)
+        atomic_write_text(reports_dir(art) / HISTORY_FILE, text)
 
 
 def prune_reports(art: Path, keep: int) -> list[str]:
@@ -218,7 +218,7 @@ def write_report(art: Path, report: dict[str, Any], keep: int) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     stem = report["run_id"]
     json_path = out / f"{stem}.json"
-    artifacts.atomic_write_text(json_path, json.dumps(report, indent=2, default=str))
-    artifacts.atomic_write_text(out / f"{stem}.html", render_html(report, read_history(art)))
+    atomic_write_text(json_path, json.dumps(report, indent=2, default=str))
+    atomic_write_text(out / f"{stem}.html", render_html(report, read_history(art)))
     prune_reports(art, keep)
     return json_path

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from common import artifacts, interrupts
+from common.artifact_format import read_items
 from common.config import load_config
 from trainer._tf import tf
 from trainer.checkpoints import checkpoint_paths, is_chief, prune_stale_runs, run_directory
@@ -449,9 +450,8 @@ class ExportedModel:
         self.version = artifacts.resolve_version(art, version)
         vdir = artifacts.version_dir(art, self.version)
         self.manifest = artifacts.read_manifest(art, self.version)
-        with np.load(vdir / artifacts.ITEMS) as npz:
-            self.item_ids = npz["ids"].astype(str)
-            self.item_emb = npz["embeddings"].astype(np.float32)
+        items = read_items(vdir / artifacts.ITEMS)
+        self.item_ids, self.item_emb = items.ids, items.embeddings
         loaded = tf.saved_model.load(str(vdir / artifacts.USER_TOWER))
         self._loaded = loaded  # keep the trackable alive
         self._fn = loaded.signatures["serving_default"]

@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common import artifacts
+from common.files import fsync_tree
 from feature_store.events import Event
 from feature_store.export_files import SCHEMA as EXPORT_SCHEMA
 
@@ -105,7 +106,7 @@ def write_snapshot(
             (staging / ITEMS_FILE).write_text(json.dumps(item_metadata, sort_keys=True))
             meta["items_sha256"] = _sha256(staging / ITEMS_FILE)
         (staging / META_FILE).write_text(json.dumps(meta, indent=2))
-        artifacts.fsync_tree(staging)
+        fsync_tree(staging)
         final = root / snap_id
         os.rename(staging, final)
     except BaseException:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from common import artifacts
+from common.artifact_format import read_item_ids
 from trainer._tf import tf
 from trainer.config import TrainerConfig, architecture_changes
 from trainer.model import TwoTowerModel
@@ -38,9 +39,7 @@ class WarmStartError(ValueError):
 
 def load_version_items(art: str | Path, version: str) -> tuple[dict[str, Any], np.ndarray]:
     manifest = artifacts.read_manifest(art, version)
-    with np.load(artifacts.version_dir(art, version) / artifacts.ITEMS) as npz:
-        ids = npz["ids"].astype(str)
-    return manifest, ids
+    return manifest, read_item_ids(artifacts.version_dir(art, version) / artifacts.ITEMS)
 
 
 def warm_start(model: TwoTowerModel, art: str | Path, version: str) -> dict[str, Any]:

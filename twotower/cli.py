@@ -48,11 +48,13 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 
 from common import interrupts
+from common.tf_env import set_tensorflow_environment
+from common.urls import DEFAULT_STORE_URL
 from twotower import __version__
 
 log = logging.getLogger("twotower")
 
-DEFAULT_STORE = "sqlite:///twotower-store.sqlite"
+DEFAULT_STORE = DEFAULT_STORE_URL
 #: Where ``--store`` comes from when it is not given: a password stays off the command line.
 STORE_ENV = "TWOTOWER_STORE_URL"
 #: ``serve``'s own settings variable for the store (read by :mod:`serving.settings`).
@@ -391,8 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Library chatter (FAISS's loader probing CPU variants, TF's absl INFO) is not the user's business.
     for noisy in ("faiss.loader", "absl", "tensorflow", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    set_tensorflow_environment()
     try:
         from twotower.precheck import check_args
 

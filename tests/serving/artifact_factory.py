@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from common import artifacts
+from common.artifact_format import write_index, write_items
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -150,8 +151,8 @@ def make_artifact(
     recall = index_recall(index, vectors, seed=seed)
     with artifacts.staging_version(art_dir) as (version, vdir):
         save_tower(vdir / artifacts.USER_TOWER, vectors, H, D)
-        np.savez(vdir / artifacts.ITEMS, ids=ids_arr, embeddings=vectors)
-        faiss.write_index(index, str(vdir / artifacts.INDEX))
+        write_items(vdir / artifacts.ITEMS, ids_arr, vectors)
+        write_index(index, vdir / artifacts.INDEX)
         manifest = {
             "version": version,
             "created_at": 0.0,

@@ -10,7 +10,6 @@ import pytest
 from feature_store.events import Event
 from trainer.data.dataset import DISLIKE, POSITIVE, TEST, TRAIN, VALID
 from trainer.data.errors import DataError
-from trainer.data.events_source import redact
 from trainer.data.sources import dataset_from_events, load_source
 
 UDATA = "1\t10\t5\t100\n1\t11\t3\t101\n1\t12\t1\t102\n2\t10\t4\t50\n2\t13\t2\t60\n"
@@ -323,13 +322,6 @@ def test_dataset_from_events_roles_order_and_duplicates():
 def test_dataset_from_events_with_nothing_to_learn():
     with pytest.raises(DataError, match="no positive or dislike events"):
         dataset_from_events([ev(1, "u", "i", "impression", 1.7e9)], source="events:x")
-
-
-def test_redact_hides_passwords_only():
-    assert redact("redis://:s3cret@cache:6380/2") == "redis://:***@cache:6380/2"
-    assert redact("rediss://app:pw@h/0") == "rediss://app:***@h/0"
-    assert redact("sqlite:///var/x.db") == "sqlite:///var/x.db"
-    assert redact("redis://h:6379/0") == "redis://h:6379/0"
 
 
 def test_events_source_reads_a_real_sqlite_store(tmp_path):

@@ -6,7 +6,8 @@ import faiss
 import numpy as np
 import pytest
 
-from trainer.index_build import IndexMismatchError, build_index, read_index, write_index
+from common.artifact_format import IndexMismatchError, read_index, write_index
+from trainer.index_build import build_index
 
 K = 100
 INFO_KEYS = {"type", "metric", "params", "recall_at_k_vs_exact", "k", "num_queries"}

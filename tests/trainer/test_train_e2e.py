@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from common import artifacts
+from common.artifact_format import read_index
 from tests.trainer.tiny import TINY, TINY_SETS
 from trainer.data.sources import load_source
-from trainer.index_build import read_index
 from trainer.run import ExportedModel, evaluate_version, train, trainer_config
 
 SETS = [*TINY_SETS, "train.checkpoint_every=5"]

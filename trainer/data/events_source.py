@@ -20,10 +20,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from common.urls import redact_url
 from feature_store.base import StoreError
 from feature_store.events import DISLIKE as ROLE_DISLIKE
 from feature_store.events import EVENT_TYPES, Event
@@ -39,18 +39,6 @@ NO_METADATA_COPY = (
     "the export has no copy of the store's item metadata: it was last exported by an "
     "older version; the next export run (`twotower pipeline`) writes one"
 )
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe to log and to put in manifests)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def dataset_from_events(events: Iterable[Event], source: str) -> Dataset:
@@ -116,7 +104,7 @@ def read_event_log(url: str) -> Dataset:
         return _read_export(Path(url))
     from feature_store.log import item_metadata, iter_events  # imported on use
 
-    ds = dataset_from_events(iter_events(url), source=f"events:{redact(url)}")
+    ds = dataset_from_events(iter_events(url), source=f"events:{redact_url(url)}")
     return attach_item_metadata(ds, item_metadata(url, ds.item_ids))
 
 

@@ -127,13 +127,13 @@ def _check_events(arg: str) -> None:
                 "directory (an export directory such as ART/events)"
             )
         return
+    from common.urls import redact_url
     from feature_store.urls import missing_sqlite_file
-    from trainer.data.events_source import redact
 
     missing = missing_sqlite_file(arg)
     if missing is not None:
         raise DataError(
-            f"events:{redact(arg)}: no such store file {missing} (nothing was ever written there)"
+            f"events:{redact_url(arg)}: no such store file {missing} (nothing was ever written there)"
         )
 
 
