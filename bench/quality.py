@@ -3,8 +3,13 @@
   * ml-100k: the NTR term on (defaults) vs off (``loss.ntr_weight=0``), several
     seeds, mean and spread: the NTR term should cut ``dislike_rate@20`` at
     similar ``recall@20``.
-  * Gowalla (the SSM paper's split): logQ from the streaming estimator vs no
-    correction vs exact counts, with the most-popular floor beside them.
+  * Gowalla (the SSM paper's split): the defaults (logQ from the streaming
+    estimator) and the plain in-batch softmax (no logQ), each with
+    ``train.refit`` so that one run gives the test figures with and without the
+    refit; the most-popular floor and the published rows beside them (quoted,
+    labelled as such), and recall@20 by 10 item-popularity groups as a PNG
+    (``quality_gowalla_longtail.png``). ``--manifests A B`` reads the two arms
+    from exported versions' manifests instead of training them.
   * dislikes (bench/dislikes.py): on ml-100k, every way of learning from
     dislikes (positives only, the dislike input, the NTR term, dislike hard
     negatives, the subtract pathway, and their combinations) with test and
@@ -16,7 +21,7 @@
 
 Usage:
   python -m bench.quality --suite ml100k --seeds 3
-  python -m bench.quality --suite gowalla
+  python -m bench.quality --suite gowalla [--manifests ARM1/manifest.json ARM2/manifest.json]
   python -m bench.quality --suite dislikes [--seeds 5] [--quick]
   python -m bench.quality --suite dislike_cases [--seeds 5] [--quick]
 Writes bench/results/quality_<suite>.json and .md; ``dislikes`` writes
