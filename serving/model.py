@@ -144,8 +144,29 @@ def _import_tf() -> Any:
     return tf
 
 
+#: Queries per FAISS thread: a smaller batch is searched by fewer threads (OpenMP's
+#: start-up and barriers cost more than a few queries' scan).
+QUERIES_PER_FAISS_THREAD = 8
+
+_faiss_threads = 0  # configure_threads(): most FAISS threads per search, 0 = OpenMP's default
+
+
+def faiss_threads_for(batch: int) -> int:
+    """FAISS threads for a search of ``batch`` queries (0: leave OpenMP's default)."""
+    if _faiss_threads <= 0:
+        return 0
+    return max(1, min(_faiss_threads, -(-batch // QUERIES_PER_FAISS_THREAD)))
+
+
 def configure_threads(tf_threads: int, faiss_threads: int) -> None:
-    """Pin TF and FAISS thread pools; TF only accepts this before its runtime starts."""
+    """Pin TF and FAISS thread pools; TF only accepts this before its runtime starts.
+
+    OpenMP keeps its thread count per calling thread, and FAISS searches run in
+    the batcher's worker thread, not here: :meth:`LoadedModel.search` applies the
+    count in the searching thread, sized for the batch (:func:`faiss_threads_for`).
+    """
+    global _faiss_threads
+    _faiss_threads = faiss_threads
     if faiss_threads > 0:
         faiss.omp_set_num_threads(faiss_threads)
     if tf_threads > 0:
@@ -249,6 +270,9 @@ class LoadedModel:
 
     def search(self, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """FAISS top-``depth`` by inner product: (scores float32 [B, depth], rows int64 [B, depth]; -1 = none)."""
+        threads = faiss_threads_for(len(queries))
+        if threads:
+            faiss.omp_set_num_threads(threads)  # this thread's count (OpenMP: per thread)
         return self.index.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
 
     def exact_scores(self, query: np.ndarray) -> np.ndarray:

@@ -172,3 +172,39 @@ def test_body_is_the_response_model_json(client: Any) -> None:
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     model = RecommendResponse.model_validate_json(r.content)
     assert r.content == model.model_dump_json().encode()
+
+
+def test_faiss_thread_count_holds_in_the_thread_that_searches(
+    art: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenMP counts threads per calling thread: the setting must reach the batcher's thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import faiss
+
+    from common import artifacts
+    from serving import model as model_mod
+
+    loaded = model_mod.load_model(art, artifacts.latest_version(art))
+    monkeypatch.setattr(model_mod, "_faiss_threads", 0)
+    faiss.omp_set_num_threads(2)  # as a fresh thread starts on 2+ cores
+    model_mod.configure_threads(0, 1)
+    queries = loaded.embeddings[:3]
+
+    def search_then_count() -> int:
+        faiss.omp_set_num_threads(2)
+        loaded.search(queries, 5)
+        return int(faiss.omp_get_max_threads())
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(search_then_count).result() == 1
+
+
+def test_faiss_threads_follow_the_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving import model as model_mod
+
+    monkeypatch.setattr(model_mod, "_faiss_threads", 4)
+    per = model_mod.QUERIES_PER_FAISS_THREAD
+    assert [model_mod.faiss_threads_for(n) for n in (1, per, per + 1, 100 * per)] == [1, 1, 2, 4]
+    monkeypatch.setattr(model_mod, "_faiss_threads", 0)
+    assert model_mod.faiss_threads_for(64) == 0  # OpenMP's own default, untouched
