@@ -1,27 +1,37 @@
-"""Serving throughput and latency, side by side in one run (not a test).
+"""Serving throughput and latency against a trivial endpoint, side by side in one run (not a test).
 
-For each corpus (a synthetic 1M-item, dim-64 catalog behind an IVF index, and
-the ml-100k catalog behind an exact index), against one ``twotower serve``
-process on a loopback port with a real Redis store:
+For each synthetic catalog (default 100k and 1M items, trained by ``twotower
+train`` for one epoch: the trainer picks the index and records its recall
+against exact search), with ``bench-u<i>`` users stored in a real Redis:
 
-  * ``floor``: ``POST /_floor`` (same server, same body parsing, fixed answer);
-  * ``recommend``: ``POST /v1/recommend`` for random stored users (k=20);
-  * ``in-process``: the same work without HTTP (store read + tower call +
-    FAISS search + filtering) timed in this process;
-  * ``recommend, batch 1``: the server restarted with ``batch_max_size=1``.
+  * ``trivial``: a bare FastAPI app (:func:`trivial_app`: a POST that parses the
+    JSON body and returns 20 fixed items) under the same uvicorn settings as
+    ``twotower serve`` (uvloop, httptools, no access log), same worker count;
+  * ``recommend``: ``POST /v1/recommend`` of ``twotower serve`` for random
+    stored users (k=20);
 
-Latency p50/p99 at concurrency 1 and throughput at concurrency 32 come from
-``wrk`` (POST bodies via a Lua script). Results: ``bench/results/serving.json``
-and ``serving.md``.
+both driven by ``wrk`` (a C client; POST bodies from a Lua script), back to
+back: concurrency 1 (latency) and 32 (throughput), 1 and 2 uvicorn workers,
+and a sweep of concurrencies (p99 against the throughput it reached, plotted
+in ``serving_p99.png``). With ``py-spy`` on the PATH (or beside this Python),
+the one-worker server is profiled at c=1 and c=32 and the samples are split
+into stages (CPU microseconds per request); the collapsed stacks are kept in
+``bench/results/serving_profile_*.txt``. ``in-process`` is the same work
+without HTTP (store read + tower + FAISS + filtering), timed in this process.
 
-    python -m bench.serving                       # full run
-    python -m bench.serving --items 200000 --duration 5   # reduced
+Results: ``bench/results/serving.json`` and ``serving.md`` (the README's table
+comes from it through ``python -m bench.report``).
+
+    python -m bench.serving                                   # full run
+    python -m bench.serving --items 100000 --duration 5       # one catalog, shorter
+    python -m bench.serving --factory --items 200000          # made-up vectors, no training
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -30,12 +40,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.common import RESULTS, SHARED_DATA, write_result
+from bench.common import REPO, RESULTS, write_result
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -43,6 +55,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 #: A Redis database of its own (the serving tests flush DBs 3 and 4).
 REDIS_URL = "redis://127.0.0.1:6379/10"
 THREADS = {"TWOTOWER_SERVE_TF_THREADS": "1", "TWOTOWER_SERVE_FAISS_THREADS": "1"}
+#: Concurrencies of the sweep (p99 against the throughput reached).
+SWEEP = (1, 2, 4, 8, 16, 32, 64)
+K = 20
 
 LUA = """
 math.randomseed(%(seed)d)
@@ -50,9 +65,76 @@ local users = %(users)d
 request = function()
   local u = math.random(0, users - 1)
   return wrk.format("POST", "%(path)s", {["Content-Type"] = "application/json"},
-    '{"user_id": "bench-u' .. u .. '", "k": 20}')
+    '{"user_id": "bench-u' .. u .. '", "k": %(k)d}')
 end
 """
+
+TRIVIAL_ITEMS = [{"item_id": f"i{i}", "score": round(1.0 - i / 100, 2)} for i in range(K)]
+
+
+def trivial_app() -> Any:
+    """The floor: a bare FastAPI POST that parses the JSON body and returns 20 fixed items."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.post("/trivial")
+    async def trivial(body: dict[str, Any]) -> dict[str, Any]:
+        return {"user_id": body.get("user_id"), "items": TRIVIAL_ITEMS, "model_version": "trivial"}
+
+    return app
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_trivial(workers: int) -> Iterator[str]:
+    """:func:`trivial_app` under uvicorn with ``twotower serve``'s options; yields its URL."""
+    import importlib.util
+
+    import httpx
+
+    port = _free_port()
+    # As serving.main picks them for twotower serve: the fastest loop and parser installed.
+    opts = {
+        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+    }
+    cmd = [
+        sys.executable, "-m", "uvicorn", "bench.serving:trivial_app", "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        "--loop", opts["loop"], "--http", opts["http"], "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if (
+                    httpx.post(url + "/trivial", json={"user_id": "x"}, timeout=2).status_code
+                    == 200
+                ):
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the trivial endpoint did not start")
+            time.sleep(0.2)  # a child process starting: no event to await
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _ms(text: str) -> float:
@@ -63,30 +145,177 @@ def _ms(text: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def run_wrk(
-    url: str, path: str, users: int, connections: int, duration: int, tmp: Path
-) -> dict[str, Any]:
-    """One wrk run; returns requests/s, p50/p99 latency (ms) and non-2xx count."""
-    script = tmp / f"post-{abs(hash(path))}.lua"
-    script.write_text(LUA % {"seed": 7, "users": users, "path": path})
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+def _wrk_cmd(
+    url: str, path: str, users: int, connections: int, duration: float, tmp: Path
+) -> list[str]:
+    script = tmp / f"post-{path.strip('/').replace('/', '-')}.lua"
+    script.write_text(LUA % {"seed": 7, "users": users, "path": path, "k": K})
+    threads = 2 if connections >= 64 else 1
+    return [
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency",
+        "-s", str(script), url,
+    ]  # fmt: skip
+
+
+def parse_wrk(out: str, connections: int) -> dict[str, Any]:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    pct = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)", out, re.M))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
+    total = re.search(r"(\d+) requests in", out)
     return {
         "connections": connections,
         "requests_per_s": rps,
+        "requests": int(total.group(1)) if total else None,
         "p50_ms": _ms(pct.get("50", "nan")),
+        "p90_ms": _ms(pct.get("90", "nan")),
         "p99_ms": _ms(pct.get("99", "nan")),
         "non_2xx": int(bad.group(1)) if bad else 0,
-        "socket_errors": errors.group(1) if errors else None,
+        "socket_errors": errors.group(1).strip() if errors else None,
     }
 
 
-def load_users(num_users: int, catalog: list[str], seed: int, ml100k: Path | None) -> None:
-    """Write ``bench-u<i>`` users into the bench's Redis DB: ml-100k users' own ratings, else random clicks."""
+def run_wrk(
+    url: str, path: str, users: int, connections: int, duration: float, tmp: Path
+) -> dict[str, Any]:
+    """One wrk run: requests/s, latency percentiles (ms), non-2xx and socket errors."""
+    cmd = _wrk_cmd(url, path, users, connections, duration, tmp)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out, connections)
+
+
+# --- profile: py-spy samples split into stages ------------------------------------------------
+
+#: Stage of a sample: the first rule matching its frames, innermost frame first.
+STAGES = [
+    "parse + validation",
+    "store read",
+    "tower",
+    "FAISS",
+    "filtering + merge",
+    "serialisation",
+    "metrics + middleware",
+    "batcher + thread hand-off",
+    "HTTP stack (uvicorn, Starlette, FastAPI)",
+    "event loop",
+]
+_RULES: list[tuple[str, tuple[str, ...]]] = [
+    ("FAISS", ("LoadedModel.search", "faiss/")),
+    ("tower", ("LoadedModel.embed", "tensorflow/")),
+    ("serialisation", ("to_json", "serialize_response", "jsonable_encoder", "dump_json",
+                       "Response.render", "Response.__init__", "JSONResponse")),
+    ("parse + validation", ("body_to_args", "_validate_value", "validate_python", "Request.json",
+                            "Request.body", "json/decoder", "json/__init__", "require_json",
+                            "is_json", "_check_lists", "model_validate")),
+    ("store read", ("feature_store/", "redis/", "StoreReads", "read_user", "hiredis")),
+    ("metrics + middleware", ("prometheus_client/", "serving/middleware.py", "serving/metrics.py",
+                              "usercache.py")),
+    ("filtering + merge", ("serving/retrieval.py", "serving/service.py", "serving/model.py")),
+    ("batcher + thread hand-off", ("serving/batcher.py", "concurrent/futures", "threading.py",
+                                   "queue.py")),
+    ("HTTP stack (uvicorn, Starlette, FastAPI)", ("uvicorn/protocols", "uvicorn/middleware",
+                                                  "starlette/", "fastapi/", "anyio/",
+                                                  "serving/routes.py", "serving/deps.py",
+                                                  "serving/auth.py", "h11/", "httptools")),
+]  # fmt: skip
+
+
+def _source_lines(path: Path, needle: str) -> set[int]:
+    try:
+        return {i for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line}
+    except OSError:
+        return set()
+
+
+def stage_of(frames: list[str], encode_lines: set[int]) -> str:
+    """The stage of one sample (frames outermost first, as py-spy's raw format writes them)."""
+    if frames and any(n in frames[-1] for n in ("asyncio/", "uvloop", "Runner.run")):
+        return "event loop"  # the loop's own work (uvloop's C code shows as Runner.run)
+    for frame in reversed(frames):
+        m = re.search(r"\(serving/routes\.py:(\d+)\)", frame)
+        if m and int(m.group(1)) in encode_lines:
+            return "serialisation"  # the encoder is C: its time shows on the calling line
+        for stage, needles in _RULES:
+            if any(n in frame for n in needles):
+                return stage
+    return "event loop"
+
+
+def split_stages(raw: str) -> tuple[Counter[str], int]:
+    """Samples per stage of a py-spy ``--format raw`` profile, and the total."""
+    encode_lines = _source_lines(REPO / "serving" / "routes.py", "to_json(")
+    stages: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        stages[stage_of(stack.split(";"), encode_lines)] += int(count)
+        total += int(count)
+    return stages, total
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its threads so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def py_spy() -> str | None:
+    beside = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(beside) if beside.is_file() else None)
+
+
+def profile(
+    pid: int,
+    url: str,
+    users: int,
+    connections: int,
+    duration: float,
+    tmp: Path,
+    out_path: Path,
+) -> dict[str, Any]:
+    """wrk on /v1/recommend while py-spy samples ``pid``: CPU microseconds per request by stage."""
+    spy = py_spy()
+    assert spy is not None
+    window = max(2.0, duration - 2.0)
+    wrk = subprocess.Popen(
+        _wrk_cmd(url, "/v1/recommend", users, connections, duration, tmp),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # let the load settle before sampling
+    cpu0, t0 = _cpu_seconds(pid), time.perf_counter()
+    subprocess.run(
+        [spy, "record", "-p", str(pid), "-d", f"{int(window)}", "-r", "250", "--nonblocking",
+         "-f", "raw", "-o", str(out_path)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    cpu, wall = _cpu_seconds(pid) - cpu0, time.perf_counter() - t0
+    out, _ = wrk.communicate()
+    load = parse_wrk(out, connections)
+    stages, total = split_stages(out_path.read_text())
+    requests = load["requests_per_s"] * wall
+    per_request_us = cpu / requests * 1e6 if requests else float("nan")
+    return {
+        "connections": connections,
+        "load": load,
+        "samples": total,
+        "server_cpu_s": cpu,
+        "window_s": wall,
+        "server_cpu_us_per_request": per_request_us,
+        "stages_us_per_request": {
+            s: per_request_us * stages.get(s, 0) / total if total else float("nan") for s in STAGES
+        },
+        "profile": out_path.name,
+    }
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def load_users(num_users: int, catalog: list[str], seed: int) -> None:
+    """Write ``bench-u<i>`` users (30 random events each, 1 in 6 a dislike) into the bench's Redis DB."""
     import redis
 
     from feature_store import open_store
@@ -95,33 +324,16 @@ def load_users(num_users: int, catalog: list[str], seed: int, ml100k: Path | Non
     redis.Redis.from_url(REDIS_URL).flushdb()
     rng = np.random.default_rng(seed)
     raw: list[dict[str, Any]] = []
-    if ml100k is not None:
-        rows = np.loadtxt(ml100k / "u.data", dtype=np.int64)
-        users = sorted(set(rows[:, 0].tolist()))[:num_users]
-        index = {u: i for i, u in enumerate(users)}
-        for uid, item, rating, ts in rows[np.argsort(rows[:, 3], kind="stable")].tolist():
-            if uid in index and rating != 3:
-                etype = "click" if rating >= 4 else "dislike"
-                raw.append(
-                    {
-                        "event_id": f"b{uid}-{item}-{ts}",
-                        "user_id": f"bench-u{index[uid]}",
-                        "item_id": str(item),
-                        "type": etype,
-                    }
-                )
-    else:
-        for u in range(num_users):
-            for j, item in enumerate(rng.choice(len(catalog), 30, replace=False).tolist()):
-                etype = "dislike" if j % 6 == 5 else "click"
-                raw.append(
-                    {
-                        "event_id": f"b{u}-{j}",
-                        "user_id": f"bench-u{u}",
-                        "item_id": catalog[item],
-                        "type": etype,
-                    }
-                )
+    for u in range(num_users):
+        for j, item in enumerate(rng.choice(len(catalog), 30, replace=False).tolist()):
+            raw.append(
+                {
+                    "event_id": f"b{u}-{j}",
+                    "user_id": f"bench-u{u}",
+                    "item_id": catalog[item],
+                    "type": "dislike" if j % 6 == 5 else "click",
+                }
+            )
 
     async def write() -> None:
         async with open_store(REDIS_URL) as store:
@@ -152,7 +364,7 @@ def in_process(art: Path, users: int, iterations: int) -> dict[str, Any]:
         }
         q = Query(
             model=model,
-            k=20,
+            k=K,
             blocked=blocked,
             history=model.tokens(state.positives, model.history_length),
             dislikes=model.tokens(dislikes, model.dislike_length),
@@ -168,210 +380,41 @@ def in_process(art: Path, users: int, iterations: int) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 await one(store, f"bench-u{rng.integers(users)}")
                 times.append((time.perf_counter() - t0) * 1000)
-            # Batch of 32 queries in one tower call + one search (the server's batched path).
-            h = np.stack(
-                [
-                    model.tokens(
-                        [str(model.item_ids[i]) for i in rng.integers(0, model.num_items, 20)],
-                        model.history_length,
-                    )
-                    for _ in range(32)
-                ]
-            )
-            d = np.zeros((32, model.dislike_length), np.int32)
-            qs = [Query(model=model, k=20, history=h[i], dislikes=d[i]) for i in range(32)]
-            t0 = time.perf_counter()
-            reps = max(3, iterations // 32)
-            for _ in range(reps):
-                run_batch(qs)
-            per_query_batched = (time.perf_counter() - t0) * 1000 / (reps * 32)
         return {
             "p50_ms": float(np.percentile(times, 50)),
             "p99_ms": float(np.percentile(times, 99)),
-            "per_query_ms_in_batches_of_32": per_query_batched,
             "iterations": iterations,
         }
 
     return asyncio.run(go())
 
 
-def bench_corpus(name: str, art: Path, users: int, duration: int, tmp: Path) -> dict[str, Any]:
-    from common import artifacts
-    from tests.serving.server import running_server
+def make_catalog(items: int, users: int, factory: bool, tmp: Path) -> Path:
+    art = tmp / f"synthetic-{items}"
+    t0 = time.perf_counter()
+    if factory:
+        from tests.serving.artifact_factory import make_artifact
 
-    manifest = artifacts.read_manifest(art)
-    out: dict[str, Any] = {
-        "corpus": name,
-        "num_items": manifest["num_items"],
-        "index": manifest["index"],
-    }
-    env = {**THREADS, "TWOTOWER_SERVE_FLOOR_ROUTE": "true", "TWOTOWER_SERVE_RELOAD_POLL_S": "3600"}
-    with running_server(art, REDIS_URL, timeout_s=600, **env) as srv:
-        for label, path in (("floor", "/_floor"), ("recommend", "/v1/recommend")):
-            run_wrk(srv.url, path, users, 1, 2, tmp)  # warm-up
-            out[label] = {
-                "c1": run_wrk(srv.url, path, users, 1, duration, tmp),
-                "c32": run_wrk(srv.url, path, users, 32, duration, tmp),
-            }
-            print(f"  {name} {label}: {out[label]}", file=sys.stderr)
-    with running_server(
-        art, REDIS_URL, timeout_s=600, TWOTOWER_SERVE_BATCH_MAX_SIZE="1", **env
-    ) as srv:
-        run_wrk(srv.url, "/v1/recommend", users, 1, 2, tmp)
-        out["recommend_batch1"] = {
-            "c32": run_wrk(srv.url, "/v1/recommend", users, 32, duration, tmp)
-        }
-        print(f"  {name} batch 1: {out['recommend_batch1']}", file=sys.stderr)
-    out["in_process"] = in_process(art, users, iterations=300)
-    print(f"  {name} in-process: {out['in_process']}", file=sys.stderr)
-    rec, floor, inproc = out["recommend"], out["floor"], out["in_process"]
-    out["ratios"] = {
-        "http_over_in_process_p50_c1": rec["c1"]["p50_ms"] / inproc["p50_ms"],
-        "recommend_over_floor_p50_c1": rec["c1"]["p50_ms"] / floor["c1"]["p50_ms"],
-        "recommend_over_floor_rps_c32": rec["c32"]["requests_per_s"]
-        / floor["c32"]["requests_per_s"],
-        "batching_gain_rps_c32": rec["c32"]["requests_per_s"]
-        / out["recommend_batch1"]["c32"]["requests_per_s"],
-    }
-    return out
-
-
-def make_corpora(args: argparse.Namespace, tmp: Path) -> list[tuple[str, Path, int, Path | None]]:
-    from tests.serving.artifact_factory import make_artifact
-
-    corpora = []
-    if args.items > 0:
-        art = tmp / "synthetic"
-        t0 = time.perf_counter()
-        nlist = args.nlist or int(4 * np.sqrt(args.items))
         make_artifact(
             art,
-            num_items=args.items,
+            num_items=items,
             dim=64,
             H=20,
             D=10,
             seed=1,
             index_type="ivf",
-            index_params={"nlist": nlist, "nprobe": args.nprobe},
+            index_params={"nlist": int(4 * np.sqrt(items)), "nprobe": 16},
             num_popular=1000,
-            clusters=args.clusters,
+            clusters=2000,
         )
-        print(
-            f"built synthetic {args.items}-item IVF artifact in {time.perf_counter() - t0:.0f}s",
-            file=sys.stderr,
-        )
-        corpora.append((f"synthetic-{args.items}", art, None))
-    ml = SHARED_DATA / "ml-100k"
-    if (ml / "u.data").is_file() and not args.skip_ml100k:
-        items = sorted(set(np.loadtxt(ml / "u.data", dtype=np.int64, usecols=1).tolist()))
-        art = tmp / "ml100k"
-        if args.factory_ml100k:
-            make_artifact(
-                art, num_items=len(items), dim=64, H=20, D=10, seed=2, ids=[str(i) for i in items]
-            )
-        else:
-            # The real thing: a model trained by `twotower train` on ml-100k (short run).
-            from trainer.run import train, trainer_config
+    else:
+        from trainer.run import train, trainer_config
 
-            t0 = time.perf_counter()
-            spec = f"movielens:{ml / 'u.data'}"
-            train(
-                spec, art, trainer_config("movielens", overrides=["train.epochs=3"]), progress=False
-            )
-            print(f"trained ml-100k artifact in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-        corpora.append(("ml-100k", art, ml))
-    return [(n, a, args.users if ml_dir is None else 943, ml_dir) for n, a, ml_dir in corpora]
-
-
-def markdown(doc: dict[str, Any]) -> str:
-    lines = [
-        "# Serving benchmark",
-        "",
-        f"`{doc['command']}` at {doc['git_revision']}, {doc['machine']['cores']} cores ({doc['machine']['cpu']}).",
-        f"Threads: {doc['threads']}.",
-        f"GC: {doc['gc']}." if "gc" in doc else "",
-        "",
-        "| corpus | endpoint | p50 ms (c=1) | p99 ms (c=1) | req/s (c=32) | p99 ms (c=32) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for c in doc["corpora"]:
-        for label, key in (("floor (/_floor)", "floor"), ("/v1/recommend", "recommend")):
-            r = c[key]
-            lines.append(
-                f"| {c['corpus']} | {label} | {r['c1']['p50_ms']:.2f} | {r['c1']['p99_ms']:.2f} | {r['c32']['requests_per_s']:.0f} | {r['c32']['p99_ms']:.1f} |"
-            )
-        b = c["recommend_batch1"]["c32"]
-        lines.append(
-            f"| {c['corpus']} | /v1/recommend, batch_max_size=1 | | | {b['requests_per_s']:.0f} | {b['p99_ms']:.1f} |"
-        )
-        ip = c["in_process"]
-        lines.append(
-            f"| {c['corpus']} | in-process (store+tower+FAISS+filter) | {ip['p50_ms']:.2f} | {ip['p99_ms']:.2f} | | |"
-        )
-    lines += [
-        "",
-        "| corpus | HTTP/in-process p50 | recommend/floor p50 | recommend/floor req/s | batching gain (req/s, c=32) |",
-        "|---|---|---|---|---|",
-    ]
-    for c in doc["corpora"]:
-        r = c["ratios"]
-        lines.append(
-            f"| {c['corpus']} | {r['http_over_in_process_p50_c1']:.2f} | {r['recommend_over_floor_p50_c1']:.2f} | {r['recommend_over_floor_rps_c32']:.2f} | {r['batching_gain_rps_c32']:.2f} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--items", type=int, default=1_000_000, help="synthetic corpus size (0 = skip)")
-    p.add_argument("--nlist", type=int, default=0, help="IVF lists (default 4*sqrt(items))")
-    p.add_argument("--nprobe", type=int, default=16)
-    p.add_argument(
-        "--clusters", type=int, default=2000, help="topic centres of the synthetic item vectors"
-    )
-    p.add_argument("--users", type=int, default=1000, help="stored synthetic users")
-    p.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    p.add_argument("--skip-ml100k", action="store_true")
-    p.add_argument(
-        "--factory-ml100k",
-        action="store_true",
-        help="ml-100k catalog with made-up vectors instead of a model trained by `twotower train`",
-    )
-    args = p.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
-        return 2
-    results = []
-    with tempfile.TemporaryDirectory(prefix="twotower-bench-") as d:
-        tmp = Path(d)
-        for name, art, users, ml_dir in make_corpora(args, tmp):
-            load_users(users, _catalog(art), 0, ml_dir)
-            results.append(bench_corpus(name, art, users, args.duration, tmp))
-    figures = {
-        "threads": "1 uvicorn worker (uvloop, httptools); TF intra/inter-op 1; faiss.omp_set_num_threads(1); "
-        "wrk -t1; 2 shared cores: one for the server, one for wrk and Redis",
-        "settings": {"batch_max_size": 64, "batch_max_wait_ms": 1.0, "k": 20},
-        "gc": "one gc.collect() + gc.freeze() at start-up (serving.app), so full collections "
-        "no longer traverse the ~300k objects TensorFlow's import leaves (a ~200 ms pause each)",
-        "towers": {
-            "synthetic": "test-fixture tower (normalised mean of history vectors) over made-up item vectors",
-            "ml-100k": "made-up vectors (fixture)"
-            if args.factory_ml100k
-            else "trained by twotower train (3 epochs)",
-        },
-        "corpora": results,
-    }
-    path = write_result(
-        "serving",
-        figures,
-        packages=("fastapi", "uvicorn", "faiss-cpu", "faiss-gpu", "tensorflow", "redis"),
-    )
-    doc = json.loads(path.read_text())
-    (RESULTS / "serving.md").write_text(markdown(doc))
-    print(markdown(doc))
-    return 0
+        spec = f"synthetic:users={users},items={items}"
+        train(spec, art, trainer_config("synthetic", overrides=["train.epochs=1"]), progress=False)
+    how = "made (test factory)" if factory else "trained (1 epoch)"
+    print(f"{how} the {items}-item catalog in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    return art
 
 
 def _catalog(art: Path) -> list[str]:
@@ -381,6 +424,346 @@ def _catalog(art: Path) -> list[str]:
         artifacts.version_dir(art, artifacts.latest_version(art)) / artifacts.ITEMS
     ) as npz:
         return [str(x) for x in npz["ids"]]
+
+
+# --- one catalog --------------------------------------------------------------------------
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def bench_catalog(
+    name: str, art: Path, users: int, args: argparse.Namespace, tmp: Path
+) -> dict[str, Any]:
+    from common import artifacts
+    from tests.serving.server import running_server
+
+    manifest = artifacts.read_manifest(art)
+    out: dict[str, Any] = {
+        "corpus": name,
+        "num_items": manifest["num_items"],
+        "index": manifest["index"],
+        "encoder": (manifest.get("config") or {}).get("model", {}).get("encoder"),
+        "data": manifest.get("data"),
+        "version": manifest.get("version"),
+        "workers": {},
+    }
+    env = {**THREADS, "TWOTOWER_SERVE_RELOAD_POLL_S": "3600"}
+    d = args.duration
+    for workers in args.workers:
+        res: dict[str, Any] = {}
+        with (
+            running_server(art, REDIS_URL, workers=workers, timeout_s=900, **env) as srv,
+            running_trivial(workers) as trivial_url,
+        ):
+            targets = {
+                "trivial": (trivial_url, "/trivial"),
+                "recommend": (srv.url, "/v1/recommend"),
+            }
+            for url, path in targets.values():
+                run_wrk(url, path, users, 32, 3, tmp)  # warm-up (JIT paths, connections, caches)
+            for label, (url, path) in targets.items():
+                res[label] = {
+                    f"c{c}": run_wrk(url, path, users, c, d, tmp)
+                    for c in ((1, 32) if workers == 1 else (32,))
+                }
+                _log(f"  {name} workers={workers} {label}: {res[label]}")
+            if workers == 1 and args.sweep:
+                res["sweep"] = {
+                    label: [run_wrk(url, path, users, c, args.sweep_duration, tmp) for c in SWEEP]
+                    for label, (url, path) in targets.items()
+                }
+                _log(f"  {name} sweep done")
+            if workers == 1 and py_spy() is not None:
+                res["profile"] = {
+                    f"c{c}": profile(
+                        srv.proc.pid,
+                        srv.url,
+                        users,
+                        c,
+                        d + 2,
+                        tmp,
+                        RESULTS / f"serving_profile_{name}_c{c}.txt",
+                    )
+                    for c in (1, 32)
+                }
+                _log(f"  {name} profiled")
+        out["workers"][str(workers)] = res
+    out["in_process"] = in_process(art, users, iterations=300)
+    _log(f"  {name} in-process: {out['in_process']}")
+    one = out["workers"].get("1", {})
+    ratios: dict[str, float] = {}
+    if one:
+        ratios["rps_c32_recommend_over_trivial"] = (
+            one["recommend"]["c32"]["requests_per_s"] / one["trivial"]["c32"]["requests_per_s"]
+        )
+    two = out["workers"].get("2", {})
+    if one and two:
+        for label in ("recommend", "trivial"):
+            ratios[f"two_workers_over_one_{label}"] = (
+                two[label]["c32"]["requests_per_s"] / one[label]["c32"]["requests_per_s"]
+            )
+    out["ratios"] = ratios
+    return out
+
+
+# --- report -------------------------------------------------------------------------------
+
+GOALS = {
+    "c32_ratio": 0.33,
+    "c32_p99_ms": 15.0,
+    "c1_p50_ms": 1.0,
+    "c1_p99_ms": 3.0,
+    "two_workers": 1.6,
+}
+
+
+def _mark(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    g = GOALS
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"`{doc['command']}` at {doc['git_revision']}, {doc['machine']['cores']} cores "
+        f"({doc['machine']['cpu']}), {doc['finished_at']}. {doc['threads']}.",
+        "",
+        f"Goals: c=32 throughput >= {g['c32_ratio']} of the trivial endpoint's, p99 <= "
+        f"{g['c32_p99_ms']:g} ms, no errors; c=1 p50 <= {g['c1_p50_ms']:g} ms, p99 <= "
+        f"{g['c1_p99_ms']:g} ms; 2 workers >= {g['two_workers']}x one.",
+        "",
+        "| catalog | index | c=32 req/s (ours / trivial) | ratio | c=32 p99 ms | errors | "
+        "c=1 p50 / p99 ms | 2 workers / 1 (ours; trivial) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in doc["corpora"]:
+        one, two, r = c["workers"].get("1"), c["workers"].get("2"), c["ratios"]
+        idx = c["index"]
+        index = f"{idx.get('type')} {idx.get('params', {})} recall {idx.get('recall_at_k_vs_exact', float('nan')):.3f}"
+        if one is None:
+            lines.append(f"| {c['corpus']} | {index} | not run | | | | | |")
+            continue
+        rec32, tr32, rec1 = one["recommend"]["c32"], one["trivial"]["c32"], one["recommend"]["c1"]
+        errors = rec32["non_2xx"] + (1 if rec32["socket_errors"] else 0)
+        ratio = r["rps_c32_recommend_over_trivial"]
+        scale = (
+            f"{r['two_workers_over_one_recommend']:.2f}x ({_mark(r['two_workers_over_one_recommend'] >= g['two_workers'])}); "
+            f"{r['two_workers_over_one_trivial']:.2f}x"
+            if two
+            else "not run"
+        )
+        lines.append(
+            f"| {c['corpus']} | {index} | {rec32['requests_per_s']:.0f} / {tr32['requests_per_s']:.0f} | "
+            f"{ratio:.2f} ({_mark(ratio >= g['c32_ratio'])}) | {rec32['p99_ms']:.1f} "
+            f"({_mark(rec32['p99_ms'] <= g['c32_p99_ms'])}) | {rec32['non_2xx']} non-2xx, "
+            f"socket: {rec32['socket_errors'] or 'none'} ({_mark(errors == 0)}) | "
+            f"{rec1['p50_ms']:.2f} / {rec1['p99_ms']:.2f} "
+            f"({_mark(rec1['p50_ms'] <= g['c1_p50_ms'] and rec1['p99_ms'] <= g['c1_p99_ms'])}) | {scale} |"
+        )
+    for note in doc.get("not_run", []):
+        lines.append(f"\nNot run: {note}")
+    lines += ["", "<!-- headline:end -->", ""]
+    lines += [
+        "## wrk, per endpoint",
+        "",
+        "| catalog | workers | endpoint | c | req/s | p50 ms | p90 ms | p99 ms | non-2xx | socket errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in doc["corpora"]:
+        for w, res in c["workers"].items():
+            for label in ("trivial", "recommend"):
+                for key, r in res.get(label, {}).items():
+                    lines.append(
+                        f"| {c['corpus']} | {w} | {label} | {key[1:]} | {r['requests_per_s']:.0f} | "
+                        f"{r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_2xx']} | "
+                        f"{r['socket_errors'] or ''} |"
+                    )
+    profiled = [c for c in doc["corpora"] if "profile" in c["workers"].get("1", {})]
+    if profiled:
+        lines += [
+            "",
+            "## Where a request's CPU time goes (one worker, py-spy)",
+            "",
+            "Server CPU time (user + system, all threads) over the sampling window divided by the "
+            "requests served in it, split by the share of py-spy samples in each stage (a "
+            "sample's stage: the first rule of `bench.serving.STAGES` its innermost frames "
+            "match). Microseconds per request.",
+            "",
+        ]
+        cols = [(c["corpus"], k) for c in profiled for k in ("c1", "c32")]
+        lines.append(
+            "| stage | " + " | ".join(f"{name} {k.replace('c', 'c=')}" for name, k in cols) + " |"
+        )
+        lines.append("|---" * (len(cols) + 1) + "|")
+        by = {
+            (c["corpus"], k): c["workers"]["1"]["profile"][k]
+            for c in profiled
+            for k in ("c1", "c32")
+        }
+        for stage in STAGES:
+            lines.append(
+                f"| {stage} | "
+                + " | ".join(f"{by[col]['stages_us_per_request'][stage]:.0f}" for col in cols)
+                + " |"
+            )
+        lines.append(
+            "| **total** | "
+            + " | ".join(f"**{by[col]['server_cpu_us_per_request']:.0f}**" for col in cols)
+            + " |"
+        )
+        lines.append(
+            "| (req/s while sampled) | "
+            + " | ".join(f"{by[col]['load']['requests_per_s']:.0f}" for col in cols)
+            + " |"
+        )
+        lines.append("")
+        lines.append(
+            "Profiles (py-spy raw collapsed stacks): "
+            + ", ".join(f"`{by[col]['profile']}`" for col in cols)
+        )
+    lines += [
+        "",
+        "## In-process (no HTTP): store read + tower + FAISS + filtering, one request at a time",
+        "",
+        "| catalog | p50 ms | p99 ms |",
+        "|---|---|---|",
+    ]
+    for c in doc["corpora"]:
+        ip = c["in_process"]
+        lines.append(f"| {c['corpus']} | {ip['p50_ms']:.2f} | {ip['p99_ms']:.2f} |")
+    if doc.get("figures"):
+        lines += ["", "p99 against throughput (wrk concurrency sweep, one worker): "
+                  + ", ".join(f"`{f}`" for f in doc["figures"])]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: dict[str, Any], path: Path) -> bool:
+    """p99 against requests/s for ours and the trivial endpoint, one panel per catalog."""
+    swept = [c for c in doc["corpora"] if "sweep" in c["workers"].get("1", {})]
+    if not swept:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(swept), figsize=(6 * len(swept), 4.2), squeeze=False)
+    for ax, c in zip(axes[0], swept, strict=True):
+        for label, style in (("trivial", "o--"), ("recommend", "s-")):
+            pts = c["workers"]["1"]["sweep"][label]
+            ax.plot(
+                [p["requests_per_s"] for p in pts],
+                [p["p99_ms"] for p in pts],
+                style,
+                label=f"{'/v1/recommend' if label == 'recommend' else 'trivial FastAPI'}",
+            )
+            for p in pts:
+                ax.annotate(f"c={p['connections']}", (p["requests_per_s"], p["p99_ms"]), fontsize=7)
+        ax.set_yscale("log")
+        ax.set_xlabel("requests/s reached (wrk, closed loop: load offered by c connections)")
+        ax.set_ylabel("p99 latency (ms)")
+        ax.set_title(f"{c['corpus']}, 1 worker")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--items",
+        default="100000,1000000",
+        help="synthetic catalog sizes, comma-separated (default 100000,1000000)",
+    )
+    p.add_argument("--users", type=int, default=2000, help="synthetic users (training and stored)")
+    p.add_argument(
+        "--factory",
+        action="store_true",
+        help="made-up item vectors and a fixture tower instead of a model trained by twotower train",
+    )
+    p.add_argument(
+        "--artifacts",
+        default="",
+        help="comma-separated artifact directories to serve instead of training catalogs "
+        "(their manifests' data source and index are recorded); --items is then ignored",
+    )
+    p.add_argument("--workers", default="1,2", help="uvicorn worker counts (default 1,2)")
+    p.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
+    p.add_argument("--sweep-duration", type=float, default=5, help="seconds per sweep point")
+    p.add_argument("--no-sweep", dest="sweep", action="store_false")
+    p.add_argument("--out", default="serving", help="result name under bench/results/")
+    args = p.parse_args()
+    args.workers = [int(w) for w in args.workers.split(",") if w]
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
+        return 2
+    if py_spy() is None:
+        _log("py-spy not found: no stage table (pip install py-spy)")
+    sizes = [int(x) for x in args.items.split(",") if x]
+    if args.artifacts:
+        from common import artifacts
+
+        sizes = [
+            int(artifacts.read_manifest(Path(a))["num_items"]) for a in args.artifacts.split(",")
+        ]
+    not_run = [
+        f"the {n:,}-item catalog (not in --items of this run)"
+        for n in (100_000, 1_000_000)
+        if n not in sizes
+    ]
+    if 2 not in args.workers:
+        not_run.append("2 workers (not in --workers of this run)")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="twotower-bench-") as d:
+        tmp = Path(d)
+        if args.artifacts:
+            from common import artifacts
+
+            for given in args.artifacts.split(","):
+                art = Path(given).resolve()
+                items = int(artifacts.read_manifest(art)["num_items"])
+                load_users(args.users, _catalog(art), 0)
+                results.append(bench_catalog(f"synthetic-{items}", art, args.users, args, tmp))
+        for items in [] if args.artifacts else sizes:
+            art = make_catalog(items, args.users, args.factory, tmp)
+            load_users(args.users, _catalog(art), 0)
+            results.append(bench_catalog(f"synthetic-{items}", art, args.users, args, tmp))
+            shutil.rmtree(art, ignore_errors=True)
+    figures = {
+        "threads": "twotower serve with TF intra/inter-op 1 and faiss.omp_set_num_threads(1) per "
+        "worker; uvloop + httptools, no access log, for ours and the trivial app alike; "
+        "wrk -t1 (-t2 at c=64); the 2 cores are shared by the server, wrk and Redis",
+        "settings": {"batch_max_size": 64, "batch_max_wait_ms": 1.0, "k": K},
+        "catalogs": "synthetic:users=N,items=M trained 1 epoch by twotower train (index as the "
+        "trainer picks)"
+        if not args.factory
+        else "test-factory vectors (fixture mean tower), IVF nprobe 16",
+        "goals": GOALS,
+        "not_run": not_run,
+        "corpora": results,
+    }
+    png = RESULTS / f"{args.out}_p99.png"
+    # written first so that the JSON names only a figure that exists
+    doc_stub = {"corpora": results}
+    if plot(doc_stub, png):
+        figures["figures"] = [png.name]
+    path = write_result(
+        args.out,
+        figures,
+        packages=("fastapi", "uvicorn", "faiss-cpu", "tensorflow", "redis", "pydantic-core"),
+    )
+    doc = json.loads(path.read_text())
+    (RESULTS / f"{args.out}.md").write_text(markdown(doc))
+    print(markdown(doc))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,72 @@
+"""bench.serving's parsing of wrk output and its split of profile samples into stages."""
+
+from __future__ import annotations
+
+import math
+
+from bench.serving import STAGES, parse_wrk, split_stages, stage_of
+
+WRK = """Running 10s test @ http://127.0.0.1:8000
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     4.10ms    1.20ms  30.00ms   90.00%
+  Latency Distribution
+     50%    3.90ms
+     75%    4.50ms
+     90%    5.10ms
+     99%  812.00us
+  48000 requests in 10.00s, 20.00MB read
+  Socket errors: connect 0, read 0, write 0, timeout 3
+  Non-2xx or 3xx responses: 5
+Requests/sec:   4800.50
+Transfer/sec:      2.00MB
+"""
+
+
+def test_parse_wrk_reads_rates_percentiles_in_their_units_and_errors() -> None:
+    r = parse_wrk(WRK, 32)
+    assert r["requests_per_s"] == 4800.50 and r["requests"] == 48000
+    assert r["p50_ms"] == 3.90 and r["p90_ms"] == 5.10
+    assert math.isclose(r["p99_ms"], 0.812)
+    assert r["non_2xx"] == 5 and r["socket_errors"] == "connect 0, read 0, write 0, timeout 3"
+
+
+def test_parse_wrk_without_errors() -> None:
+    clean = "\n".join(
+        line for line in WRK.splitlines() if "errors" not in line and "Non-2xx" not in line
+    )
+    r = parse_wrk(clean, 1)
+    assert r["non_2xx"] == 0 and r["socket_errors"] is None
+
+
+RUNNER = "_run_module_as_main (<frozen runpy>:198);run (uvicorn/main.py:600);Runner.run (asyncio/runners.py:118)"
+HANDLER = (
+    "RequestResponseCycle.run_asgi (uvicorn/protocols/http/httptools_impl.py:401);"
+    "APIRoute.handle (fastapi/routing.py:300);recommend (serving/routes.py:10)"
+)
+
+
+def test_stage_of_takes_the_innermost_matching_frame() -> None:
+    worker = "Thread._bootstrap (threading.py:1002);run_isolated (serving/batcher.py:50);run_batch (serving/retrieval.py:180)"
+    assert (
+        stage_of([*worker.split(";"), "LoadedModel.search (serving/model.py:250)"], set())
+        == "FAISS"
+    )
+    assert (
+        stage_of([*worker.split(";"), "LoadedModel.embed (serving/model.py:240)"], set()) == "tower"
+    )
+    assert stage_of(worker.split(";"), set()) == "filtering + merge"
+    assert stage_of(RUNNER.split(";"), set()) == "event loop"
+    read = f"{HANDLER};read_user (serving/service.py:200);get_users (feature_store/redis.py:320)"
+    assert stage_of(read.split(";"), set()) == "store read"
+    assert stage_of(HANDLER.split(";"), set()) == "HTTP stack (uvicorn, Starlette, FastAPI)"
+    # A C encoder's time shows on the line that calls it.
+    assert stage_of(HANDLER.split(";"), {10}) == "serialisation"
+
+
+def test_split_stages_counts_samples() -> None:
+    raw = f"{RUNNER} 30\n{HANDLER} 10\n\n"
+    stages, total = split_stages(raw)
+    assert total == 40
+    assert stages["event loop"] == 30
+    assert sum(stages.values()) == total and set(stages) <= set(STAGES)
