@@ -15,8 +15,6 @@ is idempotent).
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,10 +66,3 @@ def forget_users(
         "log_events_removed": removed,
         "export_rows_removed": purged,
     }
-
-
-def forget_command(args: argparse.Namespace) -> int:
-    """Entry point of ``twotower forget``; prints the JSON summary. Returns the exit code."""
-    summary = forget_users(args.store, args.users, export_dirs=args.exports or ())
-    print(json.dumps(summary))
-    return 0

@@ -1,4 +1,4 @@
-"""``twotower serve``: run the API under uvicorn (uvloop + httptools when installed).
+"""Run the API under uvicorn (uvloop + httptools when installed); ``twotower serve`` calls it.
 
 One worker gets the app object directly. Several workers are separate
 processes, so they get the settings through ``TWOTOWER_SERVE_*`` variables and
@@ -7,7 +7,7 @@ They also share a fresh ``PROMETHEUS_MULTIPROC_DIR`` (removed at exit), so any
 worker's ``/metrics`` reports the sum over all of them (see ``serving.metrics``).
 
 Everything that can be checked before the model loads is checked first
-(:func:`check_serve_args`: settings, artifact directory, a free port), so a
+(:func:`check_settings`: settings, artifact directory, a free port), so a
 mistake is exit 2 in a fraction of a second. uvicorn's own start-up failure
 (its exit code 3: a port taken meanwhile, a failing start-up) never leaves
 ``twotower``: a port in use is exit 2, anything else exit 1.
@@ -15,7 +15,6 @@ mistake is exit 2 in a fraction of a second. uvicorn's own start-up failure
 
 from __future__ import annotations
 
-import argparse
 import errno
 import importlib.util
 import logging
@@ -73,21 +72,29 @@ def check_port(host: str, port: int) -> None:
         raise PortUnavailable(f"cannot listen on {host}:{port}: {exc}") from None
 
 
-def settings_from_args(args: argparse.Namespace) -> Any:
-    """Settings from the environment with the CLI flags that were given (None = not given) on top."""
+def serve_settings(
+    *,
+    artifacts: str | None = None,
+    store: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+) -> Any:
+    """Settings from the environment with the values that were given (None = not given) on top.
+
+    Raises:
+      ConfigError: naming every setting that does not validate.
+    """
     from serving.settings import Settings
 
-    overrides: dict[str, Any] = {}
-    for attr, field in (
-        ("artifacts", "artifacts"),
-        ("store", "store_url"),
-        ("host", "host"),
-        ("port", "port"),
-        ("workers", "workers"),
-    ):
-        value = getattr(args, attr, None)
-        if value is not None:
-            overrides[field] = value
+    given: dict[str, Any] = {
+        "artifacts": artifacts,
+        "store_url": store,
+        "host": host,
+        "port": port,
+        "workers": workers,
+    }
+    overrides = {field: value for field, value in given.items() if value is not None}
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -110,10 +117,9 @@ def uvicorn_options(settings: Any) -> dict[str, Any]:
     }
 
 
-def check_serve_args(args: argparse.Namespace) -> Any:
-    """The settings of ``args`` once everything checkable without the model is: raises
-    ConfigError (settings, API key file, PortUnavailable) or ArtifactError (no such directory)."""
-    settings = settings_from_args(args)
+def check_settings(settings: Any) -> Any:
+    """``settings`` once everything checkable without the model is: raises ConfigError
+    (API key file, PortUnavailable) or ArtifactError (no such directory)."""
     if not settings.artifacts.is_dir():
         raise ArtifactError(f"--artifacts {settings.artifacts}: no such directory")
     from serving.auth import KeyRing
@@ -123,18 +129,16 @@ def check_serve_args(args: argparse.Namespace) -> Any:
     return settings
 
 
-def serve_command(args: argparse.Namespace) -> int:
+def serve(settings: Any) -> int:
     """Run the API until interrupted; returns the exit code (0 on a clean shutdown).
 
-    ``args`` attributes ``artifacts``, ``store``, ``host``, ``port``, ``workers``
-    may be None (the settings default / ``TWOTOWER_SERVE_*`` value is used).
+    Call :func:`check_settings` first: it refuses in a fraction of a second what
+    would otherwise fail after the model loaded.
 
     Raises:
-      ConfigError, ArtifactError: bad settings, no artifact directory, the port
-        cannot be bound (checked before anything loads, and again if uvicorn fails to bind).
+      ConfigError: the port cannot be bound (taken while the model loaded).
       ServeStartupError: the server did not start for another reason (logged by uvicorn).
     """
-    settings = check_serve_args(args)
     try:
         _run_uvicorn(settings)
     except SystemExit as exc:

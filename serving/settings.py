@@ -3,7 +3,7 @@
 Environment names are ``TWOTOWER_SERVE_<FIELD>`` (e.g. ``TWOTOWER_SERVE_STORE_URL``,
 ``TWOTOWER_SERVE_BATCH_MAX_SIZE=32``). ``twotower serve`` flags override them.
 Several uvicorn workers receive the settings through these same variables
-(see :func:`serving.main.serve_command`), so every field must round-trip
+(see :func:`serving.main.serve`), so every field must round-trip
 through :meth:`Settings.to_env`. A ``TWOTOWER_SERVE_*`` variable that names no
 field is refused (with the nearest valid name), so a typo never silently
 leaves a default in place.

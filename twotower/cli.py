@@ -45,12 +45,13 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from common import interrupts
 from common.tf_env import set_tensorflow_environment
 from common.urls import DEFAULT_STORE_URL
-from twotower import __version__
+from twotower import __version__, demo
+from twotower.commands import forget, ingest, pipeline, serve, train
 
 log = logging.getLogger("twotower")
 
@@ -142,7 +143,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--no-publish", action="store_true", help="export the version but leave LATEST alone"
     )
     p.add_argument("--skip-bad-lines", action="store_true", help=SKIP_BAD_LINES_HELP)
-    p.set_defaults(func=_run("trainer.run", "train_command"))
+    p.set_defaults(func=train.train_command)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -164,7 +165,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help='also write one JSON line per test user: {"user_id", "items": [top 50]}',
     )
     p.add_argument("--skip-bad-lines", action="store_true", help=SKIP_BAD_LINES_HELP)
-    p.set_defaults(func=_run("trainer.run", "evaluate_command"))
+    p.set_defaults(func=train.evaluate_command)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -196,7 +197,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="port (default 8000; checked before the model loads: in use = exit 2)",
     )
     p.add_argument("--workers", type=int, default=None, help="uvicorn worker processes (default 1)")
-    p.set_defaults(func=_run("serving.main", "serve_command"))
+    p.set_defaults(func=serve.serve_command)
 
 
 def _add_ingest(sub: argparse._SubParsersAction) -> None:
@@ -210,7 +211,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="SRC", help=SOURCE_HELP)
     p.add_argument("--store", default=None, metavar="URL", help=STORE_HELP)
     p.add_argument("--skip-bad-lines", action="store_true", help=SKIP_BAD_LINES_HELP)
-    p.set_defaults(func=_run("twotower.ingest", "ingest_command"))
+    p.set_defaults(func=ingest.ingest_command)
 
 
 def _add_forget(sub: argparse._SubParsersAction) -> None:
@@ -239,7 +240,7 @@ def _add_forget(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="also purge this export directory now (e.g. ART/events; repeatable)",
     )
-    p.set_defaults(func=_run("feature_store.erasure", "forget_command"))
+    p.set_defaults(func=forget.forget_command)
 
 
 def _add_pipeline(sub: argparse._SubParsersAction) -> None:
@@ -294,7 +295,7 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
         help="train on a frozen snapshot (from --freeze) instead of the store's log; every "
         "replica of a multi-worker run reads the same one",
     )
-    p.set_defaults(func=_run("trainer.pipeline", "pipeline_command"))
+    p.set_defaults(func=pipeline.pipeline_command)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -319,17 +320,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="port (default 8000; checked before anything runs: in use = exit 2)",
     )
     p.add_argument("--no-serve", action="store_true", help="train and export, then exit")
-    p.set_defaults(func=_run("twotower.demo", "demo_command"))
-
-
-def _run(module: str, name: str) -> Callable[[argparse.Namespace], int]:
-    def call(args: argparse.Namespace) -> int:
-        import importlib
-
-        fn = getattr(importlib.import_module(module), name)
-        return int(fn(args) or 0)
-
-    return call
+    p.set_defaults(func=demo.demo_command)
 
 
 def store_from_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> None:

@@ -163,7 +163,7 @@ def demo_command(args: argparse.Namespace) -> int:
         print(lines)
         sys.stdout.flush()
         return 0
-    from serving.main import serve_command
+    from serving.main import check_settings, serve, serve_settings
 
     print(f"[4/4] starting the API on {base} ...", file=sys.stderr)
     # The curl lines only make sense once the API answers: printed when /readyz says so.
@@ -173,11 +173,10 @@ def demo_command(args: argparse.Namespace) -> int:
         name="demo-ready",
         daemon=True,
     ).start()
-    return serve_command(
-        argparse.Namespace(
-            artifacts=str(art), store=store_url, host=args.host, port=args.port, workers=1
-        )
+    settings = serve_settings(
+        artifacts=str(art), store=store_url, host=args.host, port=args.port, workers=1
     )
+    return serve(check_settings(settings))
 
 
 def _url_host(host: str) -> str:

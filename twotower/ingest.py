@@ -1,4 +1,4 @@
-"""``twotower ingest --data SRC --store URL``: bulk-load a data source into the online store.
+"""Bulk-load a data source into the online store (``twotower ingest --data SRC --store URL``).
 
 Each row of the source's :class:`~trainer.data.dataset.Dataset` becomes one
 event: a positive -> ``like``, a dislike -> ``dislike``. Event ids are
@@ -17,9 +17,7 @@ came from, adds nothing; the item metadata of its items is copied too.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -174,43 +172,3 @@ async def ingest_event_log(
             meta.update(await source.get_item_metadata(ids[start : start + batch_size]))
     await _put_metadata(store, meta, batch_size)
     return result, read, len(meta)
-
-
-def ingest_command(args: argparse.Namespace) -> int:
-    """Entry point of ``twotower ingest``; prints a JSON summary on stdout. Returns the exit code."""
-    from feature_store import open_store, run_sync
-
-    started = time.perf_counter()
-    store = open_store(args.store)  # a bad URL fails before the data is read (exit 2)
-    kind, _, arg = str(args.data).strip().partition(":")
-    if kind == "events" and arg:
-        open_store(arg)  # a bad source URL: exit 2 before anything is written
-
-        async def copy() -> tuple[AppendResult, int, int]:
-            async with store:
-                return await ingest_event_log(store, arg, progress=True)
-
-        result, n_events, n_meta = run_sync(copy())
-        skipped = 0
-    else:
-        from trainer.data.sources import load_source
-
-        ds = load_source(args.data, skip_bad_lines=bool(getattr(args, "skip_bad_lines", False)))
-
-        async def load() -> AppendResult:
-            async with store:
-                return await ingest_dataset(store, ds, progress=True)
-
-        result = run_sync(load())
-        n_events, n_meta, skipped = int(len(ds.users)), len(item_metadata(ds)), ds.skipped_lines
-    summary = {
-        "source": args.data,
-        "events": n_events,
-        "accepted": result.accepted,
-        "duplicates": result.duplicates,
-        "items_with_metadata": n_meta,
-        "skipped_lines": int(skipped),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    print(json.dumps(summary))
-    return 0

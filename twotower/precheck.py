@@ -81,7 +81,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from serving.main import check_serve_args
+    from twotower.commands.serve import check_serve_args
 
     check_serve_args(args)
 

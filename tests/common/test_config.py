@@ -105,7 +105,7 @@ def test_an_unknown_environment_key_names_the_variable_and_the_nearest(variable,
 
 
 def test_pipeline_variables_are_the_pipelines_not_the_trainers_typos():
-    from trainer.pipeline import PipelineConfig
+    from trainer.pipeline.config import PipelineConfig
 
     env = {"TWOTOWER_PIPELINE__MIN_NEW_EVENTS": "7", "TWOTOWER_SERVE_PORT": "9000"}
     assert load_config(TrainerConfig, environ=env).train.epochs == 20  # ignored, not refused

@@ -22,7 +22,8 @@ import pytest
 from common.config import load_config
 from serving.settings import Settings
 from tests.deploy import _deploy as d
-from trainer.pipeline import PipelineConfig, next_run_delay
+from trainer.pipeline.config import PipelineConfig
+from trainer.pipeline.schedule import next_run_delay
 
 SCHEMA = json.loads((Path(__file__).parent / "compose_schema.json").read_text())
 

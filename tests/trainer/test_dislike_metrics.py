@@ -17,7 +17,6 @@ from trainer.data.split import (
     parse_dislike_holdout,
 )
 from trainer.evaluate import evaluate, popular_baseline
-from trainer.gate import GateRule, apply_gate, holdout_mismatch
 from trainer.metrics import (
     JUDGED_NOT_MEASURED,
     dislike_share,
@@ -25,6 +24,7 @@ from trainer.metrics import (
     judged_metrics,
     like_dislike_auc,
 )
+from trainer.pipeline.gate import GateRule, apply_gate, holdout_mismatch
 
 P, D = POSITIVE, DISLIKE
 
@@ -411,7 +411,8 @@ def test_the_issue_repro_publishes_and_a_worse_recall_is_still_refused(tmp_path)
     from common import artifacts
     from common.config import load_config
     from tests.trainer.test_pipeline import BAD_CANDIDATE, _append, _ingest, _likes
-    from trainer.pipeline import PipelineConfig, run_once
+    from trainer.pipeline.config import PipelineConfig
+    from trainer.pipeline.run import run_once
 
     sets = [
         "train.epochs=3",

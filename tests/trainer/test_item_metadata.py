@@ -25,8 +25,8 @@ from trainer.data.dataset import Dataset
 from trainer.data.item_metadata import features_from_metadata
 from trainer.data.sources import load_source
 from trainer.data.vocab import align_items, widen_feature_sizes
-from trainer.pipeline_steps import _warm_version, events_dataset
-from trainer.snapshot import ITEMS_FILE, SnapshotError, load_item_metadata, write_snapshot
+from trainer.pipeline.snapshot import ITEMS_FILE, SnapshotError, load_item_metadata, write_snapshot
+from trainer.pipeline.steps import events_dataset, warm_version
 from twotower.ingest import ingest_dataset, item_metadata
 
 SYNTH = "synthetic:users=60,items=40,events_per_user=12,categories=6,seed=11"
@@ -174,13 +174,13 @@ def test_a_store_without_metadata_trains_without_features_and_says_why(tmp_path,
     manifest = {"version": "v1", "config": TrainerConfig().as_dict(), "item_feature_sizes": {"genre": 20}}  # fmt: skip
     (vdir / artifacts.MANIFEST).write_text(json.dumps(manifest))
     with caplog.at_level(logging.WARNING):
-        assert _warm_version(art, "v1", TrainerConfig(), ds, pinned=False) is None
+        assert warm_version(art, "v1", TrainerConfig(), ds, pinned=False) is None
     assert (
         "not warm-starting from v1: it was trained with item features genre, the training "
         "data has none; the store holds no usable item metadata" in caplog.text
     )
     ds.item_features, ds.item_feature_sizes = {"genre": np.zeros(5, np.int32)}, {"genre": 4}
-    assert _warm_version(art, "v1", TrainerConfig(), ds, pinned=False) == "v1"
+    assert warm_version(art, "v1", TrainerConfig(), ds, pinned=False) == "v1"
 
 
 def test_an_export_without_a_metadata_copy_reads_without_features(tmp_path, caplog) -> None:

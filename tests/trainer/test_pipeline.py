@@ -18,20 +18,19 @@ from common.config import ConfigError, load_config
 from feature_store import open_store, run_sync
 from feature_store.events import make_event
 from tests.trainer.tiny import TINY, TINY_SETS
-from trainer import pipeline_steps, reports
 from trainer.data.sources import load_source
-from trainer.gate import SCALAR_METRICS, GateRule, apply_gate
-from trainer.pipeline import (
-    CHECKPOINTS_DIR,
-    PipelineConfig,
+from trainer.pipeline import reports, steps
+from trainer.pipeline import run as pipeline_run
+from trainer.pipeline.config import CHECKPOINTS_DIR, PipelineConfig
+from trainer.pipeline.gate import SCALAR_METRICS, GateRule, apply_gate
+from trainer.pipeline.run import is_chief_task, run_once
+from trainer.pipeline.state import (
     PipelineLocked,
     apply_retention,
     checkpoint_dir,
     clear_checkpoints,
-    is_chief_task,
     read_state,
     run_lock,
-    run_once,
 )
 from twotower.ingest import ingest_dataset
 
@@ -118,8 +117,8 @@ def test_a_changed_architecture_cold_starts_instead_of_failing(change, warm):
         {**published.as_dict(), **{k: {**published.as_dict()[k], **v} for k, v in change.items()}}
     )
     manifest = {"version": "v1", "config": published.as_dict()}
-    assert pipeline_steps.can_warm_start(manifest, candidate) is warm
-    assert pipeline_steps.can_warm_start(None, candidate) is False
+    assert steps.can_warm_start(manifest, candidate) is warm
+    assert steps.can_warm_start(None, candidate) is False
 
 
 # -- the gate and its configuration ---------------------------------------------------------
@@ -325,8 +324,8 @@ def test_window_keeps_the_last_days_by_event_time():
     from feature_store.events import Event
 
     events = [Event(f"e{i}", "u", "i", "like", 1_000_000.0 + i * 86400, 0.0) for i in range(10)]
-    assert pipeline_steps.window(events, None) == events
-    assert [e.event_id for e in pipeline_steps.window(events, 2.5)] == ["e7", "e8", "e9"]
+    assert steps.window(events, None) == events
+    assert [e.event_id for e in steps.window(events, 2.5)] == ["e7", "e8", "e9"]
 
 
 # -- the whole job ----------------------------------------------------------------------------
@@ -441,19 +440,19 @@ def test_publish_skip_refuse_window_retention_and_compare_and_swap(tmp_path, mon
 
     # Someone publishes while a run is being gated: the run must not publish over it.
     _append(url, _likes("fourth", "brand-new-4", 30, data_end + 240))
-    real = pipeline_steps.evaluate_on_holdout
+    real = pipeline_run.evaluate_on_holdout
 
     def publish_meanwhile(art_, version, holdout_):
         if artifacts.latest_version(art) == v3:
             artifacts.publish(art, v2)  # e.g. a manual `twotower train` or a rollback
         return real(art_, version, holdout_)
 
-    monkeypatch.setattr(pipeline_steps, "evaluate_on_holdout", publish_meanwhile)
+    monkeypatch.setattr(pipeline_run, "evaluate_on_holdout", publish_meanwhile)
     raced = run_once(url, art, _config(), force=True, progress=False)
     assert raced["outcome"] == "refused" and "another job published" in raced["reason"]
     assert artifacts.latest_version(art) == v2
     assert read_state(art)["last_gated_run"]["version"] == v3  # retried next time
-    monkeypatch.setattr(pipeline_steps, "evaluate_on_holdout", real)
+    monkeypatch.setattr(pipeline_run, "evaluate_on_holdout", real)
 
     # Reports: one per run; the history holds every gated run, candidate vs published.
     outcomes = [r["outcome"] for r in _reports(art)]

@@ -20,8 +20,7 @@ from common import artifacts
 from feature_store import open_store
 from feature_store.events import make_event
 from tests.trainer.test_pipeline import DATA, _config, _ingest
-from trainer.pipeline import run_once
-from trainer.pipeline_steps import freeze_snapshot
+from trainer.pipeline.run import freeze_snapshot, run_once
 
 ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k" / "u.data"
 

@@ -6,7 +6,7 @@ import base64
 import json
 import re
 
-from trainer import reports
+from trainer.pipeline import reports
 
 
 def _report(run_id: str, outcome: str, cand: float, pub: float | None, **extra) -> dict:

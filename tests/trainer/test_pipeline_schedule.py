@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from common.config import ConfigError
-from trainer.pipeline import PipelineLocked
-from trainer.schedule import backoff_delay, is_cron, next_run_delay, run_forever
+from trainer.pipeline.schedule import backoff_delay, is_cron, next_run_delay, run_forever
+from trainer.pipeline.state import PipelineLocked
 
 REPO = Path(__file__).resolve().parents[2]
 MINUTE = 1_800_000_000.0  # a whole minute (and hour: 1_800_000_000 = 16:00:00 UTC)

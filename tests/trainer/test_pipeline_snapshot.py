@@ -13,8 +13,8 @@ from common import artifacts
 from feature_store.events import Event
 from feature_store.log import read_compacted
 from tests.trainer.test_pipeline import DATA, SETS, _config, _ingest
-from trainer.pipeline import run_once
-from trainer.snapshot import (
+from trainer.pipeline.run import run_once
+from trainer.pipeline.snapshot import (
     EVENTS_FILE,
     SnapshotError,
     list_snapshots,

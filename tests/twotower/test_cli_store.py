@@ -58,7 +58,7 @@ def test_one_rule_for_every_store_command():
 
 
 def test_serve_settings_follow_the_rule(monkeypatch):
-    from serving.main import settings_from_args
+    from twotower.commands.serve import settings_from_args
 
     for name in ("TWOTOWER_STORE_URL", "TWOTOWER_SERVE_STORE_URL"):
         monkeypatch.delenv(name, raising=False)

@@ -29,9 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from trainer.data.dataset import POSITIVE, TEST, TRAIN, VALID, Dataset
-from trainer.data.errors import DataError
+from trainer.data.errors import BadLines, DataError
 from trainer.data.ids import id_problem, plain_ids
-from trainer.data.sources import BadLines
 from trainer.data.split import assemble
 
 log = logging.getLogger(__name__)

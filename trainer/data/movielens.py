@@ -37,9 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from trainer.data.dataset import DISLIKE, POSITIVE, Dataset
-from trainer.data.errors import DataError
+from trainer.data.errors import BadLines, DataError
 from trainer.data.ids import id_problem, number_problem, plain_decimals, plain_ids
-from trainer.data.sources import BadLines
 from trainer.data.split import assemble, attach_feature
 
 log = logging.getLogger(__name__)
