@@ -6,3 +6,6 @@ store-URL redaction and the default store (:mod:`common.urls`), the TensorFlow
 environment switch (:mod:`common.tf_env`, :mod:`common.tf_logging`) and Ctrl-C
 handling (:mod:`common.interrupts`). See ``docs/ARCHITECTURE.md``.
 """
+
+#: The product's version (``twotower --version``, ``GET /v1/health``); the same as pyproject's.
+__version__ = "0.1.0"

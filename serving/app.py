@@ -334,6 +334,6 @@ def create_app_from_env() -> FastAPI:
 
 
 def _package_version() -> str:
-    from twotower import __version__
+    from common import __version__
 
     return __version__

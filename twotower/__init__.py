@@ -1,3 +1,5 @@
-"""twotower: two-tower candidate retrieval that learns from dislikes."""
+"""twotower: two-tower candidate retrieval that learns from dislikes (the command line)."""
 
-__version__ = "0.1.0"
+from common import __version__
+
+__all__ = ["__version__"]
