@@ -38,7 +38,7 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-#: SPEC's exit codes are 0, 2 and 1 ("anything else"): an interrupted run is 1.
+#: The exit codes (docs/CONTRACT.md) are 0, 2 and 1 ("anything else"): an interrupted run is 1.
 EXIT_STATUS = 1
 #: What an interrupted ``train`` or ``pipeline`` tells the user (their runs checkpoint).
 RESUME_HINT = "run the same command again to resume from the last checkpoint"

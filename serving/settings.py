@@ -16,7 +16,7 @@ filtered while the store is down. A user this process has never seen cannot
 be filtered by stored dislikes it does not know: ``degraded_unknown_users``
 says whether such a request is answered from its own lists
 (``"serve"``, the default: ``degraded: true`` tells the client, and the API
-keeps answering through an outage, as SPEC's "503 only while no model is
+keeps answering through an outage, as docs/CONTRACT.md's "503 only while no model is
 loaded" asks) or refused with 503 (``"refuse"``: for deployments that prefer
 no answer to one that may repeat a dislike made through another pod).
 
@@ -48,7 +48,7 @@ from feature_store.urls import StoreURLError, parse_url
 
 ENV_PREFIX = "TWOTOWER_SERVE_"
 
-#: Hard caps of the public API (SPEC): settings may lower them, never raise them.
+#: Hard caps of the public API (docs/CONTRACT.md): settings may lower them, never raise them.
 K_CAP = 1000
 LIST_CAP = 10_000
 EVENTS_CAP = 10_000

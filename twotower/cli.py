@@ -399,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 interrupts.check()
             return args.func(args)
     except KeyboardInterrupt:
-        # SPEC's exit codes are 0, 2 and 1 ("anything else"): an interrupted run is 1.
+        # The exit codes (docs/CONTRACT.md) are 0, 2 and 1 ("anything else"): an interrupted run is 1.
         # Training checkpoints as it goes: the same command picks up where this one stopped.
         from common.interrupts import EXIT_STATUS, RESUME_HINT
 

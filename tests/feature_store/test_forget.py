@@ -1,4 +1,4 @@
-"""``twotower forget``: erasure from the command line, with SPEC's exit codes (0 / 2 / 1)."""
+"""``twotower forget``: erasure from the command line, with the exit codes of docs/CONTRACT.md (0 / 2 / 1)."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Data sources (SPEC ``SRC``), splits and example building."""
+"""Data sources (``SRC`` in docs/CONTRACT.md), splits and example building."""

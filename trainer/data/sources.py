@@ -1,4 +1,4 @@
-"""``SRC`` strings (SPEC "Data sources") -> :class:`Dataset`.
+"""``SRC`` strings (docs/CONTRACT.md, "Data sources") -> :class:`Dataset`.
 
 Accepted forms::
 
@@ -37,7 +37,7 @@ def _bad_spec(spec: str, why: str) -> DataError:
 
 
 def load_source(spec: str, *, skip_bad_lines: bool = False, progress: bool = False) -> Dataset:
-    """Read the data source named by ``spec`` (a SPEC ``SRC`` string).
+    """Read the data source named by ``spec`` (an ``SRC`` string of docs/CONTRACT.md).
 
     Args:
       spec: one of the forms in this module's docstring.

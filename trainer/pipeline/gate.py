@@ -58,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from trainer.data.dataset import Dataset, EvalSet
 
-#: Metric names a gate rule can name: the scalar metrics of the SPEC
+#: Metric names a gate rule can name: the scalar metrics of docs/CONTRACT.md
 #: (``longtail_recall@20`` is a list of ten groups, not a single figure).
 SCALAR_METRICS: tuple[str, ...] = (
     *(f"{name}@{k}" for name in ("recall", "ndcg", "hit_rate") for k in (10, 20, 50)),
@@ -324,7 +324,7 @@ def _common_answers(judged: EvalSet, item_ids: np.ndarray, common: np.ndarray) -
 
 
 def evaluate_on_holdout(art: str | Path, version: str, holdout: Holdout) -> dict[str, Any]:
-    """SPEC metrics of ``version`` on ``holdout`` (same users and catalog for every version).
+    """The contract's metrics (docs/CONTRACT.md) of ``version`` on ``holdout`` (same users and catalog for every version).
 
     The version ranks the items it knows (its own index space, its own history
     length), then its top-50 lists are scored in the shared catalog. The judged
