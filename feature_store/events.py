@@ -6,7 +6,7 @@ import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 #: Event types and their role: ``positive`` events are softmax targets and feed
@@ -64,9 +64,6 @@ class Event:
     @property
     def role(self) -> str:
         return EVENT_TYPES[self.type]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _check_id(value: Any, field: str, index: int | None) -> str:

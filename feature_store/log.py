@@ -85,7 +85,6 @@ __all__ = [
     "iter_events",
     "read_compacted",
     "read_item_metadata",
-    "read_new",
     "rebind",
 ]
 
@@ -459,17 +458,6 @@ def read_item_metadata(out_dir: str | Path) -> dict[str, dict[str, Any]] | None:
     if not isinstance(items, dict):
         raise StoreError(f'{path}: no "items" object; not an item metadata copy')
     return items
-
-
-def read_new(
-    out_dir: str | Path, after_run: int, *, url: str | None = None
-) -> tuple[list[Event], int]:
-    """Events of the committed runs after ``after_run``, and the last committed run.
-
-    A reader that keeps the returned run number (e.g. in its model manifest) and
-    passes it next time reads each event exactly once.
-    """
-    return _read(Path(out_dir), int(after_run), url)
 
 
 def main(argv: list[str] | None = None) -> int:

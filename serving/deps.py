@@ -44,10 +44,6 @@ async def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-async def get_settings(state: StateDep) -> Settings:
-    return state.settings
-
-
 async def get_model(state: StateDep) -> LoadedModel:
     """The current version, read once per request (hot reload swaps the holder, not this object)."""
     model = state.holder.current
@@ -58,10 +54,4 @@ async def get_model(state: StateDep) -> LoadedModel:
     return model
 
 
-async def get_metrics(state: StateDep) -> Metrics:
-    return state.metrics
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
