@@ -212,7 +212,7 @@ _RULES: list[tuple[str, tuple[str, ...]]] = [
                               "usercache.py")),
     ("filtering + merge", ("serving/retrieval.py", "serving/service.py", "serving/model.py")),
     ("batcher + thread hand-off", ("serving/batcher.py", "concurrent/futures", "threading.py",
-                                   "queue.py")),
+                                   "queue.py", "_chain_future")),
     ("HTTP stack (uvicorn, Starlette, FastAPI)", ("uvicorn/protocols", "uvicorn/middleware",
                                                   "starlette/", "fastapi/", "anyio/",
                                                   "serving/routes.py", "serving/deps.py",
@@ -229,7 +229,7 @@ def _source_lines(path: Path, needle: str) -> set[int]:
 
 def stage_of(frames: list[str], encode_lines: set[int]) -> str:
     """The stage of one sample (frames outermost first, as py-spy's raw format writes them)."""
-    if frames and any(n in frames[-1] for n in ("asyncio/", "uvloop", "Runner.run")):
+    if frames and "Runner.run" in frames[-1]:
         return "event loop"  # the loop's own work (uvloop's C code shows as Runner.run)
     for frame in reversed(frames):
         m = re.search(r"\(serving/routes\.py:(\d+)\)", frame)
@@ -253,6 +253,21 @@ def split_stages(raw: str) -> tuple[Counter[str], int]:
         stages[stage_of(stack.split(";"), encode_lines)] += int(count)
         total += int(count)
     return stages, total
+
+
+def restage(doc: dict[str, Any]) -> None:
+    """Split the saved profiles of ``doc`` into stages again (after a change of the rules)."""
+    for c in doc["corpora"]:
+        for prof in c["workers"].get("1", {}).get("profile", {}).values():
+            path = RESULTS / prof["profile"]
+            if not path.is_file():
+                continue
+            stages, total = split_stages(path.read_text())
+            per = prof["server_cpu_us_per_request"]
+            prof["samples"] = total
+            prof["stages_us_per_request"] = {
+                s: per * stages.get(s, 0) / total if total else float("nan") for s in STAGES
+            }
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -535,16 +550,22 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{g['c32_p99_ms']:g} ms, no errors; c=1 p50 <= {g['c1_p50_ms']:g} ms, p99 <= "
         f"{g['c1_p99_ms']:g} ms; 2 workers >= {g['two_workers']}x one.",
         "",
-        "| catalog | index | c=32 req/s (ours / trivial) | ratio | c=32 p99 ms | errors | "
+        "| catalog | model | index | c=32 req/s (ours / trivial) | ratio | c=32 p99 ms | errors | "
         "c=1 p50 / p99 ms | 2 workers / 1 (ours; trivial) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in doc["corpora"]:
         one, two, r = c["workers"].get("1"), c["workers"].get("2"), c["ratios"]
         idx = c["index"]
         index = f"{idx.get('type')} {idx.get('params', {})} recall {idx.get('recall_at_k_vs_exact', float('nan')):.3f}"
+        source = str((c.get("data") or {}).get("source", "?"))
+        model = (
+            "test-factory vectors, fixture tower"
+            if source == "artifact_factory"
+            else f"`{source}`, 1 epoch, encoder {c.get('encoder')}"
+        )
         if one is None:
-            lines.append(f"| {c['corpus']} | {index} | not run | | | | | |")
+            lines.append(f"| {c['corpus']} | {model} | {index} | not run | | | | | |")
             continue
         rec32, tr32, rec1 = one["recommend"]["c32"], one["trivial"]["c32"], one["recommend"]["c1"]
         errors = rec32["non_2xx"] + (1 if rec32["socket_errors"] else 0)
@@ -556,13 +577,15 @@ def markdown(doc: dict[str, Any]) -> str:
             else "not run"
         )
         lines.append(
-            f"| {c['corpus']} | {index} | {rec32['requests_per_s']:.0f} / {tr32['requests_per_s']:.0f} | "
+            f"| {c['corpus']} | {model} | {index} | {rec32['requests_per_s']:.0f} / {tr32['requests_per_s']:.0f} | "
             f"{ratio:.2f} ({_mark(ratio >= g['c32_ratio'])}) | {rec32['p99_ms']:.1f} "
             f"({_mark(rec32['p99_ms'] <= g['c32_p99_ms'])}) | {rec32['non_2xx']} non-2xx, "
             f"socket: {rec32['socket_errors'] or 'none'} ({_mark(errors == 0)}) | "
             f"{rec1['p50_ms']:.2f} / {rec1['p99_ms']:.2f} "
             f"({_mark(rec1['p50_ms'] <= g['c1_p50_ms'] and rec1['p99_ms'] <= g['c1_p99_ms'])}) | {scale} |"
         )
+    for run in doc.get("earlier_runs", []):
+        lines.append(f"\nFrom an earlier run, merged with --append: {run}")
     for note in doc.get("not_run", []):
         lines.append(f"\nNot run: {note}")
     lines += ["", "<!-- headline:end -->", ""]
@@ -700,7 +723,28 @@ def main() -> int:
     p.add_argument("--sweep-duration", type=float, default=5, help="seconds per sweep point")
     p.add_argument("--no-sweep", dest="sweep", action="store_false")
     p.add_argument("--out", default="serving", help="result name under bench/results/")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the catalogs of the existing result that this run does not measure "
+        "(their command and revision are listed in the result)",
+    )
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="re-split the saved profiles into stages and rewrite the markdown and the plot "
+        "from the existing result (no measurement)",
+    )
     args = p.parse_args()
+    if args.render_only:
+        path = RESULTS / f"{args.out}.json"
+        doc = json.loads(path.read_text())
+        restage(doc)
+        path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        plot(doc, RESULTS / f"{args.out}_p99.png")
+        (RESULTS / f"{args.out}.md").write_text(markdown(doc))
+        print(markdown(doc))
+        return 0
     args.workers = [int(w) for w in args.workers.split(",") if w]
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
@@ -737,7 +781,25 @@ def main() -> int:
             load_users(args.users, _catalog(art), 0)
             results.append(bench_catalog(f"synthetic-{items}", art, args.users, args, tmp))
             shutil.rmtree(art, ignore_errors=True)
+    earlier: list[str] = []
+    old_path = RESULTS / f"{args.out}.json"
+    if args.append and old_path.is_file():
+        old = json.loads(old_path.read_text())
+        measured = {c["corpus"] for c in results}
+        kept = [c for c in old.get("corpora", []) if c["corpus"] not in measured]
+        if kept:
+            earlier = [
+                *old.get("earlier_runs", []),
+                f"{', '.join(c['corpus'] for c in kept)}: `{old['command']}` at "
+                f"{old['git_revision']}, {old['finished_at']}",
+            ]
+            results = kept + results
+            sizes = sorted({*sizes, *(int(c["num_items"]) for c in kept)})
+            not_run = [
+                n for n in not_run if not any(f"{int(c['num_items']):,}-item" in n for c in kept)
+            ]
     figures = {
+        "earlier_runs": earlier,
         "threads": "twotower serve with TF intra/inter-op 1 and faiss.omp_set_num_threads(1) per "
         "worker; uvloop + httptools, no access log, for ours and the trivial app alike; "
         "wrk -t1 (-t2 at c=64); the 2 cores are shared by the server, wrk and Redis",
