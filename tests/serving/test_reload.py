@@ -67,16 +67,25 @@ def test_publish_swaps_and_old_version_finishes_and_is_released(
     assert f'version="{v2}"' in c.get("/metrics").text
 
 
-def test_broken_new_version_keeps_serving_the_old_one(
+def _serving_v1_then_broken_v2(
     make_client: Callable[..., TestClient], tmp_path: Path
-) -> None:
+) -> tuple[Path, TestClient, str, str]:
+    """A client serving v1 after LATEST moved to v2, whose index is not a FAISS index."""
     art = tmp_path / "art"
     v1 = make_artifact(art, num_items=60, seed=1)
     c = make_client(artifacts=art)
-    state = c.app.state.twotower
+    assert c.get("/readyz").json()["detail"] is None
     v2 = make_artifact(art, num_items=60, seed=2)
     (artifacts.version_dir(art, v2) / artifacts.INDEX).write_bytes(b"not a faiss index")
-    assert c.portal.call(state.reloader.check_once) is False
+    assert c.portal.call(c.app.state.twotower.reloader.check_once) is False
+    return art, c, v1, v2
+
+
+def test_broken_new_version_keeps_serving_the_old_one(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    art, c, v1, v2 = _serving_v1_then_broken_v2(make_client, tmp_path)
+    state = c.app.state.twotower
     assert state.holder.current.version == v1 and v2 in state.holder.last_error
     assert c.post("/v1/recommend", json={"history": ["i1"], "k": 3}).json()["model_version"] == v1
     assert 'twotower_model_reloads_total{outcome="failed"} 1.0' in c.get("/metrics").text
@@ -89,14 +98,8 @@ def test_broken_new_version_keeps_serving_the_old_one(
 def test_readyz_says_the_published_version_failed_and_a_rollback_clears_it(
     make_client: Callable[..., TestClient], tmp_path: Path
 ) -> None:
-    art = tmp_path / "art"
-    v1 = make_artifact(art, num_items=60, seed=1)
-    c = make_client(artifacts=art)
+    art, c, v1, v2 = _serving_v1_then_broken_v2(make_client, tmp_path)
     state = c.app.state.twotower
-    assert c.get("/readyz").json()["detail"] is None
-    v2 = make_artifact(art, num_items=60, seed=2)
-    (artifacts.version_dir(art, v2) / artifacts.INDEX).write_bytes(b"not a faiss index")
-    assert c.portal.call(state.reloader.check_once) is False
     ready = c.get("/readyz")
     # Still ready: the last good version answers; the detail names both.
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
