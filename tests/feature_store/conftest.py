@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
+from feature_store import OnlineStore, open_store
 from tests.feature_store.servers import (
     RedisClusterServers,
     RedisServer,
     drop_prefix,
     shared_redis_url,
 )
+
+T = TypeVar("T")
+
+
+def run_on_store(url: str, body: Callable[[OnlineStore], Awaitable[T]], **options: Any) -> T:
+    """Open the store at ``url`` (``options`` as :func:`feature_store.open_store` takes
+    them), run ``body(store)`` in a fresh event loop, close the store, return the result."""
+
+    async def main() -> T:
+        async with open_store(url, **options) as store:
+            return await body(store)
+
+    return asyncio.run(main())
 
 
 @dataclass

@@ -9,11 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from common import artifacts
+from common.artifact_format import read_item_ids
 from common.config import ConfigError, load_config
 from feature_store import open_store, run_sync
 from feature_store.events import make_event
@@ -331,28 +333,26 @@ def test_window_keeps_the_last_days_by_event_time():
 # -- the whole job ----------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_publish_skip_refuse_window_retention_and_compare_and_swap(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
-    art = tmp_path / "art"
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One store and artifact directory through seven runs of the job: publish, skip, refuse
+    (through the command line), skip, a windowed publish, a publish that prunes, a publish
+    raced by someone else. Each stage records what the tests below read, as it was then."""
+    tmp = tmp_path_factory.mktemp("job")
+    url = f"sqlite:///{tmp / 'store.sqlite'}"
+    art = tmp / "art"
+    s: dict[str, Any] = {"art": art}
     _ingest(url)
     data_end = float(load_source(DATA).ts.max())
-    first = run_once(url, art, _config(), progress=False)
-    assert first["outcome"] == "published", first
-    v1 = first["version"]
-    assert artifacts.latest_version(art) == v1
-    assert first["events"]["new"] == first["events"]["archived"] > 0
-    assert (
-        artifacts.read_manifest(art, v1)["pipeline"]["archived_events"]
-        == first["events"]["archived"]
-    )
+    s["first"] = first = run_once(url, art, _config(), progress=False)
+    v1 = first.get("version")
+    s["latest_after_first"] = artifacts.latest_version(art)
+    s["v1_manifest"] = artifacts.read_manifest(art, v1) if v1 else {}
 
-    # Nothing new: no training.
-    again = run_once(url, art, _config(), progress=False)
-    assert again["outcome"] == "skipped" and again["events"]["new"] == 0
+    # Nothing new.
+    s["again"] = run_once(url, art, _config(), progress=False)
 
-    # New events on known items; a bad candidate is refused by the default gate, through
-    # the command line: exit 1, the reason and the regressions on stderr.
+    # New events on known items, and a candidate that cannot be good, through the CLI.
     known = [str(x) for x in load_source(DATA).item_ids]
     _append(
         url,
@@ -361,37 +361,22 @@ def test_publish_skip_refuse_window_retention_and_compare_and_swap(tmp_path, mon
             for u, e in enumerate(_likes("new", "", 40, data_end + 60))
         ],
     )
-    cli = subprocess.run(
+    s["cli"] = subprocess.run(
         [*_pipeline_cmd(url, art, *BAD_CANDIDATE)],
         capture_output=True,
         text=True,
         timeout=600,
         cwd=REPO,
     )
-    assert cli.returncode == 1, cli.stderr[-3000:]
-    refused = json.loads(cli.stdout)
-    assert refused["outcome"] == "refused"
-    assert any(not r["ok"] for r in refused["gate"])
-    assert f"quality gate refused {refused['version']}" in cli.stderr
-    assert "REGRESSION" in cli.stderr
-    assert artifacts.latest_version(art) == v1  # untouched
-    r1 = refused["version"]
-    # Both versions scored on one holdout: the same users.
-    holdout = refused["holdout"]
-    assert refused["candidate"]["metrics"]["num_users"] == holdout["users"]
-    assert refused["published"]["metrics"]["num_users"] == holdout["users"]
-    for noise in ("oneDNN custom operations", "non-serializable objects"):
-        assert noise not in cli.stderr
+    s["latest_after_refusal"] = artifacts.latest_version(art)
 
-    # After a refusal, nothing new means no retraining, whatever the outcome was.
-    after = run_once(url, art, _config(), progress=False)
-    assert after["outcome"] == "skipped" and after["events"]["since_last_gated_run"] == 0
-    assert read_state(art)["last_gated_run"]["version"] == r1
+    # Nothing new after the refusal.
+    s["after"] = run_once(url, art, _config(), progress=False)
+    s["state_after_skip"] = read_state(art)
 
-    # New events again; a window of the last 100 days; retention keeps 1 published version,
-    # 1 refused candidate apart, and the previously published one.
+    # New events; the last 100 days; keep 1 published version and 1 refused candidate.
     _append(url, _likes("more", "brand-new-2", 30, data_end + 120))
-    windowed = run_once(
+    s["windowed"] = windowed = run_once(
         url,
         art,
         _config(
@@ -403,59 +388,139 @@ def test_publish_skip_refuse_window_retention_and_compare_and_swap(tmp_path, mon
         force=True,
         progress=False,
     )
-    assert windowed["outcome"] == "published"
-    v2 = windowed["version"]
-    archived = windowed["events"]["archived"]
     from feature_store.log import read_compacted
 
-    all_events = read_compacted(art / "events")
-    expected = sum(e.ts >= max(x.ts for x in all_events) - 100 * 86400 for e in all_events)
-    assert windowed["events"]["window"] == expected < archived
-    assert artifacts.read_manifest(art, v2)["pipeline"]["window_events"] == expected
+    s["archive_after_window"] = read_compacted(art / "events")
+    s["versions_after_window"] = artifacts.list_versions(art)
+    s["previous_after_window"] = artifacts.previous_version(art)
+    v2 = windowed.get("version")
+    if v2:
+        s["v2_manifest"] = artifacts.read_manifest(art, v2)
+        s["v2_ids"] = read_item_ids(artifacts.version_dir(art, v2) / artifacts.ITEMS).tolist()
+    if v1:
+        s["v1_ids"] = read_item_ids(artifacts.version_dir(art, v1) / artifacts.ITEMS).tolist()
+
+    # Once more, keeping no refused candidate.
+    _append(url, _likes("third", "brand-new-3", 30, data_end + 180))
+    s["third"] = third = run_once(
+        url, art, _config("pipeline.keep_versions=1", "pipeline.keep_refused=0"), force=True
+    )
+    s["versions_after_third"] = artifacts.list_versions(art)
+
+    # Someone publishes v2 while a run is being gated against v3.
+    _append(url, _likes("fourth", "brand-new-4", 30, data_end + 240))
+    real = pipeline_run.evaluate_on_holdout
+
+    def publish_meanwhile(art_, version, holdout_):
+        if artifacts.latest_version(art) == third.get("version"):
+            artifacts.publish(art, v2)  # e.g. a manual `twotower train` or a rollback
+        return real(art_, version, holdout_)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline_run, "evaluate_on_holdout", publish_meanwhile)
+        s["raced"] = run_once(url, art, _config(), force=True, progress=False)
+    s["latest_after_race"] = artifacts.latest_version(art)
+    s["state_after_race"] = read_state(art)
+    s["reports"] = _reports(art)
+    s["history"] = reports.read_history(art)
+    return s
+
+
+@pytest.mark.slow
+def test_the_first_run_publishes_and_records_its_archive(job: dict[str, Any]) -> None:
+    first = job["first"]
+    assert first["outcome"] == "published", first
+    assert job["latest_after_first"] == first["version"]
+    assert first["events"]["new"] == first["events"]["archived"] > 0
+    assert job["v1_manifest"]["pipeline"]["archived_events"] == first["events"]["archived"]
+
+
+@pytest.mark.slow
+def test_nothing_new_skips_training(job: dict[str, Any]) -> None:
+    assert job["again"]["outcome"] == "skipped" and job["again"]["events"]["new"] == 0
+
+
+@pytest.mark.slow
+def test_a_bad_candidate_is_refused_by_the_command_line_with_the_regressions(
+    job: dict[str, Any],
+) -> None:
+    cli = job["cli"]
+    assert cli.returncode == 1, cli.stderr[-3000:]
+    refused = json.loads(cli.stdout)
+    assert refused["outcome"] == "refused"
+    assert any(not r["ok"] for r in refused["gate"])
+    assert f"quality gate refused {refused['version']}" in cli.stderr
+    assert "REGRESSION" in cli.stderr
+    assert job["latest_after_refusal"] == job["first"]["version"]  # untouched
+    # Both versions scored on one holdout: the same users.
+    holdout = refused["holdout"]
+    assert refused["candidate"]["metrics"]["num_users"] == holdout["users"]
+    assert refused["published"]["metrics"]["num_users"] == holdout["users"]
+    for noise in ("oneDNN custom operations", "non-serializable objects"):
+        assert noise not in cli.stderr
+
+
+@pytest.mark.slow
+def test_after_a_refusal_nothing_new_still_skips(job: dict[str, Any]) -> None:
+    after = job["after"]
+    assert after["outcome"] == "skipped" and after["events"]["since_last_gated_run"] == 0
+    refused = json.loads(job["cli"].stdout)
+    assert job["state_after_skip"]["last_gated_run"]["version"] == refused["version"]
+
+
+@pytest.mark.slow
+def test_the_window_and_one_holdout_and_catalog_for_both_versions(job: dict[str, Any]) -> None:
+    windowed = job["windowed"]
+    assert windowed["outcome"] == "published"
+    events = job["archive_after_window"]
+    expected = sum(e.ts >= max(x.ts for x in events) - 100 * 86400 for e in events)
+    assert windowed["events"]["window"] == expected < windowed["events"]["archived"]
+    assert job["v2_manifest"]["pipeline"]["window_events"] == expected
     assert windowed["holdout"]["users"] == 10  # one sample, used for both versions
     assert windowed["published"]["metrics"]["num_users"] == 10
     # One catalog for both: the candidate's, which has the new item the published one lacks.
     assert (
         windowed["holdout"]["catalog_items"]
-        == artifacts.read_manifest(art, v2)["num_items"]
-        == artifacts.read_manifest(art, v1)["num_items"] + 1
+        == job["v2_manifest"]["num_items"]
+        == job["v1_manifest"]["num_items"] + 1
     )
-    assert artifacts.list_versions(art) == sorted([v1, r1, v2])
-    assert artifacts.previous_version(art) == v1
-    with np.load(artifacts.version_dir(art, v2) / "items.npz") as npz:
-        ids = list(npz["ids"].astype(str))
-    with np.load(artifacts.version_dir(art, v1) / "items.npz") as npz:
-        first_ids = list(npz["ids"].astype(str))
-    assert "brand-new-2" in ids and ids[: len(first_ids)] == first_ids  # old ids keep their rows
-    assert artifacts.read_manifest(art, v2)["training"]["warm_start"]["version"] == v1
 
-    # Once more: v1 falls out (keep_versions=1, no longer PREVIOUS), and keep_refused=0 drops r1.
-    _append(url, _likes("third", "brand-new-3", 30, data_end + 180))
-    third = run_once(
-        url, art, _config("pipeline.keep_versions=1", "pipeline.keep_refused=0"), force=True
-    )
-    v3 = third["version"]
+
+@pytest.mark.slow
+def test_a_warm_start_keeps_old_rows_and_adds_new_items(job: dict[str, Any]) -> None:
+    ids, first_ids = job["v2_ids"], job["v1_ids"]
+    assert "brand-new-2" in ids and ids[: len(first_ids)] == first_ids
+    assert job["v2_manifest"]["training"]["warm_start"]["version"] == job["first"]["version"]
+
+
+@pytest.mark.slow
+def test_the_job_prunes_old_versions_but_keeps_the_rollback_target(
+    job: dict[str, Any],
+) -> None:
+    v1, v2 = job["first"]["version"], job["windowed"]["version"]
+    r1 = json.loads(job["cli"].stdout)["version"]
+    assert job["versions_after_window"] == sorted([v1, r1, v2])
+    assert job["previous_after_window"] == v1
+    # v1 falls out (keep_versions=1, no longer PREVIOUS), and keep_refused=0 drops r1.
+    third = job["third"]
     assert third["outcome"] == "published" and set(third["pruned"]) == {v1, r1}
-    assert artifacts.list_versions(art) == sorted([v2, v3])
+    assert job["versions_after_third"] == sorted([v2, third["version"]])
 
-    # Someone publishes while a run is being gated: the run must not publish over it.
-    _append(url, _likes("fourth", "brand-new-4", 30, data_end + 240))
-    real = pipeline_run.evaluate_on_holdout
 
-    def publish_meanwhile(art_, version, holdout_):
-        if artifacts.latest_version(art) == v3:
-            artifacts.publish(art, v2)  # e.g. a manual `twotower train` or a rollback
-        return real(art_, version, holdout_)
-
-    monkeypatch.setattr(pipeline_run, "evaluate_on_holdout", publish_meanwhile)
-    raced = run_once(url, art, _config(), force=True, progress=False)
+@pytest.mark.slow
+def test_a_version_published_while_a_run_is_gated_is_not_overwritten(
+    job: dict[str, Any],
+) -> None:
+    raced = job["raced"]
     assert raced["outcome"] == "refused" and "another job published" in raced["reason"]
-    assert artifacts.latest_version(art) == v2
-    assert read_state(art)["last_gated_run"]["version"] == v3  # retried next time
-    monkeypatch.setattr(pipeline_run, "evaluate_on_holdout", real)
+    assert job["latest_after_race"] == job["windowed"]["version"]
+    # Retried next time: the run is not recorded as gated.
+    assert job["state_after_race"]["last_gated_run"]["version"] == job["third"]["version"]
 
-    # Reports: one per run; the history holds every gated run, candidate vs published.
-    outcomes = [r["outcome"] for r in _reports(art)]
+
+@pytest.mark.slow
+def test_every_run_reports_and_every_gated_run_is_in_the_history(job: dict[str, Any]) -> None:
+    outcomes = [r["outcome"] for r in job["reports"]]
     assert outcomes == [
         "published",
         "skipped",
@@ -465,7 +530,7 @@ def test_publish_skip_refuse_window_retention_and_compare_and_swap(tmp_path, mon
         "published",
         "refused",
     ]
-    history = reports.read_history(art)
+    history = job["history"]
     assert [h["outcome"] for h in history] == [
         "published",
         "refused",
@@ -473,9 +538,11 @@ def test_publish_skip_refuse_window_retention_and_compare_and_swap(tmp_path, mon
         "published",
         "refused",
     ]
+    r1 = json.loads(job["cli"].stdout)["version"]
+    v1, v2, v3 = (job[k]["version"] for k in ("first", "windowed", "third"))
     assert [h["candidate"] for h in history][:4] == [v1, r1, v2, v3]
     assert all(h["published"] is not None for h in history[1:])
-    page = Path(raced["report_path"]).with_suffix(".html").read_text()
+    page = Path(job["raced"]["report_path"]).with_suffix(".html").read_text()
     assert page.count("<img") == 1 and "another job published" in page
 
 
