@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from trainer._tf import tf
+from trainer.chief import is_chief_role
 from trainer.config import TrainerConfig
 from trainer.data.dataset import Dataset
 
@@ -119,14 +120,12 @@ def prune_stale_runs(
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """True unless this is a non-chief worker of a multi-worker run (TF_CONFIG)."""
+    """True unless this is a non-chief worker of a multi-worker run (rule: :mod:`trainer.chief`)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
         return True
-    if resolver.task_type == "chief":
-        return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+    return is_chief_role(resolver.task_type, int(resolver.task_id or 0), has_chief)
 
 
 def checkpoint_paths(ckpt_dir: Path, strategy: tf.distribute.Strategy) -> tuple[Path, Path]:

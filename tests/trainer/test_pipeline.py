@@ -20,12 +20,13 @@ from common.config import ConfigError, load_config
 from feature_store import open_store, run_sync
 from feature_store.events import make_event
 from tests.trainer.tiny import TINY, TINY_SETS
+from trainer.chief import is_chief_task
 from trainer.data.sources import load_source
 from trainer.pipeline import reports, steps
 from trainer.pipeline import run as pipeline_run
 from trainer.pipeline.config import CHECKPOINTS_DIR, PipelineConfig
 from trainer.pipeline.gate import SCALAR_METRICS, GateRule, apply_gate
-from trainer.pipeline.run import is_chief_task, run_once
+from trainer.pipeline.run import run_once
 from trainer.pipeline.state import (
     PipelineLocked,
     apply_retention,

@@ -3,7 +3,6 @@ multi-worker replica's share."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import traceback
@@ -319,25 +318,6 @@ def train_as_worker(art: Path, config: PipelineConfig, snapshot: Path) -> None:
         tcfg, int(meta["archive_run"]), int(meta["archived_events"]), len(events), str(meta["id"])
     )
     train_candidate(art, source, ds, tcfg, warm, key, chief=False, progress=False)
-
-
-def is_chief_task(tf_config: str | None) -> bool:
-    """Whether this process is the chief of a multi-worker job (``TF_CONFIG``; none = chief).
-
-    Same rule as ``trainer.run.is_chief``: the ``chief`` task, or worker 0 when
-    the cluster has no chief.
-    """
-    if not tf_config:
-        return True
-    try:
-        spec = json.loads(tf_config)
-        task = spec.get("task", {})
-        kind, index = task.get("type"), int(task.get("index", 0))
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"TF_CONFIG is not valid JSON with a task ({exc})") from exc
-    if not kind or kind == "chief":
-        return True
-    return kind == "worker" and index == 0 and "chief" not in spec.get("cluster", {})
 
 
 def check_store(url: str | None, *, scheduled: bool) -> None:

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 def pipeline_command(args: argparse.Namespace) -> int:
     """``twotower pipeline``: check the flags, then one run, a schedule, a freeze or a replica."""
     from common.config import ConfigError, load_config
+    from trainer.chief import is_chief_task
     from trainer.pipeline.config import PipelineConfig
-    from trainer.pipeline.run import check_store, freeze_snapshot, is_chief_task, train_as_worker
+    from trainer.pipeline.run import check_store, freeze_snapshot, train_as_worker
     from trainer.pipeline.schedule import next_run_delay, run_forever
     from trainer.pipeline.state import PipelineLocked
 
