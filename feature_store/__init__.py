@@ -11,10 +11,7 @@ Synchronous callers wrap a coroutine with :func:`run_sync`.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 from feature_store.base import (
     AppendResult,
@@ -26,9 +23,8 @@ from feature_store.base import (
     UserState,
 )
 from feature_store.events import EVENT_TYPES, Event, EventError, check_events, make_event
+from feature_store.sync import run_sync
 from feature_store.urls import RedisConfig, SQLiteConfig, StoreURLError, parse_url
-
-T = TypeVar("T")
 
 __all__ = [
     "EVENT_TYPES",
@@ -71,29 +67,3 @@ def open_store(url: str, **options: Any) -> OnlineStore:
     from feature_store.redis import RedisStore
 
     return RedisStore(url, config)
-
-
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion from synchronous code and return its result.
-
-    Works whether or not an event loop is already running in this thread
-    (inside one, the coroutine runs on a fresh loop in a helper thread).
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="feature-store-run-sync")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]

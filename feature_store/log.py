@@ -57,13 +57,11 @@ too.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import json
 import logging
-import threading
-from collections.abc import Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -73,6 +71,7 @@ from feature_store import export_files
 from feature_store.base import OnlineStore, StoreError, user_hash
 from feature_store.events import Event
 from feature_store.export_files import SCHEMA
+from feature_store.sync import LoopThread
 
 __all__ = [
     "SCHEMA",
@@ -125,30 +124,11 @@ class CompactResult:
     purged: int = 0
 
 
-class _LoopThread:
-    """An event loop in a helper thread, so sync code can drive an async store step by step."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="feature-store-log", daemon=True
-        )
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
-
-
 @contextlib.contextmanager
-def _opened(url: str) -> Iterator[tuple[_LoopThread, OnlineStore]]:
+def _opened(url: str) -> Iterator[tuple[LoopThread, OnlineStore]]:
     from feature_store import open_store
 
-    runner = _LoopThread()
+    runner = LoopThread()
     store = open_store(url)
     try:
         runner.run(store.open())
@@ -160,7 +140,7 @@ def _opened(url: str) -> Iterator[tuple[_LoopThread, OnlineStore]]:
 
 
 def _pages(
-    runner: _LoopThread, store: OnlineStore, cursor: str | None, limit: int | None
+    runner: LoopThread, store: OnlineStore, cursor: str | None, limit: int | None
 ) -> Iterator[tuple[list[Event], str]]:
     taken = 0
     while limit is None or taken < limit:
@@ -181,7 +161,7 @@ def iter_events(url: str) -> Iterator[Event]:
 
 
 def _fetch_metadata(
-    runner: _LoopThread, store: OnlineStore, item_ids: Iterable[str]
+    runner: LoopThread, store: OnlineStore, item_ids: Iterable[str]
 ) -> dict[str, dict[str, Any]]:
     ids = sorted(set(item_ids))
     out: dict[str, dict[str, Any]] = {}
@@ -238,7 +218,7 @@ def _commit_state(out: Path, state: dict[str, Any]) -> None:
     durable_replace(tmp, out / STATE_FILE)
 
 
-def _write_metadata(out: Path, runner: _LoopThread, store: OnlineStore, files: list[str]) -> None:
+def _write_metadata(out: Path, runner: LoopThread, store: OnlineStore, files: list[str]) -> None:
     """Replace the export's copy of the item metadata of the items in ``files`` (atomic)."""
     items = _fetch_metadata(runner, store, export_files.item_ids(out, files))
     tmp = out / f".{METADATA_FILE}.tmp"
