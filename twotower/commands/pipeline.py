@@ -51,7 +51,10 @@ def pipeline_command(args: argparse.Namespace) -> int:
     if args.every:
         next_run_delay(args.every)  # a bad schedule is exit 2, before anything runs
         return run_forever(
-            args.every, lambda: _one(args, config), run_now=run_now, skip_errors=(PipelineLocked,)
+            args.every,
+            lambda: _run_and_report(args, config),
+            run_now=run_now,
+            skip_errors=(PipelineLocked,),
         )
     if freeze:
         print(json.dumps(freeze_snapshot(args.store, Path(args.artifacts), config), indent=2))
@@ -59,10 +62,10 @@ def pipeline_command(args: argparse.Namespace) -> int:
     if snapshot and not is_chief_task(os.environ.get("TF_CONFIG")):
         train_as_worker(Path(args.artifacts), config, Path(snapshot))
         return 0
-    return _one(args, config)
+    return _run_and_report(args, config)
 
 
-def _one(args: argparse.Namespace, config: PipelineConfig) -> int:
+def _run_and_report(args: argparse.Namespace, config: PipelineConfig) -> int:
     """One run: its report as JSON on stdout; exit 1 when the gate refused or the lock is taken."""
     from trainer.pipeline.run import gate_lines, run_once
     from trainer.pipeline.state import PipelineLocked
