@@ -4,7 +4,7 @@ Every run, whatever its outcome (published, refused, skipped, locked, failed),
 leaves ``ART/reports/<run_id>.json`` and ``<run_id>.html``. Runs that reached
 the gate also append one line to ``ART/reports/history.jsonl``: the candidate's
 and the published version's figures *on the same holdout* (see
-:mod:`trainer.gate`), the rule rows and the outcome. The HTML page charts that
+:mod:`trainer.pipeline.gate`), the rule rows and the outcome. The HTML page charts that
 history, candidate against published per run, published runs and refused runs
 marked apart. Old report files are pruned (``pipeline.keep_reports``) and the
 history keeps the last ``pipeline.keep_history`` runs.

@@ -184,7 +184,7 @@ def gated_run(
     candidate = outcome.version
     report["warm_start"] = outcome.training.get("warm_start")
 
-    # One holdout for both versions: same users, same catalog (trainer.gate).
+    # One holdout for both versions: same users, same catalog (trainer.pipeline.gate).
     ids = [version_item_ids(art, candidate)] + (
         [version_item_ids(art, published)] if published else []
     )
