@@ -7,7 +7,7 @@ import logging
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from common import artifacts
 from common.config import ConfigError
@@ -43,15 +43,13 @@ from trainer.pipeline.steps import (
     events_at_last_gate,
     events_dataset,
     has_test_users,
+    run_input,
     train_candidate,
     training_key,
     version_item_ids,
     warm_version,
     window,
 )
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +105,45 @@ def run_once(
             log.warning("could not write the report of run %s: %s", report["run_id"], exc)
 
 
+def publish_or_refuse(
+    art: Path,
+    candidate: str,
+    published: str | None,
+    info: dict[str, Any],
+    rows: list[dict[str, Any]],
+    *,
+    passed: bool,
+    force: bool,
+) -> tuple[str, str, bool]:
+    """Publish ``candidate`` (compare-and-swap against ``published``) or refuse it, and record
+    the outcome in its manifest; returns ``(outcome, reason, conflict)``."""
+    # Rules the gate could not compare, and why (reported whatever the outcome).
+    skipped = [f"{r['metric']} ({r['why']})" for r in rows if r.get("left_out")]
+    conflict = False
+    if passed or force:
+        annotate(art, candidate, {**info, "outcome": "published"})
+        try:
+            artifacts.publish(art, candidate, expected=published)
+        except artifacts.PublishConflict as exc:
+            conflict = True
+            outcome_name, reason = "refused", str(exc)
+        else:
+            outcome_name = "published"
+            reason = "gate passed" if passed else "gate failed, published with --force"
+            if skipped:
+                reason += f"; not compared: {'; '.join(skipped)}"
+            if not passed:
+                log.warning("quality gate FAILED but --force given: published %s", candidate)
+    else:
+        bad = [r["metric"] for r in rows if not r["ok"]]
+        outcome_name, reason = "refused", f"regression on {', '.join(bad)}"
+        if skipped:
+            reason += f"; not compared: {'; '.join(skipped)}"
+    if outcome_name == "refused":
+        annotate(art, candidate, {**info, "outcome": "refused", "reason": reason})
+    return outcome_name, reason, conflict
+
+
 def gated_run(
     report: dict[str, Any],
     store_url: str | None,
@@ -118,29 +155,11 @@ def gated_run(
     snapshot: str | Path | None,
 ) -> None:
     """Archive -> (skip?) -> train -> shared-holdout gate -> CAS publish or refuse -> retention."""
-    from feature_store.log import compact, read_compacted, read_item_metadata
-
     pc = config.pipeline
-    snap_id = None
-    if snapshot is not None:
-        events, meta = load_snapshot(snapshot)
-        metadata, where = load_item_metadata(snapshot, meta), OLD_SNAPSHOT
-        archive_run, archived, new = int(meta["archive_run"]), int(meta["archived_events"]), 0
-        snap_id, pinned, source = (
-            str(meta["id"]),
-            meta.get("warm_version"),
-            f"snapshot:{meta['id']}",
-        )
-    else:
-        assert store_url is not None
-        compacted = compact(store_url, art / EVENTS_DIR, consumer="pipeline")
-        # With the store's URL, an erasure recorded since the compaction is applied too.
-        events = read_compacted(art / EVENTS_DIR, url=store_url)
-        # The compaction refreshed the archive's copy of the store's item metadata.
-        metadata, where = read_item_metadata(art / EVENTS_DIR), f"{art / EVENTS_DIR}"
-        archive_run, archived, new = compacted.run, compacted.total, compacted.new_events
-        pinned, source = None, f"events:{redact_url(store_url)}"
-    events = window(events, pc.window_days)
+    inp = run_input(store_url, art, snapshot)
+    events = window(inp.events, pc.window_days)
+    archive_run, archived, new, snap_id = inp.archive_run, inp.archived, inp.new, inp.snapshot_id
+    metadata, where, pinned, source = inp.metadata, inp.metadata_origin, inp.pinned, inp.source
     published = artifacts.latest_version(art)
     published_manifest = artifacts.read_manifest(art, published) if published else None
     baseline = events_at_last_gate(read_state(art), published_manifest)
@@ -228,30 +247,9 @@ def gated_run(
         "compared_with": published,
         "holdout": report["holdout"],
     }
-    # Rules the gate could not compare, and why (reported whatever the outcome).
-    skipped = [f"{r['metric']} ({r['why']})" for r in rows if r.get("left_out")]
-    conflict = False
-    if passed or force:
-        annotate(art, candidate, {**info, "outcome": "published"})
-        try:
-            artifacts.publish(art, candidate, expected=published)
-        except artifacts.PublishConflict as exc:
-            conflict = True
-            outcome_name, reason = "refused", str(exc)
-        else:
-            outcome_name = "published"
-            reason = "gate passed" if passed else "gate failed, published with --force"
-            if skipped:
-                reason += f"; not compared: {'; '.join(skipped)}"
-            if not passed:
-                log.warning("quality gate FAILED but --force given: published %s", candidate)
-    else:
-        bad = [r["metric"] for r in rows if not r["ok"]]
-        outcome_name, reason = "refused", f"regression on {', '.join(bad)}"
-        if skipped:
-            reason += f"; not compared: {'; '.join(skipped)}"
-    if outcome_name == "refused":
-        annotate(art, candidate, {**info, "outcome": "refused", "reason": reason})
+    outcome_name, reason, conflict = publish_or_refuse(
+        art, candidate, published, info, rows, passed=passed, force=force
+    )
     report.update(outcome=outcome_name, version=candidate, reason=reason)
     if not conflict:  # a conflict was never judged against what is published now: retry next time
         write_state(

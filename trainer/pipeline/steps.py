@@ -4,6 +4,7 @@ training the candidate (see :func:`trainer.pipeline.run.gated_run` for their ord
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,9 +12,11 @@ import numpy as np
 
 from common import artifacts
 from common.artifact_format import read_item_ids
+from common.urls import redact_url
 from trainer.config import TrainerConfig, architecture_changes
 from trainer.data.item_quality import metadata_feature_names
-from trainer.pipeline.snapshot import SnapshotError
+from trainer.pipeline.config import EVENTS_DIR
+from trainer.pipeline.snapshot import SnapshotError, load_item_metadata, load_snapshot
 from trainer.pipeline.state import checkpoint_dir, clear_checkpoints
 
 if TYPE_CHECKING:
@@ -193,3 +196,62 @@ def training_key(
         "snapshot": snapshot,
         "config": config.as_dict(),
     }
+
+
+@dataclass(frozen=True)
+class RunInput:
+    """What a run trains on: the archived events (or a frozen snapshot's) and where they came from.
+
+    Attributes:
+      events: every archived event, in log order (before the window).
+      metadata: item metadata frozen with the events; ``metadata_origin`` names where
+        it was read (for the message when it is missing).
+      archive_run, archived, new: the archive's last run, its event count, and the
+        events this run added (0 for a snapshot).
+      snapshot_id, pinned: a snapshot's id and the version it warm-starts from.
+      source: the data source as reports and manifests name it (password hidden).
+    """
+
+    events: list[Event]
+    metadata: Any
+    metadata_origin: str
+    archive_run: int
+    archived: int
+    new: int
+    snapshot_id: str | None
+    pinned: str | None
+    source: str
+
+
+def run_input(store_url: str | None, art: Path, snapshot: str | Path | None) -> RunInput:
+    """A frozen snapshot, or the store's new events moved into the archive and the archive read."""
+    if snapshot is not None:
+        events, meta = load_snapshot(snapshot)
+        return RunInput(
+            events=events,
+            metadata=load_item_metadata(snapshot, meta),
+            metadata_origin=OLD_SNAPSHOT,
+            archive_run=int(meta["archive_run"]),
+            archived=int(meta["archived_events"]),
+            new=0,
+            snapshot_id=str(meta["id"]),
+            pinned=meta.get("warm_version"),
+            source=f"snapshot:{meta['id']}",
+        )
+    from feature_store.log import compact, read_compacted, read_item_metadata
+
+    assert store_url is not None
+    compacted = compact(store_url, art / EVENTS_DIR, consumer="pipeline")
+    return RunInput(
+        # With the store's URL, an erasure recorded since the compaction is applied too.
+        events=read_compacted(art / EVENTS_DIR, url=store_url),
+        # The compaction refreshed the archive's copy of the store's item metadata.
+        metadata=read_item_metadata(art / EVENTS_DIR),
+        metadata_origin=f"{art / EVENTS_DIR}",
+        archive_run=compacted.run,
+        archived=compacted.total,
+        new=compacted.new_events,
+        snapshot_id=None,
+        pinned=None,
+        source=f"events:{redact_url(store_url)}",
+    )
