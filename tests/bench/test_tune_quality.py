@@ -85,11 +85,11 @@ def test_manifest_rows_name_the_settings_that_differ_from_the_kinds_defaults(tmp
     # Changed by hand, not by overrides: load_config's shallow copy of the per-kind defaults
     # lets an override leak into SOURCE_DEFAULTS for later calls in the same process.
     cfg = trainer_config("lightgcn").as_dict()
-    cfg["train"]["refit"], cfg["loss"]["logq_label"] = True, "exact"
+    cfg["train"]["refit"], cfg["loss"]["logq_label"] = False, "exact"  # lightgcn: refit on
     path = _manifest(tmp_path, "a", cfg, refit=True)
     spec, rows = rows_from_manifests([path], nested=True)
     assert spec == "lightgcn:/x"
-    assert sorted(rows[0]["settings"]) == ["loss.logq_label=exact", "train.refit=true"]
+    assert sorted(rows[0]["settings"]) == ["loss.logq_label=exact", "train.refit=false"]
     assert rows[0]["outer_valid"] == {
         "without_refit": {"recall@20": 0.17, "ndcg@20": 0.14},
         "with_refit": {"recall@20": 0.18, "ndcg@20": 0.15},

@@ -543,7 +543,9 @@ def test_lightgcn_source_has_no_dislike_branch_and_says_so(tmp_path):
     }
     assert m["metrics"]["like_dislike_auc"] == 0.5 and m["metrics"]["num_users_judged"] == 0
     assert m["data"]["counts"]["holdout"] == 0
-    train_counts = np.bincount(ds.users[pos & (ds.split == 0)], minlength=ds.num_users)
+    # train.refit (on for lightgcn:): the test input is the train + valid items.
+    known = np.isin(ds.split, (0, 1)) if cfg.train.refit else ds.split == 0
+    train_counts = np.bincount(ds.users[pos & known], minlength=ds.num_users)
     test_users = {int(u) for u in ds.users[pos & (ds.split == 2)]}
     capped = sum(1 for u in test_users if train_counts[u] > 10)
     assert capped > 0 and m["eval"]["input"] == {
