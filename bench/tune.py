@@ -16,6 +16,9 @@ Usage:
   python -m bench.tune --suite ml100k_lightgcn_logq_label   (the same on ml-100k's
       positives written as LightGCN train/valid/test files into a temporary
       directory, 3 seeds; a second data set of the ``lightgcn:`` kind)
+  python -m bench.tune --suite gowalla_refit_on_valid | ml100k_lightgcn_refit_on_valid
+      (train.refit judged on validation: the train file split 7:1 into an inner
+      train/valid, the real validation split held out as the run's "test")
   python -m bench.tune --suite S --manifests V1/manifest.json ...   (the rows from
       the manifests of versions ``twotower train --data SRC [--set ...]`` exported,
       instead of training them here: settings = the manifest config's differences
@@ -190,6 +193,12 @@ def write_nested_lightgcn(src: Path, root: Path, seed: int = 0) -> str:
 #: the real validation split's, with and without ``train.refit``.
 GOWALLA_NESTED = "lightgcn:<gowalla train split 7:1 into train/valid; valid as test>"
 GRIDS["gowalla_refit_on_valid"] = (GOWALLA_NESTED, [["train.refit=true"]])
+#: The same for ml-100k's positives as LightGCN files (:func:`write_ml100k_lightgcn`).
+ML100K_NESTED = "lightgcn:<ml-100k positives as LightGCN files, one level down>"
+GRIDS["ml100k_lightgcn_refit_on_valid"] = (
+    ML100K_NESTED,
+    [["train.refit=true", f"train.seed={seed}"] for seed in range(3)],
+)
 
 
 def _row(
@@ -276,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         return tune_dislikes(1 if args.quick else args.seeds, args.quick)
 
     if args.manifests:
-        nested = GRIDS.get(args.suite, ("", []))[0] == GOWALLA_NESTED
+        nested = GRIDS.get(args.suite, ("", []))[0] in (GOWALLA_NESTED, ML100K_NESTED)
         spec, rows = rows_from_manifests(args.manifests, nested)
         how = "rows read from the manifests of `twotower train --data SRC [--set settings]`"
     else:
@@ -339,6 +348,9 @@ def _train_rows(spec: str, grid: list[list[str]]) -> tuple[str, list[dict[str, A
             real = write_ml100k_lightgcn(Path(tmp) / "data")
         elif spec == GOWALLA_NESTED:
             real = write_nested_lightgcn(SHARED_DATA / "gowalla", Path(tmp) / "data")
+        elif spec == ML100K_NESTED:
+            write_ml100k_lightgcn(Path(tmp) / "ml")
+            real = write_nested_lightgcn(Path(tmp) / "ml", Path(tmp) / "data")
         ds = load_source(real)
         rows: list[dict[str, Any]] = []
         for sets in grid:
@@ -346,7 +358,7 @@ def _train_rows(spec: str, grid: list[list[str]]) -> tuple[str, list[dict[str, A
             with tempfile.TemporaryDirectory() as art:
                 t0 = time.perf_counter()
                 out = train(real, art, cfg, ds=ds, progress=False)
-            heldout = out.metrics if spec == GOWALLA_NESTED else None
+            heldout = out.metrics if spec in (GOWALLA_NESTED, ML100K_NESTED) else None
             rows.append(_row(sets, out.training, time.perf_counter() - t0, heldout))
             print(rows[-1], file=sys.stderr)
     return spec, rows
