@@ -228,7 +228,6 @@ def markdown_gowalla(doc: dict[str, Any]) -> str:
         )
     if doc.get("arms_not_run"):
         lines += ["", f"Not run this time: {', '.join(doc['arms_not_run'])}."]
-    lines += ["", "![long tail](quality_gowalla_longtail.png)"]
     return "\n".join(lines) + "\n"
 
 
