@@ -17,6 +17,7 @@ in one container), so a model may name sections it leaves to another program
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import os
@@ -194,7 +195,8 @@ def load_config(
     Raises:
       ConfigError: naming the offending dotted key and why.
     """
-    tree: dict[str, Any] = dict(base or {})
+    # A deep copy: overrides are set into nested sections, which must not be the caller's.
+    tree: dict[str, Any] = copy.deepcopy(dict(base or {}))
     if file is not None:
         from_file = read_config_file(file)
         check_keys(model, from_file, f"config file {file}")

@@ -112,3 +112,12 @@ def test_pipeline_variables_are_the_pipelines_not_the_trainers_typos():
     assert load_config(PipelineConfig, environ=env).pipeline.min_new_events == 7
     with pytest.raises(ConfigError, match="did you mean TWOTOWER_PIPELINE__MIN_NEW_EVENTS"):
         load_config(PipelineConfig, environ={"TWOTOWER_PIPELINE__MIN_NEW_EVENT": "7"})
+
+
+def test_an_override_never_leaks_into_the_base_or_the_next_call():
+    base = {"model": {"embedding_dim": 32}, "loss": {"temperature": 0.1}}
+    first = load_config(TrainerConfig, overrides=["model.embedding_dim=8"], base=base, environ={})
+    second = load_config(TrainerConfig, base=base, environ={})
+    assert first.model.embedding_dim == 8
+    assert second.model.embedding_dim == 32
+    assert base == {"model": {"embedding_dim": 32}, "loss": {"temperature": 0.1}}
