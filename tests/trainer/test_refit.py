@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from common import artifacts
-from tests.trainer.tiny import TINY, TINY_SETS
+from tests.trainer.tiny import TINY, TINY_SETS, tiny_lightgcn_files
 from trainer.data.dataset import TRAIN, VALID
 from trainer.data.sources import load_source
 from trainer.run import evaluate_version, train, train_and_valid, trainer_config, training_examples
@@ -16,25 +14,10 @@ from trainer.run import evaluate_version, train, train_and_valid, trainer_config
 SETS = [*TINY_SETS, "train.epochs=3", "train.early_stopping_patience=0"]
 
 
-def _lightgcn_files(root: Path) -> str:
-    """TINY's positives as LightGCN train/valid/test files (no time order)."""
-    ds = load_source(TINY)
-    root.mkdir()
-    pos = ds.labels == 1
-    for name, split in (("train.txt", 0), ("valid.txt", 1), ("test.txt", 2)):
-        lines = []
-        for u in range(ds.num_users):
-            items = ds.items[pos & (ds.split == split) & (ds.users == u)]
-            if len(items):
-                lines.append(" ".join(map(str, [u, *sorted(items.tolist())])))
-        (root / name).write_text("\n".join(lines) + "\n")
-    return f"lightgcn:{root}"
-
-
 @pytest.fixture(scope="module")
 def refitted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("refit")
-    spec = _lightgcn_files(tmp / "data")
+    spec = tiny_lightgcn_files(tmp / "data")
     cfg = trainer_config("lightgcn", overrides=[*SETS, "train.refit=true"])
     outcome = train(spec, tmp / "art", cfg, progress=False)
     return spec, tmp / "art", cfg, outcome

@@ -16,7 +16,7 @@ import pytest
 
 from common import artifacts
 from common.artifact_format import read_index
-from tests.trainer.tiny import TINY, TINY_SETS
+from tests.trainer.tiny import TINY, TINY_SETS, tiny_lightgcn_files
 from trainer.data.sources import load_source
 from trainer.run import ExportedModel, evaluate_version, train, trainer_config
 
@@ -515,20 +515,12 @@ def test_only_the_chief_exports_in_multiworker_runs(cluster, task_type, task_id,
 def test_lightgcn_source_has_no_dislike_branch_and_says_so(tmp_path):
     """Positives-only split files: the dislike input is off by default, the dislike metrics
     stay numeric (0.0) and the manifest says they are not applicable."""
+    spec = tiny_lightgcn_files(tmp_path / "g")
     ds = load_source(TINY)
-    root = tmp_path / "g"
-    root.mkdir()
     pos = ds.labels == 1
-    for name, split in (("train.txt", 0), ("valid.txt", 1), ("test.txt", 2)):
-        lines = []
-        for u in range(ds.num_users):
-            items = ds.items[pos & (ds.split == split) & (ds.users == u)]
-            if len(items):
-                lines.append(" ".join(map(str, [u, *sorted(items.tolist())])))
-        (root / name).write_text("\n".join(lines) + "\n")
     cfg = trainer_config("lightgcn", overrides=[*TINY_SETS, "train.epochs=1"])
     assert cfg.model.use_dislike_input is False
-    out = train(f"lightgcn:{root}", tmp_path / "art", cfg, progress=False)
+    out = train(spec, tmp_path / "art", cfg, progress=False)
     m = artifacts.read_manifest(tmp_path / "art")
     assert m["eval"]["dislike_metrics"] == "not applicable: the source has no dislikes"
     assert m["metrics"]["dislike_rate@20"] == 0.0 and m["metrics"]["num_users_with_dislikes"] == 0
