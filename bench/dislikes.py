@@ -229,6 +229,21 @@ def tune_arms(
     return arms
 
 
+def select_arms(
+    arms: dict[str, list[str]], names: Iterable[str], reference: str
+) -> dict[str, list[str]]:
+    """The arms of ``arms`` named in ``names`` (grid order), always with ``reference``.
+
+    Raises:
+      ValueError: a name that is not an arm of ``arms``, with the known names.
+    """
+    wanted = {n.strip() for n in names if n.strip()} | {reference}
+    unknown = sorted(wanted - set(arms))
+    if unknown:
+        raise ValueError(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(arms)}")
+    return {name: sets for name, sets in arms.items() if name in wanted}
+
+
 # ---------------------------------------------------------------- pure figures
 
 

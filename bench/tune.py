@@ -11,7 +11,7 @@ Usage:
   python -m bench.tune --suite gowalla      (3 epochs per setting, temperature only)
   python -m bench.tune --suite gowalla_history   (3 epochs per setting, history width H)
   python -m bench.tune --suite ml100k_dedupe | gowalla_dedupe   (loss.dedupe_candidates)
-  python -m bench.tune --suite ml100k_dislikes [--seeds 3] [--quick]
+  python -m bench.tune --suite ml100k_dislikes [--seeds 3] [--quick] [--arms A,B,...]
   python -m bench.tune --suite gowalla_logq_label   (loss.logq_label, early stopping)
   python -m bench.tune --suite ml100k_lightgcn_logq_label   (the same on ml-100k's
       positives written as LightGCN train/valid/test files into a temporary
@@ -275,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="ml100k_dislikes: seeds per arm")
     p.add_argument("--quick", action="store_true", help="ml100k_dislikes: a smoke test")
     p.add_argument(
+        "--arms",
+        default=None,
+        help="ml100k_dislikes: only these arms (comma-separated names of "
+        "bench.dislikes.tune_arms; positives_only, the reference, is always run)",
+    )
+    p.add_argument(
         "--manifests",
         nargs="+",
         default=None,
@@ -282,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     if args.suite == "ml100k_dislikes":
-        return tune_dislikes(1 if args.quick else args.seeds, args.quick)
+        only = args.arms.split(",") if args.arms else None
+        return tune_dislikes(1 if args.quick else args.seeds, args.quick, only)
 
     if args.manifests:
         nested = GRIDS.get(args.suite, ("", []))[0] in (GOWALLA_NESTED, ML100K_NESTED)
@@ -377,13 +384,19 @@ RECALL_TOLERANCE = 0.01
 SHARE_SLACK = 0.01
 
 
-def tune_dislikes(seeds: int, quick: bool) -> int:
-    """``--suite ml100k_dislikes`` (module docstring); reads validation figures only."""
+def tune_dislikes(seeds: int, quick: bool, only: list[str] | None = None) -> int:
+    """``--suite ml100k_dislikes`` (module docstring); reads validation figures only.
+
+    ``only``: run these arms of the grid (and always positives-only, the rule's
+    reference); an unknown name is an error that lists the known ones.
+    """
     from bench import dislikes
     from trainer.data.sources import load_source
 
     spec = dislikes.ML100K
     arms = dislikes.tune_arms((20,), (1, 2)) if quick else dislikes.tune_arms()
+    if only is not None:
+        arms = dislikes.select_arms(arms, only, "positives_only")
     extra = ["train.epochs=2"] if quick else []
     t0 = time.perf_counter()
     runs = dislikes.run_arms(
@@ -419,6 +432,7 @@ def tune_dislikes(seeds: int, quick: bool) -> int:
             "seeds": seeds,
             "extra_settings": extra,
             "quick": quick,
+            "arms_run": list(arms) if only is not None else "all",
             "rule": {
                 "reference": "positives_only",
                 "recall_tolerance": RECALL_TOLERANCE,

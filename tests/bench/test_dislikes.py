@@ -16,6 +16,7 @@ from bench.dislikes import (
     finish_reach,
     item_ranks,
     pick_default,
+    select_arms,
     rank_separation,
     reach_sums,
     sweep_arms,
@@ -109,3 +110,12 @@ def test_arms_pin_every_dislike_knob_and_the_sweep_reuses_them():
     tune = tune_arms((5, 20, 50), (1, 2))
     assert len(tune) == 5 + 2 * 2 * 3 * 2 and "subtract_dn_ntr50_w2" in tune
     assert "loss.dislike_weight=2" in tune["subtract_dn_ntr50_w2"]
+
+
+def test_select_arms_keeps_grid_order_adds_the_reference_and_names_unknown_arms():
+    tune = tune_arms((5, 20), (1,))
+    picked = select_arms(tune, ["subtract_ntr5_w1", " input_only"], "positives_only")
+    assert list(picked) == ["positives_only", "input_only", "subtract_ntr5_w1"]
+    assert picked["subtract_ntr5_w1"] == tune["subtract_ntr5_w1"]
+    with pytest.raises(ValueError, match="unknown arm.*concat_ntr7_w1.*known: positives_only"):
+        select_arms(tune, ["concat_ntr7_w1"], "positives_only")
