@@ -139,8 +139,10 @@ def arm(
     ntr: float = 0,
     negatives: int = 0,
     weight: float | None = None,
+    state: str | None = None,
 ) -> list[str]:
-    """The ``--set`` overrides of an arm, every dislike knob pinned (w only when given)."""
+    """The ``--set`` overrides of an arm, every dislike knob pinned (w and the NTR
+    rows' state, ``loss.ntr_state``, only when given)."""
     sets = [
         f"model.use_dislike_input={'true' if dislike_input else 'false'}",
         f"model.dislike_pathway={pathway}",
@@ -149,6 +151,8 @@ def arm(
     ]
     if weight is not None:
         sets.append(f"loss.dislike_weight={weight:g}")
+    if state is not None:
+        sets.append(f"loss.ntr_state={state}")
     return sets
 
 
@@ -183,6 +187,8 @@ def describe(sets: list[str]) -> str:
     ]
     if "loss.dislike_weight" in kv:
         parts.append(f"w {kv['loss.dislike_weight']}")
+    if "loss.ntr_state" in kv:
+        parts.append(f"NTR state {kv['loss.ntr_state']}")
     return ", ".join(parts)
 
 
@@ -226,6 +232,12 @@ def tune_arms(
                 for w in weights:
                     name = f"{pathway}{'_dn' if negatives else ''}_ntr{lam:g}_w{w:g}"
                     arms[name] = arm(pathway=pathway, ntr=lam, negatives=negatives, weight=w)
+    # NTR rows scored from the state right after the dislike (loss.ntr_state=after).
+    for pathway in PATHWAYS:
+        for lam in lambdas:
+            for w in weights:
+                name = f"{pathway}_after_ntr{lam:g}_w{w:g}"
+                arms[name] = arm(pathway=pathway, ntr=lam, weight=w, state="after")
     return arms
 
 

@@ -61,6 +61,12 @@ class LossConfig(_Section):
     """lambda of the not-to-recommend term; 0 disables it."""
     dislike_weight: float = Field(1.0, ge=0.0)
     """w: per-row weight of a dislike in the NTR term."""
+    ntr_state: Literal["before", "after"] = "before"
+    """The user state an NTR row is scored from: ``before`` = strictly before the
+    dislike (every row's rule); ``after`` = with the row's own item as the most
+    recent dislike input, so the term teaches the user tower that a user who has
+    just disliked an item does not want it (what responsiveness@20 probes; see
+    trainer/data/examples.py). Needs ``model.use_dislike_input`` to matter."""
     mixed_negatives: int = Field(0, ge=0)
     """Uniformly sampled extra candidates per batch (0 = in-batch only)."""
     remove_accidental_hits: bool = True

@@ -114,6 +114,7 @@ def training_examples(ds: Dataset, cfg: TrainerConfig, epoch: int) -> Examples:
         seed=cfg.train.seed,
         epoch=epoch,
         dislike_weight=cfg.loss.dislike_weight,
+        ntr_state=cfg.loss.ntr_state,
     )
 
 

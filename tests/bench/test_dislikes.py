@@ -108,8 +108,10 @@ def test_arms_pin_every_dislike_knob_and_the_sweep_reuses_them():
     assert describe(ARMS["dislike_negatives_ntr"]) == "input concat, λ 20, N 5"
     assert describe(ARMS["positives_only"]) == "no input, λ 0, N 0"
     tune = tune_arms((5, 20, 50), (1, 2))
-    assert len(tune) == 5 + 2 * 2 * 3 * 2 and "subtract_dn_ntr50_w2" in tune
+    assert len(tune) == 5 + 2 * 2 * 3 * 2 + 2 * 3 * 2 and "subtract_dn_ntr50_w2" in tune
     assert "loss.dislike_weight=2" in tune["subtract_dn_ntr50_w2"]
+    assert "loss.ntr_state=after" in tune["subtract_after_ntr20_w1"]
+    assert describe(tune["subtract_after_ntr20_w1"]).endswith("w 1, NTR state after")
 
 
 def test_select_arms_keeps_grid_order_adds_the_reference_and_names_unknown_arms():

@@ -60,6 +60,28 @@ def test_same_timestamp_events_do_not_see_each_other():
     assert (ex.weight == 1.0).all() and ex.history.dtype == np.int32
 
 
+def test_ntr_state_after_puts_a_dislike_rows_own_item_last_in_its_dislike_input():
+    ds = build(
+        [
+            ("u", "a", P, 1), ("u", "x", D, 2), ("u", "b", P, 3), ("u", "y", D, 4),
+            ("u", "z", D, 5), ("u", "c", P, 6), ("u", "v", P, 20), ("u", "t", P, 30),
+        ]
+    )  # fmt: skip
+    before = build_train_examples(ds, history_length=2, dislike_length=2)
+    after = build_train_examples(ds, history_length=2, dislike_length=2, ntr_state="after")
+    rows = {ds.item_ids[i - 1]: r for r, i in enumerate(after.item)}
+    assert after.dislikes[rows["x"]].tolist() == [0] + tok(ds, "x")
+    assert before.dislikes[rows["z"]].tolist() == tok(ds, "x", "y")
+    assert after.dislikes[rows["z"]].tolist() == tok(ds, "y", "z")  # x drops out of D = 2
+    # Positive rows, histories, labels and weights are the same either way.
+    pos = after.is_positive == 1.0
+    np.testing.assert_array_equal(after.dislikes[pos], before.dislikes[pos])
+    for field in ("history", "item", "is_positive", "weight"):
+        np.testing.assert_array_equal(getattr(after, field), getattr(before, field))
+    with pytest.raises(ValueError, match="ntr_state"):
+        build_train_examples(ds, 2, 2, ntr_state="during")
+
+
 def test_dislike_rows_carry_the_dislike_weight():
     ds = load_source("synthetic:users=40,items=50,events_per_user=15,categories=5,seed=2")
     ex = build_train_examples(ds, 4, 2, dislike_weight=2.5)

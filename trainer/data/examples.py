@@ -174,6 +174,7 @@ def build_train_examples(
     seed: int = 0,
     epoch: int = 0,
     dislike_weight: float = 1.0,
+    ntr_state: str = "before",
 ) -> Examples:
     """One row per TRAIN event (rules in the module docstring).
 
@@ -184,6 +185,12 @@ def build_train_examples(
       seed, epoch: the history sample of untimed sources (ignored when timestamped).
       dislike_weight: w, the weight of every dislike row in the NTR term
         (``loss.dislike_weight``); positive rows weigh 1.
+      ntr_state: ``"before"``: a dislike row's inputs are the user's state strictly
+        before the dislike, like every row's; ``"after"``: its dislike input also
+        holds the row's own item as the most recent dislike (the window shifts
+        left by one), so the NTR term scores the disliked item against the state
+        right after the user rejected it (``loss.ntr_state``). Positive rows are
+        the same either way.
     Returns:
       Examples with history int32 [n, H], dislikes int32 [n, D], item int32 [n]
       (tokens), is_positive float32 [n] and weight float32 [n] (1 on positive
@@ -191,6 +198,8 @@ def build_train_examples(
     """
     if not np.isfinite(dislike_weight) or dislike_weight < 0:
         raise ValueError(f"dislike_weight must be a finite number >= 0, got {dislike_weight}")
+    if ntr_state not in ("before", "after"):
+        raise ValueError(f"ntr_state must be 'before' or 'after', got {ntr_state!r}")
     H, D = int(history_length), int(dislike_length)
     if ds.timestamped:
         rows = np.flatnonzero(ds.split == TRAIN)
@@ -201,10 +210,14 @@ def build_train_examples(
         rows, history = _sample_other_items(ds, rows, H, np.random.default_rng([seed, epoch]))
         dislikes = np.zeros((len(rows), D), dtype=np.int32)
     positive = ds.labels[rows] == POSITIVE
+    item = (ds.items[rows] + 1).astype(np.int32)
+    if ntr_state == "after" and D > 0:
+        own = ~positive
+        dislikes[own] = np.concatenate([dislikes[own, 1:], item[own, None]], axis=1)
     return Examples(
         history=history,
         dislikes=dislikes,
-        item=(ds.items[rows] + 1).astype(np.int32),
+        item=item,
         is_positive=positive.astype(np.float32),
         weight=np.where(positive, 1.0, dislike_weight).astype(np.float32),
     )
