@@ -16,9 +16,9 @@ from bench.dislikes import (
     finish_reach,
     item_ranks,
     pick_default,
-    select_arms,
     rank_separation,
     reach_sums,
+    select_arms,
     sweep_arms,
     tune_arms,
 )
