@@ -22,6 +22,7 @@ import numpy as np
 from common import artifacts
 from common.artifact_format import FormatError, parse_manifest, read_index, read_items
 from common.tf_env import set_tensorflow_environment
+from serving.numpy_tower import NumpyTower, from_saved
 
 set_tensorflow_environment()
 
@@ -245,8 +246,10 @@ class LoadedModel:
     history_length: int
     dislike_length: int
     loaded_at: float = field(default_factory=time.time)
+    tower_note: str = "SavedModel"
     _tower: Any = None
     _saved: Any = None
+    _numpy_tower: NumpyTower | None = None
 
     @property
     def num_items(self) -> int:
@@ -265,6 +268,12 @@ class LoadedModel:
         Returns:
           float32 [B, dim].
         """
+        if self._numpy_tower is not None:
+            return self._numpy_tower(history, dislikes)
+        return self.saved_embed(history, dislikes)
+
+    def saved_embed(self, history: np.ndarray, dislikes: np.ndarray) -> np.ndarray:
+        """:meth:`embed` through the SavedModel's signature, whatever serves requests."""
         out = self._tower(history=history, dislikes=dislikes)["embedding"]
         return np.ascontiguousarray(out.numpy(), dtype=np.float32)
 
@@ -283,7 +292,11 @@ class LoadedModel:
         """The manifest subset ``GET /v1/model`` shows (non-finite figures become None)."""
         out = {k: self.manifest[k] for k in PUBLIC_MANIFEST_KEYS if k in self.manifest}
         out["version"] = self.version
-        out["serving"] = {"device": self.index.device, "loaded_at": self.loaded_at}
+        out["serving"] = {
+            "device": self.index.device,
+            "loaded_at": self.loaded_at,
+            "user_tower": self.tower_note,
+        }
         return json_safe(out)
 
     def tokens(self, item_ids: list[str], length: int) -> np.ndarray:
@@ -359,6 +372,10 @@ def load_model(art: str | os.PathLike[str], version: str, *, use_gpu: str = "aut
         dislike_length=int(manifest["dislike_length"]),
         _tower=tower,
         _saved=saved,
+    )
+    # A mean tower runs in NumPy from its own weights once it matches the SavedModel.
+    model._numpy_tower, model.tower_note = from_saved(
+        saved, manifest, embeddings, model.saved_embed
     )
     model.warm()
     out = model.embed(

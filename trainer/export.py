@@ -27,6 +27,10 @@ class ServingTower(tf.Module):
     ``history`` int32 [batch, H], ``dislikes`` int32 [batch, D] (tokens, 0 = padding,
     right-aligned) -> ``{"embedding": float32 [batch, dim]}``. Out-of-range tokens are
     treated as padding so a bad caller cannot crash the graph.
+
+    A ``mean`` tower also tracks its variables by plain name as ``plain_weights``
+    (:meth:`trainer.towers.UserTower.plain_weights`; the same variables, stored
+    once), which serving reads to evaluate the tower in NumPy.
     """
 
     def __init__(self, model: TwoTowerModel, normalize: bool):
@@ -34,6 +38,9 @@ class ServingTower(tf.Module):
         self.user_tower = model.user_tower
         self.num_items = model.num_items
         self.normalize = normalize
+        plain = model.user_tower.plain_weights()
+        if plain is not None:
+            self.plain_weights = plain
         h = model.config.model.history_length
         d = model.config.model.dislike_length
         self.serve = tf.function(

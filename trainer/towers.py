@@ -225,6 +225,34 @@ class UserTower(keras.Model):
         )
         return gate * moved
 
+    def plain_weights(self) -> dict[str, tf.Variable] | None:
+        """The variables of a ``mean`` tower by plain name, or None for another encoder.
+
+        The exported SavedModel tracks them under these names, so serving can
+        evaluate the same function in NumPy (``serving/numpy_tower.py``):
+        ``item_embedding`` [N + 1, dim]; ``mlp_hidden_kernel``/``mlp_hidden_bias``
+        (when ``hidden_units`` > 0), ``mlp_out_kernel``/``mlp_out_bias``; with the
+        dislike input, ``dislike_projection`` [dim, dim] (``concat``) or
+        ``dislike_direction`` [dim, dim], ``dislike_gate`` [2] and
+        ``dislike_recency`` [] (``subtract``, whose item vectors are the exported ones).
+        """
+        if self.config.encoder != "mean":
+            return None
+        out: dict[str, tf.Variable] = {"item_embedding": self.item_embedding.embeddings}
+        for layer in self.mlp.layers:
+            if isinstance(layer, keras.layers.Dense):
+                part = "hidden" if layer.name.endswith("_hidden") else "out"
+                out[f"mlp_{part}_kernel"] = layer.kernel
+                out[f"mlp_{part}_bias"] = layer.bias
+        if self.config.use_dislike_input:
+            if self.config.dislike_pathway == "concat":
+                out["dislike_projection"] = self.dislike_projection.kernel
+            else:
+                out["dislike_direction"] = self.dislike_direction
+                out["dislike_gate"] = self.dislike_gate
+                out["dislike_recency"] = self.dislike_recency
+        return out
+
     def call(self, inputs: tuple[tf.Tensor, tf.Tensor], training: bool = False) -> tf.Tensor:
         history, dislikes = inputs
         history = tf.cast(history, tf.int32)
