@@ -53,7 +53,7 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from bench.common import write_result
 from feature_store import Event, open_store
-from feature_store.keys import Keys
+from feature_store.redis.keys import Keys
 
 T0 = 1_700_000_000.0
 USER = "bench-user"

@@ -114,7 +114,8 @@ def _password_problems(where: str, password: str) -> list[str]:
 def _serving_rule(url: str) -> str | None:
     """The serving settings' production verdict on ``url`` (None = accepted)."""
     try:
-        from feature_store.urls import StoreURLError, parse_url
+        from feature_store.options import StoreURLError
+        from feature_store.urls import parse_url
         from serving.settings import production_store_problem
     except ImportError as exc:  # the images always have it; say so rather than pass silently
         return f"cannot load serving.settings to check the store URL ({exc})"

@@ -3,7 +3,7 @@
 For each user, :meth:`OnlineStore.forget_user` erases the state, the
 idempotency record and the store's log entries, and records a durable
 tombstone (sha256 of the id and the time). Every later export run
-(:func:`feature_store.log.compact`) purges the user's already exported
+(:func:`feature_store.archive.compact`) purges the user's already exported
 events from its Parquet files and every read of an export leaves them out;
 ``--export DIR`` purges those directories right away.
 
@@ -34,7 +34,7 @@ def forget_users(
       StoreError / StoreUnavailable: from the store; users erased before it stay erased.
     """
     from feature_store import open_store, run_sync
-    from feature_store.log import STATE_FILE, apply_tombstones
+    from feature_store.archive import STATE_FILE, apply_tombstones
     from feature_store.urls import missing_sqlite_file
 
     users = [check_id(u, "--user") for u in user_ids]

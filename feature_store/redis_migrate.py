@@ -1,7 +1,7 @@
 """Move a Redis store of key layout v1 to layout v2, in place: ``python -m feature_store.redis_migrate URL``.
 
 Layout v1 (``<prefix>:v1:...``) built key names from raw ids and kept its
-idempotency keys for a limited time; v2 (:mod:`feature_store.keys`) is what
+idempotency keys for a limited time; v2 (:mod:`feature_store.redis.keys`) is what
 this code reads. The migration keeps the log itself: the v1 stream is
 renamed to the v2 name (same entries, same ids, consumer groups included),
 so exporters' cursors stay valid and nothing is exported twice. Every entry
@@ -26,8 +26,9 @@ import sys
 from typing import Any
 
 from feature_store.events import EVENT_TYPES
-from feature_store.redis import SHA, RedisStore
-from feature_store.redis_conn import retrying
+from feature_store.redis.conn import retrying
+from feature_store.redis.scripts import SHA
+from feature_store.redis.store import RedisStore
 
 PAGE = 1000
 

@@ -44,7 +44,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.urls import DEFAULT_STORE_URL, mask_password, redact_url
-from feature_store.urls import StoreURLError, parse_url
+from feature_store.options import StoreURLError
+from feature_store.urls import parse_url
 
 ENV_PREFIX = "TWOTOWER_SERVE_"
 

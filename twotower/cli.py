@@ -100,7 +100,7 @@ def _input_error_types() -> tuple[type[BaseException], ...]:
     if warmstart is not None:
         types.append(warmstart.WarmStartError)
     try:
-        from feature_store.urls import StoreURLError
+        from feature_store.options import StoreURLError
 
         types.append(StoreURLError)
     except ImportError:  # pragma: no cover

@@ -152,7 +152,7 @@ async def ingest_event_log(
     Returns ``(counts, events read, items with metadata)``.
     """
     from feature_store import open_store
-    from feature_store.log import iter_events
+    from feature_store.archive import iter_events
 
     seen: set[str] = set()
     read = 0

@@ -57,7 +57,9 @@ def test_stage_of_takes_the_innermost_matching_frame() -> None:
     )
     assert stage_of(worker.split(";"), set()) == "filtering + merge"
     assert stage_of(RUNNER.split(";"), set()) == "event loop"
-    read = f"{HANDLER};read_user (serving/service.py:200);get_users (feature_store/redis.py:320)"
+    read = (
+        f"{HANDLER};read_user (serving/service.py:200);get_users (feature_store/redis/store.py:320)"
+    )
     assert stage_of(read.split(";"), set()) == "store read"
     assert stage_of(HANDLER.split(";"), set()) == "HTTP stack (uvicorn, Starlette, FastAPI)"
     # A C encoder's time shows on the line that calls it.

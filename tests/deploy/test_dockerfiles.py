@@ -116,7 +116,7 @@ def test_dockerignore_keeps_out(path):
         "twotower/py.typed",
         "trainer/data/sources.py",
         "serving/app.py",
-        "feature_store/redis.py",
+        "feature_store/redis/store.py",
         "deploy/requirements.py",
         "deploy/preflight.py",
     ],

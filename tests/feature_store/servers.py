@@ -36,7 +36,7 @@ def shared_redis_url(db: int = 1, **query: str) -> str:
 
 def drop_prefix(url: str) -> None:
     """Delete every key of the URL's prefix (the test's own keys only)."""
-    from feature_store.keys import Keys
+    from feature_store.redis.keys import Keys
     from feature_store.urls import parse_url
 
     cfg = parse_url(url)

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from feature_store import Event, StoreUnavailable, make_event, open_store
-from feature_store.redis_cluster import RedisClusterStore
+from feature_store.redis.cluster import RedisClusterStore
 from tests.feature_store.servers import RedisClusterServers
 
 T0 = 1_700_000_000.0

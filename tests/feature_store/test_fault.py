@@ -20,7 +20,8 @@ import pytest
 import redis
 
 from feature_store import StoreOutcomeUnknown, StoreUnavailable, make_event, open_store
-from feature_store.urls import RedisConfig, parse_url
+from feature_store.redis.config import RedisConfig
+from feature_store.urls import parse_url
 from tests.feature_store.servers import RedisServer
 
 T0 = 1_700_000_000.0

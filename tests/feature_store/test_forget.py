@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from feature_store import log as fslog
+from feature_store import archive as fslog
 from feature_store import make_event, open_store
 from feature_store.base import user_hash
 from tests.feature_store.conftest import Backend

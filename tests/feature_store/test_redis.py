@@ -14,8 +14,8 @@ from redis.asyncio.client import Pipeline
 from redis.crc import key_slot
 
 from feature_store import StoreUnavailable, make_event, open_store
-from feature_store.keys import Keys
-from feature_store.redis import RedisStore
+from feature_store.redis.keys import Keys
+from feature_store.redis.store import RedisStore
 from feature_store.urls import parse_url
 from tests.feature_store.servers import (
     drop_prefix,

@@ -23,9 +23,9 @@ from feature_store import (
     make_event,
     open_store,
 )
-from feature_store.keys import Keys
-from feature_store.redis import RedisStore
-from feature_store.redis_conn import is_transient
+from feature_store.redis.conn import is_transient
+from feature_store.redis.keys import Keys
+from feature_store.redis.store import RedisStore
 from feature_store.urls import parse_url
 from tests.feature_store.servers import RedisServer, drop_prefix, shared_redis_url
 

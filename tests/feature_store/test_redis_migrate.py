@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from feature_store import open_store
-from feature_store.redis import RedisStore
+from feature_store.redis.store import RedisStore
 from feature_store.redis_migrate import migrate
 from feature_store.urls import parse_url
 from tests.feature_store.servers import drop_prefix, shared_redis_url

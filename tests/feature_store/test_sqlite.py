@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from feature_store import StoreError, StoreUnavailable, make_event, open_store, sqlite_ops
-from feature_store.sqlite import THREADS
-from feature_store.sqlite_writer import Job
+from feature_store import StoreError, StoreUnavailable, make_event, open_store
+from feature_store.sqlite import ops as sqlite_ops
+from feature_store.sqlite.store import THREADS
+from feature_store.sqlite.writer import Job
 
 T0 = 1_700_000_000.0
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 
 from feature_store import open_store
-from feature_store.redis import RedisStore
-from feature_store.sqlite import SQLiteStore
-from feature_store.urls import RedisConfig, SQLiteConfig, StoreURLError, parse_url
+from feature_store.options import StoreURLError
+from feature_store.redis.config import RedisConfig
+from feature_store.redis.store import RedisStore
+from feature_store.sqlite.config import SQLiteConfig
+from feature_store.sqlite.store import SQLiteStore
+from feature_store.urls import parse_url
 
 
 def test_sqlite_relative_and_absolute_paths() -> None:

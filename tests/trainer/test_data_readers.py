@@ -346,7 +346,7 @@ def test_events_source_reads_a_real_sqlite_store(tmp_path):
 
 def test_events_source_reads_a_log_export_directory(tmp_path):
     from feature_store import open_store, run_sync
-    from feature_store.log import compact
+    from feature_store.archive import compact
 
     url = f"sqlite:///{tmp_path / 'store.sqlite'}"
     t0 = 1.7e9

@@ -169,8 +169,8 @@ def test_synthetic_key_given_twice_is_refused() -> None:
 def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real export directory of a small SQLite store's log."""
     from feature_store import open_store, run_sync
+    from feature_store.archive import compact
     from feature_store.events import Event
-    from feature_store.log import compact
 
     base = tmp_path_factory.mktemp("export")
     url = f"sqlite:///{base / 'store.sqlite'}"

@@ -17,8 +17,8 @@ import pytest
 
 from common import artifacts
 from feature_store import open_store
+from feature_store.archive import METADATA_FILE, compact, read_compacted, read_item_metadata
 from feature_store.events import make_event
-from feature_store.log import METADATA_FILE, compact, read_compacted, read_item_metadata
 from tests.feature_store.servers import drop_prefix, shared_redis_url
 from trainer.config import TrainerConfig
 from trainer.data.dataset import Dataset

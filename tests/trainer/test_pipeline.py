@@ -389,7 +389,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         force=True,
         progress=False,
     )
-    from feature_store.log import read_compacted
+    from feature_store.archive import read_compacted
 
     s["archive_after_window"] = read_compacted(art / "events")
     s["versions_after_window"] = artifacts.list_versions(art)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from common import artifacts
+from feature_store.archive import read_compacted
 from feature_store.events import Event
-from feature_store.log import read_compacted
 from tests.trainer.test_pipeline import DATA, SETS, _config, _ingest
 from trainer.pipeline.run import run_once
 from trainer.pipeline.snapshot import (

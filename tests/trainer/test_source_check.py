@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from feature_store.urls import StoreURLError
+from feature_store.options import StoreURLError
 from trainer.data.errors import DataError
 from trainer.data.sources import check_source, load_source
 

@@ -102,14 +102,14 @@ def read_event_log(url: str) -> Dataset:
     """
     if "://" not in url:
         return _read_export(Path(url))
-    from feature_store.log import item_metadata, iter_events  # imported on use
+    from feature_store.archive import item_metadata, iter_events  # imported on use
 
     ds = dataset_from_events(iter_events(url), source=f"events:{redact_url(url)}")
     return attach_item_metadata(ds, item_metadata(url, ds.item_ids))
 
 
 def _read_export(path: Path) -> Dataset:
-    from feature_store.log import read_compacted, read_item_metadata
+    from feature_store.archive import read_compacted, read_item_metadata
 
     if not path.is_dir():
         raise DataError(

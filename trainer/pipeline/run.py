@@ -273,7 +273,7 @@ def gated_run(
 
 def freeze_snapshot(store_url: str, art: Path, config: PipelineConfig) -> dict[str, Any]:
     """``--freeze``: archive new events, write a snapshot of the whole archive; returns its summary."""
-    from feature_store.log import compact, read_compacted, read_item_metadata
+    from feature_store.archive import compact, read_compacted, read_item_metadata
     from trainer.data.errors import DataError
 
     with run_lock(art):

@@ -238,7 +238,7 @@ def run_input(store_url: str | None, art: Path, snapshot: str | Path | None) -> 
             pinned=meta.get("warm_version"),
             source=f"snapshot:{meta['id']}",
         )
-    from feature_store.log import compact, read_compacted, read_item_metadata
+    from feature_store.archive import compact, read_compacted, read_item_metadata
 
     assert store_url is not None
     compacted = compact(store_url, art / EVENTS_DIR, consumer="pipeline")

@@ -14,7 +14,7 @@ into the store's hierarchy:
   with what to fix.
 
 Retrying is safe because every write is idempotent (see
-:mod:`feature_store.redis_scripts`); the scripts are written so a failed one
+:mod:`feature_store.redis.scripts`); the scripts are written so a failed one
 has written nothing.
 """
 
@@ -32,7 +32,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from feature_store.base import StoreError, StoreOutcomeUnknown, StoreUnavailable
-from feature_store.urls import RedisConfig
+from feature_store.redis.config import RedisConfig
 
 T = TypeVar("T")
 #: Longest pause between two attempts, seconds.

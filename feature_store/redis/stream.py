@@ -1,7 +1,11 @@
-"""Log retention for the Redis stores: trim what every exporter committed long enough ago.
+"""The log stream of the Redis stores: entries as events, and retention.
 
-The trim point is, over every registered consumer (``P:{log}:consumers``),
-the lowest of "the highest cursor this consumer committed at least
+Every accepted event is one stream entry (``P:{log}:events``, see
+:mod:`feature_store.redis.keys`), its id ``<ms>-<seq>`` the log cursor.
+
+Retention: trim what every exporter committed long enough ago. The trim
+point is, over every registered consumer (``P:{log}:consumers``), the
+lowest of "the highest cursor this consumer committed at least
 ``log_retention`` seconds ago" (from its commit history ``P:{log}:x:<C>``).
 A consumer without such a commit holds everything; so does an empty
 registry. Entries up to the trim point go page by page: read the page,
@@ -14,14 +18,58 @@ the call does not log the event a second time.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from feature_store.redis_conn import Attempts, retrying
+from feature_store.base import StoreError
+from feature_store.events import Event
+from feature_store.redis.config import RedisConfig
+from feature_store.redis.conn import Attempts, retrying
+from feature_store.redis.keys import Keys
 
-if TYPE_CHECKING:
-    from feature_store.redis import RedisStore
+#: A stream id as a log cursor: ``<ms>-<seq>``.
+STREAM_ID = re.compile(r"^\d+-\d+$")
+
+
+class LogStream(Protocol):
+    """What the trim needs of a store (:class:`feature_store.redis.store.RedisStore`)."""
+
+    config: RedisConfig
+    keys: Keys
+    cluster_mode: bool
+
+    @property
+    def client(self) -> Any: ...
+
+    async def xrange(
+        self, start: str, end: str, count: int
+    ) -> list[tuple[str, dict[str, str]]]: ...
+
 
 PAGE = 2000
+
+
+def event_from_fields(sid: str, fields: Mapping[str, str]) -> Event:
+    """The event of one stream entry; a StoreError naming the entry if it is malformed."""
+    try:
+        ts, received_at = float(fields["ts"]), float(fields["received_at"])
+        if not (math.isfinite(ts) and math.isfinite(received_at)):
+            raise ValueError(f"ts={fields['ts']!r}, received_at={fields['received_at']!r}")
+        return Event(
+            event_id=fields["event_id"],
+            user_id=fields["user_id"],
+            item_id=fields["item_id"],
+            type=fields["type"],
+            ts=ts,
+            received_at=received_at,
+        )
+    except (KeyError, ValueError) as exc:
+        raise StoreError(
+            f"corrupt log entry {sid}: {type(exc).__name__}: {exc} (fields {dict(fields)}); "
+            "delete it with XDEL or forget its user"
+        ) from exc
 
 
 def sid_key(sid: str) -> tuple[int, int]:
@@ -35,7 +83,7 @@ def _after(sid: str) -> str:
     return f"{ms}-{seq + 1}"
 
 
-async def trim_point(store: RedisStore, now: float) -> str | None:
+async def trim_point(store: LogStream, now: float) -> str | None:
     """The last stream id that may be trimmed at ``now`` (None: nothing may go)."""
     cfg, k = store.config, store.keys
     cutoff = now - cfg.log_retention
@@ -65,7 +113,7 @@ async def trim_point(store: RedisStore, now: float) -> str | None:
     return min((cursor for cursor, _score in chosen.values()), key=sid_key)
 
 
-async def trim_stream(store: RedisStore, now: float) -> int:
+async def trim_stream(store: LogStream, now: float) -> int:
     """Trim the stream up to :func:`trim_point`; returns the number of entries removed."""
     point = await trim_point(store, now)
     if point is None:
@@ -100,7 +148,7 @@ async def trim_stream(store: RedisStore, now: float) -> int:
             return trimmed
 
 
-async def _pending(store: RedisStore, entries: list[tuple[str, dict[str, str]]]) -> set[str]:
+async def _pending(store: LogStream, entries: list[tuple[str, dict[str, str]]]) -> set[str]:
     """Stream ids among ``entries`` whose event is still pending (claimed, never applied)."""
     listed = [(sid, f) for sid, f in entries if "user_id" in f and "event_id" in f]
 

@@ -35,6 +35,8 @@ that succeeded at once.
 
 from __future__ import annotations
 
+import hashlib
+
 _HEADER = "#!lua\n"
 _HEADER_CROSS_SLOT = "#!lua flags=allow-cross-slot-keys\n"
 
@@ -244,3 +246,5 @@ ALL = {
     "FORGET_STATE": FORGET_STATE,
     "INIT": INIT,
 }
+#: SHA1 of each script, as EVALSHA names it.
+SHA = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in ALL.items()}

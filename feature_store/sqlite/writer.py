@@ -10,7 +10,7 @@ Waiting for another process's write lock happens in short slices, and a job
 cancelled while it waits is dropped before its transaction starts - nothing
 of it is written. Once a job's transaction has started it runs to COMMIT or
 ROLLBACK (milliseconds plus one fsync), so its outcome is always known: see
-:meth:`feature_store.sqlite.SQLiteStore._write`.
+:meth:`feature_store.sqlite.store.SQLiteStore._write`.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The Redis store on Redis Cluster (``redis://node:port/0?cluster=true``).
 
-Same keys and reads as :mod:`feature_store.redis`; what changes is every
+Same keys and reads as :mod:`feature_store.redis.store`; what changes is every
 write that would cross slots (a user's ``{u:<id>}`` keys vs the ``{log}``
 keys), since a cluster refuses a multi-slot script:
 
 * append, per chunk of events, three pipelines (see
-  :mod:`feature_store.redis_scripts`): CLAIM on the users' slots (a known id
+  :mod:`feature_store.redis.scripts`): CLAIM on the users' slots (a known id
   stops here, so a duplicate is never logged again however late it comes;
   a new id is recorded as pending), LOG_ONCE on the stream's slot (XADD
   unless the event's guard holds a stream id), APPLY on the users' slots
@@ -34,8 +34,9 @@ import redis.asyncio.cluster as aiocluster
 
 from feature_store.base import user_hash
 from feature_store.events import Event
-from feature_store.redis import SHA, RedisStore
-from feature_store.redis_conn import Attempts, no_retry, retrying, ssl_kwargs
+from feature_store.redis.conn import Attempts, no_retry, retrying, ssl_kwargs
+from feature_store.redis.scripts import SHA
+from feature_store.redis.store import RedisStore
 
 log = logging.getLogger(__name__)
 

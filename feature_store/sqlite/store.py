@@ -1,6 +1,6 @@
 """The embedded store: one SQLite file in WAL mode.
 
-Design (tables: :mod:`feature_store.sqlite_schema`):
+Design (tables: :mod:`feature_store.sqlite.schema`):
 
 * An append is one transaction per group of concurrent calls: for each event,
   the ``accepted`` row (``INSERT OR IGNORE`` on ``(user_id, event_id)``:
@@ -15,7 +15,7 @@ Design (tables: :mod:`feature_store.sqlite_schema`):
 * Reads run on their own threads and read-only connections (``THREADS``):
   WAL lets them proceed while a writer - this process's or another's -
   holds the write lock, so a read never queues behind writes. Writes go
-  through the single writer thread (:mod:`feature_store.sqlite_writer`).
+  through the single writer thread (:mod:`feature_store.sqlite.writer`).
 * ``synchronous=FULL``: a returned append has been fsynced (the WAL), so it
   survives a process or machine crash. Waiting for another process's write
   lock is bounded by ``busy_timeout``; running out of it raises
@@ -43,7 +43,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from feature_store import sqlite_ops as ops
 from feature_store.base import (
     AppendResult,
     LogBatch,
@@ -54,9 +53,11 @@ from feature_store.base import (
     user_hash,
 )
 from feature_store.events import Event, check_events
-from feature_store.sqlite_schema import prepare
-from feature_store.sqlite_writer import LOCK_SLICE_S, Job, Writer
-from feature_store.urls import KEEP_FOREVER, SQLiteConfig
+from feature_store.options import KEEP_FOREVER
+from feature_store.sqlite import ops
+from feature_store.sqlite.config import SQLiteConfig
+from feature_store.sqlite.schema import prepare
+from feature_store.sqlite.writer import LOCK_SLICE_S, Job, Writer
 
 T = TypeVar("T")
 

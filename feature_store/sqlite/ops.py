@@ -1,7 +1,7 @@
 """The SQL of the embedded store: one function per operation, given a connection.
 
 Write functions run inside the writer's transaction (see
-:mod:`feature_store.sqlite_writer`); read functions on a read-only
+:mod:`feature_store.sqlite.writer`); read functions on a read-only
 connection. Orderings match the Redis backend exactly: positives by
 ``(ts, arrival)``, dislikes and seen by ``(latest ts, item id)``.
 """

@@ -1,7 +1,7 @@
 """The production store on Redis 7 (``redis://`` / ``rediss://``).
 
-Keys: :mod:`feature_store.keys`. Scripts: :mod:`feature_store.redis_scripts`.
-Clients, error mapping and retries: :mod:`feature_store.redis_conn`.
+Keys: :mod:`feature_store.redis.keys`. Scripts: :mod:`feature_store.redis.scripts`.
+Clients, error mapping and retries: :mod:`feature_store.redis.conn`.
 
 Reads: one pipelined round trip for any number of users (LRANGE positives,
 ZRANGE dislikes and optionally seen, per user), capped by the read caps.
@@ -19,10 +19,10 @@ when AOF is off.
 Redis Cluster: every per-user key carries the ``{u:<id>}`` hash tag and the
 stream the ``{log}`` tag, so APPEND touches two slots and runs as one script
 only on a single node (standalone Redis, Sentinel, a one-shard cluster).
-With ``?cluster=true``, :class:`feature_store.redis_cluster.RedisClusterStore`
+With ``?cluster=true``, :class:`feature_store.redis.cluster.RedisClusterStore`
 splits each write into single-slot steps (see that module).
 
-Failures (see :func:`feature_store.redis_conn.retrying`): bounded attempts,
+Failures (see :func:`feature_store.redis.conn.retrying`): bounded attempts,
 then StoreUnavailable - or, for an append whose pipeline was sent,
 StoreOutcomeUnknown. Retrying an append is safe: the idempotency hash holds
 the accepting call's nonce, so an event applied by an earlier attempt of the
@@ -38,17 +38,15 @@ per-consumer history; :meth:`trim_log` XTRIMs (MINID) up to the lowest
 cursor every consumer committed ``log_retention`` seconds ago, page by page,
 and then drops the trimmed entries from the users' erasure indexes (the
 stream first: a crash in between leaves index entries pointing at nothing,
-harmless, never a stream entry no index points at).
+harmless, never a stream entry no index points at); see
+:mod:`feature_store.redis.stream`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import math
-import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -56,7 +54,6 @@ from typing import Any
 
 from redis import exceptions as rexc
 
-from feature_store import redis_scripts
 from feature_store.base import (
     AppendResult,
     LogBatch,
@@ -66,10 +63,13 @@ from feature_store.base import (
     user_hash,
 )
 from feature_store.events import EVENT_TYPES, Event, check_events
-from feature_store.keys import LAYOUT_VERSION, Keys
-from feature_store.redis_conn import Attempts, make_client, retrying
-from feature_store.redis_trim import trim_stream
-from feature_store.urls import KEEP_FOREVER, RedisConfig
+from feature_store.options import KEEP_FOREVER
+from feature_store.redis import scripts as redis_scripts
+from feature_store.redis.config import RedisConfig
+from feature_store.redis.conn import Attempts, make_client, retrying
+from feature_store.redis.keys import LAYOUT_VERSION, Keys
+from feature_store.redis.scripts import SHA
+from feature_store.redis.stream import STREAM_ID, event_from_fields, trim_stream
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,6 @@ log = logging.getLogger(__name__)
 PIPELINE_CHUNK = 1000
 #: Stream entries per XRANGE call.
 LOG_PAGE = 2000
-SHA = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in redis_scripts.ALL.items()}
-_STREAM_ID = re.compile(r"^\d+-\d+$")
 
 
 class RedisStore(OnlineStore):
@@ -281,7 +279,7 @@ class RedisStore(OnlineStore):
         return AppendResult(accepted=accepted, duplicates=len(events) - accepted)
 
     def _state_args(self, ev: Event, nonce: str, now: float) -> list[Any]:
-        """ARGV 1-13 of APPEND / APPLY (see redis_scripts)."""
+        """ARGV 1-13 of APPEND / APPLY (see feature_store.redis.scripts)."""
         cfg, keep = self.config, self.keep
         return [
             nonce, ev.event_id, ev.user_id, ev.item_id, ev.type, EVENT_TYPES[ev.type],
@@ -376,7 +374,7 @@ class RedisStore(OnlineStore):
     # -- log -----------------------------------------------------------------------------
 
     async def read_log(self, cursor: str | None, limit: int = 10_000) -> LogBatch:
-        if cursor not in (None, "", "0") and not _STREAM_ID.match(str(cursor)):
+        if cursor not in (None, "", "0") and not STREAM_ID.match(str(cursor)):
             raise StoreError(f"log cursor {cursor!r} is not a Redis stream id (<ms>-<seq>)")
         last = cursor or "0-0"
         events: list[Event] = []
@@ -403,7 +401,7 @@ class RedisStore(OnlineStore):
 
     async def note_consumed(self, consumer: str, cursor: str) -> int:
         """Record ``consumer``'s committed cursor (history for retention, consumer group for lag); trim."""
-        if not _STREAM_ID.match(str(cursor)):
+        if not STREAM_ID.match(str(cursor)):
             raise StoreError(f"log cursor {cursor!r} is not a Redis stream id (<ms>-<seq>)")
         k = self.keys
 
@@ -426,24 +424,3 @@ class RedisStore(OnlineStore):
         if self.config.log_retention == KEEP_FOREVER:
             return 0
         return await trim_stream(self, time.time() if now is None else now)
-
-
-def event_from_fields(sid: str, fields: Mapping[str, str]) -> Event:
-    """The event of one stream entry; a StoreError naming the entry if it is malformed."""
-    try:
-        ts, received_at = float(fields["ts"]), float(fields["received_at"])
-        if not (math.isfinite(ts) and math.isfinite(received_at)):
-            raise ValueError(f"ts={fields['ts']!r}, received_at={fields['received_at']!r}")
-        return Event(
-            event_id=fields["event_id"],
-            user_id=fields["user_id"],
-            item_id=fields["item_id"],
-            type=fields["type"],
-            ts=ts,
-            received_at=received_at,
-        )
-    except (KeyError, ValueError) as exc:
-        raise StoreError(
-            f"corrupt log entry {sid}: {type(exc).__name__}: {exc} (fields {dict(fields)}); "
-            "delete it with XDEL or forget its user"
-        ) from exc

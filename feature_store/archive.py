@@ -1,4 +1,4 @@
-"""The event log as the trainer sees it: a reader and a crash-safe Parquet export.
+"""The event archive: the store's log as the trainer reads it, and its crash-safe Parquet export.
 
 ``iter_events(url)`` yields every event still in the store's durable log, in
 log order (the ``events:URL`` data source). Once an exporter has committed,
@@ -250,7 +250,7 @@ def _check_store(out: Path, state: Mapping[str, Any], store: OnlineStore) -> Non
             f"{out}: exported from store {known}, but {_describe(store)} is store "
             f"{store.store_id} (a recreated file, another Redis DB or prefix?); its cursor "
             "would skip or repeat events, so nothing was exported. If the store is the right one "
-            f"and its log started over, run `python -m feature_store.log rebind {out} --store URL` "
+            f"and its log started over, run `python -m feature_store.archive rebind {out} --store URL` "
             "(keeps the exported events, exports the store's log from its start); otherwise point "
             "at the original store"
         )
@@ -399,7 +399,13 @@ def rebind(out_dir: str | Path, url: str) -> None:
             _commit_state(out, {**state, "store_id": store.store_id, "cursor": None})
 
 
-def _read(out: Path, after_run: int, url: str | None) -> tuple[list[Event], int]:
+def read_compacted(out_dir: str | Path, *, url: str | None = None) -> list[Event]:
+    """Every event of every committed run under ``out_dir``, in log order.
+
+    Erased users' events are left out: those of the directory's tombstones and,
+    with ``url``, of the store's current ones (an erasure since the last run).
+    """
+    out = Path(out_dir)
     with _locked(out, exclusive=False):
         state = _load_state(out)
         tombstones = dict(state.get("tombstones") or {})
@@ -407,17 +413,7 @@ def _read(out: Path, after_run: int, url: str | None) -> tuple[list[Event], int]
             with _opened(url) as (runner, store):
                 for h, t in runner.run(store.forgotten_users()).items():
                     tombstones[h] = max(t, tombstones.get(h, t))
-        events = export_files.read_events(out, list(state["files"]), after_run, tombstones)
-    return events, int(state["run"])
-
-
-def read_compacted(out_dir: str | Path, *, url: str | None = None) -> list[Event]:
-    """Every event of every committed run under ``out_dir``, in log order.
-
-    Erased users' events are left out: those of the directory's tombstones and,
-    with ``url``, of the store's current ones (an erasure since the last run).
-    """
-    return _read(Path(out_dir), 0, url)[0]
+        return export_files.read_events(out, list(state["files"]), 0, tombstones)
 
 
 def read_item_metadata(out_dir: str | Path) -> dict[str, dict[str, Any]] | None:
@@ -441,10 +437,10 @@ def read_item_metadata(out_dir: str | Path) -> dict[str, dict[str, Any]] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m feature_store.log rebind DIR --store URL``."""
+    """``python -m feature_store.archive rebind DIR --store URL``."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m feature_store.log")
+    parser = argparse.ArgumentParser(prog="python -m feature_store.archive")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("rebind", help="tie an export directory to a store whose log started over")
     p.add_argument("out_dir")

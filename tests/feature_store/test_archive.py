@@ -15,8 +15,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from feature_store import Event, StoreError, make_event, open_store
-from feature_store import log as fslog
+from feature_store import Event, StoreError, export_files, make_event, open_store
+from feature_store import archive as fslog
 from tests.feature_store.conftest import Backend
 from tests.feature_store.servers import drop_prefix
 
@@ -27,7 +27,11 @@ T0 = 1_700_000_000.0  # 2023-11-14 UTC
 def _read_new(out: Path, after_run: int) -> tuple[list[Event], int]:
     """Events of the runs committed after ``after_run`` and the last committed run: what a
     reader that remembers its run number sees (each event exactly once)."""
-    return fslog._read(Path(out), after_run, None)
+    with fslog._locked(out, exclusive=False):
+        state = fslog._load_state(out)
+        tombstones = dict(state.get("tombstones") or {})
+        events = export_files.read_events(out, list(state["files"]), after_run, tombstones)
+    return events, int(state["run"])
 
 
 def _append(url: str, start: int, n: int, *, day_step: float = 0.3) -> list[str]:
