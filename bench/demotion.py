@@ -4,7 +4,7 @@ Soft demotion lowers a candidate's score by ``weight * max(0, sim - threshold)``
 where ``sim`` is its largest inner product with the user's recent dislikes.
 This runs the *serving* retrieval code (``serving.retrieval.run_batch`` on a
 ``serving.model.LoadedModel``) for every ml-100k test user of a model trained
-by ``twotower train``, with the SPEC masking, and reports recall@20 and
+by ``twotower train``, with the contract's masking (docs/CONTRACT.md), and reports recall@20 and
 dislike_rate@20 per setting, side by side in one run.
 
 Usage: python -m bench.demotion [--epochs 8]

@@ -1,4 +1,4 @@
-"""Model quality, side by side in one run (all-ranking protocol, SPEC metrics).
+"""Model quality, side by side in one run (all-ranking protocol, the metrics of docs/CONTRACT.md).
 
   * ml-100k: the NTR term on (defaults) vs off (``loss.ntr_weight=0``), several
     seeds, mean and spread: the NTR term should cut ``dislike_rate@20`` at

@@ -1,6 +1,6 @@
 """Top-k retrieval with negative-feedback filtering, exact k, and optional soft demotion.
 
-Blocking code, run in the batcher's worker thread. Filtering strategy (SPEC
+Blocking code, run in the batcher's worker thread. Filtering strategy (docs/CONTRACT.md,
 invariants 1 and 2): search ``k + |blocked|`` deep (enough for an exact index),
 drop blocked rows, and while fewer than ``k`` survive double the depth; when an
 approximate index runs dry (FAISS pads with -1) or the depth passes what the

@@ -1,4 +1,4 @@
-"""HTTP routes (SPEC "HTTP API"). Validation errors are 422 with the field and why."""
+"""HTTP routes (docs/CONTRACT.md, "HTTP API"). Validation errors are 422 with the field and why."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Last-known dislikes per user, kept by each serving process for degraded mode.
 
-SPEC invariant 1 (a disliked item is never recommended once the dislike is
+Invariant 1 of docs/CONTRACT.md (a disliked item is never recommended once the dislike is
 acknowledged) must hold while the store is down or slow. The store is the
 source of truth; this cache remembers what the process last learned from it
 (every successful state read) and what it wrote itself (every ``/v1/events``

@@ -1,4 +1,4 @@
-"""The trainer's typed configuration (keys as in SPEC: ``model.encoder``, ``loss.logq``...)."""
+"""The trainer's typed configuration (keys as in docs/CONTRACT.md: ``model.encoder``, ``loss.logq``...)."""
 
 from __future__ import annotations
 

@@ -108,7 +108,7 @@ def evaluate(
     neighbors: np.ndarray | None,
     judged: EvalSet | None = None,
 ) -> Evaluation:
-    """SPEC metrics of ``embed`` (tokens -> user vectors) ranked against ``item_emb`` [N, d].
+    """The contract's metrics (docs/CONTRACT.md) of ``embed`` (tokens -> user vectors) ranked against ``item_emb`` [N, d].
 
     The score is the inner product of what ``embed`` and ``item_emb`` give: pass
     normalised vectors for cosine. ``judged`` (the dislike holdout's users,

@@ -1,7 +1,6 @@
 """Sampled softmax with logQ correction over positives + not-to-recommend (NTR) over dislikes.
 
-The convention is /work/shared/LOSSES.md (``../shared/LOSSES.md`` from the
-repository), restated in terms of one helper quantity. For a row r with own
+The convention is docs/LOSSES.md, restated in terms of one helper quantity. For a row r with own
 logit ``z_r = u_r . v_r / tau - log q_r`` (its label item, positive or
 disliked) let ``o_r = logsumexp_{j in C, id_j != id_r} z_rj`` be the
 log-partition over the candidate slots holding *another* item. Then

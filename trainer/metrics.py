@@ -1,4 +1,4 @@
-"""Exact all-ranking evaluation: top-K over the whole catalog and SPEC's metrics.
+"""Exact all-ranking evaluation: top-K over the whole catalog and the contract's metrics (docs/CONTRACT.md).
 
 Pure NumPy; callers pass arrays and an ``embed`` callable, never a model. Every
 function works on item *indices* (0-based rows of the item embedding matrix),
@@ -172,7 +172,7 @@ def _hits(topk: np.ndarray, ptr: np.ndarray, items: np.ndarray) -> tuple[np.ndar
 
 
 def ranking_metrics(topk: np.ndarray, evalset: EvalSet, item_counts: np.ndarray) -> dict:
-    """SPEC's ranking metrics of ``topk`` against ``evalset``'s held-out items.
+    """The ranking metrics (docs/CONTRACT.md) of ``topk`` against ``evalset``'s held-out items.
 
     Per user, with T the distinct held-out positives and L_K the first K of the list:
       - ``recall@K`` = |L_K ∩ T| / |T|; ``hit_rate@K`` = [|L_K ∩ T| > 0];
@@ -474,7 +474,7 @@ def _close_count(lists: np.ndarray, close: np.ndarray) -> int:
 def write_topk_jsonl(
     path: str | Path, user_ids: Sequence[str], topk: np.ndarray, item_ids: np.ndarray
 ) -> None:
-    """Write SPEC's ``--topk-out`` file atomically (temp file, fsync, ``os.replace``).
+    """Write the ``--topk-out`` file (docs/CONTRACT.md) atomically (temp file, fsync, ``os.replace``).
 
     One line per user: ``{"user_id": ..., "items": [item ids, best first]}``;
     ``-1`` slots (fewer unmasked items than k) are left out.

@@ -413,7 +413,7 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The figures of the one-line summary, as the SPEC names them.
+#: The figures of the one-line summary, as docs/CONTRACT.md names them.
 SUMMARY_METRICS = ("recall@20", "ndcg@20", "dislike_rate@20")
 
 
@@ -465,7 +465,7 @@ class ExportedModel:
 def evaluate_version(
     art: str | Path, version: str | None, ds: Dataset, topk_out: str | None = None
 ) -> dict:
-    """Metrics of an exported version on ``ds``'s test split (SPEC protocol).
+    """Metrics of an exported version on ``ds``'s test split (the protocol of docs/CONTRACT.md).
 
     The masking is the training's (see :mod:`trainer.data.examples`): the items
     of the user's train and valid events, dislikes included, never a held-out

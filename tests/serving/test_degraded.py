@@ -1,4 +1,4 @@
-"""Degraded mode: the store hangs or dies, acknowledged dislikes stay filtered (SPEC invariant 1).
+"""Degraded mode: the store hangs or dies, acknowledged dislikes stay filtered (invariant 1 of docs/CONTRACT.md).
 
 Every test starts its own ``redis-server`` on a free port and SIGSTOPs (hung:
 connections open, no answers) or SIGKILLs (refused) it.
@@ -185,7 +185,8 @@ def test_the_kubernetes_readiness_probe_keeps_a_pod_with_redis_down_in_service(
     (container,) = yaml.safe_load(manifest.read_text())["spec"]["template"]["spec"]["containers"]
     probe_path = container["readinessProbe"]["httpGet"]["path"]
     c = make_client(store_url=f"redis://127.0.0.1:{closed_port()}/0", store_timeout_s=0.2)
-    assert c.get("/readyz").status_code == 503  # SPEC: model loaded *and* store reachable
+    # docs/CONTRACT.md: ready = model loaded *and* store reachable.
+    assert c.get("/readyz").status_code == 503
     ready = c.get(probe_path)
     assert ready.status_code == 200, (probe_path, ready.text)
     assert ready.json()["store"] == "unreachable"

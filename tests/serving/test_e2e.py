@@ -1,4 +1,4 @@
-"""End to end: a real ``twotower serve`` process on a free loopback port, real Redis, every SPEC invariant.
+"""End to end: a real ``twotower serve`` process on a free loopback port, real Redis, every invariant of docs/CONTRACT.md.
 
 The artifact comes from the test factory; ``running_server`` takes any artifact
 directory, so the same checks run on a version made by ``twotower train``.

@@ -19,7 +19,7 @@ GOWALLA = DATA / "gowalla"
 
 def need(path: Path) -> None:
     if not path.exists():
-        pytest.fail(f"reference data missing: {path} (see /work/shared/data/README.md)")
+        pytest.fail(f"reference data missing: {path} (reference data: ../shared/data)")
 
 
 def test_ml100k_counts():
