@@ -18,6 +18,7 @@ import numpy as np
 
 from common import artifacts
 from common.artifact_format import write_index, write_items
+from tests.recall import tie_aware_recall
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -101,17 +102,13 @@ def build_index(
 def index_recall(
     index: Any, vectors: np.ndarray, k: int = 100, num_queries: int = 200, seed: int = 0
 ) -> float:
-    """Recall@k of ``index`` against exact inner-product search on random item-derived queries."""
+    """Tie-aware recall@k of ``index`` against exact search on random item-derived queries."""
     rng = np.random.default_rng(seed)
     q = vectors[rng.choice(len(vectors), size=min(num_queries, len(vectors)), replace=False)]
     q = q + 0.1 * rng.standard_normal(q.shape).astype(np.float32)
     k = min(k, len(vectors))
-    flat = faiss.IndexFlatIP(vectors.shape[1])
-    flat.add(vectors)
-    _, exact = flat.search(np.ascontiguousarray(q), k)
     _, approx = index.search(np.ascontiguousarray(q), k)
-    hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact, strict=True))
-    return hits / (k * len(q))
+    return tie_aware_recall(approx, q, vectors, k)
 
 
 def make_artifact(

@@ -18,6 +18,7 @@ from serving.model import (
     load_model,
     place_index,
 )
+from tests.recall import tie_aware_recall
 from tests.serving.artifact_factory import make_artifact
 
 
@@ -132,14 +133,23 @@ def test_tensorflow_is_kept_off_the_gpu_or_grows_its_memory() -> None:
     assert "not applied" in configure_tf_gpus("hidden", FakeTF(late))
 
 
-def test_real_faiss_on_this_machine_is_cpu(art: Path) -> None:
+def test_use_gpu_never_serves_a_cpu_index_with_the_same_answers(art: Path) -> None:
     import faiss
 
-    model = load_model(art, artifacts.latest_version(art))
-    assert model.index.device == ("gpu" if faiss.get_num_gpus() > 0 else "cpu")
+    version = artifacts.latest_version(art)
+    never = load_model(art, version, use_gpu="never")
+    assert never.index.device == "cpu"
+    assert not type(never.index.index).__name__.startswith("Gpu")
+    auto = load_model(art, version)
+    if faiss.get_num_gpus() == 0:  # this machine: auto has nowhere else to go
+        assert auto.index.device == "cpu" and auto.index.resources is None
+    q = never.embeddings[:5] + 0.01
+    np.testing.assert_array_equal(never.search(q, 10)[1], auto.search(q, 10)[1])
 
 
-@pytest.mark.parametrize(("index_type", "min_recall"), [("flat", 1.0), ("ivf", 0.5), ("hnsw", 0.9)])
+@pytest.mark.parametrize(
+    ("index_type", "min_recall"), [("flat", 1.0), ("ivf", 0.75), ("hnsw", 0.97)]
+)
 def test_index_recall_against_exact_search(
     tmp_path: Path, index_type: str, min_recall: float
 ) -> None:
@@ -158,13 +168,10 @@ def test_index_recall_against_exact_search(
     queries = model.embed(hist, np.zeros((64, model.dislike_length), np.int32))
     k = 50
     _, approx = model.search(queries, k)
-    exact = np.argsort(-(queries @ model.embeddings.T), axis=1)[:, :k]
-    recall = np.mean(
-        [len(set(a) & set(e)) / k for a, e in zip(approx.tolist(), exact.tolist(), strict=True)]
-    )
+    recall = tie_aware_recall(approx, queries, model.embeddings, k)
     assert recall >= min_recall, f"{index_type} recall@{k} {recall:.3f} < {min_recall}"
-    # The manifest's own figure is of the same order (it was measured the same way at export).
-    assert model.manifest["index"]["recall_at_k_vs_exact"] >= min_recall - 0.15
+    # Served as measured: the manifest's figure (other queries, k = 100) is close.
+    assert recall == pytest.approx(model.manifest["index"]["recall_at_k_vs_exact"], abs=0.08)
 
 
 def test_tower_matches_its_definition(art: Path) -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from common.artifact_format import IndexMismatchError, read_index, write_index
+from tests.recall import tie_aware_recall
 from trainer.index_build import build_index
 
 K = 100
@@ -28,15 +29,9 @@ def user_queries(items: np.ndarray, q: int = 300, seed: int = 1) -> np.ndarray:
 
 
 def numpy_recall(index: faiss.Index, items: np.ndarray, queries: np.ndarray, k: int) -> float:
-    """Recall@k of ``index`` against a NumPy brute-force top-k (independent of FAISS)."""
-    scores = queries.astype(np.float64) @ items.T.astype(np.float64)
-    exact = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    """Recall@k of ``index`` against a NumPy brute-force top-k (independent of FAISS), tie-aware."""
     _, got = index.search(queries, k)
-    return float(
-        np.mean(
-            [len(set(a.tolist()) & set(e.tolist())) / k for a, e in zip(got, exact, strict=True)]
-        )
-    )
+    return tie_aware_recall(got, queries, items, k)
 
 
 @pytest.fixture(scope="module")
