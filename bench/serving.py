@@ -48,9 +48,9 @@ from typing import Any
 import numpy as np
 
 from bench.common import REPO, RESULTS, write_result
+from common.tf_env import set_tensorflow_environment
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+set_tensorflow_environment()  # before anything imports TensorFlow (the servers inherit it)
 
 #: A Redis database of its own (the serving tests flush DBs 3 and 4).
 REDIS_URL = "redis://127.0.0.1:6379/10"

@@ -13,13 +13,12 @@ ranking with item t also masked" is exactly "the ranking with t removed".
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from common.files import atomic_path
 from trainer.data.dataset import EvalSet
 
 KS = (10, 20, 50)
@@ -486,17 +485,8 @@ def write_topk_jsonl(
     """
     if len(user_ids) != topk.shape[0]:
         raise ValueError(f"{len(user_ids)} user ids for {topk.shape[0]} ranked rows")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     ids = np.asarray(item_ids).astype(str)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for uid, row in zip(user_ids, topk, strict=True):
-                items = [str(ids[i]) for i in row if i >= 0]
-                fh.write(json.dumps({"user_id": str(uid), "items": items}) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for uid, row in zip(user_ids, topk, strict=True):
+            items = [str(ids[i]) for i in row if i >= 0]
+            fh.write(json.dumps({"user_id": str(uid), "items": items}) + "\n")
