@@ -1,12 +1,12 @@
-"""``twotower train`` and ``twotower evaluate``: the trainer's programs."""
+"""Training and evaluating a version: the library behind ``twotower train`` and ``twotower evaluate``.
+
+Their flags are read in :mod:`twotower.commands.train` and :mod:`twotower.commands.evaluate`.
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,7 +42,6 @@ from trainer.model import TwoTowerModel, l2_normalize
 from trainer.train import (
     IncompatibleCheckpointError,
     Trainer,
-    format_duration,
     make_strategy,
     seed_everything,
 )
@@ -380,70 +379,6 @@ def _index_queries(
     return embed(ex.history[:INDEX_QUERIES], ex.dislikes[:INDEX_QUERIES])
 
 
-def train_command(args: argparse.Namespace) -> int:
-    """``twotower train``: the outcome as JSON on stdout, a one-line summary on stderr."""
-    kind = args.data.split(":", 1)[0]
-    cfg = trainer_config(kind, args.config, args.overrides, args.epochs, args.strategy)
-    with interrupts.handled(hint=interrupts.RESUME_HINT):
-        outcome = train(
-            args.data,
-            args.out,
-            cfg,
-            warm_version=args.warm_start,
-            checkpoint_dir=args.checkpoint_dir,
-            publish=not args.no_publish,
-            skip_bad_lines=args.skip_bad_lines,
-            progress=True,
-        )
-    print(train_summary(outcome, published=not args.no_publish), file=sys.stderr, flush=True)
-    json.dump(
-        {
-            "version": outcome.version,
-            "published": bool(outcome.version) and not args.no_publish,
-            "metrics": outcome.metrics,
-            "baseline_popular": outcome.baseline_popular,
-            "eval": outcome.manifest_extra["eval"],
-            "training": {k: v for k, v in outcome.training.items() if k != "history"},
-        },
-        sys.stdout,
-        indent=2,
-        default=_plain,
-    )
-    print()
-    return 0
-
-
-#: The figures of the one-line summary, as docs/CONTRACT.md names them.
-SUMMARY_METRICS = ("recall@20", "ndcg@20", "dislike_rate@20")
-
-
-def train_summary(outcome: TrainOutcome, published: bool) -> str:
-    """One line for a person: the version, its headline metrics beside the most-popular
-    baseline's, and how the training went (the JSON on stdout has everything)."""
-    if not outcome.version:
-        return "twotower train: done (a worker of a multi-worker run: the chief exports)"
-    m, b, t = outcome.metrics, outcome.baseline_popular, outcome.training
-    what = "published" if published else "exported (not published)"
-    figures = ", ".join(
-        f"{name} {float(m[name]):.4f} (most popular {float(b[name]):.4f})"
-        for name in SUMMARY_METRICS
-        if name in m and name in b
-    )
-    epochs = f"{t['epochs_run']} epochs"
-    if t.get("best_epoch", -1) > 0:
-        epochs += f", best {t['best_epoch']}"
-    return (
-        f"twotower train: {what} version {outcome.version}: {figures}; "
-        f"{epochs}, {format_duration(float(t['seconds']))} of training"
-    )
-
-
-def _plain(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(type(obj).__name__)
-
-
 class ExportedModel:
     """A version loaded from disk: the SavedModel tower and the item embeddings."""
 
@@ -503,13 +438,3 @@ def evaluate_version(
         "baseline_popular": popular_baseline(test, counts, judged),
         "eval": eval_notes(ds, test, ev.metrics, H, "test", holdout_spec),
     }
-
-
-def evaluate_command(args: argparse.Namespace) -> int:
-    with interrupts.handled():
-        ds = load_source(args.data, skip_bad_lines=args.skip_bad_lines, progress=True)
-        interrupts.check()
-        result = evaluate_version(args.artifacts, args.version, ds, args.topk_out)
-    json.dump(result, sys.stdout, indent=2, default=_plain)
-    print()
-    return 0

@@ -51,7 +51,7 @@ from common import interrupts
 from common.tf_env import set_tensorflow_environment
 from common.urls import DEFAULT_STORE_URL
 from twotower import __version__, demo
-from twotower.commands import forget, ingest, pipeline, serve, train
+from twotower.commands import evaluate, forget, ingest, pipeline, serve, train
 
 log = logging.getLogger("twotower")
 
@@ -165,7 +165,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help='also write one JSON line per test user: {"user_id", "items": [top 50]}',
     )
     p.add_argument("--skip-bad-lines", action="store_true", help=SKIP_BAD_LINES_HELP)
-    p.set_defaults(func=train.evaluate_command)
+    p.set_defaults(func=evaluate.evaluate_command)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
