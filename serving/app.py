@@ -312,7 +312,6 @@ def _add_access_control(app: FastAPI, settings: Settings, state: AppState) -> No
             "TWOTOWER_SERVE_API_KEYS_FILE turn them on; see SECURITY.md)",
         )
         return
-    state.extra["keyring"] = keyring
     app.add_middleware(
         AccessMiddleware,
         mode=mode,

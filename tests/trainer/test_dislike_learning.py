@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from common.config import ConfigError, load_config
+from tests.trainer.loss_reference import sampled_softmax_ntr
 from trainer._tf import tf
 from trainer.config import TrainerConfig, architecture_changes
 from trainer.export import SIGNATURE, ServingTower, embed_in_chunks, serving_embed
-from trainer.losses import sampled_softmax_ntr
 from trainer.model import TwoTowerModel
 
 N_ITEMS, H, D = 40, 6, 5

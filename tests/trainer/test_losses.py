@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import tensorflow_recommenders as tfrs
 
+from tests.trainer.loss_reference import sampled_softmax_ntr
 from trainer._tf import keras, tf
 from trainer.frequency import StreamingFrequencyEstimator
-from trainer.losses import LossOutput, NTRRetrievalTask, sampled_softmax_ntr
+from trainer.losses import LossOutput, NTRRetrievalTask
 
 # ---------------------------------------------------------------- references
 

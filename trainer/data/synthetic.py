@@ -287,11 +287,6 @@ class GroundTruth:
         return out
 
 
-def ground_truth(params: SyntheticParams) -> GroundTruth:
-    """The ground truth of ``generate(params)`` (generates the data set to get it)."""
-    return generate_with_truth(params)[1]
-
-
 def label_counts(ds: Dataset, split: int | None = TRAIN) -> tuple[np.ndarray, np.ndarray]:
     """int64 [N] positives and int64 [N] dislikes per item, over ``split`` (None = all events)."""
     sel = np.ones(len(ds.items), bool) if split is None else ds.split == split
