@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.auth import AccessMiddleware, KeyRing
 from serving.batcher import Batcher, BatcherClosed
+from serving.cancel import cancel_task
 from serving.deps import AppState
 from serving.docs import ASSETS_PATH as DOCS_ASSETS_PATH
 from serving.docs import install_docs
@@ -42,7 +43,6 @@ from serving.retrieval import Demotion
 from serving.routes import InputError, floor_router, router
 from serving.service import reopen_store
 from serving.settings import Settings
-from serving.tasks import cancel_task
 from serving.usercache import DislikeCache
 
 log = logging.getLogger(__name__)

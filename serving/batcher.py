@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from serving.cancel import cancel_task
 from serving.retrieval import Demotion, Query, Result, run_batch
-from serving.tasks import cancel_task
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import time
 from collections.abc import Callable
 
 from common import artifacts
+from serving.cancel import cancel_task
 from serving.model import LoadedModel, load_model
-from serving.tasks import cancel_task
 
 log = logging.getLogger(__name__)
 

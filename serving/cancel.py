@@ -1,4 +1,4 @@
-"""Background asyncio tasks of the app (batcher, reloader, store watchdog)."""
+"""Stopping a background asyncio task of the app (batcher, reloader, store watchdog)."""
 
 from __future__ import annotations
 
