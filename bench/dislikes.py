@@ -478,6 +478,7 @@ def effective(cfg: Any) -> dict[str, Any]:
         "loss.ntr_weight": cfg.loss.ntr_weight,
         "loss.dislike_negatives": cfg.loss.dislike_negatives,
         "loss.dislike_weight": cfg.loss.dislike_weight,
+        "loss.ntr_state": cfg.loss.ntr_state,
     }
 
 
