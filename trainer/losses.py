@@ -107,40 +107,26 @@ and deduplication are unchanged. On LOSSES.md's worked example:
 loss_0 = 0.591992, loss_1 = 1.322890, ntr_2 = 0.128250 (p = 0.120367),
 L = 0.957441 + 0.5 * 0.128250 = 1.021566 (``tests/trainer/test_losses.py``).
 
-Under ``tf.distribute`` (:class:`NTRRetrievalTask` inside ``strategy.run``)
-the in-batch candidate slots are all-gathered from every replica, so a
-replica's rows see the global batch's candidate set, and the per-replica
-``total`` is this replica's *sum* of terms divided by the *global* row
-counts: summing ``total`` (or the gradients) over replicas gives the
-single-device value. The M mixed negatives are drawn once per *global*
-batch: every replica receives the same M items (the model draws them from a
-stateless RNG keyed on (``train.seed``, global step), see
-:meth:`trainer.model.TwoTowerModel.mixed_negative_ids`), so they are not
-gathered, the candidate set holds M extras whatever the replica count, and a
-resumed run draws the same ones.
+The Keras layer that trains with these terms -- where the candidates and their log q
+come from, and the replicas of ``tf.distribute`` -- is
+:class:`trainer.retrieval_task.NTRRetrievalTask`; this module is the terms of one
+replica's rows against a given candidate set.
 """
 
 from __future__ import annotations
 
 from typing import Literal, NamedTuple, TypeAlias
 
-import numpy as np
-
-from trainer._tf import keras, tf
-from trainer.frequency import (
-    StreamingFrequencyEstimator,
-    all_gather_rows,
-    replica_context_to_gather,
-)
+from trainer._tf import tf
 
 #: Masked logits: far below any real logit (|z| <= 1/tau + 14), finite so gradients stay finite.
 _MASKED = -1e9
-_Q_MIN, _Q_MAX = 1e-6, 1.0
 
 LogQLabel: TypeAlias = Literal["corrected", "exact"]
 
 
-def _check_logq_label(value: str) -> None:
+def check_logq_label(value: str) -> None:
+    """Raise ValueError unless ``value`` is a ``loss.logq_label``."""
     if value not in ("corrected", "exact"):
         raise ValueError(f"loss.logq_label must be 'corrected' or 'exact', got {value!r}")
 
@@ -168,7 +154,9 @@ class LossOutput(NamedTuple):
     ntr_rows: tf.Tensor
 
 
-class _RowTerms(NamedTuple):
+class RowTerms(NamedTuple):
+    """Each row's terms (:func:`row_terms`), summed by :func:`term_sums`."""
+
     ssm: tf.Tensor  # [B] loss_r on positive rows, 0 elsewhere
     ntr: tf.Tensor  # [B] ntr_r on dislike rows, 0 elsewhere
     positive: tf.Tensor  # [B] float 1/0
@@ -176,11 +164,12 @@ class _RowTerms(NamedTuple):
     no_candidates: tf.Tensor  # [B] float 1/0: dislike row without another item in C
 
 
-def _normalize(x: tf.Tensor) -> tf.Tensor:
+def normalize(x: tf.Tensor) -> tf.Tensor:
+    """float32 ``x`` L2-normalised along its last axis (every embedding the loss reads)."""
     return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1)
 
 
-def _row_terms(
+def row_terms(
     user: tf.Tensor,
     own_item: tf.Tensor,
     own_ids: tf.Tensor,
@@ -198,7 +187,7 @@ def _row_terms(
     neg_ids: tf.Tensor | None = None,
     exact_label: bool = False,
     own_slot: tf.Tensor | None = None,
-) -> _RowTerms:
+) -> RowTerms:
     """Per-row terms for rows [B] against candidate slots [K] (all inputs normalised).
 
     ``own_*`` describe each row's label item; the candidate slots include the
@@ -220,24 +209,9 @@ def _row_terms(
     z = tf.matmul(user, cand_item, transpose_b=True) / temperature - cand_logq[None, :]  # [B, K]
     same = tf.equal(own_ids[:, None], cand_ids[None, :])  # [B, K]
     other = tf.logical_and(cand_valid[None, :], tf.logical_not(same))
-    if neg_item is None or neg_ids is None:
-        zn = tf.zeros([tf.shape(z)[0], 0], tf.float32)
-        neg_valid = tf.zeros([tf.shape(z)[0], 0], tf.bool)
-    else:
-        # Dislike negatives: not padding, not the row's own label, positive rows only.
-        neg_valid = (
-            (neg_ids > 0) & tf.not_equal(neg_ids, own_ids[:, None]) & positive[:, None]
-        )  # [B, N]
-        if dedupe:
-            # One slot per item: a repeated dislike counts once, and an item among the
-            # row's dislike negatives leaves C for this row (it is in C_r for sure, q = 1).
-            neg_valid = _first_valid_in_rows(neg_ids, neg_valid)
-            in_negs = tf.reduce_any(
-                tf.equal(cand_ids[None, :, None], neg_ids[:, None, :]) & neg_valid[:, None, :],
-                axis=2,
-            )  # [B, K]
-            other = other & tf.logical_not(in_negs)
-        zn = tf.einsum("bd,bnd->bn", user, neg_item) / temperature  # [B, N], log q = 0
+    zn, neg_valid, other = _dislike_slots(
+        user, own_ids, positive, cand_ids, other, neg_item, neg_ids, temperature, dedupe
+    )
     has_other = tf.reduce_any(other, axis=1) | tf.reduce_any(neg_valid, axis=1)
     lse_other = tf.reduce_logsumexp(
         tf.concat([tf.where(other, z, _MASKED), tf.where(neg_valid, zn, _MASKED)], axis=1), axis=1
@@ -246,7 +220,68 @@ def _row_terms(
     if remove_accidental_hits or dedupe:
         # Deduplicated: the row's label is in C once, as its own slot (no other copies).
         ssm = tf.nn.softplus(tf.where(has_other, lse_other - label_z, _MASKED))
-    elif exact_label:
+    else:
+        ssm = _loss_with_hits(z, zn, cand_valid, neg_valid, own_z, label_z, exact_label, own_slot)
+    ntr = weight * tf.nn.softplus(tf.where(has_other, label_z - lse_other, _MASKED))
+
+    f = lambda b: tf.cast(b, tf.float32)  # noqa: E731
+    return RowTerms(
+        ssm=tf.where(positive, ssm, 0.0),
+        ntr=tf.where(dislike & has_other, ntr, 0.0),
+        positive=f(positive),
+        dislike=f(dislike),
+        no_candidates=f(dislike & tf.logical_not(has_other)),
+    )
+
+
+def _dislike_slots(
+    user: tf.Tensor,
+    own_ids: tf.Tensor,
+    positive: tf.Tensor,
+    cand_ids: tf.Tensor,
+    other: tf.Tensor,
+    neg_item: tf.Tensor | None,
+    neg_ids: tf.Tensor | None,
+    temperature: float,
+    dedupe: bool,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(logits [B, N], valid [B, N], ``other`` [B, K]) with each row's dislike negatives.
+
+    ``other`` (C's valid slots of another item, per row) comes back without the slots a
+    deduplicated row's dislike negatives take over; N = 0 without dislike negatives.
+    """
+    if neg_item is None or neg_ids is None:
+        rows = tf.shape(user)[0]
+        return tf.zeros([rows, 0], tf.float32), tf.zeros([rows, 0], tf.bool), other
+    # Dislike negatives: not padding, not the row's own label, positive rows only.
+    neg_valid = (
+        (neg_ids > 0) & tf.not_equal(neg_ids, own_ids[:, None]) & positive[:, None]
+    )  # [B, N]
+    if dedupe:
+        # One slot per item: a repeated dislike counts once, and an item among the
+        # row's dislike negatives leaves C for this row (it is in C_r for sure, q = 1).
+        neg_valid = _first_valid_in_rows(neg_ids, neg_valid)
+        in_negs = tf.reduce_any(
+            tf.equal(cand_ids[None, :, None], neg_ids[:, None, :]) & neg_valid[:, None, :],
+            axis=2,
+        )  # [B, K]
+        other = other & tf.logical_not(in_negs)
+    zn = tf.einsum("bd,bnd->bn", user, neg_item) / temperature  # [B, N], log q = 0
+    return zn, neg_valid, other
+
+
+def _loss_with_hits(
+    z: tf.Tensor,
+    zn: tf.Tensor,
+    cand_valid: tf.Tensor,
+    neg_valid: tf.Tensor,
+    own_z: tf.Tensor,
+    label_z: tf.Tensor,
+    exact_label: bool,
+    own_slot: tf.Tensor | None,
+) -> tf.Tensor:
+    """[B] loss_r of positive rows without accidental hit removal: every slot of C counts."""
+    if exact_label:
         # The own slot holds the label, uncorrected; other copies of it stay samples.
         if own_slot is None:
             raise ValueError("exact_label without hit removal needs own_slot")
@@ -261,27 +296,16 @@ def _row_terms(
             ),
             axis=1,
         )
-        ssm = lse_all - label_z
-    else:
-        # Every candidate slot, own slot included (a positive row's own slot is a candidate).
-        lse_all = tf.reduce_logsumexp(
-            tf.concat(
-                [tf.where(cand_valid[None, :], z, _MASKED), tf.where(neg_valid, zn, _MASKED)],
-                axis=1,
-            ),
+        return lse_all - label_z
+    # Every candidate slot, own slot included (a positive row's own slot is a candidate).
+    lse_all = tf.reduce_logsumexp(
+        tf.concat(
+            [tf.where(cand_valid[None, :], z, _MASKED), tf.where(neg_valid, zn, _MASKED)],
             axis=1,
-        )
-        ssm = lse_all - own_z
-    ntr = weight * tf.nn.softplus(tf.where(has_other, label_z - lse_other, _MASKED))
-
-    f = lambda b: tf.cast(b, tf.float32)  # noqa: E731
-    return _RowTerms(
-        ssm=tf.where(positive, ssm, 0.0),
-        ntr=tf.where(dislike & has_other, ntr, 0.0),
-        positive=f(positive),
-        dislike=f(dislike),
-        no_candidates=f(dislike & tf.logical_not(has_other)),
+        ),
+        axis=1,
     )
+    return lse_all - own_z
 
 
 def _first_valid_slots(ids: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
@@ -307,7 +331,7 @@ def _first_valid_in_rows(ids: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
     return valid & tf.logical_not(dup)
 
 
-def _dislike_negatives(
+def dislike_negatives(
     item: tf.Tensor | None, ids: tf.Tensor | None, rows: tf.Tensor | int
 ) -> tuple[tf.Tensor | None, tf.Tensor | None]:
     """(normalised [B, N, d], int64 [B, N]) or (None, None); checks they come together."""
@@ -319,10 +343,10 @@ def _dislike_negatives(
     tf.debugging.assert_equal(
         tf.shape(ids)[0], rows, message="dislike negative ids must have one row per batch row"
     )
-    return _normalize(item), ids
+    return normalize(item), ids
 
 
-def _sums(terms: _RowTerms) -> tf.Tensor:
+def term_sums(terms: RowTerms) -> tf.Tensor:
     """float32 [5]: sum of ssm, sum of ntr, #positive, #dislike, #dislike without candidates."""
     return tf.stack(
         [
@@ -335,8 +359,8 @@ def _sums(terms: _RowTerms) -> tf.Tensor:
     )
 
 
-def _output(
-    terms: _RowTerms, local: tf.Tensor, global_: tf.Tensor, ntr_weight: float
+def loss_output(
+    terms: RowTerms, local: tf.Tensor, global_: tf.Tensor, ntr_weight: float
 ) -> LossOutput:
     """Scale this replica's sums by the global counts (equal without a strategy)."""
     n_pos, n_dis = global_[2], global_[3]
@@ -353,218 +377,3 @@ def _output(
         ssm_rows=terms.ssm,
         ntr_rows=terms.ntr,
     )
-
-
-class NTRRetrievalTask(keras.layers.Layer):
-    """The retrieval task: holds the loss (and the logQ source) and nothing else.
-
-    Args:
-      num_items: N, catalog size; item ids are tokens 1..N (0 = padding).
-      temperature: tau.
-      ntr_weight: lambda of the NTR term.
-      logq: ``streaming`` (``estimator`` updated with each training batch's
-        distinct positive ids, read after that update), ``counts`` (fixed
-        ``item_probabilities``) or ``none`` (no correction).
-      estimator: required for ``streaming``; create it under the strategy's scope.
-      item_probabilities: for ``counts``, float [N + 1] expected occurrences
-        of each token per batch (index 0 = padding, unused).
-      mixed_negatives: M uniform extra items each call receives (0 = none);
-        under a strategy every replica receives the same M (one draw per
-        global batch).
-      remove_accidental_hits: drop the other candidate slots holding a positive row's label.
-      dedupe_candidates: one slot per distinct item in C, q = P(item in C)
-        (module docstring).
-      dislike_negatives: N, the user's most recent dislikes each positive row
-        receives as extra candidates (log q = 0; module docstring); 0 = none.
-      logq_label: ``corrected`` (LOSSES.md: the row's label logit is corrected like
-        every slot) or ``exact`` (no -log q on the row's own label; module docstring).
-    """
-
-    def __init__(
-        self,
-        num_items: int,
-        temperature: float,
-        ntr_weight: float,
-        logq: Literal["streaming", "counts", "none"] = "streaming",
-        estimator: StreamingFrequencyEstimator | None = None,
-        item_probabilities: np.ndarray | None = None,
-        mixed_negatives: int = 0,
-        remove_accidental_hits: bool = True,
-        dedupe_candidates: bool = False,
-        dislike_negatives: int = 0,
-        logq_label: LogQLabel = "corrected",
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        _check_logq_label(logq_label)
-        if logq not in ("streaming", "counts", "none"):
-            raise ValueError(f"loss.logq must be 'streaming', 'counts' or 'none', got {logq!r}")
-        if temperature <= 0.0:
-            raise ValueError(f"loss.temperature must be > 0, got {temperature}")
-        if mixed_negatives < 0:
-            raise ValueError(f"loss.mixed_negatives must be >= 0, got {mixed_negatives}")
-        if dislike_negatives < 0:
-            raise ValueError(f"loss.dislike_negatives must be >= 0, got {dislike_negatives}")
-        if logq == "streaming" and estimator is None:
-            raise ValueError(
-                "loss.logq='streaming' needs a StreamingFrequencyEstimator (estimator=None)"
-            )
-        self.probability_table: tf.Tensor | None = None
-        if logq == "counts":
-            if item_probabilities is None:
-                raise ValueError(
-                    "loss.logq='counts' needs item_probabilities (float [num_items + 1])"
-                )
-            table = np.asarray(item_probabilities, np.float32).reshape(-1)
-            if table.shape[0] != num_items + 1:
-                raise ValueError(
-                    f"item_probabilities has {table.shape[0]} entries; expected num_items + 1 = {num_items + 1} "
-                    "(indexed by token, entry 0 = padding)"
-                )
-            self.probability_table = tf.constant(table)
-        self.num_items = int(num_items)
-        self.temperature = float(temperature)
-        self.ntr_weight = float(ntr_weight)
-        self.logq = logq
-        self.estimator = estimator
-        self.mixed_negatives = int(mixed_negatives)
-        self.remove_accidental_hits = bool(remove_accidental_hits)
-        self.dedupe_candidates = bool(dedupe_candidates)
-        self.dislike_negatives = int(dislike_negatives)
-        self.logq_label: LogQLabel = logq_label
-
-    def _log_q(self, ids: tf.Tensor, num_extra: tf.Tensor) -> tf.Tensor:
-        """float32 [n] log q for ids [n]; ``num_extra`` = M extras in the candidate set."""
-        if self.logq == "none":
-            return tf.zeros(tf.shape(ids), tf.float32)
-        if self.logq == "counts":
-            assert self.probability_table is not None
-            p = tf.gather(self.probability_table, ids)
-        else:
-            assert self.estimator is not None
-            p = self.estimator.probability(ids)
-        m = tf.cast(num_extra, tf.float32)
-        if self.dedupe_candidates:
-            # P(j in C): in the batch's labels, or among M uniform draws.
-            miss = tf.exp(m * tf.math.log1p(-1.0 / float(self.num_items)))
-            q = 1.0 - (1.0 - tf.clip_by_value(p, 0.0, 1.0)) * miss
-        else:
-            q = p + m / float(self.num_items)
-        return tf.math.log(tf.clip_by_value(q, _Q_MIN, _Q_MAX))
-
-    def call(
-        self,
-        user_embeddings: tf.Tensor,
-        item_embeddings: tf.Tensor,
-        item_ids: tf.Tensor,
-        is_positive: tf.Tensor,
-        weight: tf.Tensor,
-        extra_item_embeddings: tf.Tensor | None = None,
-        extra_ids: tf.Tensor | None = None,
-        training: bool = True,
-        dislike_item_embeddings: tf.Tensor | None = None,
-        dislike_ids: tf.Tensor | None = None,
-    ) -> LossOutput:
-        """Loss of this replica's rows against the global batch's candidates.
-
-        Args:
-          user_embeddings: [B, d]; item_embeddings: [B, d] of each row's label.
-          item_ids: int [B] tokens; is_positive: float [B] 1/0; weight: float [B].
-          extra_item_embeddings: [M, d] and extra_ids: int [M] tokens of the
-            mixed negatives (required iff ``mixed_negatives`` > 0); the same M
-            items on every replica.
-          training: when true and logq is ``streaming``, the estimator takes
-            one step with this batch first.
-          dislike_item_embeddings: [B, N, d] and dislike_ids: int [B, N] tokens
-            (0 = padding) of each row's N most recent dislikes (required iff
-            ``dislike_negatives`` > 0); per row, never gathered across replicas.
-        """
-        if (extra_item_embeddings is None) != (extra_ids is None):
-            raise ValueError("extra_item_embeddings and extra_ids must be given together")
-        if (extra_ids is None) != (self.mixed_negatives == 0):
-            raise ValueError(
-                f"loss.mixed_negatives={self.mixed_negatives} but extra items were "
-                f"{'not ' if extra_ids is None else ''}given"
-            )
-        if (dislike_ids is None) != (self.dislike_negatives == 0):
-            raise ValueError(
-                f"loss.dislike_negatives={self.dislike_negatives} but dislike negatives were "
-                f"{'not ' if dislike_ids is None else ''}given"
-            )
-        ids = tf.reshape(tf.cast(item_ids, tf.int64), [-1])
-        is_positive = tf.reshape(tf.cast(is_positive, tf.float32), [-1])
-        weight = tf.reshape(tf.cast(weight, tf.float32), [-1])
-        positive = is_positive > 0.5
-        user, item = _normalize(user_embeddings), _normalize(item_embeddings)
-        if extra_ids is None:
-            extra = tf.zeros([0, tf.shape(item)[-1]], tf.float32)
-            extra_ids = tf.zeros([0], tf.int64)
-        else:
-            extra = _normalize(extra_item_embeddings)
-            extra_ids = tf.reshape(tf.cast(extra_ids, tf.int64), [-1])
-
-        if self.logq == "streaming" and training:
-            assert self.estimator is not None
-            self.estimator.update(ids, mask=positive)
-
-        # The candidate set is the global batch's: gather every replica's slots. The
-        # extras are already global (the same M on every replica): never gathered.
-        # A row's own slot in the gathered candidates: tagged (replica, row).
-        ctx = replica_context_to_gather()
-        replica = 0 if ctx is None else ctx.replica_id_in_sync_group
-        own_tag = tf.cast(replica, tf.int64) * (1 << 32) + tf.range(
-            tf.shape(ids, out_type=tf.int64)[0], dtype=tf.int64
-        )
-        g_item, g_ids, g_positive, g_tag = all_gather_rows(item, ids, positive, own_tag)
-        g_extra, g_extra_ids = extra, extra_ids
-        num_extra = tf.shape(g_extra_ids)[0]
-        cand_ids = tf.concat([g_ids, g_extra_ids], axis=0)
-        cand_logq = self._log_q(cand_ids, num_extra)
-        neg_item, neg_ids = _dislike_negatives(
-            dislike_item_embeddings, dislike_ids, tf.shape(ids)[0]
-        )
-        terms = _row_terms(
-            user,
-            item,
-            ids,
-            self._log_q(ids, num_extra),
-            is_positive,
-            weight,
-            cand_item=tf.concat([g_item, g_extra], axis=0),
-            cand_ids=cand_ids,
-            cand_logq=cand_logq,
-            cand_valid=tf.concat([g_positive, tf.ones([num_extra], tf.bool)], axis=0),
-            temperature=self.temperature,
-            remove_accidental_hits=self.remove_accidental_hits,
-            dedupe=self.dedupe_candidates,
-            neg_item=neg_item,
-            neg_ids=neg_ids,
-            exact_label=self.logq_label == "exact",
-            own_slot=tf.equal(
-                own_tag[:, None],
-                tf.concat([g_tag, tf.fill([num_extra], tf.constant(-1, tf.int64))], axis=0)[
-                    None, :
-                ],
-            ),
-        )
-        local = _sums(terms)
-        global_ = (
-            local
-            if ctx is None
-            else ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(local))
-        )
-        return _output(terms, local, global_, self.ntr_weight)
-
-    def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "num_items": self.num_items,
-            "temperature": self.temperature,
-            "ntr_weight": self.ntr_weight,
-            "logq": self.logq,
-            "mixed_negatives": self.mixed_negatives,
-            "remove_accidental_hits": self.remove_accidental_hits,
-            "dedupe_candidates": self.dedupe_candidates,
-            "dislike_negatives": self.dislike_negatives,
-            "logq_label": self.logq_label,
-        }

@@ -10,7 +10,7 @@ import tensorflow_recommenders as tfrs
 from trainer._tf import keras, tf
 from trainer.config import TrainerConfig
 from trainer.frequency import StreamingFrequencyEstimator
-from trainer.losses import NTRRetrievalTask
+from trainer.retrieval_task import NTRRetrievalTask
 from trainer.towers import ItemTower, UserTower
 
 

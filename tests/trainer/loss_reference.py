@@ -1,7 +1,7 @@
 """The loss of LOSSES.md as one function of a single-device batch, for the tests.
 
-:class:`trainer.losses.NTRRetrievalTask` is what trains; this is the same row terms
-(:func:`trainer.losses._row_terms`) without a layer, an estimator or a strategy, so a test
+:class:`trainer.retrieval_task.NTRRetrievalTask` is what trains; this is the same row terms
+(:func:`trainer.losses.row_terms`) without a layer, an estimator or a strategy, so a test
 can give the logQ values, the candidates and the options directly.
 """
 
@@ -14,12 +14,12 @@ from trainer._tf import tf
 from trainer.losses import (
     LogQLabel,
     LossOutput,
-    _check_logq_label,
-    _dislike_negatives,
-    _normalize,
-    _output,
-    _row_terms,
-    _sums,
+    check_logq_label,
+    dislike_negatives,
+    loss_output,
+    normalize,
+    row_terms,
+    term_sums,
 )
 
 LogQ: TypeAlias = Callable[[tf.Tensor], tf.Tensor] | tf.Tensor | None
@@ -70,9 +70,9 @@ def sampled_softmax_ntr(
     Returns:
       :class:`LossOutput` of the batch.
     """
-    _check_logq_label(logq_label)
+    check_logq_label(logq_label)
     ids = tf.reshape(tf.cast(item_ids, tf.int64), [-1])
-    user, item = _normalize(user), _normalize(item)
+    user, item = normalize(user), normalize(item)
     is_positive = tf.reshape(tf.cast(is_positive, tf.float32), [-1])
     weight = tf.reshape(tf.cast(weight, tf.float32), [-1])
     rows = tf.shape(ids)[0]
@@ -81,17 +81,17 @@ def sampled_softmax_ntr(
     if extra_item is None:
         extra_item = tf.zeros([0, item.shape[-1] or tf.shape(item)[-1]], tf.float32)
         extra_ids = tf.zeros([0], tf.int64)
-    extra_item = _normalize(extra_item)
+    extra_item = normalize(extra_item)
     extra_ids = tf.reshape(tf.cast(extra_ids, tf.int64), [-1])
     all_ids = tf.concat([ids, extra_ids], axis=0)
     row_logq, extra_logq = _log_q_for(log_q, all_ids, rows)
-    neg_item, neg_ids = _dislike_negatives(dislike_item, dislike_ids, rows)
+    neg_item, neg_ids = dislike_negatives(dislike_item, dislike_ids, rows)
     # Slot k < B is row k's own label slot; the extras follow.
     own_slot = tf.equal(
         tf.range(rows, dtype=tf.int64)[:, None],
         tf.range(tf.shape(all_ids, out_type=tf.int64)[0], dtype=tf.int64)[None, :],
     )
-    terms = _row_terms(
+    terms = row_terms(
         user,
         item,
         ids,
@@ -110,8 +110,8 @@ def sampled_softmax_ntr(
         exact_label=logq_label == "exact",
         own_slot=own_slot,
     )
-    sums = _sums(terms)
-    return _output(terms, sums, sums, ntr_weight)
+    sums = term_sums(terms)
+    return loss_output(terms, sums, sums, ntr_weight)
 
 
 def _log_q_for(log_q: LogQ, ids: tf.Tensor, rows: int | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

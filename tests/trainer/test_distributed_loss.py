@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
     from trainer.frequency import StreamingFrequencyEstimator
-    from trainer.losses import NTRRetrievalTask
+    from trainer.retrieval_task import NTRRetrievalTask
 
     N, D, M, STEPS = 30, 8, 3, 5  # catalog, embedding dim, mixed negatives per GLOBAL batch, steps
     rng = np.random.default_rng(0)

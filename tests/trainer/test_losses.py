@@ -11,7 +11,8 @@ import tensorflow_recommenders as tfrs
 from tests.trainer.loss_reference import sampled_softmax_ntr
 from trainer._tf import keras, tf
 from trainer.frequency import StreamingFrequencyEstimator
-from trainer.losses import LossOutput, NTRRetrievalTask
+from trainer.losses import LossOutput
+from trainer.retrieval_task import NTRRetrievalTask
 
 # ---------------------------------------------------------------- references
 
