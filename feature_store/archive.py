@@ -10,17 +10,10 @@ Parquet, partitioned by event date, and moves a cursor, so each pipeline run
 reads only new events, each exactly once. Layout::
 
     out_dir/
-      _cursor.json                      committed state (see below)
+      _cursor.json                      committed state (feature_store.export_state)
       .lock                             flock: exclusive while a run writes, shared while reading
       date=YYYY-MM-DD/part-r00000007.parquet   one file per (run, date), files: export_files
       _item_metadata.json               the store's item metadata of the exported items
-
-``_cursor.json`` = ``{"consumer", "store_id", "cursor", "run", "total",
-"files": [...], "tombstones": {...}, "purges"}``: the store the cursor
-belongs to, the store cursor after the last exported event, the number of
-the last committed run, the event count of the committed files, every
-committed file (relative paths) and the erasure tombstones already applied.
-Readers trust only this file.
 
 Protocol of one run (under the lock):
 
@@ -58,7 +51,6 @@ too.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
@@ -71,11 +63,17 @@ from feature_store import export_files
 from feature_store.base import OnlineStore, StoreError, user_hash
 from feature_store.events import Event
 from feature_store.export_files import SCHEMA
+from feature_store.export_state import (
+    load_state,
+    locked,
+    new_tombstones,
+    remove_orphans,
+    write_state,
+)
 from feature_store.sync import LoopThread
 
 __all__ = [
     "SCHEMA",
-    "STATE_FILE",
     "CompactResult",
     "StoreIdentityError",
     "apply_tombstones",
@@ -90,8 +88,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-STATE_FILE = "_cursor.json"
-LOCK_FILE = ".lock"
 METADATA_FILE = "_item_metadata.json"
 PAGE = 10_000
 METADATA_BATCH = 2000
@@ -176,46 +172,12 @@ def item_metadata(url: str, item_ids: Iterable[str]) -> dict[str, dict[str, Any]
         return _fetch_metadata(runner, store, item_ids)
 
 
-# -- state and lock ------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _locked(out: Path, exclusive: bool) -> Iterator[None]:
-    """flock on ``out/.lock``: exclusive for a run, shared for a reader (none on a read-only dir)."""
-    try:
-        fh = open(out / LOCK_FILE, "a+")  # noqa: SIM115 - held for the block
-    except OSError:
-        if exclusive:
-            raise
-        yield
-        return
-    with fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-
-
-def _load_state(out: Path) -> dict[str, Any]:
-    path = out / STATE_FILE
-    state: dict[str, Any] = {"consumer": None, "store_id": None, "cursor": None, "run": 0,
-                             "total": 0, "files": [], "tombstones": {}, "purges": 0}  # fmt: skip
-    if not path.exists():
-        return state
-    try:
-        loaded = json.loads(path.read_text())
-        for key in ("cursor", "run", "total", "files"):
-            loaded[key]  # noqa: B018 - presence check
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StoreError(
-            f"{path}: unreadable compaction state ({exc}); restore it or start a new directory"
-        ) from exc
-    return {**state, **loaded}
+# -- one run's steps -----------------------------------------------------------------------
 
 
 def _commit_state(out: Path, state: dict[str, Any]) -> None:
     """The commit point of a run (tests replace it to simulate a crash just before it)."""
-    tmp = out / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=1))
-    durable_replace(tmp, out / STATE_FILE)
+    write_state(out, state)
 
 
 def _write_metadata(out: Path, runner: LoopThread, store: OnlineStore, files: list[str]) -> None:
@@ -224,15 +186,6 @@ def _write_metadata(out: Path, runner: LoopThread, store: OnlineStore, files: li
     tmp = out / f".{METADATA_FILE}.tmp"
     tmp.write_text(json.dumps({"store_id": store.store_id, "items": items}, sort_keys=True))
     durable_replace(tmp, out / METADATA_FILE)
-
-
-def _remove_orphans(out: Path, state: Mapping[str, Any]) -> None:
-    live = {out / rel for rel in state["files"]}
-    for path in out.glob("date=*/part-r*.parquet"):
-        if path not in live:
-            path.unlink()
-    for path in out.glob("date=*/.*.tmp"):
-        path.unlink()
 
 
 def _check_store(out: Path, state: Mapping[str, Any], store: OnlineStore) -> None:
@@ -250,7 +203,7 @@ def _check_store(out: Path, state: Mapping[str, Any], store: OnlineStore) -> Non
             f"{out}: exported from store {known}, but {_describe(store)} is store "
             f"{store.store_id} (a recreated file, another Redis DB or prefix?); its cursor "
             "would skip or repeat events, so nothing was exported. If the store is the right one "
-            f"and its log started over, run `python -m feature_store.archive rebind {out} --store URL` "
+            f"and its log started over, run `twotower archive rebind {out} --store URL` "
             "(keeps the exported events, exports the store's log from its start); otherwise point "
             "at the original store"
         )
@@ -276,11 +229,6 @@ def _erased(events: list[Event], tombstones: Mapping[str, float]) -> list[Event]
     return kept
 
 
-def _new_tombstones(state: Mapping[str, Any], tombstones: Mapping[str, float]) -> dict[str, float]:
-    applied = state.get("tombstones") or {}
-    return {h: t for h, t in tombstones.items() if applied.get(h, float("-inf")) < t}
-
-
 # -- the export ----------------------------------------------------------------------------
 
 
@@ -303,13 +251,13 @@ def compact(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with _locked(out, exclusive=True):
-        state = _load_state(out)
+    with locked(out, exclusive=True):
+        state = load_state(out)
         if state["consumer"] not in (None, consumer):
             raise StoreError(
                 f"{out}: exported for consumer {state['consumer']!r}, not {consumer!r}"
             )
-        _remove_orphans(out, state)
+        remove_orphans(out, state)
         with _opened(url) as (runner, store):
             _check_store(out, state, store)
             tombstones = runner.run(store.forgotten_users())
@@ -319,7 +267,7 @@ def compact(
                 cursor = page_cursor
                 events.extend(page)
             events = _erased(events, tombstones)
-            fresh = _new_tombstones(state, tombstones)
+            fresh = new_tombstones(state, tombstones)
             if cursor == state["cursor"] and not fresh and state.get("store_id") == store.store_id:
                 _write_metadata(out, runner, store, list(state["files"]))
                 return CompactResult(
@@ -363,12 +311,12 @@ def apply_tombstones(url: str, out_dir: str | Path) -> int:
     the next scheduled run is too far away.
     """
     out = Path(out_dir)
-    with _locked(out, exclusive=True):
-        state = _load_state(out)
-        _remove_orphans(out, state)
+    with locked(out, exclusive=True):
+        state = load_state(out)
+        remove_orphans(out, state)
         with _opened(url) as (runner, store):
             _check_store(out, state, store)
-            fresh = _new_tombstones(state, runner.run(store.forgotten_users()))
+            fresh = new_tombstones(state, runner.run(store.forgotten_users()))
         if not fresh:
             return 0
         purges = int(state["purges"]) + 1
@@ -391,10 +339,11 @@ def rebind(out_dir: str | Path, url: str) -> None:
 
     For a store whose log started over (recreated file, restored Redis): the
     exported events stay; the next run exports every event of the new store.
+    From the command line: ``twotower archive rebind DIR --store URL``.
     """
     out = Path(out_dir)
-    with _locked(out, exclusive=True):
-        state = _load_state(out)
+    with locked(out, exclusive=True):
+        state = load_state(out)
         with _opened(url) as (_runner, store):
             _commit_state(out, {**state, "store_id": store.store_id, "cursor": None})
 
@@ -406,8 +355,8 @@ def read_compacted(out_dir: str | Path, *, url: str | None = None) -> list[Event
     with ``url``, of the store's current ones (an erasure since the last run).
     """
     out = Path(out_dir)
-    with _locked(out, exclusive=False):
-        state = _load_state(out)
+    with locked(out, exclusive=False):
+        state = load_state(out)
         tombstones = dict(state.get("tombstones") or {})
         if url is not None:
             with _opened(url) as (runner, store):
@@ -422,7 +371,7 @@ def read_item_metadata(out_dir: str | Path) -> dict[str, dict[str, Any]] | None:
     None when the directory has no copy (exported by a version before it was kept).
     """
     out = Path(out_dir)
-    with _locked(out, exclusive=False):
+    with locked(out, exclusive=False):
         path = out / METADATA_FILE
         try:
             loaded = json.loads(path.read_text())
@@ -434,22 +383,3 @@ def read_item_metadata(out_dir: str | Path) -> dict[str, dict[str, Any]] | None:
     if not isinstance(items, dict):
         raise StoreError(f'{path}: no "items" object; not an item metadata copy')
     return items
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m feature_store.archive rebind DIR --store URL``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m feature_store.archive")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("rebind", help="tie an export directory to a store whose log started over")
-    p.add_argument("out_dir")
-    p.add_argument("--store", required=True, metavar="URL")
-    args = parser.parse_args(argv)
-    rebind(args.out_dir, args.store)
-    print(f"{args.out_dir}: bound to {args.store}; the next run exports its log from the start")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -34,14 +34,15 @@ def forget_users(
       StoreError / StoreUnavailable: from the store; users erased before it stay erased.
     """
     from feature_store import open_store, run_sync
-    from feature_store.archive import STATE_FILE, apply_tombstones
+    from feature_store.archive import apply_tombstones
+    from feature_store.export_state import STATE_FILE, is_export_dir
     from feature_store.urls import missing_sqlite_file
 
     users = [check_id(u, "--user") for u in user_ids]
     if not users:
         raise EventError("--user", "give at least one --user ID")
     for d in export_dirs:
-        if not (Path(d) / STATE_FILE).is_file():
+        if not is_export_dir(d):
             raise EventError("--export", f"{d} is not an export directory (no {STATE_FILE})")
     missing = missing_sqlite_file(url)
     if missing is not None:  # opening it would create an empty store and "erase" nothing

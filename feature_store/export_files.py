@@ -5,7 +5,7 @@ File names: ``date=YYYY-MM-DD/part-r<run>.parquet`` as a run writes them,
 its ``run`` and ``pos`` (position in the run), so rewritten files read back
 in log order. Writes are atomic (temp file, fsync, ``os.replace``, fsync of
 the directory); which files are live is decided only by the export's state
-file (:mod:`feature_store.archive`).
+file (:mod:`feature_store.export_state`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Move a Redis store of key layout v1 to layout v2, in place: ``python -m feature_store.redis_migrate URL``.
+"""Move a Redis store of key layout v1 to layout v2, in place: ``twotower migrate-redis URL``.
 
 Layout v1 (``<prefix>:v1:...``) built key names from raw ids and kept its
 idempotency keys for a limited time; v2 (:mod:`feature_store.redis.keys`) is what
@@ -19,16 +19,15 @@ expire and are all kept).
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import sys
 from typing import Any
 
 from feature_store.events import EVENT_TYPES
+from feature_store.options import StoreURLError
+from feature_store.redis.config import RedisConfig
 from feature_store.redis.conn import retrying
 from feature_store.redis.scripts import SHA
 from feature_store.redis.store import RedisStore
+from feature_store.sync import run_sync
 
 PAGE = 1000
 
@@ -109,26 +108,21 @@ async def migrate(store: RedisStore, *, drop_v1: bool = False) -> dict[str, int]
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    from feature_store import open_store
+def migrate_url(url: str, *, drop_v1: bool = False) -> dict[str, int]:
+    """Open the Redis store at ``url``, :func:`migrate` it and close it (sync); returns the counts.
 
-    parser = argparse.ArgumentParser(
-        prog="python -m feature_store.redis_migrate", description=__doc__
-    )
-    parser.add_argument("url", help="the store URL (redis://... with its prefix)")
-    parser.add_argument("--drop-v1", action="store_true", help="delete the v1 keys afterwards")
-    args = parser.parse_args(argv)
-    store = open_store(args.url)
-    if not isinstance(store, RedisStore):
-        parser.error("only Redis stores have key layouts; SQLite files migrate when opened")
+    Raises:
+      StoreURLError: ``url`` is malformed or names no Redis store (nothing was opened).
+    """
+    from feature_store.urls import open_store, parse_url
+
+    if not isinstance(parse_url(url), RedisConfig):
+        raise StoreURLError("only Redis stores have key layouts; SQLite files migrate when opened")
+    store = open_store(url)
+    assert isinstance(store, RedisStore)  # every Redis URL opens one (the Cluster store is one)
 
     async def run() -> dict[str, int]:
         async with store:
-            return await migrate(store, drop_v1=args.drop_v1)
+            return await migrate(store, drop_v1=drop_v1)
 
-    print(json.dumps(asyncio.run(run())))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    return run_sync(run())

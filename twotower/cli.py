@@ -35,7 +35,8 @@ flag. ``serve`` also reads ``$TWOTOWER_SERVE_STORE_URL`` (its settings'
 variable), which comes before ``$TWOTOWER_STORE_URL``. ``forget`` and a
 one-off ``pipeline`` refuse a SQLite store file that does not exist (exit 2)
 rather than create an empty one (``pipeline --every`` may start before the
-store does); ``pipeline --snapshot`` reads no store.
+store does); ``pipeline --snapshot`` reads no store. The maintenance commands
+``archive rebind`` and ``migrate-redis`` act on the one store they are given.
 """
 
 from __future__ import annotations
@@ -51,7 +52,16 @@ from common import interrupts
 from common.tf_env import set_tensorflow_environment
 from common.urls import DEFAULT_STORE_URL
 from twotower import __version__, demo
-from twotower.commands import evaluate, forget, ingest, pipeline, serve, train
+from twotower.commands import (
+    archive,
+    evaluate,
+    forget,
+    ingest,
+    migrate_redis,
+    pipeline,
+    serve,
+    train,
+)
 
 log = logging.getLogger("twotower")
 
@@ -323,6 +333,43 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=demo.demo_command)
 
 
+def _add_archive(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "archive",
+        help="maintenance of an event export directory (rebind)",
+        description="Maintenance of an event export directory (such as ART/events).",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="what to do")
+    r = actions.add_parser(
+        "rebind",
+        help="tie an export directory to a store whose log started over",
+        description="Tie DIR to the store at URL, whose log started over (a recreated file, a "
+        "restored Redis): the events already exported stay, the next run exports the store's "
+        "log from its start.",
+    )
+    r.add_argument("out_dir", metavar="DIR", help="the export directory (holds _cursor.json)")
+    r.add_argument(
+        "--store",
+        required=True,
+        metavar="URL",
+        help="the store (redis://, rediss://, sqlite:///path)",
+    )
+    r.set_defaults(func=archive.rebind_command)
+
+
+def _add_migrate_redis(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "migrate-redis",
+        help="move a Redis store from key layout v1 to v2, in place",
+        description="Move the Redis store at URL from key layout v1 to v2 in place: the log "
+        "stream is renamed (exporters' cursors stay valid), the user state is rebuilt from it, "
+        "item metadata is copied; an interrupted run can be run again. Prints a JSON summary.",
+    )
+    p.add_argument("url", metavar="URL", help="the store URL (redis://... with its prefix)")
+    p.add_argument("--drop-v1", action="store_true", help="delete the v1 keys afterwards")
+    p.set_defaults(func=migrate_redis.migrate_redis_command)
+
+
 def store_from_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
     """Fill a missing ``args.store``: ``$TWOTOWER_STORE_URL``, else :data:`DEFAULT_STORE`.
 
@@ -354,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ingest(sub)
     _add_forget(sub)
     _add_pipeline(sub)
+    _add_archive(sub)
+    _add_migrate_redis(sub)
     return parser
 
 

@@ -102,6 +102,25 @@ def _store_only(args: argparse.Namespace) -> None:
     _store(args.store)
 
 
+def _archive(args: argparse.Namespace) -> None:
+    """``archive rebind``: an export directory, and a store that exists (opening a missing
+    SQLite file would create an empty store and bind the export to it)."""
+    from feature_store.events import EventError
+    from feature_store.export_state import STATE_FILE, is_export_dir
+    from feature_store.urls import missing_sqlite_file
+
+    _store(args.store)
+    if not is_export_dir(args.out_dir):
+        raise EventError("DIR", f"{args.out_dir} is not an export directory (no {STATE_FILE})")
+    missing = missing_sqlite_file(args.store)
+    if missing is not None:
+        raise EventError("--store", f"no store file {missing}; nothing was changed")
+
+
+def _migrate_redis(args: argparse.Namespace) -> None:
+    _store(args.url)
+
+
 _CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "train": _train,
     "evaluate": _evaluate,
@@ -110,4 +129,6 @@ _CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "ingest": _ingest,
     "pipeline": _store_only,
     "forget": _store_only,
+    "archive": _archive,
+    "migrate-redis": _migrate_redis,
 }

@@ -214,7 +214,7 @@ class RedisStore(OnlineStore):
         if found:
             log.warning(
                 "%s: found data of key layout v1 (%s) beside this new v2 store; it is not read. "
-                "Move it over with `python -m feature_store.redis_migrate URL` (same log, same "
+                "Move it over with `twotower migrate-redis URL` (same log, same "
                 "cursors), or delete it",
                 self.config.redacted(),
                 old,

@@ -15,10 +15,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from feature_store import Event, StoreError, export_files, make_event, open_store
+from feature_store import Event, StoreError, export_files, export_state, make_event, open_store
 from feature_store import archive as fslog
+from feature_store.export_state import STATE_FILE
 from tests.feature_store.conftest import Backend
 from tests.feature_store.servers import drop_prefix
+from twotower import cli
 
 DAY = 86400.0
 T0 = 1_700_000_000.0  # 2023-11-14 UTC
@@ -27,8 +29,8 @@ T0 = 1_700_000_000.0  # 2023-11-14 UTC
 def _read_new(out: Path, after_run: int) -> tuple[list[Event], int]:
     """Events of the runs committed after ``after_run`` and the last committed run: what a
     reader that remembers its run number sees (each event exactly once)."""
-    with fslog._locked(out, exclusive=False):
-        state = fslog._load_state(out)
+    with export_state.locked(out, exclusive=False):
+        state = export_state.load_state(out)
         tombstones = dict(state.get("tombstones") or {})
         events = export_files.read_events(out, list(state["files"]), after_run, tombstones)
     return events, int(state["run"])
@@ -109,7 +111,7 @@ def test_crash_between_file_write_and_cursor_commit(
     orphans = list(out.glob("date=*/part-r00000002.parquet"))
     assert orphans, "the crashed run should have left its files behind"
     assert [e.event_id for e in fslog.read_compacted(out)] == first  # readers ignore them
-    state = json.loads((out / fslog.STATE_FILE).read_text())
+    state = json.loads((out / STATE_FILE).read_text())
     assert state["run"] == 1 and state["total"] == 10
 
     third = _append(backend.url, 20, 5)
@@ -119,7 +121,7 @@ def test_crash_between_file_write_and_cursor_commit(
     assert ids == first + second + third and len(set(ids)) == 25
     # Orphans of the crashed attempt that the re-run did not rewrite are gone.
     assert {p for p in out.glob("date=*/part-*.parquet")} == {
-        out / f for f in json.loads((out / fslog.STATE_FILE).read_text())["files"]
+        out / f for f in json.loads((out / STATE_FILE).read_text())["files"]
     }
 
 
@@ -143,7 +145,7 @@ def test_compaction_of_an_empty_log_and_max_events(backend: Backend, tmp_path: P
 def test_corrupt_state_is_reported(tmp_path: Path) -> None:
     out = tmp_path / "ev"
     out.mkdir()
-    (out / fslog.STATE_FILE).write_text("{not json")
+    (out / STATE_FILE).write_text("{not json")
     with pytest.raises(StoreError, match="unreadable compaction state"):
         fslog.read_compacted(out)
 
@@ -219,7 +221,7 @@ def test_forget_user_purges_exported_files(backend: Backend, tmp_path: Path) -> 
     assert [r["event_id"] for f in rows for r in f if r["user_id"] == "u1"] == ["back"]
     kept = [i for i in ids if int(i[1:]) % 4 != 1] + ["back"]
     assert [e.event_id for e in fslog.read_compacted(out)] == kept  # log order kept
-    state = json.loads((out / fslog.STATE_FILE).read_text())
+    state = json.loads((out / STATE_FILE).read_text())
     assert {out / f for f in state["files"]} == set(out.glob("date=*/part-*.parquet"))
     assert "u1" not in json.dumps(state)  # tombstones are hashes
     assert fslog.compact(backend.url, out).purged == 0  # applied once
@@ -257,7 +259,9 @@ def test_a_crash_during_a_purge_leaves_the_committed_files(
     assert len(fslog.read_compacted(out)) == 6
 
 
-def test_the_cursor_refuses_another_store(backend: Backend, tmp_path: Path) -> None:
+def test_the_cursor_refuses_another_store(
+    backend: Backend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "ev"
     first = _append(backend.url, 0, 5)
     fslog.compact(backend.url, out)
@@ -269,17 +273,43 @@ def test_the_cursor_refuses_another_store(backend: Backend, tmp_path: Path) -> N
     else:  # another prefix: another store
         other = backend.with_options(prefix=f"o{uuid.uuid4().hex[:10]}")
     later = _append(other, 100, 3)
-    with pytest.raises(fslog.StoreIdentityError, match=r"exported from store .* rebind"):
+    with pytest.raises(
+        fslog.StoreIdentityError, match=r"exported from store .* `twotower archive rebind "
+    ):
         fslog.compact(other, out)
     assert [e.event_id for e in fslog.read_compacted(out)] == first
     try:
-        fslog.rebind(out, other)
+        assert cli.main(["archive", "rebind", str(out), "--store", other]) == 0
+        said = capsys.readouterr().out
+        assert said.startswith(f"{out}: bound to ") and "exports its log from the start" in said
         res = fslog.compact(other, out)
         assert res.new_events == 3
         assert [e.event_id for e in fslog.read_compacted(out)] == first + later
     finally:
         if backend.name == "redis":
             drop_prefix(other)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["{tmp}/ev", "--store", "mysql://db/x"], "unknown scheme 'mysql'"),
+        (["{tmp}", "--store", "sqlite:///{tmp}/s.sqlite"], "not an export directory"),
+        (["{tmp}/ev", "--store", "sqlite:///{tmp}/none.sqlite"], "no store file"),
+    ],
+)
+def test_a_rebind_with_bad_input_exits_2_and_changes_nothing(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 's.sqlite'}"
+    _append(url, 0, 3)
+    fslog.compact(url, tmp_path / "ev")
+    before = (tmp_path / "ev" / STATE_FILE).read_text()
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert cli.main(["archive", "rebind", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert (tmp_path / "ev" / STATE_FILE).read_text() == before
+    assert not (tmp_path / STATE_FILE).exists() and not (tmp_path / "none.sqlite").exists()
 
 
 def test_an_unexportable_event_is_named(tmp_path: Path) -> None:
@@ -294,4 +324,4 @@ def test_an_unexportable_event_is_named(tmp_path: Path) -> None:
         StoreError, match=r"log event 'c1' of user 'u1' .* ts=-1e\+18, which is not a date"
     ):
         fslog.compact(url, tmp_path / "ev")
-    assert not (tmp_path / "ev" / fslog.STATE_FILE).exists()
+    assert not (tmp_path / "ev" / STATE_FILE).exists()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -14,6 +16,7 @@ from feature_store.redis.store import RedisStore
 from feature_store.redis_migrate import migrate
 from feature_store.urls import parse_url
 from tests.feature_store.servers import drop_prefix, shared_redis_url
+from twotower import cli
 
 T0 = 1_700_000_000.0
 
@@ -55,7 +58,7 @@ def test_a_v1_store_moves_to_v2_in_place(url: str, caplog: pytest.LogCaptureFixt
         with caplog.at_level(logging.WARNING, logger="feature_store.redis"):
             store = open_store(url)
             await store.open()
-        assert "feature_store.redis_migrate" in caplog.text
+        assert "twotower migrate-redis URL" in caplog.text
         assert isinstance(store, RedisStore)
         try:
             counts = await migrate(store)
@@ -76,3 +79,31 @@ def test_a_v1_store_moves_to_v2_in_place(url: str, caplog: pytest.LogCaptureFixt
             await store.close()
 
     asyncio.run(go())
+
+
+def test_the_command_line_migrates_and_prints_the_counts(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_v1(url)
+    assert cli.main(["migrate-redis", url]) == 0
+    counts = json.loads(capsys.readouterr().out.strip())
+    assert counts == {"stream_renamed": 1, "log_entries": 5, "events_applied": 4,
+                      "items": 1, "v1_keys_left": 2}  # fmt: skip
+    assert cli.main(["migrate-redis", url, "--drop-v1"]) == 0
+    again = json.loads(capsys.readouterr().out.strip())
+    assert (again["events_applied"], again["v1_keys_left"]) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("store", "message"),
+    [
+        ("sqlite:///{tmp}/s.sqlite", "only Redis stores have key layouts"),
+        ("mysql://db/x", "unknown scheme 'mysql'"),
+    ],
+)
+def test_a_store_that_is_no_redis_exits_2(
+    store: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["migrate-redis", store.replace("{tmp}", str(tmp_path))]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s.sqlite").exists()

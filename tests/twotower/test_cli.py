@@ -11,7 +11,7 @@ import pytest
 
 from twotower.cli import DEFAULT_STORE, STORE_ENV, build_parser, main
 
-COMMANDS = ["demo", "train", "evaluate", "serve", "ingest", "pipeline"]
+COMMANDS = ["demo", "train", "evaluate", "serve", "ingest", "pipeline", "archive", "migrate-redis"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
