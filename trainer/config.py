@@ -200,18 +200,26 @@ def architecture_changes(old: TrainerConfig, new: TrainerConfig) -> list[str]:
     ]
 
 
-#: Defaults tuned on validation data, per kind of source (README "Tuning"):
-#: the class defaults above are the winners on ml-100k and the synthetic
-#: generator's validation splits; these per-kind entries only override what
-#: differs. Applied under the user's file/env/--set values.
+#: Learning from dislikes, chosen on ml-100k validation by the rule of
+#: ``bench.tune --suite ml100k_dislikes`` (5 seeds; tune_ml100k_dislikes.md): at most 1%
+#: recall@20 below positives-only, dislike_share@20 near the lowest, then the best
+#: like_dislike_auc. The class defaults (concat, λ 20) lose 6% recall@20 there.
+#: Store events are the same kind of data (likes and dislikes with times), and the
+#: pipeline trains on them: they share it, so a model trained on a MovieLens file
+#: warm-starts the pipeline's next version.
+DISLIKE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {"dislike_pathway": "subtract"},
+    "loss": {"ntr_weight": 5.0, "dislike_negatives": 5},
+}
+
+
+#: Defaults tuned on validation data, per kind of source (README "Tuning"): the
+#: class defaults above are the winners on the synthetic generator's validation
+#: splits (and ml-100k's, apart from the dislike settings); these per-kind entries
+#: only override what differs. Applied under the user's file/env/--set values.
 SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
     "synthetic": {},
-    # Learning from dislikes on ml-100k validation (bench.tune --suite ml100k_dislikes, 5
-    # seeds; tune_ml100k_dislikes.md): the rule (at most 1% recall@20 below positives-only,
-    # dislike_share@20 near the lowest, then the best like_dislike_auc) picks the subtract
-    # pathway, λ 5, 5 dislike negatives; the class defaults (concat, λ 20) lose 6% recall@20.
-    # Not applied yet: the store-events kind and the pipeline's warm start must move with it.
-    "movielens": {},
+    "movielens": DISLIKE_DEFAULTS,
     # Gowalla validation recall@20 after 3 epochs: tau 0.05 -> 0.185, 0.1 -> 0.199, 0.2 -> 0.149.
     # History width H (the evaluation input is all of a user's train items up to H):
     # H 50 -> 0.1972, 100 -> 0.1987, 200 -> 0.2001 (bench/results/tune_gowalla_history.md):
@@ -231,5 +239,5 @@ SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
         "model": {"use_dislike_input": False, "history_length": 100},
         "train": {"refit": True},
     },
-    "events": {},
+    "events": DISLIKE_DEFAULTS,
 }

@@ -21,6 +21,7 @@ def pipeline_command(args: argparse.Namespace) -> int:
     """``twotower pipeline``: check the flags, then one run, a schedule, a freeze or a replica."""
     from common.config import ConfigError, load_config
     from trainer.chief import is_chief_task
+    from trainer.config import SOURCE_DEFAULTS
     from trainer.pipeline.config import PipelineConfig
     from trainer.pipeline.run import check_store, freeze_snapshot, train_as_worker
     from trainer.pipeline.schedule import next_run_delay, run_forever
@@ -31,7 +32,10 @@ def pipeline_command(args: argparse.Namespace) -> int:
         sets.append(f"train.epochs={args.epochs}")
     if getattr(args, "strategy", None):
         sets.append(f"train.strategy={args.strategy}")
-    config = load_config(PipelineConfig, file=args.config, overrides=sets)
+    # The pipeline trains on store events: their tuned defaults, under file/env/--set.
+    config = load_config(
+        PipelineConfig, file=args.config, overrides=sets, base=SOURCE_DEFAULTS["events"]
+    )
     snapshot = getattr(args, "snapshot", None)
     freeze = bool(getattr(args, "freeze", False))
     run_now = bool(getattr(args, "run_now", False))
