@@ -165,6 +165,8 @@ ARMS: dict[str, list[str]] = {
     "dislike_negatives_ntr": arm(ntr=DEFAULT_NTR, negatives=NEGATIVES),
     "subtract_ntr": arm(pathway="subtract", ntr=DEFAULT_NTR),
     "subtract_dislike_negatives_ntr": arm(pathway="subtract", ntr=DEFAULT_NTR, negatives=NEGATIVES),
+    # The movielens default (the validation rule's pick, tune_ml100k_dislikes.md).
+    "subtract_dislike_negatives_ntr5": arm(pathway="subtract", ntr=5, negatives=NEGATIVES),
 }
 
 
