@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from common.artifacts import INDEX, ITEMS, MANIFEST, ArtifactError
+from common.artifacts import ArtifactError
 from common.files import atomic_path
 
 #: Manifest fields serving needs; a version without one of them cannot be served.
@@ -99,10 +99,6 @@ def parse_manifest(path: str | os.PathLike[str], version: str | None = None) -> 
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise FormatError(f"{path}: {problems}") from None
-
-
-def manifest_path(vdir: str | os.PathLike[str]) -> Path:
-    return Path(vdir) / MANIFEST
 
 
 @dataclass(frozen=True)
@@ -251,11 +247,3 @@ def read_index(
                     f"{path}: cannot set {name}={p[name]} on a {type(index).__name__}"
                 ) from e
     return index
-
-
-def items_path(vdir: str | os.PathLike[str]) -> Path:
-    return Path(vdir) / ITEMS
-
-
-def index_path(vdir: str | os.PathLike[str]) -> Path:
-    return Path(vdir) / INDEX

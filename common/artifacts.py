@@ -55,7 +55,6 @@ USER_TOWER = "user_tower"
 CHECKPOINT = "checkpoint"
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
-PAD_INDEX = 0
 #: A version id is one plain directory name: not hidden (staging/trash dirs start with
 #: "."), no path separator, no "..", no whitespace or control characters.
 VERSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")

@@ -12,17 +12,17 @@ from typing import Any
 #: Event types and their role: ``positive`` events are softmax targets and feed
 #: the history; ``dislike`` events are NTR targets, feed the dislike input and
 #: are filtered out at serving; ``neutral`` events are only "seen".
-EVENT_TYPES: dict[str, str] = {
-    "view": "positive",
-    "click": "positive",
-    "like": "positive",
-    "purchase": "positive",
-    "dislike": "dislike",
-    "impression": "neutral",
-}
 POSITIVE = "positive"
 DISLIKE = "dislike"
 NEUTRAL = "neutral"
+EVENT_TYPES: dict[str, str] = {
+    "view": POSITIVE,
+    "click": POSITIVE,
+    "like": POSITIVE,
+    "purchase": POSITIVE,
+    "dislike": DISLIKE,
+    "impression": NEUTRAL,
+}
 
 MAX_ID_LENGTH = 256
 #: Events stamped further than this in the future are refused (clock skew allowance).

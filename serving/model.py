@@ -89,14 +89,6 @@ class PlacedIndex:
         return GPU_MAX_K if self.device == "gpu" else int(self.index.ntotal)
 
 
-def apply_index_params(index: Any, index_type: str, params: dict[str, Any]) -> None:
-    """Set search-time parameters from the manifest (``nprobe`` for IVF, ``efSearch`` for HNSW)."""
-    if index_type == "ivf" and "nprobe" in params:
-        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
-    elif index_type == "hnsw" and "efSearch" in params:
-        index.hnsw.efSearch = int(params["efSearch"])
-
-
 def place_index(
     cpu_index: Any,
     index_type: str,
@@ -339,14 +331,19 @@ def load_model(art: str | os.PathLike[str], version: str, *, use_gpu: str = "aut
         items = read_items(vdir / artifacts.ITEMS, dim=int(manifest["embedding_dim"]))
         item_ids, embeddings = items.ids, items.embeddings
         n, dim = embeddings.shape
-        cpu_index = read_index(_require(vdir / artifacts.INDEX, "FAISS index"), ntotal=n, dim=dim)
+        # The manifest's search parameters (nprobe / efSearch) are set by the reader.
+        cpu_index = read_index(
+            _require(vdir / artifacts.INDEX, "FAISS index"),
+            params=manifest["index"],
+            ntotal=n,
+            dim=dim,
+        )
     except FormatError as exc:
         raise ModelLoadError(str(exc)) from exc
     id_to_index = {x: i for i, x in enumerate(item_ids.tolist())}
     index_info = manifest["index"]
     index_type = str(index_info.get("type", "flat"))
     params = dict(index_info.get("params") or {})
-    apply_index_params(cpu_index, index_type, params)
     placed = place_index(cpu_index, index_type, params=params, use_gpu=use_gpu)
 
     tf = _import_tf()

@@ -10,7 +10,6 @@ from trainer.data.examples import (
     build_eval_set,
     build_train_examples,
     capped_users,
-    item_popularity,
 )
 from trainer.data.sources import load_source
 from trainer.data.split import assemble
@@ -282,21 +281,6 @@ def test_lightgcn_eval_input_is_every_train_item_up_to_h_whatever_the_seed():
     assert (a.history[~capped] == b.history[~capped]).all()
     assert capped_users(ds, a, H) == int(capped.sum())
     assert capped_users(ds, a, int(sizes.max())) == 0
-
-
-def test_item_popularity_counts_train_positives():
-    ds = build(
-        [
-            ("u", "a", P, 1),
-            ("u", "a", D, 2),
-            ("w", "a", P, 1),
-            ("w", "b", P, 2),
-            ("w", "c", P, 3),
-            ("w", "d", P, 4),
-        ]
-    )
-    assert item_popularity(ds).tolist() == [2, 1, 0, 0]
-    assert item_popularity(ds, (TRAIN, VALID, TEST)).tolist() == [2, 1, 1, 1]
 
 
 def test_bad_eval_split_name():

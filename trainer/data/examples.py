@@ -85,12 +85,6 @@ from trainer.data.split import group_starts, tie_starts
 CHUNK = 65536
 
 
-def item_popularity(ds: Dataset, splits: tuple[int, ...] = (TRAIN,)) -> np.ndarray:
-    """int64 [N]: positive events per item in ``splits`` (default: TRAIN popularity)."""
-    sel = np.isin(ds.split, splits) & (ds.labels == POSITIVE)
-    return np.bincount(ds.items[sel], minlength=ds.num_items).astype(np.int64)
-
-
 def _windows(
     end: np.ndarray, begin: np.ndarray, positions: np.ndarray, items: np.ndarray, length: int
 ) -> np.ndarray:
