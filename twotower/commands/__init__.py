@@ -1,7 +1,7 @@
 """One module per ``twotower`` subcommand: flags in, a typed library call, an exit status out.
 
-``argparse`` is used here and in :mod:`twotower.cli` only; the libraries take typed
-arguments (see ``docs/ARCHITECTURE.md``).
+``argparse`` is used here, in :mod:`twotower.parser` and :mod:`twotower.cli` only; the
+libraries take typed arguments (see ``docs/ARCHITECTURE.md``).
 """
 
 from __future__ import annotations
