@@ -92,7 +92,8 @@ def demo_command(args: argparse.Namespace) -> int:
     from common import artifacts
     from feature_store import open_store, run_sync
     from trainer.data.sources import load_source
-    from trainer.run import ExportedModel, train, trainer_config
+    from trainer.exported import ExportedModel
+    from trainer.run import train, trainer_config
     from twotower.ingest import ingest_dataset
 
     work = Path(args.dir).resolve()

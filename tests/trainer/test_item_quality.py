@@ -13,7 +13,8 @@ from trainer.data.dataset import DISLIKE, HOLDOUT, POSITIVE, TEST, TRAIN, VALID
 from trainer.data.item_quality import DISLIKE_RATIO, dislike_ratio_values, tower_item_features
 from trainer.data.sources import load_source
 from trainer.data.split import apply_dislike_holdout, assemble
-from trainer.run import ExportedModel, train, trainer_config
+from trainer.exported import ExportedModel
+from trainer.run import train, trainer_config
 from trainer.towers import ItemTower
 from trainer.warmstart import WarmStartError
 

@@ -9,7 +9,10 @@ from common import artifacts
 from tests.trainer.tiny import TINY, TINY_SETS, tiny_lightgcn_files
 from trainer.data.dataset import TRAIN, VALID
 from trainer.data.sources import load_source
-from trainer.run import evaluate_version, train, train_and_valid, trainer_config, training_examples
+from trainer.data.split import train_and_valid
+from trainer.exported import evaluate_version
+from trainer.fitting import training_examples
+from trainer.run import train, trainer_config
 
 SETS = [*TINY_SETS, "train.epochs=3", "train.early_stopping_patience=0"]
 

@@ -18,7 +18,8 @@ from common import artifacts
 from common.artifact_format import read_index
 from tests.trainer.tiny import TINY, TINY_SETS, tiny_lightgcn_files
 from trainer.data.sources import load_source
-from trainer.run import ExportedModel, evaluate_version, train, trainer_config
+from trainer.exported import ExportedModel, evaluate_version
+from trainer.run import train, trainer_config
 
 SETS = [*TINY_SETS, "train.checkpoint_every=5"]
 SPEC_METRICS = [f"{m}@{k}" for m in ("recall", "ndcg", "hit_rate") for k in (10, 20, 50)] + [
@@ -503,7 +504,7 @@ def test_only_the_chief_exports_in_multiworker_runs(cluster, task_type, task_id,
 
     import tensorflow as tf
 
-    from trainer.run import is_chief
+    from trainer.checkpoints import is_chief
 
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id

@@ -24,14 +24,9 @@ from trainer.checkpoints import (
 )
 from trainer.data.examples import build_eval_set
 from trainer.data.sources import load_source
+from trainer.fitting import exact_item_probabilities, training_examples
 from trainer.model import TwoTowerModel
-from trainer.run import (
-    _index_queries,
-    exact_item_probabilities,
-    train,
-    trainer_config,
-    training_examples,
-)
+from trainer.run import _index_queries, train, trainer_config
 from trainer.train import Trainer, epoch_line, format_duration, seed_everything
 from twotower.cli import main
 

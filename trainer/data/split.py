@@ -343,6 +343,13 @@ def apply_dislike_holdout(
     return dataclasses.replace(ds, split=split, dislike_holdout=info)
 
 
+def train_and_valid(ds: Dataset) -> Dataset:
+    """``ds`` with its validation events made training events (``train.refit``)."""
+    return dataclasses.replace(
+        ds, split=np.where(ds.split == VALID, TRAIN, ds.split).astype(ds.split.dtype)
+    )
+
+
 __all__ = [
     "DISLIKE",
     "apply_dislike_holdout",
@@ -353,4 +360,5 @@ __all__ = [
     "parse_dislike_holdout",
     "temporal_split",
     "tie_starts",
+    "train_and_valid",
 ]

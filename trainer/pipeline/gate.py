@@ -339,7 +339,7 @@ def evaluate_on_holdout(art: str | Path, version: str, holdout: Holdout) -> dict
     from trainer.metrics import JUDGED_NOT_MEASURED, ranking_metrics
 
     import_tensorflow_quietly()
-    from trainer.run import ExportedModel
+    from trainer.exported import ExportedModel
 
     exported = ExportedModel(art, version)
     H, D = int(exported.manifest["history_length"]), int(exported.manifest["dislike_length"])

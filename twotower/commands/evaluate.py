@@ -11,7 +11,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     """Print the metrics JSON of the version beside the most-popular baseline; exit 0."""
     from common import interrupts
     from trainer.data.sources import load_source
-    from trainer.run import evaluate_version
+    from trainer.exported import evaluate_version
 
     with interrupts.handled():
         ds = load_source(args.data, skip_bad_lines=args.skip_bad_lines, progress=True)
