@@ -5,6 +5,6 @@ Modules: :mod:`~feature_store.redis.config` (settings, URL form),
 (its Redis Cluster variant), :mod:`~feature_store.redis.keys` (every key name),
 :mod:`~feature_store.redis.scripts` (the Lua scripts), :mod:`~feature_store.redis.conn`
 (clients, errors, retries), :mod:`~feature_store.redis.stream` (the log stream:
-entries as events, retention trim). Imports nothing, so that a URL can be
-parsed without loading redis-py.
+reading it by cursor, exporters' commits, retention trim). Imports nothing, so
+that a URL can be parsed without loading redis-py.
 """

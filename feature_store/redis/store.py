@@ -33,13 +33,8 @@ after that long without a write; dislikes and the erasure index never
 expire; the idempotency hash never expires unless ``idempotency_ttl > 0``
 (opt-in, see :class:`feature_store.base.OnlineStore`).
 
-Log retention: :meth:`note_consumed` records an exporter's cursor in a
-per-consumer history; :meth:`trim_log` XTRIMs (MINID) up to the lowest
-cursor every consumer committed ``log_retention`` seconds ago, page by page,
-and then drops the trimmed entries from the users' erasure indexes (the
-stream first: a crash in between leaves index entries pointing at nothing,
-harmless, never a stream entry no index points at); see
-:mod:`feature_store.redis.stream`.
+The log (:meth:`read_log`, :meth:`note_consumed`, :meth:`trim_log`): reading it
+by cursor, exporters' commits and retention are :mod:`feature_store.redis.stream`.
 """
 
 from __future__ import annotations
@@ -69,14 +64,12 @@ from feature_store.redis.config import RedisConfig
 from feature_store.redis.conn import Attempts, make_client, retrying
 from feature_store.redis.keys import LAYOUT_VERSION, Keys
 from feature_store.redis.scripts import SHA
-from feature_store.redis.stream import STREAM_ID, event_from_fields, trim_stream
+from feature_store.redis.stream import commit_cursor, read_events, trim_stream
 
 log = logging.getLogger(__name__)
 
 #: Events per pipeline (one round trip); larger batches are split.
 PIPELINE_CHUNK = 1000
-#: Stream entries per XRANGE call.
-LOG_PAGE = 2000
 
 
 class RedisStore(OnlineStore):
@@ -374,21 +367,7 @@ class RedisStore(OnlineStore):
     # -- log -----------------------------------------------------------------------------
 
     async def read_log(self, cursor: str | None, limit: int = 10_000) -> LogBatch:
-        if cursor not in (None, "", "0") and not STREAM_ID.match(str(cursor)):
-            raise StoreError(f"log cursor {cursor!r} is not a Redis stream id (<ms>-<seq>)")
-        last = cursor or "0-0"
-        events: list[Event] = []
-        # Pages of at most LOG_PAGE entries: a reply must parse within socket_timeout.
-        while len(events) < max(1, limit):
-            start = "-" if last in ("", "0", "0-0") else f"({last}"
-            count = min(LOG_PAGE, max(1, limit) - len(events))
-            entries = await self.xrange(start, "+", count)
-            events.extend(event_from_fields(sid, fields) for sid, fields in entries)
-            if entries:
-                last = entries[-1][0]
-            if len(entries) < count:
-                break
-        return LogBatch(events=events, cursor=last)
+        return await read_events(self, cursor, limit)
 
     async def xrange(self, start: str, end: str, count: int) -> list[tuple[str, dict[str, str]]]:
         """One page of the stream (retried like every read)."""
@@ -401,23 +380,7 @@ class RedisStore(OnlineStore):
 
     async def note_consumed(self, consumer: str, cursor: str) -> int:
         """Record ``consumer``'s committed cursor (history for retention, consumer group for lag); trim."""
-        if not STREAM_ID.match(str(cursor)):
-            raise StoreError(f"log cursor {cursor!r} is not a Redis stream id (<ms>-<seq>)")
-        k = self.keys
-
-        async def attempt(_a: Attempts) -> None:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.sadd(k.consumers, consumer)
-            pipe.zadd(k.consumer(consumer), {cursor: time.time()})
-            await pipe.execute()
-            try:  # XINFO GROUPS shows each exporter's lag
-                await self.client.xgroup_create(k.stream, consumer, id=cursor, mkstream=True)
-            except rexc.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-                await self.client.xgroup_setid(k.stream, consumer, id=cursor)
-
-        await retrying(self.config, "note_consumed", attempt)
+        await commit_cursor(self, consumer, cursor)
         return await self.trim_log()
 
     async def trim_log(self, *, now: float | None = None) -> int:

@@ -1,7 +1,11 @@
-"""The log stream of the Redis stores: entries as events, and retention.
+"""The log stream of the Redis stores: reading it by cursor, exporters' commits, retention.
 
 Every accepted event is one stream entry (``P:{log}:events``, see
 :mod:`feature_store.redis.keys`), its id ``<ms>-<seq>`` the log cursor.
+:func:`read_events` returns the entries after a cursor as events, in pages of
+XRANGE (:data:`PAGE`). :func:`commit_cursor` records an exporter's committed
+cursor in a per-consumer history (what retention reads) and moves the
+exporter's consumer group to it (its lag shows in ``XINFO GROUPS``).
 
 Retention: trim what every exporter committed long enough ago. The trim
 point is, over every registered consumer (``P:{log}:consumers``), the
@@ -13,17 +17,22 @@ XTRIM MINID just past its last entry (exact, never beyond what was read),
 then remove those entries from their users' erasure indexes and, in Cluster
 mode, their log guards - except the guards of events still pending (logged
 but never applied), which must outlive the entry so that a late retry of
-the call does not log the event a second time.
+the call does not log the event a second time. The stream goes first: a
+crash in between leaves index entries pointing at nothing, harmless, never a
+stream entry no index points at.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from feature_store.base import StoreError
+from redis import exceptions as rexc
+
+from feature_store.base import LogBatch, StoreError
 from feature_store.events import Event
 from feature_store.redis.config import RedisConfig
 from feature_store.redis.conn import Attempts, retrying
@@ -34,7 +43,7 @@ STREAM_ID = re.compile(r"^\d+-\d+$")
 
 
 class LogStream(Protocol):
-    """What the trim needs of a store (:class:`feature_store.redis.store.RedisStore`)."""
+    """What this module needs of a store (:class:`feature_store.redis.store.RedisStore`)."""
 
     config: RedisConfig
     keys: Keys
@@ -48,7 +57,51 @@ class LogStream(Protocol):
     ) -> list[tuple[str, dict[str, str]]]: ...
 
 
+#: Stream entries per XRANGE call (a reply must parse within ``socket_timeout``).
 PAGE = 2000
+
+
+def _check_cursor(cursor: str) -> None:
+    if not STREAM_ID.match(str(cursor)):
+        raise StoreError(f"log cursor {cursor!r} is not a Redis stream id (<ms>-<seq>)")
+
+
+async def read_events(store: LogStream, cursor: str | None, limit: int) -> LogBatch:
+    """The events after ``cursor`` (None, "" or "0": from the start), at most ``max(1, limit)``."""
+    if cursor not in (None, "", "0"):
+        _check_cursor(str(cursor))
+    last = cursor or "0-0"
+    events: list[Event] = []
+    while len(events) < max(1, limit):
+        start = "-" if last in ("", "0", "0-0") else f"({last}"
+        count = min(PAGE, max(1, limit) - len(events))
+        entries = await store.xrange(start, "+", count)
+        events.extend(event_from_fields(sid, fields) for sid, fields in entries)
+        if entries:
+            last = entries[-1][0]
+        if len(entries) < count:
+            break
+    return LogBatch(events=events, cursor=last)
+
+
+async def commit_cursor(store: LogStream, consumer: str, cursor: str) -> None:
+    """Record ``consumer``'s committed ``cursor``: its commit history and its consumer group."""
+    _check_cursor(cursor)
+    k = store.keys
+
+    async def attempt(_a: Attempts) -> None:
+        pipe = store.client.pipeline(transaction=False)
+        pipe.sadd(k.consumers, consumer)
+        pipe.zadd(k.consumer(consumer), {cursor: time.time()})
+        await pipe.execute()
+        try:  # XINFO GROUPS shows each exporter's lag
+            await store.client.xgroup_create(k.stream, consumer, id=cursor, mkstream=True)
+        except rexc.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+            await store.client.xgroup_setid(k.stream, consumer, id=cursor)
+
+    await retrying(store.config, "note_consumed", attempt)
 
 
 def event_from_fields(sid: str, fields: Mapping[str, str]) -> Event:
