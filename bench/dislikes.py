@@ -433,9 +433,10 @@ def held_out(ds: Any, cfg: Any) -> Any:
 def valid_responsiveness(out: Any, ds: Any, cfg: Any) -> float:
     """responsiveness@20 on the validation users training evaluates (training computes it on test only)."""
     from trainer.data.examples import build_eval_set
+    from trainer.dislike_metrics import responsiveness
     from trainer.evaluate import reference_neighbors, restrict_to_catalog, sample_rows
     from trainer.export import item_embeddings, serving_embed
-    from trainer.metrics import responsiveness, topk_all_ranking
+    from trainer.metrics import topk_all_ranking
 
     dsh = held_out(ds, cfg)
     m = cfg.model

@@ -15,17 +15,15 @@ import numpy as np
 from trainer.config import SplitConfig
 from trainer.data.dataset import DISLIKE, POSITIVE, TRAIN, Dataset, EvalSet
 from trainer.data.examples import capped_users
-from trainer.metrics import (
+from trainer.dislike_metrics import (
     JUDGED_NOT_MEASURED,
     csr_within_catalog,
     embedding_scores,
     judged_in_catalog,
     judged_metrics,
-    popular_topk,
-    ranking_metrics,
     responsiveness,
-    topk_all_ranking,
 )
+from trainer.metrics import popular_topk, ranking_metrics, topk_all_ranking
 from trainer.reference import cooccurrence_neighbors
 
 EmbedFn = Callable[[np.ndarray, np.ndarray], np.ndarray]

@@ -16,14 +16,14 @@ from trainer.data.split import (
     holdout_groups,
     parse_dislike_holdout,
 )
-from trainer.evaluate import evaluate, popular_baseline
-from trainer.metrics import (
+from trainer.dislike_metrics import (
     JUDGED_NOT_MEASURED,
     dislike_share,
     embedding_scores,
     judged_metrics,
     like_dislike_auc,
 )
+from trainer.evaluate import evaluate, popular_baseline
 from trainer.pipeline.gate import GateRule, apply_gate, holdout_mismatch
 
 P, D = POSITIVE, DISLIKE

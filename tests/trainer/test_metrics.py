@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from trainer.data.dataset import EvalSet
+from trainer.dislike_metrics import responsiveness
 from trainer.metrics import (
     popular_topk,
     ranking_metrics,
-    responsiveness,
     topk_all_ranking,
     write_topk_jsonl,
 )

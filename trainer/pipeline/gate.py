@@ -335,8 +335,9 @@ def evaluate_on_holdout(art: str | Path, version: str, holdout: Holdout) -> dict
     from common.tf_logging import import_tensorflow_quietly
     from trainer.data.examples import build_eval_set, build_judged_set
     from trainer.data.vocab import align_items
+    from trainer.dislike_metrics import JUDGED_NOT_MEASURED
     from trainer.evaluate import evaluate, version_neighbors
-    from trainer.metrics import JUDGED_NOT_MEASURED, ranking_metrics
+    from trainer.metrics import ranking_metrics
 
     import_tensorflow_quietly()
     from trainer.exported import ExportedModel
