@@ -432,19 +432,12 @@ def held_out(ds: Any, cfg: Any) -> Any:
 
 def valid_responsiveness(out: Any, ds: Any, cfg: Any) -> float:
     """responsiveness@20 on the validation users training evaluates (training computes it on test only)."""
-    from trainer.data.examples import build_eval_set
     from trainer.dislike_metrics import responsiveness
-    from trainer.evaluate import reference_neighbors, restrict_to_catalog, sample_rows
+    from trainer.evaluate import reference_neighbors, restrict_to_catalog
     from trainer.export import item_embeddings, serving_embed
     from trainer.metrics import topk_all_ranking
 
-    dsh = held_out(ds, cfg)
-    m = cfg.model
-    valid = sample_rows(
-        build_eval_set(dsh, "valid", m.history_length, m.dislike_length),
-        cfg.train.valid_max_users,
-        cfg.train.seed,
-    )
+    dsh, valid, _ = valid_sets(ds, cfg)
     if not len(valid) or out.model is None:
         return 0.0
     sim = _similarity(out)
@@ -455,10 +448,11 @@ def valid_responsiveness(out: Any, ds: Any, cfg: Any) -> float:
     return responsiveness(embed, items, valid, topk, reference_neighbors(dsh, dsh.num_items))
 
 
-def valid_popular(ds: Any, cfg: Any) -> dict[str, Any]:
-    """The most-popular ranking's validation figures (training reports it on test only)."""
+def valid_sets(ds: Any, cfg: Any) -> tuple[Any, Any, Any]:
+    """(held-out data, valid users, judged valid users): the validation sets training
+    evaluates, built as training builds them."""
     from trainer.data.examples import build_eval_set, build_judged_set
-    from trainer.evaluate import popular_baseline, sample_rows
+    from trainer.evaluate import sample_rows
 
     dsh = held_out(ds, cfg)
     m, t = cfg.model, cfg.train
@@ -470,6 +464,14 @@ def valid_popular(ds: Any, cfg: Any) -> dict[str, Any]:
         t.valid_max_users,
         t.seed,
     )
+    return dsh, valid, judged
+
+
+def valid_popular(ds: Any, cfg: Any) -> dict[str, Any]:
+    """The most-popular ranking's validation figures (training reports it on test only)."""
+    from trainer.evaluate import popular_baseline
+
+    dsh, valid, judged = valid_sets(ds, cfg)
     return _pick(popular_baseline(valid, dsh.train_item_counts(), judged), [*KEYS, *COUNT_KEYS])
 
 

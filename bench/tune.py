@@ -12,6 +12,7 @@ Usage:
   python -m bench.tune --suite gowalla_history   (3 epochs per setting, history width H)
   python -m bench.tune --suite ml100k_dedupe | gowalla_dedupe   (loss.dedupe_candidates)
   python -m bench.tune --suite ml100k_dislikes [--seeds 3] [--quick] [--arms A,B,...]
+  python -m bench.tune --suite ml100k_dislike_strength [--seeds 3] [--quick]
   python -m bench.tune --suite gowalla_logq_label   (loss.logq_label, early stopping)
   python -m bench.tune --suite ml100k_lightgcn_logq_label   (the same on ml-100k's
       positives written as LightGCN train/valid/test files into a temporary
@@ -40,6 +41,10 @@ lowest eligible one; (3) the highest mean like_dislike_auc among them (ties:
 higher recall@20). Positives-only itself is eligible, so there is always a
 pick. ``--quick`` (1 seed, 2 epochs, λ 20 only) is a smoke test written as
 tune_ml100k_dislikes_quick.
+
+ml100k_dislike_strength: the default's learned dislike move scaled by s at
+evaluation, against positives-only, on validation (bench/dislike_strength.py):
+what a more responsive tower costs in recall.
 """
 
 from __future__ import annotations
@@ -271,7 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--suite", choices=sorted([*GRIDS, "ml100k_dislikes"]), required=True)
+    p.add_argument(
+        "--suite",
+        choices=sorted([*GRIDS, "ml100k_dislikes", "ml100k_dislike_strength"]),
+        required=True,
+    )
     p.add_argument("--seeds", type=int, default=3, help="ml100k_dislikes: seeds per arm")
     p.add_argument("--quick", action="store_true", help="ml100k_dislikes: a smoke test")
     p.add_argument(
@@ -290,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite == "ml100k_dislikes":
         only = args.arms.split(",") if args.arms else None
         return tune_dislikes(1 if args.quick else args.seeds, args.quick, only)
+    if args.suite == "ml100k_dislike_strength":
+        return tune_dislike_strength(1 if args.quick else args.seeds, args.quick)
 
     if args.manifests:
         nested = GRIDS.get(args.suite, ("", []))[0] in (GOWALLA_NESTED, ML100K_NESTED)
@@ -473,6 +484,24 @@ def tune_dislikes(seeds: int, quick: bool, only: list[str] | None = None) -> int
             + f" | {'✓' if arm in eligible else ''} |"
         )
     md = "\n".join(lines) + "\n"
+    (RESULTS / f"{name}.md").write_text(md)
+    print(md)
+    print(f"done in {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
+    return 0
+
+
+def tune_dislike_strength(seeds: int, quick: bool) -> int:
+    """``--suite ml100k_dislike_strength`` (bench/dislike_strength.py); validation only."""
+    from bench import dislike_strength
+
+    t0 = time.perf_counter()
+    extra = ["train.epochs=2"] if quick else []
+    strengths = dislike_strength.QUICK_STRENGTHS if quick else dislike_strength.STRENGTHS
+    doc = dislike_strength.sweep(seeds, extra, strengths)
+    doc["quick"] = quick
+    name = "tune_ml100k_dislike_strength" + ("_quick" if quick else "")
+    write_result(name, doc)
+    md = dislike_strength.markdown(doc)
     (RESULTS / f"{name}.md").write_text(md)
     print(md)
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
