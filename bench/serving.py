@@ -54,7 +54,7 @@ set_tensorflow_environment()  # before anything imports TensorFlow (the servers 
 
 #: A Redis database of its own (the serving tests flush DBs 3 and 4).
 REDIS_URL = "redis://127.0.0.1:6379/10"
-THREADS = {"TWOTOWER_SERVE_TF_THREADS": "1", "TWOTOWER_SERVE_FAISS_THREADS": "1"}
+THREADS = {"TWOTOWER_SERVE__TF_THREADS": "1", "TWOTOWER_SERVE__FAISS_THREADS": "1"}
 #: Concurrencies of the sweep (p99 against the throughput reached).
 SWEEP = (1, 2, 4, 8, 16, 32, 64)
 K = 20
@@ -464,7 +464,7 @@ def bench_catalog(
         "version": manifest.get("version"),
         "workers": {},
     }
-    env = {**THREADS, "TWOTOWER_SERVE_RELOAD_POLL_S": "3600"}
+    env = {**THREADS, "TWOTOWER_SERVE__RELOAD_POLL_S": "3600"}
     d = args.duration
     for workers in args.workers:
         res: dict[str, Any] = {}

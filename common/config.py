@@ -4,8 +4,13 @@ Every program (trainer, pipeline, serving) has one typed pydantic model; this
 module only merges the layers into a plain nested dict and validates it with
 that model, so an unknown key or a wrong type is refused with its dotted name.
 
-Environment names: ``TWOTOWER_<SECTION>__<KEY>`` (double underscore between
-levels), e.g. ``TWOTOWER_LOSS__NTR_WEIGHT=0.5`` sets ``loss.ntr_weight``.
+Environment names, one scheme for every program (docs/CONTRACT.md,
+"Configuration"): ``TWOTOWER_<SECTION>__<KEY>`` (double underscore between
+levels), e.g. ``TWOTOWER_LOSS__NTR_WEIGHT=0.5`` sets ``loss.ntr_weight``. The
+config file's sections are read here; the sections of :data:`PROGRAM_SECTIONS`
+(``store``, ``serve``, ``deploy``, ``seed``) are no file's, each is read by
+its own program and refused there when a name is unknown
+(:func:`check_section_env`, ``serving.settings.unknown_env``).
 
 A key or section that does not exist is refused before validation, naming
 where it came from (the file, the variable or the ``--set``), the nearest
@@ -13,6 +18,11 @@ valid name and the valid names of its section. The environment is shared by
 programs with different configs (``twotower train`` and ``twotower pipeline``
 in one container), so a model may name sections it leaves to another program
 (:data:`FOREIGN_SECTIONS_ATTR`); their variables are ignored, not refused.
+
+Names from before the scheme (``TWOTOWER_SERVE_PORT``, ``TWOTOWER_STORE_URL``,
+``TWOTOWER_ENV``...) still work: each program renames them once, at its start,
+with :func:`rename_deprecated` (a warning each; an old and a new name with
+different values are refused), so everything after reads the new names only.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import copy
 import difflib
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +39,16 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 ENV_PREFIX = "TWOTOWER_"
+#: Between the levels of a name: ``TWOTOWER_<SECTION>__<KEY>``.
+ENV_SEPARATOR = "__"
+#: Sections of the scheme that no config file has, each read by one program (which refuses
+#: its unknown names); every config model ignores their variables.
+PROGRAM_SECTIONS: dict[str, str] = {
+    "store": "the online store of every command (common.urls.STORE_URL_ENV)",
+    "serve": "twotower serve (serving/settings.py)",
+    "deploy": "twotower-preflight (deploy/preflight.py)",
+    "seed": "twotower-seed (deploy/seed.py)",
+}
 #: Class attribute of a config model: top-level sections that other programs read from
 #: the same environment (their ``TWOTOWER_<SECTION>__*`` variables are not this model's typos).
 FOREIGN_SECTIONS_ATTR = "foreign_env_sections"
@@ -98,7 +118,12 @@ def _dotted(parts: Sequence[str]) -> str:
 
 
 def _env_name(parts: Sequence[str]) -> str:
-    return ENV_PREFIX + "__".join(parts).upper()
+    return ENV_PREFIX + ENV_SEPARATOR.join(parts).upper()
+
+
+def env_name(section: str, key: str) -> str:
+    """The variable of ``section.key``: ``env_name("serve", "port")`` -> ``TWOTOWER_SERVE__PORT``."""
+    return _env_name([section, key])
 
 
 def _section_model(annotation: Any) -> type[BaseModel] | None:
@@ -157,14 +182,14 @@ def check_keys(
 def _env_layer(model: type[BaseModel], environ: Mapping[str, str]) -> dict[str, Any]:
     """``TWOTOWER_SECTION__KEY`` variables as a tree, each name checked against ``model``."""
     # A subclass that adds a foreign section (PipelineConfig) reads it as its own.
-    foreign = {s.lower() for s in getattr(model, FOREIGN_SECTIONS_ATTR, ())} - set(
-        model.model_fields
-    )
+    foreign = {
+        s.lower() for s in (*getattr(model, FOREIGN_SECTIONS_ATTR, ()), *PROGRAM_SECTIONS)
+    } - set(model.model_fields)
     tree: dict[str, Any] = {}
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
+        if not name.startswith(ENV_PREFIX) or ENV_SEPARATOR not in name:
             continue
-        parts = [p for p in name[len(ENV_PREFIX) :].lower().split("__") if p]
+        parts = [p for p in name[len(ENV_PREFIX) :].lower().split(ENV_SEPARATOR) if p]
         if not parts or parts[0] in foreign:
             continue
         origin = f"environment {name}"
@@ -173,6 +198,62 @@ def _env_layer(model: type[BaseModel], environ: Mapping[str, str]) -> dict[str, 
         check_keys(model, one, origin, spell=_env_name)
         tree = _merge(tree, one)
     return tree
+
+
+def check_section_env(environ: Mapping[str, str], section: str, keys: Iterable[str]) -> None:
+    """Refuse a ``TWOTOWER_<SECTION>__*`` variable of a program section that names no key.
+
+    Raises:
+      ConfigError: ``environment TWOTOWER_STORE__URI: unknown store setting; did you mean
+        TWOTOWER_STORE__URL? valid names: TWOTOWER_STORE__URL``.
+    """
+    prefix = _env_name([section]) + ENV_SEPARATOR
+    valid = [env_name(section, key) for key in keys]
+    for name in sorted(environ):
+        if not name.upper().startswith(prefix) or name.upper() in valid:
+            continue
+        close = difflib.get_close_matches(name.upper(), valid, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(
+            f"environment {name}: unknown {section} setting; {hint}valid names: {', '.join(valid)}"
+        )
+
+
+def rename_deprecated(environ: MutableMapping[str, str], renames: Mapping[str, str]) -> list[str]:
+    """Move each old variable of ``environ`` to its new name (``renames``: old -> new).
+
+    A program calls this once, at its start, before anything reads a setting: from
+    then on the process, and every process it starts, sees the new names only. An
+    old name matches in any case (as the settings read them); an old and a new name
+    (or two old names of one new name) holding the same value are one setting.
+
+    Returns:
+      One warning per old name found, naming the new one.
+
+    Raises:
+      ConfigError: an old name and its new name, or two old names of one new name,
+        hold different values (the message names the variables, never a value).
+    """
+    found: dict[str, list[str]] = {}
+    for name in sorted(environ):
+        new = renames.get(name.upper())
+        if new is not None and name != new:
+            found.setdefault(new, []).append(name)
+    for new, olds in sorted(found.items()):  # every pair checked before anything moves
+        names = [new, *olds] if new in environ else olds
+        if len({environ[name] for name in names}) > 1:
+            raise ConfigError(
+                f"environment {' and '.join(names)} are set to different values: "
+                f"{' and '.join(olds)} {'is the old name' if len(olds) == 1 else 'are old names'} "
+                f"of {new}; set {new} only"
+            )
+    warnings: list[str] = []
+    for new, olds in sorted(found.items()):
+        environ[new] = environ[olds[0]]
+        for old in olds:
+            del environ[old]
+            warnings.append(f"environment {old} is deprecated: use {new} (read as {new} for now)")
+    return warnings
 
 
 def load_config(

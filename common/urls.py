@@ -25,6 +25,12 @@ from urllib.parse import parse_qsl, unquote
 
 #: The online store used when none is given (a SQLite file in the working directory).
 DEFAULT_STORE_URL = "sqlite:///twotower-store.sqlite"
+#: Where every command's store comes from without ``--store`` (``serve`` included), before
+#: :data:`DEFAULT_STORE_URL`: a password need not be on a command line. Section ``store``
+#: of the environment scheme (:mod:`common.config`).
+STORE_URL_ENV = "TWOTOWER_STORE__URL"
+#: Its names before the scheme, still read (renamed at a program's start, with a warning).
+OLD_STORE_URL_ENV = ("TWOTOWER_STORE_URL", "TWOTOWER_SERVE_STORE_URL")
 #: What a hidden value is replaced with.
 MASK = "***"
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.urls import STORE_URL_ENV
 from feature_store.events import EventError, check_id
 
 
@@ -48,7 +49,7 @@ def forget_users(
     if missing is not None:  # opening it would create an empty store and "erase" nothing
         raise EventError(
             "--store",
-            f"no store file {missing} (pass --store URL or set TWOTOWER_STORE_URL to the "
+            f"no store file {missing} (pass --store URL or set {STORE_URL_ENV} to the "
             "store that holds the users); nothing was erased",
         )
     store = open_store(url)

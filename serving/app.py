@@ -42,7 +42,7 @@ from serving.reload import ModelHolder, Reloader
 from serving.retrieval import Demotion
 from serving.routes import InputError, floor_router, router
 from serving.service import reopen_store
-from serving.settings import Settings
+from serving.settings import Settings, load_settings
 from serving.usercache import DislikeCache
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ async def _store_watchdog(state: AppState, every_s: float) -> None:
 
 
 def _build_state(settings: Settings) -> AppState:
-    metrics = Metrics()
+    metrics = Metrics(settings.metrics_dir)
     holder = ModelHolder()
 
     def on_swap(model: Any) -> None:
@@ -242,7 +242,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await state.store.close()
             except Exception:
                 log.exception("closing the store failed")
-        mark_process_dead()
+        mark_process_dead(s.metrics_dir)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -308,8 +308,8 @@ def _add_access_control(app: FastAPI, settings: Settings, state: AppState) -> No
         loopback = settings.host in ("127.0.0.1", "localhost", "::1")
         log.log(
             logging.INFO if loopback else logging.WARNING,
-            "no API keys: every route is open (TWOTOWER_SERVE_API_KEYS or "
-            "TWOTOWER_SERVE_API_KEYS_FILE turn them on; see SECURITY.md)",
+            "no API keys: every route is open (TWOTOWER_SERVE__API_KEYS or "
+            "TWOTOWER_SERVE__API_KEYS_FILE turn them on; see SECURITY.md)",
         )
         return
     app.add_middleware(
@@ -324,12 +324,16 @@ def _add_access_control(app: FastAPI, settings: Settings, state: AppState) -> No
 
 
 def create_app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory`` and worker processes: settings from ``TWOTOWER_SERVE_*``."""
+    """Factory for ``uvicorn --factory`` and worker processes: settings from the environment.
+
+    A worker process's start, so the one place it reads its environment
+    (:func:`serving.settings.load_settings`: deprecated names renamed, then the settings).
+    """
     from common.tf_logging import import_tensorflow_quietly
 
     # Worker processes start fresh: keep TensorFlow's start-up notices out of their stderr too.
     import_tensorflow_quietly()
-    return create_app(Settings())  # type: ignore[call-arg]
+    return create_app(load_settings())
 
 
 def _package_version() -> str:

@@ -1,7 +1,7 @@
 """API keys and the request rate limit: which routes need a key, where keys come from, the check.
 
-Keys come from ``TWOTOWER_SERVE_API_KEYS`` (comma-separated) and
-``TWOTOWER_SERVE_API_KEYS_FILE`` (one key per line; blank lines and ``#``
+Keys come from ``TWOTOWER_SERVE__API_KEYS`` (comma-separated) and
+``TWOTOWER_SERVE__API_KEYS_FILE`` (one key per line; blank lines and ``#``
 comments ignored). The file is looked at again at most once a second, on a
 request, and re-read when its identity (device, inode, size, mtime, ctime)
 changed, so keys rotate without a restart. ``os.stat`` follows symlinks, so a
@@ -165,7 +165,7 @@ class KeyRing:
     """The valid API keys (as SHA-256 digests): the static list plus the key file, kept current.
 
     Args:
-      static_keys: keys from ``TWOTOWER_SERVE_API_KEYS``.
+      static_keys: keys from ``TWOTOWER_SERVE__API_KEYS``.
       path: the key file (None: none).
       production: apply the production rules (length, placeholders) to the file's keys.
       clock: monotonic seconds (injectable for tests).
@@ -199,7 +199,7 @@ class KeyRing:
         static: list[str] = []
         if settings.api_keys is not None:
             static, problems = parse_key_list(
-                settings.api_keys.get_secret_value(), "TWOTOWER_SERVE_API_KEYS", production
+                settings.api_keys.get_secret_value(), "TWOTOWER_SERVE__API_KEYS", production
             )
             if problems:
                 raise KeyConfigError("; ".join(problems))
@@ -208,9 +208,9 @@ class KeyRing:
             ring.load_file()
         if settings.has_key_source and not len(ring):
             source = (
-                f"TWOTOWER_SERVE_API_KEYS_FILE {ring.path}"
+                f"TWOTOWER_SERVE__API_KEYS_FILE {ring.path}"
                 if ring.path is not None
-                else "TWOTOWER_SERVE_API_KEYS"
+                else "TWOTOWER_SERVE__API_KEYS"
             )
             raise KeyConfigError(f"{source}: holds no API key")
         return ring
@@ -227,7 +227,7 @@ class KeyRing:
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise KeyConfigError(
-                f"TWOTOWER_SERVE_API_KEYS_FILE {self.path}: cannot read it ({reason})"
+                f"TWOTOWER_SERVE__API_KEYS_FILE {self.path}: cannot read it ({reason})"
             ) from None
         keys, problems = parse_key_file(text, str(self.path), self.production)
         if problems:

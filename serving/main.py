@@ -1,10 +1,13 @@
 """Run the API under uvicorn (uvloop + httptools when installed); ``twotower serve`` calls it.
 
 One worker gets the app object directly. Several workers are separate
-processes, so they get the settings through ``TWOTOWER_SERVE_*`` variables and
-build the app with the import-string factory ``serving.app:create_app_from_env``.
-They also share a fresh ``PROMETHEUS_MULTIPROC_DIR`` (removed at exit), so any
-worker's ``/metrics`` reports the sum over all of them (see ``serving.metrics``).
+processes, so they get the settings through their variables
+(:meth:`~serving.settings.Settings.to_env`: ``TWOTOWER_SERVE__*``,
+``TWOTOWER_STORE__URL``) and build the app with the import-string factory
+``serving.app:create_app_from_env``. They also share a fresh metrics directory
+(the setting ``metrics_dir``, passed as ``PROMETHEUS_MULTIPROC_DIR``; removed at
+exit), so any worker's ``/metrics`` reports the sum over all of them (see
+``serving.metrics``).
 
 Everything that can be checked before the model loads is checked first
 (:func:`check_settings`: settings, artifact directory, a free port), so a
@@ -22,6 +25,7 @@ import os
 import shutil
 import socket
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -175,14 +179,11 @@ def _run_uvicorn(settings: Any) -> None:
 
         uvicorn.run(create_app(settings), **options)
     else:
-        from serving.metrics import MULTIPROC_ENV
-
-        # Worker processes re-read the settings from the environment (absolute artifact path).
-        env = settings.model_copy(update={"artifacts": settings.artifacts.resolve()}).to_env()
         # A fresh directory: files left by an earlier run would be summed into this one's counters.
         metrics_dir = tempfile.mkdtemp(prefix="twotower-metrics-")
-        os.environ.update(env)
-        os.environ[MULTIPROC_ENV] = metrics_dir
+        # Worker processes re-read the settings from the environment (absolute artifact path).
+        workers = {"artifacts": settings.artifacts.resolve(), "metrics_dir": Path(metrics_dir)}
+        os.environ.update(settings.model_copy(update=workers).to_env())
         try:
             uvicorn.run(FACTORY, factory=True, workers=settings.workers, **options)
         finally:

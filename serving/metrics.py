@@ -5,7 +5,9 @@ has its own registry (several apps can live in one test process) plus the
 process, platform and GC collectors.
 
 Several workers (``twotower serve --workers N``): ``serve`` points
-``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before the workers start, so
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before the workers start
+(the settings' ``metrics_dir``, read with the other settings and handed to
+:class:`Metrics`), so
 prometheus_client keeps every value in per-process files there and any
 worker's ``/metrics`` reports the sum over all workers (counters and
 histograms: monotone across scrapes whichever worker answers). Per-worker
@@ -17,6 +19,7 @@ mode; scrape them from the pod, or run one worker per pod.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -34,21 +37,18 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 STORE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
-#: prometheus_client's own switch (read by it at import time): set = multiprocess mode.
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def multiprocess_dir() -> str | None:
-    """The directory of multiprocess mode, or None when every process reports on its own."""
-    return os.environ.get(MULTIPROC_ENV) or None
-
 
 class Metrics:
-    """All serving metrics, registered in ``self.registry``."""
+    """All serving metrics, registered in ``self.registry``.
 
-    def __init__(self) -> None:
+    Args:
+      multiprocess_dir: prometheus_client's multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``,
+        the settings' ``metrics_dir``), or None when this process reports on its own.
+    """
+
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
         r = self.registry = CollectorRegistry()
-        self.multiprocess = multiprocess_dir() is not None
+        self.multiprocess = multiprocess_dir is not None
         if not self.multiprocess:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
@@ -215,9 +215,9 @@ class Metrics:
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-def mark_process_dead(pid: int | None = None) -> None:
+def mark_process_dead(multiprocess_dir: Path | None, pid: int | None = None) -> None:
     """Drop this worker's live gauges from the multiprocess directory (at worker shutdown)."""
-    if multiprocess_dir() is None:
+    if multiprocess_dir is None:
         return
     from prometheus_client import multiprocess
 

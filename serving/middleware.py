@@ -53,7 +53,7 @@ class LimitsAndTimingMiddleware:
             {
                 "error": "payload_too_large",
                 "detail": f"request body is {size} bytes; the limit is {self.max_body_bytes} "
-                "bytes (TWOTOWER_SERVE_MAX_BODY_BYTES)",
+                "bytes (TWOTOWER_SERVE__MAX_BODY_BYTES)",
                 "errors": [],
             }
         ).encode()
@@ -149,5 +149,5 @@ class _BodyTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(
             413,
-            f"request body is larger than the limit of {limit} bytes (TWOTOWER_SERVE_MAX_BODY_BYTES)",
+            f"request body is larger than the limit of {limit} bytes (TWOTOWER_SERVE__MAX_BODY_BYTES)",
         )

@@ -84,10 +84,10 @@ def apply_limits(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
 def _body_limit(schema: dict[str, Any], limit: int) -> None:
     """State ``limit`` on every request body and as the 413 answer of every POST operation."""
     note = (
-        f"At most {limit} bytes (TWOTOWER_SERVE_MAX_BODY_BYTES): a larger body is refused "
+        f"At most {limit} bytes (TWOTOWER_SERVE__MAX_BODY_BYTES): a larger body is refused "
         "with 413 before it is parsed."
     )
-    too_large = f"request body larger than {limit} bytes (TWOTOWER_SERVE_MAX_BODY_BYTES)"
+    too_large = f"request body larger than {limit} bytes (TWOTOWER_SERVE__MAX_BODY_BYTES)"
     posts = 0
     for path_item in _node(schema, "paths").values():
         for method, operation in path_item.items():

@@ -1,12 +1,18 @@
 """Serving configuration: one typed settings object, from defaults < environment < CLI.
 
-Environment names are ``TWOTOWER_SERVE_<FIELD>`` (e.g. ``TWOTOWER_SERVE_STORE_URL``,
-``TWOTOWER_SERVE_BATCH_MAX_SIZE=32``). ``twotower serve`` flags override them.
-Several uvicorn workers receive the settings through these same variables
-(see :func:`serving.main.serve`), so every field must round-trip
-through :meth:`Settings.to_env`. A ``TWOTOWER_SERVE_*`` variable that names no
-field is refused (with the nearest valid name), so a typo never silently
-leaves a default in place.
+Environment names follow the scheme of :mod:`common.config`: section ``serve``,
+``TWOTOWER_SERVE__<FIELD>`` (e.g. ``TWOTOWER_SERVE__BATCH_MAX_SIZE=32``), except
+two fields read under a name shared with others: the store is every command's
+``TWOTOWER_STORE__URL``, and the Prometheus multiprocess directory is
+prometheus_client's own ``PROMETHEUS_MULTIPROC_DIR`` (:func:`env_name`).
+``twotower serve`` flags override them. Several uvicorn workers receive the
+settings through these same variables (see :func:`serving.main.serve`), so
+every field must round-trip through :meth:`Settings.to_env`. A
+``TWOTOWER_SERVE__*`` variable that names no field is refused (with the nearest
+valid name), so a typo never silently leaves a default in place; so is one
+spelt the old way, ``TWOTOWER_SERVE_<FIELD>``, unless it names a field: then
+it is the field's deprecated name, which the program's start renames
+(:func:`deprecated_env`, :func:`settings_environment`).
 
 Degraded mode (the store fails or is slower than ``store_timeout_s``): every
 process keeps the last-known dislikes of up to ``dislike_cache_users`` users
@@ -35,7 +41,9 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import logging
 import os
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -43,11 +51,24 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.urls import DEFAULT_STORE_URL, mask_password, redact_url
+from common.config import rename_deprecated
+from common.urls import (
+    DEFAULT_STORE_URL,
+    OLD_STORE_URL_ENV,
+    STORE_URL_ENV,
+    mask_password,
+    redact_url,
+)
 from feature_store.options import StoreURLError
 from feature_store.urls import parse_url
 
-ENV_PREFIX = "TWOTOWER_SERVE_"
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "TWOTOWER_SERVE__"
+#: The spelling before the scheme, ``TWOTOWER_SERVE_<FIELD>``: still read (:func:`deprecated_env`).
+OLD_ENV_PREFIX = "TWOTOWER_SERVE_"
+#: prometheus_client's own switch (it reads it too, at import): set = multiprocess mode.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Hard caps of the public API (docs/CONTRACT.md): settings may lower them, never raise them.
 K_CAP = 1000
@@ -68,14 +89,20 @@ class Settings(BaseSettings):
     """Everything ``serving`` reads; validated once at start-up."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, hide_input_in_errors=True
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
+        validate_by_name=True,
     )
 
     # --- where things are -------------------------------------------------------
     artifacts: Path = Field(description="artifact directory (ART); the app follows ART/LATEST")
     store_url: str = Field(
         DEFAULT_STORE_URL,
-        description="online store: redis://[:password@]host:port/db, rediss://..., sqlite:///path",
+        validation_alias=STORE_URL_ENV,
+        description="online store: redis://[:password@]host:port/db, rediss://..., sqlite:///path "
+        f"(variable {STORE_URL_ENV}, every command's)",
     )
     environment: Literal["development", "production"] = Field(
         "development",
@@ -202,6 +229,12 @@ class Settings(BaseSettings):
         False,
         description="register POST /_floor (same body parsing, fixed answer): the benchmark floor",
     )
+    metrics_dir: Path | None = Field(
+        None,
+        validation_alias=MULTIPROC_ENV,
+        description=f"prometheus_client's multiprocess directory (variable {MULTIPROC_ENV}; "
+        "serve --workers N sets a fresh one): /metrics sums every process writing there",
+    )
 
     # --- soft demotion near recent dislikes (off by default) -------------------------
     demote_weight: float = Field(
@@ -223,7 +256,7 @@ class Settings(BaseSettings):
     @field_validator("api_keys", "api_keys_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
-        # compose passes an unset variable as "" (TWOTOWER_SERVE_API_KEYS: ${X:-}).
+        # compose passes an unset variable as "" (TWOTOWER_SERVE__API_KEYS: ${X:-}).
         if isinstance(value, str) and not value.strip():
             return None
         return value
@@ -286,7 +319,7 @@ class Settings(BaseSettings):
         return "writes" if self.has_key_source else "none"
 
     def to_env(self) -> dict[str, str]:
-        """These settings as ``TWOTOWER_SERVE_*`` variables (for worker processes)."""
+        """These settings as environment variables (for worker processes), by :func:`env_name`."""
         out: dict[str, str] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
@@ -294,7 +327,7 @@ class Settings(BaseSettings):
                 continue  # unset: the worker's default is None too
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            out[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+            out[env_name(name)] = str(value)
         return out
 
     def public(self) -> dict[str, object]:
@@ -326,22 +359,77 @@ def production_store_problem(store_url: str) -> str | None:
     return None
 
 
+def env_name(field: str) -> str:
+    """The variable of ``field``: ``TWOTOWER_SERVE__<FIELD>``, or the shared name it is read under."""
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else f"{ENV_PREFIX}{field.upper()}"
+
+
 def env_names() -> dict[str, str]:
-    """``TWOTOWER_SERVE_<FIELD>`` -> field name, for every settings field."""
-    return {f"{ENV_PREFIX}{name.upper()}": name for name in Settings.model_fields}
+    """Variable -> field name, for every settings field (:func:`env_name`)."""
+    return {env_name(name): name for name in Settings.model_fields}
 
 
-def unknown_env(environ: Any) -> None:
-    """Refuse ``TWOTOWER_SERVE_*`` variables that name no field (a typo would be ignored otherwise).
+def deprecated_env() -> dict[str, str]:
+    """Old name -> new name of every setting that had one: ``TWOTOWER_SERVE_<FIELD>``, and
+    the store's ``TWOTOWER_STORE_URL`` and ``TWOTOWER_SERVE_STORE_URL``."""
+    renames = {f"{OLD_ENV_PREFIX}{name.upper()}": env for env, name in env_names().items()}
+    renames.pop(f"{OLD_ENV_PREFIX}METRICS_DIR")  # always read as PROMETHEUS_MULTIPROC_DIR
+    renames.update({old: STORE_URL_ENV for old in OLD_STORE_URL_ENV})
+    return renames
+
+
+def settings_environment(environ: MutableMapping[str, str]) -> list[str]:
+    """Rename the deprecated serve variables of ``environ`` (a program's start; see
+    :func:`common.config.rename_deprecated`); returns the warnings.
+
+    Raises:
+      ConfigError: an old and a new name hold different values.
+    """
+    return rename_deprecated(environ, deprecated_env())
+
+
+def load_settings(**values: Any) -> Settings:
+    """Settings from the process environment, its deprecated names renamed first (each
+    logged once), with ``values`` on top: the start of a worker process.
+
+    Raises:
+      ConfigError: an old and a new name hold different values.
+      ValidationError: a setting does not validate.
+    """
+    for warning in settings_environment(os.environ):
+        log.warning("%s", warning)
+    return Settings(**values)
+
+
+def unknown_env(environ: Mapping[str, str]) -> None:
+    """Refuse serve variables that name no field, and old names left in place.
+
+    ``TWOTOWER_SERVE__<NAME>`` or ``TWOTOWER_SERVE_<NAME>`` with no field ``name``
+    (a typo would be ignored otherwise), and a field's deprecated name: the
+    program's start renames those (:func:`settings_environment`), so one seen
+    here would be ignored too.
 
     Raises:
       ValueError: naming the variable and the closest valid name.
     """
     valid = env_names()
+    serve_names = [name for name in valid if name.startswith(ENV_PREFIX)]
+    renames = deprecated_env()
     for key in sorted(environ):
         name = key.upper()
-        if not name.startswith(ENV_PREFIX) or name in valid:
+        if not name.startswith(OLD_ENV_PREFIX) or name in valid:
             continue
-        close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else f"; valid names: {sorted(valid)}"
+        if name in renames:
+            raise ValueError(
+                f"environment variable {key} is the old name of {renames[name]}: rename it"
+            )
+        field = name.removeprefix(ENV_PREFIX).removeprefix(OLD_ENV_PREFIX).lower()
+        if field in Settings.model_fields:  # TWOTOWER_SERVE__STORE_URL: read under another name
+            hint = f"; did you mean {env_name(field)}?"
+        else:
+            close = difflib.get_close_matches(
+                f"{ENV_PREFIX}{field.upper()}", serve_names, n=1, cutoff=0.6
+            )
+            hint = f"; did you mean {close[0]}?" if close else f"; valid names: {sorted(valid)}"
         raise ValueError(f"environment variable {key} is not a serve setting{hint}")

@@ -1,16 +1,21 @@
 """Which process of a multi-worker job is the chief: the one that exports, gates and publishes.
 
 One rule for the training loop (which asks its ``tf.distribute`` strategy) and the
-pipeline (which reads ``TF_CONFIG`` before TensorFlow is loaded): the ``chief`` task,
-or worker 0 when the cluster has no chief; a single process is always the chief.
-TensorFlow is not imported here.
+pipeline (whose ``TF_CONFIG`` the command line reads at its start, before TensorFlow
+is loaded, and hands down parsed: :func:`parse_tf_config`): the ``chief`` task, or
+worker 0 when the cluster has no chief; a single process is always the chief.
+TensorFlow is not imported here (it reads ``TF_CONFIG`` itself for its strategy).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from common.config import ConfigError
+
+#: TensorFlow's description of a multi-worker cluster and this process's task in it.
+TF_CONFIG_ENV = "TF_CONFIG"
 
 
 def is_chief_role(task_type: str | None, task_id: int, cluster_has_chief: bool) -> bool:
@@ -20,19 +25,33 @@ def is_chief_role(task_type: str | None, task_id: int, cluster_has_chief: bool) 
     return task_type == "worker" and task_id == 0 and not cluster_has_chief
 
 
-def is_chief_task(tf_config: str | None) -> bool:
-    """:func:`is_chief_role` of the task ``TF_CONFIG`` describes (none = a single process).
+@dataclass(frozen=True)
+class TaskRole:
+    """This process's task in a multi-worker job (``task_type`` None: a single process)."""
+
+    task_type: str | None = None
+    task_id: int = 0
+    cluster_has_chief: bool = False
+
+    @property
+    def is_chief(self) -> bool:
+        return is_chief_role(self.task_type, self.task_id, self.cluster_has_chief)
+
+
+def parse_tf_config(tf_config: str | None) -> TaskRole:
+    """The task ``TF_CONFIG`` (its JSON text) describes; none or empty: a single process.
 
     Raises:
       ConfigError: ``TF_CONFIG`` is not JSON with a task.
     """
     if not tf_config:
-        return True
+        return TaskRole()
     try:
         spec = json.loads(tf_config)
         task = spec.get("task", {})
-        kind, index = task.get("type"), int(task.get("index", 0))
-        has_chief = "chief" in spec.get("cluster", {})
+        role = TaskRole(
+            task.get("type"), int(task.get("index", 0)), "chief" in spec.get("cluster", {})
+        )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"TF_CONFIG is not valid JSON with a task ({exc})") from exc
-    return is_chief_role(kind, index, has_chief)
+        raise ConfigError(f"{TF_CONFIG_ENV} is not valid JSON with a task ({exc})") from exc
+    return role

@@ -27,16 +27,24 @@ other start-up failure 1.
 Heavy imports (TensorFlow, FAISS) happen inside the subcommand so ``--help``
 is instant.
 
+The environment is read here, once, at the start (:func:`read_environment`),
+in the scheme of :mod:`common.config` (docs/CONTRACT.md, "Configuration"):
+deprecated names are renamed first (a warning each; an old and a new name
+with different values are exit 2), so the config layers after it
+(``TWOTOWER_<SECTION>__<KEY>`` for ``train``/``pipeline``,
+``TWOTOWER_SERVE__<FIELD>`` for ``serve``) and every process a command starts
+see the new names only. ``TF_CONFIG`` (a multi-worker ``pipeline --snapshot``)
+is parsed here too and handed down as ``args.task_role``.
+
 The online store (``serve``, ``ingest``, ``pipeline``, ``forget``) is, in this
-order: ``--store``, else ``$TWOTOWER_STORE_URL``, else the embedded
+order: ``--store``, else ``$TWOTOWER_STORE__URL``, else the embedded
 ``sqlite:///twotower-store.sqlite`` in the working directory, so ``ingest``,
 ``pipeline`` and ``serve`` run from one directory share one store without a
-flag. ``serve`` also reads ``$TWOTOWER_SERVE_STORE_URL`` (its settings'
-variable), which comes before ``$TWOTOWER_STORE_URL``. ``forget`` and a
-one-off ``pipeline`` refuse a SQLite store file that does not exist (exit 2)
-rather than create an empty one (``pipeline --every`` may start before the
-store does); ``pipeline --snapshot`` reads no store. The maintenance commands
-``archive rebind`` and ``migrate-redis`` act on the one store they are given.
+flag. ``forget`` and a one-off ``pipeline`` refuse a SQLite store file that
+does not exist (exit 2) rather than create an empty one (``pipeline --every``
+may start before the store does); ``pipeline --snapshot`` reads no store. The
+maintenance commands ``archive rebind`` and ``migrate-redis`` act on the one
+store they are given.
 """
 
 from __future__ import annotations
@@ -46,11 +54,12 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 
 from common import interrupts
 from common.tf_env import set_tensorflow_environment
-from twotower.parser import DEFAULT_STORE, SERVE_STORE_ENV, STORE_ENV, build_parser
+from common.urls import DEFAULT_STORE_URL, OLD_STORE_URL_ENV, STORE_URL_ENV
+from twotower.parser import build_parser
 
 log = logging.getLogger("twotower")
 
@@ -89,19 +98,56 @@ def _input_error_types() -> tuple[type[BaseException], ...]:
 
 
 def store_from_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
-    """Fill a missing ``args.store``: ``$TWOTOWER_STORE_URL``, else :data:`DEFAULT_STORE`.
+    """Fill a missing ``args.store``: ``$TWOTOWER_STORE__URL``, else :data:`DEFAULT_STORE_URL`.
 
-    One rule for every command with ``--store`` (module docstring). Two cases keep
-    None: ``serve`` while ``TWOTOWER_SERVE_STORE_URL`` is set (its settings read that
-    variable, which comes first), and ``pipeline --snapshot``, which reads no store.
+    One rule for every command with ``--store``, ``serve`` included (module
+    docstring); ``pipeline --snapshot`` reads no store and keeps None.
     """
     if args.command not in STORE_COMMANDS or getattr(args, "store", None) is not None:
         return
-    if args.command == "serve" and environ.get(SERVE_STORE_ENV):
-        return
     if args.command == "pipeline" and getattr(args, "snapshot", None):
         return
-    args.store = environ.get(STORE_ENV) or DEFAULT_STORE
+    args.store = environ.get(STORE_URL_ENV) or DEFAULT_STORE_URL
+
+
+def deprecated_names(environ: Mapping[str, str]) -> dict[str, str]:
+    """Old name -> new name of every variable ``twotower`` renames: the store's, and the
+    serve settings' while any ``TWOTOWER_SERVE_*`` variable is set (their list is
+    :mod:`serving.settings`', imported only then)."""
+    renames = {old: STORE_URL_ENV for old in OLD_STORE_URL_ENV}
+    if any(name.upper().startswith("TWOTOWER_SERVE_") for name in environ):
+        from serving.settings import deprecated_env
+
+        renames.update(deprecated_env())
+    return renames
+
+
+def read_environment(args: argparse.Namespace, environ: MutableMapping[str, str]) -> list[str]:
+    """Everything ``twotower`` takes from its environment, read once (module docstring).
+
+    Renames the deprecated names in ``environ`` (``os.environ``: the config layers
+    and the processes a command starts read it after this), checks the ``store``
+    section, fills ``args.store``, and for ``pipeline`` sets ``args.task_role``
+    (``TF_CONFIG`` of a ``--snapshot`` run; a single process otherwise).
+
+    Returns:
+      The warnings to show (one per deprecated name found).
+
+    Raises:
+      ConfigError: an old and a new name with different values, an unknown
+        ``TWOTOWER_STORE__*`` name, a ``TF_CONFIG`` that does not parse.
+    """
+    from common.config import check_section_env, rename_deprecated
+
+    warnings = rename_deprecated(environ, deprecated_names(environ))
+    check_section_env(environ, "store", ["url"])
+    store_from_environment(args, environ)
+    if args.command == "pipeline":
+        from trainer.chief import TF_CONFIG_ENV, TaskRole, parse_tf_config
+
+        snapshot = getattr(args, "snapshot", None)
+        args.task_role = parse_tf_config(environ.get(TF_CONFIG_ENV)) if snapshot else TaskRole()
+    return warnings
 
 
 #: Commands whose Ctrl-C is recorded from the start (TensorFlow start-up included), so
@@ -122,7 +168,6 @@ def _ctrl_c_handled(command: str) -> contextlib.AbstractContextManager[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    store_from_environment(args, os.environ)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -133,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     set_tensorflow_environment()
     try:
+        for warning in read_environment(args, os.environ):
+            log.warning("%s", warning)
         from twotower.precheck import check_args
 
         check_args(args)  # milliseconds, before TensorFlow and before any data is read

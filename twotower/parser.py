@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from common.urls import DEFAULT_STORE_URL
+from common.urls import DEFAULT_STORE_URL, STORE_URL_ENV
 from twotower import __version__, demo
 from twotower.commands import (
     archive,
@@ -24,14 +24,9 @@ from twotower.commands import (
     train,
 )
 
-DEFAULT_STORE = DEFAULT_STORE_URL
-#: Where ``--store`` comes from when it is not given: a password stays off the command line.
-STORE_ENV = "TWOTOWER_STORE_URL"
-#: ``serve``'s own settings variable for the store (read by :mod:`serving.settings`).
-SERVE_STORE_ENV = "TWOTOWER_SERVE_STORE_URL"
 STORE_HELP = (
-    f"online store URL (redis://, rediss://, sqlite:///path); default: ${STORE_ENV}, "
-    f"else {DEFAULT_STORE} (in the working directory)"
+    f"online store URL (redis://, rediss://, sqlite:///path); default: ${STORE_URL_ENV}, "
+    f"else {DEFAULT_STORE_URL} (in the working directory)"
 )
 
 SOURCE_HELP = (
@@ -111,7 +106,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="run the HTTP API (follows ART/LATEST, hot reload)",
         description="Run the recommend/events API on the version ART/LATEST names, switching "
         "to each newly published version without dropping a request. Other settings come from "
-        "TWOTOWER_SERVE_* variables (see serving/settings.py).",
+        "TWOTOWER_SERVE__<SETTING> variables (see serving/settings.py).",
     )
     p.add_argument(
         "--artifacts",
@@ -119,13 +114,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         metavar="ART",
         help="artifact directory to follow (must exist; nothing published yet = 503 until then)",
     )
-    p.add_argument(
-        "--store",
-        default=None,
-        metavar="URL",
-        help=f"online store URL (redis://, rediss://, sqlite:///path); default: "
-        f"${SERVE_STORE_ENV}, else ${STORE_ENV}, else {DEFAULT_STORE} (in the working directory)",
-    )
+    p.add_argument("--store", default=None, metavar="URL", help=STORE_HELP)
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument(
         "--port",

@@ -126,7 +126,7 @@ async def setup(run: Run) -> str:
     if code or v1 is None:
         raise RuntimeError(f"first pipeline run failed ({code}):\n{out[-3000:]}")
     run.note(f"first version {v1}")
-    env = {**os.environ, "TWOTOWER_SERVE_RELOAD_POLL_S": "0.5", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TWOTOWER_SERVE__RELOAD_POLL_S": "0.5", "TF_CPP_MIN_LOG_LEVEL": "2"}
     log = open(run.tmp / "serve.log", "wb")  # noqa: SIM115 - lives as long as the server
     run.server = subprocess.Popen(
         [*_twotower(), "serve", "--artifacts", str(run.art), "--store", run.redis.url,

@@ -1,6 +1,14 @@
 import pytest
 
-from common.config import ConfigError, load_config
+from common.config import (
+    PROGRAM_SECTIONS,
+    ConfigError,
+    check_section_env,
+    env_name,
+    load_config,
+    rename_deprecated,
+)
+from common.urls import STORE_URL_ENV
 from trainer.config import TrainerConfig
 
 
@@ -107,11 +115,67 @@ def test_an_unknown_environment_key_names_the_variable_and_the_nearest(variable,
 def test_pipeline_variables_are_the_pipelines_not_the_trainers_typos():
     from trainer.pipeline.config import PipelineConfig
 
-    env = {"TWOTOWER_PIPELINE__MIN_NEW_EVENTS": "7", "TWOTOWER_SERVE_PORT": "9000"}
+    env = {"TWOTOWER_PIPELINE__MIN_NEW_EVENTS": "7", "TWOTOWER_SERVE__PORT": "9000"}
     assert load_config(TrainerConfig, environ=env).train.epochs == 20  # ignored, not refused
     assert load_config(PipelineConfig, environ=env).pipeline.min_new_events == 7
     with pytest.raises(ConfigError, match="did you mean TWOTOWER_PIPELINE__MIN_NEW_EVENTS"):
         load_config(PipelineConfig, environ={"TWOTOWER_PIPELINE__MIN_NEW_EVENT": "7"})
+
+
+def test_the_program_sections_are_left_to_their_programs():
+    """One scheme for every program: serve's, the store's, the deploy scripts' variables are
+    not config keys, and no config file has those sections."""
+    assert env_name("store", "url") == STORE_URL_ENV
+    env = {
+        STORE_URL_ENV: "redis://r:6379/0",
+        "TWOTOWER_SERVE__BATCH_MAX_SIZE": "8",
+        "TWOTOWER_DEPLOY__ENVIRONMENT": "production",
+        "TWOTOWER_SEED__DATA": "synthetic",
+        "TWOTOWER_MODEL__EMBEDDING_DIM": "16",
+    }
+    assert load_config(TrainerConfig, environ=env).model.embedding_dim == 16
+    assert not set(PROGRAM_SECTIONS) & set(TrainerConfig.model_fields)
+
+
+def test_a_program_section_refuses_its_unknown_names():
+    check_section_env({STORE_URL_ENV: "x", "TWOTOWER_SERVE__PORT": "1"}, "store", ["url"])
+    with pytest.raises(ConfigError) as err:
+        check_section_env({"TWOTOWER_STORE__URI": "x"}, "store", ["url"])
+    assert str(err.value) == (
+        "environment TWOTOWER_STORE__URI: unknown store setting; "
+        "did you mean TWOTOWER_STORE__URL? valid names: TWOTOWER_STORE__URL"
+    )
+
+
+RENAMES = {"TWOTOWER_OLD": "TWOTOWER_NEW__KEY", "TWOTOWER_OLDER": "TWOTOWER_NEW__KEY"}
+
+
+def test_an_old_name_is_moved_to_its_new_name_with_one_warning():
+    env = {"TWOTOWER_OLD": "1", "OTHER": "x"}
+    (warning,) = rename_deprecated(env, RENAMES)
+    assert env == {"TWOTOWER_NEW__KEY": "1", "OTHER": "x"}
+    assert warning == (
+        "environment TWOTOWER_OLD is deprecated: use TWOTOWER_NEW__KEY (read as TWOTOWER_NEW__KEY for now)"
+    )
+    assert rename_deprecated(env, RENAMES) == []  # once: nothing left to rename
+    same = {"TWOTOWER_OLD": "1", "twotower_older": "1", "TWOTOWER_NEW__KEY": "1"}
+    assert len(rename_deprecated(same, RENAMES)) == 2 and same == {"TWOTOWER_NEW__KEY": "1"}
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"TWOTOWER_OLD": "1", "TWOTOWER_NEW__KEY": "2"}, "TWOTOWER_NEW__KEY and TWOTOWER_OLD"),
+        ({"TWOTOWER_OLD": "1", "TWOTOWER_OLDER": "2"}, "TWOTOWER_OLD and TWOTOWER_OLDER"),
+    ],
+)
+def test_an_old_and_a_new_name_that_disagree_are_refused_naming_both(env, names):
+    before = dict(env)
+    with pytest.raises(ConfigError) as err:
+        rename_deprecated(env, RENAMES)
+    assert f"environment {names} are set to different values" in str(err.value)
+    assert "set TWOTOWER_NEW__KEY only" in str(err.value) and "2" not in str(err.value)
+    assert env == before  # nothing renamed
 
 
 def test_an_override_never_leaks_into_the_base_or_the_next_call():

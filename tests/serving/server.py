@@ -2,7 +2,7 @@
 
 Usage::
 
-    with running_server(art_dir, store_url, TWOTOWER_SERVE_RELOAD_POLL_S="0.2") as srv:
+    with running_server(art_dir, store_url, TWOTOWER_SERVE__RELOAD_POLL_S="0.2") as srv:
         httpx.post(f"{srv.url}/v1/recommend", json={...})
 
 It waits for ``/readyz`` (or, with ``ready=False``, ``/healthz``) and fails
@@ -69,7 +69,7 @@ def running_server(
 ) -> Iterator[Server]:
     """Start ``python -m twotower.cli serve`` on a free port; stop it (SIGTERM, then SIGKILL) on exit.
 
-    Extra keyword arguments are environment variables (e.g. ``TWOTOWER_SERVE_BATCH_MAX_SIZE="1"``).
+    Extra keyword arguments are environment variables (e.g. ``TWOTOWER_SERVE__BATCH_MAX_SIZE="1"``).
     """
     port = free_port()
     environ = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", **env}

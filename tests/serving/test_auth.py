@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from common.urls import STORE_URL_ENV
 from serving import auth
 from serving.auth import AccessMiddleware, KeyConfigError, KeyRing, credentials, needs_key
 from serving.settings import ENV_PREFIX, Settings
@@ -328,7 +329,7 @@ def test_key_problems_name_the_place_never_the_key(tmp_path: Path) -> None:
 
 
 def _serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
+    environ = {k: v for k, v in os.environ.items() if not k.upper().startswith("TWOTOWER_")}
     environ.update(PYTHONPATH=str(REPO), **env)
     cmd = [
         sys.executable,
@@ -346,7 +347,7 @@ def _serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
 def test_production_serve_without_keys_exits_2_naming_the_variable(tmp_path: Path) -> None:
     prod = {
         f"{ENV_PREFIX}ENVIRONMENT": "production",
-        f"{ENV_PREFIX}STORE_URL": "redis://127.0.0.1:6379/0",
+        STORE_URL_ENV: "redis://127.0.0.1:6379/0",
     }
     out = _serve(tmp_path, **prod)
     assert out.returncode == 2, out.stderr[-2000:]

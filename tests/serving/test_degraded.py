@@ -152,7 +152,7 @@ def test_e2e_dislike_then_redis_stopped_then_killed(art: Path, tmp_path: Path) -
     """A real ``twotower serve`` process and a real Redis that hangs, then dies."""
     with (
         redis_server(tmp_path) as redis_proc,
-        running_server(art, redis_proc.url, TWOTOWER_SERVE_STORE_TIMEOUT_S="0.2") as srv,
+        running_server(art, redis_proc.url, TWOTOWER_SERVE__STORE_TIMEOUT_S="0.2") as srv,
         httpx.Client(base_url=srv.url, timeout=10) as c,
     ):
         user, history = "e2e-deg", ["i5", "i6"]

@@ -294,7 +294,7 @@ def test_hot_reload_under_load_no_failures_no_mixed_versions(tmp_path: Path) -> 
                 ):
                     failures.append(f"mixed or unknown: {version} {_ids(body)[:5]}")
 
-    with running_server(art, redis_url(4), TWOTOWER_SERVE_RELOAD_POLL_S="0.2") as srv:
+    with running_server(art, redis_url(4), TWOTOWER_SERVE__RELOAD_POLL_S="0.2") as srv:
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(fire, w) for w in range(6)]
             deadline = time.monotonic() + 60

@@ -1,7 +1,7 @@
 """Property-based testing of the real server against its own OpenAPI document (schemathesis).
 
 ``twotower serve`` runs under uvicorn on a free loopback port with API keys on
-every ``/v1`` route (``TWOTOWER_SERVE_AUTH=all``); schemathesis reads
+every ``/v1`` route (``TWOTOWER_SERVE__AUTH=all``); schemathesis reads
 ``/openapi.json`` and runs every phase (explicit examples, coverage of the
 schema's boundaries, fuzzing, stateful sequences) with every check that
 applies, a bounded number of cases per operation and a fixed seed (the same
@@ -47,7 +47,7 @@ def test_schemathesis_finds_no_failure(art: Path, tmp_path: Path) -> None:
     config.write_text(CONFIG)
     report = tmp_path / "report.json"
     store = f"sqlite:///{tmp_path / 'store.sqlite'}"
-    env = {"TWOTOWER_SERVE_API_KEYS": KEY, "TWOTOWER_SERVE_AUTH": "all"}
+    env = {"TWOTOWER_SERVE__API_KEYS": KEY, "TWOTOWER_SERVE__AUTH": "all"}
     with running_server(art, store, **env) as srv:
         cmd = [
             sys.executable, "-m", "schemathesis.cli", "--no-color", "--config-file", str(config),

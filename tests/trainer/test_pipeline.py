@@ -20,7 +20,7 @@ from common.config import ConfigError, load_config
 from feature_store import open_store, run_sync
 from feature_store.events import make_event
 from tests.trainer.tiny import TINY, TINY_SETS
-from trainer.chief import is_chief_task
+from trainer.chief import TaskRole, parse_tf_config
 from trainer.data.sources import load_source
 from trainer.pipeline import reports, steps
 from trainer.pipeline import run as pipeline_run
@@ -207,19 +207,20 @@ def test_bad_gate_name_exits_2_before_any_work(tmp_path):
 
 
 def test_chief_task_from_tf_config():
-    assert is_chief_task(None) and is_chief_task("")
+    def chief(tf_config: str | None) -> bool:
+        return parse_tf_config(tf_config).is_chief
+
+    assert chief(None) and chief("") and parse_tf_config(None) == TaskRole()
     cluster = {"chief": ["a:1"], "worker": ["b:1", "c:1"]}
-    assert is_chief_task(json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}}))
-    assert not is_chief_task(
-        json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})
-    )
+    assert chief(json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}}))
+    assert not chief(json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
     no_chief = {"worker": ["b:1", "c:1"]}
-    assert is_chief_task(json.dumps({"cluster": no_chief, "task": {"type": "worker", "index": 0}}))
-    assert not is_chief_task(
-        json.dumps({"cluster": no_chief, "task": {"type": "worker", "index": 1}})
-    )
+    worker_1 = json.dumps({"cluster": no_chief, "task": {"type": "worker", "index": 1}})
+    assert chief(json.dumps({"cluster": no_chief, "task": {"type": "worker", "index": 0}}))
+    assert not chief(worker_1)
+    assert parse_tf_config(worker_1) == TaskRole("worker", 1, cluster_has_chief=False)
     with pytest.raises(ConfigError, match="TF_CONFIG"):
-        is_chief_task("{not json")
+        parse_tf_config("{not json")
 
 
 # -- runs that do not train: lock, reports, failures ----------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from common import artifacts
+from common.urls import STORE_URL_ENV
 from feature_store.archive import read_compacted
 from feature_store.events import Event
 from tests.trainer.test_pipeline import DATA, SETS, _config, _ingest
@@ -68,7 +69,7 @@ def test_freeze_writes_the_archive_and_keeps_the_newest(tmp_path):
     assert events == read_compacted(art / "events") and meta["warm_version"] is None
     assert summary["events"] == len(events) == meta["archived_events"]
 
-    second = _cli("--freeze", "--artifacts", str(art), env={**_env(), "TWOTOWER_STORE_URL": url})
+    second = _cli("--freeze", "--artifacts", str(art), env={**_env(), STORE_URL_ENV: url})
     assert second.returncode == 0, second.stderr[-2000:]
     assert json.loads(second.stdout)["pruned"] == [meta["id"]]  # pipeline.keep_snapshots = 1
     assert [p.name for p in list_snapshots(art)] == [json.loads(second.stdout)["id"]]
@@ -77,7 +78,7 @@ def test_freeze_writes_the_archive_and_keeps_the_newest(tmp_path):
 def _env() -> dict[str, str]:
     import os
 
-    return {k: v for k, v in os.environ.items() if k != "TWOTOWER_STORE_URL"}
+    return {k: v for k, v in os.environ.items() if "STORE" not in k}
 
 
 @pytest.mark.parametrize(
@@ -96,9 +97,9 @@ def test_flag_combinations_that_cannot_work_exit_2(tmp_path, args, message):
 
 
 def test_no_store_exits_2_and_names_the_variable(tmp_path):
-    # No --store, no TWOTOWER_STORE_URL: the default store, which does not exist here.
+    # No --store, no TWOTOWER_STORE__URL: the default store, which does not exist here.
     out = _cli("--artifacts", str(tmp_path / "art"), env=_env(), cwd=tmp_path)
-    assert out.returncode == 2 and "TWOTOWER_STORE_URL" in out.stderr
+    assert out.returncode == 2 and STORE_URL_ENV in out.stderr
     assert "no store file twotower-store.sqlite" in out.stderr
     assert not (tmp_path / "twotower-store.sqlite").exists()
 

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from twotower.cli import DEFAULT_STORE, STORE_ENV, build_parser, main
+from common.urls import DEFAULT_STORE_URL, STORE_URL_ENV
+from twotower.cli import build_parser, main
 
 COMMANDS = ["demo", "train", "evaluate", "serve", "ingest", "pipeline", "archive", "migrate-redis"]
 
@@ -115,8 +116,8 @@ def test_option_help_says_the_data_forms_and_the_store_default():
         if "--data" in helps:
             assert "events:DIR" in helps["--data"] and "ART/events" in helps["--data"], name
         if "--store" in helps:
-            assert f"${STORE_ENV}" in helps["--store"], name
-            assert DEFAULT_STORE in helps["--store"], name
+            assert f"${STORE_URL_ENV}" in helps["--store"], name
+            assert DEFAULT_STORE_URL in helps["--store"], name
 
 
 # A CLI run in a fresh interpreter: its exit code and whether it imported TensorFlow.

@@ -1,5 +1,6 @@
-"""One rule for the store of every command: ``--store``, else ``TWOTOWER_STORE_URL`` (a password
-need not be on a command line), else the embedded ``sqlite:///twotower-store.sqlite``."""
+"""One rule for the store of every command: ``--store``, else ``TWOTOWER_STORE__URL`` (a password
+need not be on a command line), else the embedded ``sqlite:///twotower-store.sqlite``; the
+environment read once at the start (old names renamed, ``TF_CONFIG`` parsed)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from twotower.cli import DEFAULT_STORE, STORE_COMMANDS, build_parser, main, store_from_environment
+from common.config import ConfigError
+from common.urls import DEFAULT_STORE_URL, STORE_URL_ENV
+from twotower.cli import STORE_COMMANDS, build_parser, main, read_environment
 
 REPO = Path(__file__).resolve().parents[2]
 URL = "redis://:s3cr3t@redis:6379/0"
@@ -20,12 +23,12 @@ URL = "redis://:s3cr3t@redis:6379/0"
 
 def _args(*argv: str, environ: dict[str, str]):
     args = build_parser().parse_args(list(argv))
-    store_from_environment(args, environ)
+    read_environment(args, environ)
     return args
 
 
 def test_the_environment_fills_in_a_missing_store():
-    env = {"TWOTOWER_STORE_URL": URL}
+    env = {STORE_URL_ENV: URL}
     assert _args("pipeline", "--artifacts", "a", environ=env).store == URL
     assert _args("ingest", "--data", "synthetic", environ=env).store == URL
     assert _args("forget", "--user", "u1", environ=env).store == URL
@@ -42,29 +45,63 @@ ARGV = {
 
 def test_one_rule_for_every_store_command():
     assert set(ARGV) == set(STORE_COMMANDS)
-    env = {"TWOTOWER_STORE_URL": URL}
+    env = {STORE_URL_ENV: URL}
     explicit = "sqlite:///x.sqlite"
     for argv in ARGV.values():
-        assert _args(*argv, "--store", explicit, environ=env).store == explicit
-        assert _args(*argv, environ=env).store == URL
-        assert _args(*argv, environ={}).store == DEFAULT_STORE
-        assert _args(*argv, environ={"TWOTOWER_STORE_URL": ""}).store == DEFAULT_STORE
-    # serve: its own setting (TWOTOWER_SERVE_STORE_URL) comes first and is read by serving.
-    both = {**env, "TWOTOWER_SERVE_STORE_URL": "redis://other:6379/1"}
-    assert _args(*ARGV["serve"], environ=both).store is None
-    assert _args(*ARGV["serve"], "--store", explicit, environ=both).store == explicit
+        assert _args(*argv, "--store", explicit, environ=dict(env)).store == explicit
+        assert _args(*argv, environ=dict(env)).store == URL
+        assert _args(*argv, environ={}).store == DEFAULT_STORE_URL
+        assert _args(*argv, environ={STORE_URL_ENV: ""}).store == DEFAULT_STORE_URL
     # A run on a frozen snapshot reads no store: none is made up for its report.
     assert _args(*ARGV["pipeline"], "--snapshot", "s", environ={}).store is None
+
+
+@pytest.mark.parametrize("old", ["TWOTOWER_STORE_URL", "TWOTOWER_SERVE_STORE_URL"])
+def test_the_old_store_names_are_renamed_for_every_command(old):
+    for argv in ARGV.values():
+        env = {old: URL}
+        args = build_parser().parse_args(argv)
+        (warning,) = read_environment(args, env)
+        assert args.store == URL and env == {STORE_URL_ENV: URL}
+        assert f"{old} is deprecated: use {STORE_URL_ENV}" in warning
+    with pytest.raises(ConfigError, match=f"{STORE_URL_ENV} and {old} are set to different"):
+        _args(*ARGV["ingest"], environ={old: URL, STORE_URL_ENV: "sqlite:///other.sqlite"})
+    # Both old names (serve and the other commands had one each) must agree too.
+    both = {"TWOTOWER_STORE_URL": URL, "TWOTOWER_SERVE_STORE_URL": "sqlite:///other.sqlite"}
+    with pytest.raises(ConfigError, match="TWOTOWER_SERVE_STORE_URL and TWOTOWER_STORE_URL"):
+        _args(*ARGV["serve"], environ=both)
+
+
+def test_an_unknown_store_variable_is_refused_with_the_nearest_name():
+    with pytest.raises(ConfigError, match=f"TWOTOWER_STORE__URI.*did you mean {STORE_URL_ENV}"):
+        _args(*ARGV["ingest"], environ={"TWOTOWER_STORE__URI": URL})
+
+
+def test_the_old_serve_names_are_renamed_once_for_the_settings():
+    env = {"TWOTOWER_SERVE_PORT": "9000", "TWOTOWER_SERVE__HOST": "0.0.0.0"}
+    (warning,) = read_environment(build_parser().parse_args(ARGV["pipeline"]), env)
+    assert env == {"TWOTOWER_SERVE__PORT": "9000", "TWOTOWER_SERVE__HOST": "0.0.0.0"}
+    assert "TWOTOWER_SERVE_PORT is deprecated: use TWOTOWER_SERVE__PORT" in warning
+
+
+def test_tf_config_is_read_once_for_a_snapshot_run():
+    cluster = {"worker": ["a:1", "b:1"]}
+    worker_1 = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}})
+    snapshot = [*ARGV["pipeline"], "--snapshot", "s"]
+    assert not _args(*snapshot, environ={"TF_CONFIG": worker_1}).task_role.is_chief
+    assert _args(*snapshot, environ={}).task_role.is_chief
+    # Only a snapshot run has replicas: elsewhere TF_CONFIG is TensorFlow's business.
+    assert _args(*ARGV["pipeline"], environ={"TF_CONFIG": "{bad"}).task_role.is_chief
+    with pytest.raises(ConfigError, match="TF_CONFIG"):
+        _args(*snapshot, environ={"TF_CONFIG": "{bad"})
 
 
 def test_serve_settings_follow_the_rule(monkeypatch):
     from twotower.commands.serve import settings_from_args
 
-    for name in ("TWOTOWER_STORE_URL", "TWOTOWER_SERVE_STORE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    assert settings_from_args(_args(*ARGV["serve"], environ={})).store_url == DEFAULT_STORE
-    monkeypatch.setenv("TWOTOWER_SERVE_STORE_URL", "sqlite:///serve.sqlite")
-    args = _args(*ARGV["serve"], environ={**os.environ, "TWOTOWER_STORE_URL": URL})
+    monkeypatch.delenv(STORE_URL_ENV, raising=False)
+    assert settings_from_args(_args(*ARGV["serve"], environ={})).store_url == DEFAULT_STORE_URL
+    args = _args(*ARGV["serve"], environ={STORE_URL_ENV: "sqlite:///serve.sqlite"})
     assert settings_from_args(args).store_url == "sqlite:///serve.sqlite"
 
 
@@ -72,11 +109,12 @@ def test_serve_settings_follow_the_rule(monkeypatch):
 def test_a_default_store_that_does_not_exist_is_refused_not_created(
     command, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.delenv("TWOTOWER_STORE_URL", raising=False)
+    for name in (STORE_URL_ENV, "TWOTOWER_STORE_URL", "TWOTOWER_SERVE_STORE_URL"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     assert main(ARGV[command]) == 2
     err = capsys.readouterr().err
-    assert "no store file twotower-store.sqlite" in err and "TWOTOWER_STORE_URL" in err
+    assert "no store file twotower-store.sqlite" in err and STORE_URL_ENV in err
     assert not (tmp_path / "twotower-store.sqlite").exists()
 
 
@@ -107,9 +145,11 @@ def test_ingest_pipeline_and_forget_share_the_default_store_without_a_flag(tmp_p
     assert json.loads(forget.stdout)["log_events_removed"] > 0
 
 
-def test_ingest_writes_to_the_store_the_environment_names(tmp_path):
+@pytest.mark.parametrize("variable", [STORE_URL_ENV, "TWOTOWER_STORE_URL"])
+def test_ingest_writes_to_the_store_the_environment_names(tmp_path, variable):
     path = tmp_path / "from-env.sqlite"
-    env = {**os.environ, "TWOTOWER_STORE_URL": f"sqlite:///{path}"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_")}
+    env[variable] = f"sqlite:///{path}"
     out = subprocess.run(
         [
             sys.executable,
@@ -128,5 +168,8 @@ def test_ingest_writes_to_the_store_the_environment_names(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout)["accepted"] > 0
     assert path.is_file() and not (tmp_path / "twotower-store.sqlite").exists()
+    # The old name still works, with one warning naming the new one.
+    deprecated = f"{variable} is deprecated: use {STORE_URL_ENV}"
+    assert out.stderr.count(deprecated) == (variable != STORE_URL_ENV), out.stderr[-2000:]
     with sqlite3.connect(path) as db:
         assert db.execute("select count(*) from sqlite_master").fetchone()[0] > 0

@@ -11,7 +11,7 @@ from typing import Any
 
 from common import artifacts
 from common.config import ConfigError
-from common.urls import redact_url
+from common.urls import STORE_URL_ENV, redact_url
 from trainer.pipeline import reports
 from trainer.pipeline.config import EVENTS_DIR, PipelineConfig
 from trainer.pipeline.gate import (
@@ -326,14 +326,14 @@ def check_store(url: str | None, *, scheduled: bool) -> None:
 
     if not url:
         raise ConfigError(
-            "no store: pass --store URL or set TWOTOWER_STORE_URL (keeps a password off the command line)"
+            f"no store: pass --store URL or set {STORE_URL_ENV} (keeps a password off the command line)"
         )
     parse_url(url)  # a malformed URL is exit 2 before anything runs
     missing = None if scheduled else missing_sqlite_file(url)
     if missing is not None:
         raise ConfigError(
             f"no store file {missing}: nothing was ingested there (run `twotower ingest` or start "
-            "`twotower serve` first, or pass --store URL / set TWOTOWER_STORE_URL)"
+            f"`twotower serve` first, or pass --store URL / set {STORE_URL_ENV})"
         )
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
 def pipeline_command(args: argparse.Namespace) -> int:
     """``twotower pipeline``: check the flags, then one run, a schedule, a freeze or a replica."""
     from common.config import ConfigError, load_config
-    from trainer.chief import is_chief_task
     from trainer.config import SOURCE_DEFAULTS
     from trainer.pipeline.config import PipelineConfig
     from trainer.pipeline.run import check_store, freeze_snapshot, train_as_worker
@@ -63,7 +61,7 @@ def pipeline_command(args: argparse.Namespace) -> int:
     if freeze:
         print(json.dumps(freeze_snapshot(args.store, Path(args.artifacts), config), indent=2))
         return 0
-    if snapshot and not is_chief_task(os.environ.get("TF_CONFIG")):
+    if snapshot and not args.task_role.is_chief:  # TF_CONFIG, read by twotower.cli
         train_as_worker(Path(args.artifacts), config, Path(snapshot))
         return 0
     return _run_and_report(args, config)

@@ -7,7 +7,7 @@ from typing import Any
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
-    """Serving settings: ``TWOTOWER_SERVE_*`` with the flags that were given on top."""
+    """Serving settings: their variables (``TWOTOWER_SERVE__*``) with the flags that were given on top."""
     from serving.main import serve_settings
 
     return serve_settings(
