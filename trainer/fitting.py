@@ -24,14 +24,9 @@ from trainer.data.examples import build_eval_set, build_train_examples
 from trainer.data.item_quality import tower_item_features
 from trainer.data.split import train_and_valid
 from trainer.evaluate import sample_rows
+from trainer.loop_state import IncompatibleCheckpointError
 from trainer.model import TwoTowerModel
-from trainer.train import (
-    IncompatibleCheckpointError,
-    Trainer,
-    TrainResult,
-    make_strategy,
-    seed_everything,
-)
+from trainer.train import Trainer, TrainResult, make_strategy, seed_everything
 from trainer.warmstart import warm_start
 
 log = logging.getLogger(__name__)

@@ -3,10 +3,10 @@
 A custom loop rather than ``Model.fit`` because an epoch's examples are
 rebuilt per epoch (lightgcn histories are resampled) and a killed run must
 resume at the exact step it checkpointed, as the same run: the checkpoint
-holds the model (with the streaming estimator's arrays), the optimizer, the
-(epoch, step) counters, the running sums of the epoch in progress, the
-early-stopping state (best validation recall, its epoch, epochs without
-improvement) and the per-epoch history. Batches are a pure function of
+(:mod:`trainer.loop_state`) holds the model (with the streaming estimator's
+arrays), the optimizer, the (epoch, step) counters, the running sums of the
+epoch in progress, the early-stopping state (best validation recall, its epoch,
+epochs without improvement) and the per-epoch history. Batches are a pure function of
 (seed, epoch) and the mixed negatives of (seed, global step), so the resumed
 run replays the same remaining batches and ends with the weights, history
 and estimator state of an uninterrupted run.
@@ -42,14 +42,11 @@ from common.config import ConfigError
 from trainer._tf import keras, tf
 from trainer.config import TrainerConfig
 from trainer.data.dataset import EvalSet, Examples
+from trainer.loop_state import LoopState
 from trainer.metrics import ranking_metrics, topk_all_ranking
 from trainer.model import TwoTowerModel, l2_normalize
 
 log = logging.getLogger(__name__)
-
-
-class IncompatibleCheckpointError(ValueError):
-    """A checkpoint in the run's directory cannot be restored into this model."""
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -140,54 +137,14 @@ class Trainer:
         self.progress = progress
         self.checkpoint_dir = Path(checkpoint_dir)
         self.write_dir = Path(write_dir) if write_dir is not None else self.checkpoint_dir
-        tc = config.train
-
-        def counter(name: str, value: float | int, dtype: tf.DType) -> tf.Variable:
-            return tf.Variable(value, dtype=dtype, trainable=False, name=name)
-
-        with strategy.scope():
-            self.optimizer = keras.optimizers.Adam(learning_rate=tc.learning_rate)
-            self.epoch = counter("epoch", 0, tf.int64)
-            self.step_in_epoch = counter("step_in_epoch", 0, tf.int64)
-            self.global_step = counter("global_step", 0, tf.int64)
-            self.best_recall = counter("best_recall", -1.0, tf.float64)
-            self.best_epoch = counter("best_epoch", -1, tf.int64)
-            self.bad_epochs = counter("bad_epochs", 0, tf.int64)
-            # Running sums of the epoch in progress, so a mid-epoch resume reports
-            # the same epoch loss as an uninterrupted run.
-            self.epoch_loss_sum = counter("epoch_loss_sum", 0.0, tf.float64)
-            self.epoch_steps = counter("epoch_steps", 0, tf.int64)
-        # The per-epoch history (JSON) lives in the checkpoint itself: written with
-        # the counters it describes, in the same atomic save.
-        self.history_json = tf.Variable("[]", dtype=tf.string, trainable=False, name="history")
-        self.ckpt = tf.train.Checkpoint(
-            model=model,
-            optimizer=self.optimizer,
-            epoch=self.epoch,
-            step_in_epoch=self.step_in_epoch,
-            global_step=self.global_step,
-            best_recall=self.best_recall,
-            best_epoch=self.best_epoch,
-            bad_epochs=self.bad_epochs,
-            epoch_loss_sum=self.epoch_loss_sum,
-            epoch_steps=self.epoch_steps,
-            ssm_tracker=model.ssm_tracker,
-            ntr_tracker=model.ntr_tracker,
-            history=self.history_json,
+        self.state = LoopState(
+            model, config.train.learning_rate, strategy, self.checkpoint_dir, self.write_dir
         )
-        self.manager = tf.train.CheckpointManager(
-            self.ckpt, str(self.write_dir / "latest"), max_to_keep=2
-        )
-        self.best_ckpt = tf.train.Checkpoint(model=model)
-        self.best_manager = tf.train.CheckpointManager(
-            self.best_ckpt, str(self.write_dir / "best"), max_to_keep=1
-        )
-        self.history: list[dict] = []
         self._train_step = self._make_train_step()
 
     def _make_train_step(self) -> Callable:
-        model, optimizer, strategy = self.model, self.optimizer, self.strategy
-        global_step = self.global_step
+        model, optimizer, strategy = self.model, self.state.optimizer, self.strategy
+        global_step = self.state.global_step
 
         def step_fn(batch: dict[str, tf.Tensor]) -> tf.Tensor:
             with tf.GradientTape() as tape:
@@ -213,60 +170,13 @@ class Trainer:
 
         return train_step
 
-    def restore(self) -> dict | None:
-        """Restore the latest checkpoint of ``checkpoint_dir`` if any; where training resumes.
-
-        Raises:
-          IncompatibleCheckpointError: the checkpoint's variables do not fit this
-            model (e.g. it was written for a catalog of another size) or it is
-            unreadable. The model may be partly overwritten: build a new one.
-        """
-        latest = tf.train.latest_checkpoint(str(self.checkpoint_dir / "latest"))
-        if latest is None:
-            return None
-        try:
-            self.ckpt.restore(latest).expect_partial()
-        except (ValueError, tf.errors.OpError) as exc:
-            raise IncompatibleCheckpointError(f"{latest}: {exc}") from exc
-        where = {
-            "checkpoint": latest,
-            "epoch": int(self.epoch.numpy()),
-            "step_in_epoch": int(self.step_in_epoch.numpy()),
-            "global_step": int(self.global_step.numpy()),
-        }
-        self.history = self._read_history()
-        log.info("resuming from %s", where)
-        return where
-
-    def _read_history(self) -> list[dict]:
-        text = self.history_json.numpy().decode("utf-8", errors="replace")
-        try:
-            history = json.loads(text)
-            if isinstance(history, list) and all(isinstance(r, dict) for r in history):
-                return history
-        except json.JSONDecodeError:
-            pass
-        log.warning(
-            "the checkpoint's per-epoch history is unreadable; the resumed run reports "
-            "only the epochs it trains from now on"
-        )
-        return []
-
-    def _save(self) -> None:
-        # A Ctrl-C during the save takes effect once the checkpoint is complete.
-        with interrupts.deferred():
-            self.history_json.assign(json.dumps(self.history))
-            self.manager.save(checkpoint_number=int(self.global_step.numpy()))
-
     def _patience_exhausted(self) -> bool:
         patience = self.config.train.early_stopping_patience
-        return self.valid is not None and patience > 0 and int(self.bad_epochs.numpy()) >= patience
-
-    def _best_checkpoint(self) -> str | None:
-        # This process's own best if it saved one, else the one it resumed with.
-        return tf.train.latest_checkpoint(
-            str(self.write_dir / "best")
-        ) or tf.train.latest_checkpoint(str(self.checkpoint_dir / "best"))
+        return (
+            self.valid is not None
+            and patience > 0
+            and int(self.state.bad_epochs.numpy()) >= patience
+        )
 
     def fit(self, resume: bool = True) -> TrainResult:
         """Train to ``train.epochs`` (or early stopping), resuming when a checkpoint exists.
@@ -275,13 +185,13 @@ class Trainer:
         last checkpoint is where the same run resumes.
 
         Raises:
-          IncompatibleCheckpointError: see :meth:`restore`.
+          IncompatibleCheckpointError: see :meth:`LoopState.restore`.
           ConfigError: ``train.batch_size`` exceeds an epoch's training rows.
           KeyboardInterrupt: Ctrl-C.
         """
-        tc = self.config.train
+        tc, state = self.config.train, self.state
         self.write_dir.mkdir(parents=True, exist_ok=True)
-        resumed = self.restore() if resume else None
+        resumed = state.restore() if resume else None
         start = time.perf_counter()
         trained_rows = 0
         # Carriage-return bars only where they redraw in place; logs get a line per epoch.
@@ -290,56 +200,14 @@ class Trainer:
             log.info(
                 "the checkpoint's run had already stopped early at epoch %d "
                 "(no better valid recall@20 for %d epochs); not training further",
-                int(self.epoch.numpy()),
+                int(state.epoch.numpy()),
                 tc.early_stopping_patience,
             )
-        while int(self.epoch.numpy()) < tc.epochs and not self._patience_exhausted():
+        while int(state.epoch.numpy()) < tc.epochs and not self._patience_exhausted():
             interrupts.check()
-            epoch = int(self.epoch.numpy())
-            examples = self.examples_fn(epoch)
-            steps = len(examples) // tc.batch_size
-            if tc.max_steps_per_epoch is not None:
-                steps = min(steps, tc.max_steps_per_epoch)
-            if steps == 0:
-                raise ConfigError(
-                    f"train.batch_size={tc.batch_size} is larger than the {len(examples)} "
-                    f"training rows of epoch {epoch + 1}: nothing to train on; lower it "
-                    f"(e.g. --set train.batch_size={_smaller_batch(len(examples))})"
-                )
-            skip = int(self.step_in_epoch.numpy())
-            ds = _batches(examples, tc.batch_size, tc.seed, epoch).take(steps).skip(skip)
-            dist = self.strategy.experimental_distribute_dataset(ds)
-            bar = tqdm(
-                total=steps,
-                initial=skip,
-                desc=f"epoch {epoch + 1}/{tc.epochs}",
-                unit="step",
-                file=sys.stderr,
-                disable=not bars,
-                mininterval=0.5,
-            )
-            epoch_start, epoch_rows = time.perf_counter(), 0
-            for batch in dist:
-                interrupts.check()  # a Ctrl-C whose exception TF or Keras swallowed
-                loss = float(self._train_step(batch).numpy())
-                if not math.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss became {loss} at epoch {epoch + 1}, step "
-                        f"{int(self.step_in_epoch.numpy()) + 1}"
-                    )
-                self.epoch_loss_sum.assign_add(loss)
-                self.epoch_steps.assign_add(1)
-                trained_rows += tc.batch_size
-                epoch_rows += tc.batch_size
-                self.step_in_epoch.assign_add(1)
-                self.global_step.assign_add(1)
-                bar.update(1)
-                n = int(self.epoch_steps.numpy())
-                bar.set_postfix(loss=f"{float(self.epoch_loss_sum.numpy()) / n:.4f}", refresh=False)
-                if int(self.global_step.numpy()) % tc.checkpoint_every == 0:
-                    self._save()
-            bar.close()
-            train_seconds = time.perf_counter() - epoch_start
+            epoch = int(state.epoch.numpy())
+            epoch_rows, train_seconds = self._train_epoch(epoch, bars)
+            trained_rows += epoch_rows
             record = self._end_epoch(epoch)
             log.info(
                 "%s",
@@ -350,43 +218,96 @@ class Trainer:
                     time.perf_counter() - start,
                 ),
             )
-            self._save()
+            state.save()
             if self._patience_exhausted():
                 log.info(
                     "early stopping: no better valid recall@20 for %d epochs",
                     tc.early_stopping_patience,
                 )
         interrupts.check()
-        best = self._best_checkpoint()
-        if best is not None:
-            self.best_ckpt.restore(best).expect_partial()
-            if self.valid is not None:
-                log.info(
-                    "keeping the weights of epoch %d (best valid recall@20 %.4f)",
-                    int(self.best_epoch.numpy()),
-                    float(self.best_recall.numpy()),
-                )
+        self._keep_best()
         seconds = time.perf_counter() - start
         return TrainResult(
-            epochs_run=int(self.epoch.numpy()),
-            best_epoch=int(self.best_epoch.numpy()),
-            best_valid_recall=float(self.best_recall.numpy()),
-            steps=int(self.global_step.numpy()),
+            epochs_run=int(state.epoch.numpy()),
+            best_epoch=int(state.best_epoch.numpy()),
+            best_valid_recall=float(state.best_recall.numpy()),
+            steps=int(state.global_step.numpy()),
             seconds=seconds,
             examples_per_second=trained_rows / seconds if seconds > 0 else 0.0,
-            history=list(self.history),
+            history=list(state.history),
             resumed_from=resumed,
         )
+
+    def _train_epoch(self, epoch: int, bars: bool) -> tuple[int, float]:
+        """The remaining steps of epoch ``epoch`` (0-based): (rows trained, seconds)."""
+        tc, state = self.config.train, self.state
+        examples = self.examples_fn(epoch)
+        steps = len(examples) // tc.batch_size
+        if tc.max_steps_per_epoch is not None:
+            steps = min(steps, tc.max_steps_per_epoch)
+        if steps == 0:
+            raise ConfigError(
+                f"train.batch_size={tc.batch_size} is larger than the {len(examples)} "
+                f"training rows of epoch {epoch + 1}: nothing to train on; lower it "
+                f"(e.g. --set train.batch_size={_smaller_batch(len(examples))})"
+            )
+        skip = int(state.step_in_epoch.numpy())
+        ds = _batches(examples, tc.batch_size, tc.seed, epoch).take(steps).skip(skip)
+        dist = self.strategy.experimental_distribute_dataset(ds)
+        bar = tqdm(
+            total=steps,
+            initial=skip,
+            desc=f"epoch {epoch + 1}/{tc.epochs}",
+            unit="step",
+            file=sys.stderr,
+            disable=not bars,
+            mininterval=0.5,
+        )
+        epoch_start, epoch_rows = time.perf_counter(), 0
+        for batch in dist:
+            interrupts.check()  # a Ctrl-C whose exception TF or Keras swallowed
+            loss = float(self._train_step(batch).numpy())
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss became {loss} at epoch {epoch + 1}, step "
+                    f"{int(state.step_in_epoch.numpy()) + 1}"
+                )
+            state.epoch_loss_sum.assign_add(loss)
+            state.epoch_steps.assign_add(1)
+            epoch_rows += tc.batch_size
+            state.step_in_epoch.assign_add(1)
+            state.global_step.assign_add(1)
+            bar.update(1)
+            n = int(state.epoch_steps.numpy())
+            bar.set_postfix(loss=f"{float(state.epoch_loss_sum.numpy()) / n:.4f}", refresh=False)
+            if int(state.global_step.numpy()) % tc.checkpoint_every == 0:
+                state.save()
+        bar.close()
+        return epoch_rows, time.perf_counter() - epoch_start
+
+    def _keep_best(self) -> None:
+        """Load the best epoch's weights, when a best checkpoint exists."""
+        best = self.state.best_checkpoint()
+        if best is None:
+            return
+        self.state.best_ckpt.restore(best).expect_partial()
+        if self.valid is not None:
+            log.info(
+                "keeping the weights of epoch %d (best valid recall@20 %.4f)",
+                int(self.state.best_epoch.numpy()),
+                float(self.state.best_recall.numpy()),
+            )
 
     def _end_epoch(self, epoch: int) -> dict:
         """Record epoch ``epoch`` (0-based), update early stopping, advance the counters.
 
         Returns the epoch's history record.
         """
-        n = int(self.epoch_steps.numpy())
+        state = self.state
+        n = int(state.epoch_steps.numpy())
         record = {
             "epoch": epoch + 1,
-            "loss": float(self.epoch_loss_sum.numpy()) / max(n, 1),
+            "loss": float(state.epoch_loss_sum.numpy()) / max(n, 1),
             "ssm": float(self.model.ssm_tracker.result().numpy()),
             "ntr": float(self.model.ntr_tracker.result().numpy()),
         }
@@ -395,19 +316,19 @@ class Trainer:
         if self.valid is not None:
             recall = validation_recall(self.model, self.valid)
             record["valid_recall@20"] = recall
-            if recall > float(self.best_recall.numpy()):
-                self.best_recall.assign(recall)
-                self.best_epoch.assign(epoch + 1)
-                self.bad_epochs.assign(0)
-                self.best_manager.save()
+            if recall > float(state.best_recall.numpy()):
+                state.best_recall.assign(recall)
+                state.best_epoch.assign(epoch + 1)
+                state.bad_epochs.assign(0)
+                state.best_manager.save()
             else:
-                self.bad_epochs.assign_add(1)
+                state.bad_epochs.assign_add(1)
         log.debug("epoch %s", json.dumps(record))
-        self.history.append(record)
-        self.epoch.assign_add(1)
-        self.step_in_epoch.assign(0)
-        self.epoch_loss_sum.assign(0.0)
-        self.epoch_steps.assign(0)
+        state.history.append(record)
+        state.epoch.assign_add(1)
+        state.step_in_epoch.assign(0)
+        state.epoch_loss_sum.assign(0.0)
+        state.epoch_steps.assign(0)
         return record
 
 

@@ -95,8 +95,8 @@ def test_a_corrupt_history_in_the_checkpoint_is_tolerated(tiny_ds, tmp_path, cap
     cfg = trainer_config("synthetic", overrides=[*TINY_SETS, "train.epochs=1"])
     _model, trainer = _trainer(tiny_ds, cfg, tmp_path / "ckpt")
     trainer.fit()
-    trainer.history_json.assign("{not json")
-    trainer.manager.save(checkpoint_number=10_000)
+    trainer.state.history_json.assign("{not json")
+    trainer.state.manager.save(checkpoint_number=10_000)
     cfg2 = trainer_config("synthetic", overrides=[*TINY_SETS, "train.epochs=2"])
     _model, resumed = _trainer(tiny_ds, cfg2, tmp_path / "ckpt")
     with caplog.at_level(logging.WARNING):
@@ -203,8 +203,8 @@ def _killed_run(ds, cfg, ckpt: Path) -> None:
     """Leave what a run killed after its first checkpoint leaves behind."""
     _model, trainer = _trainer(ds, cfg, ckpt)
     ckpt.mkdir(parents=True, exist_ok=True)
-    trainer.global_step.assign(3)
-    trainer._save()
+    trainer.state.global_step.assign(3)
+    trainer.state.save()
     assert tf.train.latest_checkpoint(str(ckpt / "latest"))
 
 
