@@ -668,12 +668,9 @@ def case_world(
 ) -> tuple[str, Any, Any, dict[str, Any]]:
     """(spec, Dataset, GroundTruth, the cases' items and user groups) of one seed's world."""
     from trainer.data.examples import build_eval_set
-    from trainer.data.synthetic import (
-        cold_and_disliked_items,
-        generate_with_truth,
-        parse_params,
-        popular_disliked_items,
-    )
+    from trainer.data.synthetic import generate_with_truth
+    from trainer.data.synthetic_params import parse_params
+    from trainer.data.synthetic_truth import cold_and_disliked_items, popular_disliked_items
     from trainer.run import trainer_config
 
     full = f"{arg},seed={seed + 1}"

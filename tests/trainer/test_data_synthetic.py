@@ -10,7 +10,8 @@ import pytest
 
 from trainer.data.dataset import DISLIKE, POSITIVE, TEST, TRAIN
 from trainer.data.errors import DataError
-from trainer.data.synthetic import SyntheticParams, generate, parse_params
+from trainer.data.synthetic import generate
+from trainer.data.synthetic_params import SyntheticParams, parse_params
 
 SMALL = "users=400,items=500,seed=1"
 

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 
 from trainer.data.dataset import DISLIKE, POSITIVE, TRAIN
-from trainer.data.synthetic import (
+from trainer.data.synthetic import generate, generate_with_truth
+from trainer.data.synthetic_params import parse_params
+from trainer.data.synthetic_truth import (
     cold_and_disliked_items,
     explained_dislike_counts,
-    generate,
-    generate_with_truth,
     label_counts,
-    parse_params,
     popular_disliked_items,
 )
 

@@ -51,7 +51,8 @@ def load_source(spec: str, *, skip_bad_lines: bool = False, progress: bool = Fal
     if progress:
         log.info("reading %s", spec)
     if kind == "synthetic":
-        from trainer.data.synthetic import generate, parse_params
+        from trainer.data.synthetic import generate
+        from trainer.data.synthetic_params import parse_params
 
         return generate(parse_params(arg), source=spec)
     if kind == "movielens":
@@ -101,7 +102,7 @@ def check_source(spec: str) -> None:
     """
     _spec, kind, arg = _split(spec)
     if kind == "synthetic":
-        from trainer.data.synthetic import parse_params
+        from trainer.data.synthetic_params import parse_params
 
         parse_params(arg)
     elif kind == "movielens":
