@@ -1,7 +1,7 @@
 """Training rows and evaluation sets from a split :class:`Dataset`.
 
 Histories are token matrices (item index + 1, 0 = padding), right-aligned:
-the most recent item is in the last column.
+the most recent item is in the last column; :mod:`trainer.data.inputs` builds them.
 
 Timestamped sources (synthetic, movielens, events)
 --------------------------------------------------
@@ -79,85 +79,7 @@ from trainer.data.dataset import (
     EvalSet,
     Examples,
 )
-from trainer.data.split import group_starts, tie_starts
-
-#: rows per chunk of window gathering: bounds memory at ~CHUNK * H * 8 bytes.
-CHUNK = 65536
-
-
-def _windows(
-    end: np.ndarray, begin: np.ndarray, positions: np.ndarray, items: np.ndarray, length: int
-) -> np.ndarray:
-    """int32 [n, length]: tokens of ``items[positions[end - length : end]]``, right-aligned.
-
-    ``positions`` is a global list (events of one kind, in sorted order); row r
-    takes its entries ``begin[r] <= j < end[r]``, the last ``length`` of them.
-    """
-    n = len(end)
-    out = np.zeros((n, length), dtype=np.int32)
-    if length == 0 or n == 0 or len(positions) == 0:
-        return out
-    tokens = items[positions].astype(np.int32) + 1
-    cols = np.arange(length, dtype=np.int64)
-    for lo in range(0, n, CHUNK):
-        hi = min(lo + CHUNK, n)
-        j = end[lo:hi, None] - length + cols
-        ok = j >= begin[lo:hi, None]
-        out[lo:hi] = np.where(ok, tokens[np.where(ok, j, 0)], 0)
-    return out
-
-
-class _Timeline:
-    """Per-event lookups for "what did this user do strictly before this event"."""
-
-    def __init__(self, ds: Dataset, hide: np.ndarray | None = None):
-        """``hide``: bool [E], events never shown as an input (held-out dislikes)."""
-        self.ds = ds
-        self.tie = tie_starts(ds.users, ds.ts)
-        self.user_start = group_starts(ds.users)
-        shown = np.ones(len(ds.users), dtype=bool) if hide is None else ~hide
-        pos, dis = (ds.labels == POSITIVE) & shown, (ds.labels == DISLIKE) & shown
-        self.pos = np.flatnonzero(pos)
-        self.dis = np.flatnonzero(dis)
-        # c[i] = shown events of the kind before position i.
-        self.cpos = np.concatenate([[0], np.cumsum(pos)])
-        self.cdis = np.concatenate([[0], np.cumsum(dis)])
-
-    def inputs(self, rows: np.ndarray, H: int, D: int) -> tuple[np.ndarray, np.ndarray]:
-        """(history [n, H], dislikes [n, D]) tokens strictly before the events ``rows``."""
-        tie, start = self.tie[rows], self.user_start[rows]
-        history = _windows(self.cpos[tie], self.cpos[start], self.pos, self.ds.items, H)
-        dislikes = _windows(self.cdis[tie], self.cdis[start], self.dis, self.ds.items, D)
-        return history, dislikes
-
-
-def _sample_other_items(
-    ds: Dataset, rows: np.ndarray, H: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """For each of ``rows`` (one user's TRAIN positives, grouped by user): H tokens of the
-    user's other TRAIN positives, a uniform sample in random order, right-aligned.
-
-    Returns (rows in the shuffled order used, history int32 [n, H]).
-    """
-    users = ds.users[rows]
-    shuffled = rows[np.lexsort((rng.random(len(rows)), users))]
-    u = ds.users[shuffled]
-    begin = group_starts(u)
-    size = np.bincount(u, minlength=ds.num_users)[u]
-    # For a uniformly shuffled block, the L entries after the target (cyclically)
-    # are a uniform L-subset of the others, in random order, and never the target.
-    take = np.minimum(H, size - 1)
-    tokens = ds.items[shuffled].astype(np.int32) + 1
-    out = np.zeros((len(rows), H), dtype=np.int32)
-    cols = np.arange(H, dtype=np.int64)
-    for lo in range(0, len(rows), CHUNK):
-        hi = min(lo + CHUNK, len(rows))
-        k = cols - (H - take[lo:hi, None])
-        ok = k >= 0
-        pos = np.arange(lo, hi)[:, None]
-        src = begin[lo:hi, None] + (pos - begin[lo:hi, None] + 1 + k) % size[lo:hi, None]
-        out[lo:hi] = np.where(ok, tokens[np.where(ok, src, 0)], 0)
-    return shuffled, out
+from trainer.data.inputs import Timeline, row_of, sample_other_items, untimed_inputs
 
 
 def build_train_examples(
@@ -198,10 +120,10 @@ def build_train_examples(
     if ds.timestamped:
         rows = np.flatnonzero(ds.split == TRAIN)
         # A held-out dislike is never a training row, nor in one's input.
-        history, dislikes = _Timeline(ds, hide=ds.split == HOLDOUT).inputs(rows, H, D)
+        history, dislikes = Timeline(ds, hide=ds.split == HOLDOUT).inputs(rows, H, D)
     else:
         rows = np.flatnonzero((ds.split == TRAIN) & (ds.labels == POSITIVE))
-        rows, history = _sample_other_items(ds, rows, H, np.random.default_rng([seed, epoch]))
+        rows, history = sample_other_items(ds, rows, H, np.random.default_rng([seed, epoch]))
         dislikes = np.zeros((len(rows), D), dtype=np.int32)
     positive = ds.labels[rows] == POSITIVE
     item = (ds.items[rows] + 1).astype(np.int32)
@@ -226,13 +148,6 @@ def _csr(rows: np.ndarray, items: np.ndarray, num_rows: int) -> tuple[np.ndarray
     return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), items.astype(np.int32)
 
 
-def _row_of(users: np.ndarray, eval_users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(is the user evaluated [len(users)], its row in ``eval_users`` (sorted))."""
-    at = np.clip(np.searchsorted(eval_users, users), 0, max(len(eval_users) - 1, 0))
-    hit = (eval_users[at] == users) if len(eval_users) else np.zeros(len(users), bool)
-    return hit, at
-
-
 def _eval_set(
     ds: Dataset,
     eval_users: np.ndarray,
@@ -243,7 +158,7 @@ def _eval_set(
     """An EvalSet of ``eval_users`` from event indices (targets, mask, dislike answers)."""
 
     def csr_of(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        hit, row = _row_of(ds.users[idx], eval_users)
+        hit, row = row_of(ds.users[idx], eval_users)
         return _csr(row[hit], ds.items[idx][hit].astype(np.int64), len(eval_users))
 
     (tp, ti), (mp, mi), (dp, di) = (csr_of(idx) for idx in events)
@@ -300,9 +215,9 @@ def build_eval_set(
 
     if ds.timestamped:
         first = target_idx[np.unique(ds.users[target_idx], return_index=True)[1]]
-        history, dislikes = _Timeline(ds).inputs(first, H, D)
+        history, dislikes = Timeline(ds).inputs(first, H, D)
     else:
-        history = _untimed_inputs(ds, eval_users, H, np.random.default_rng([seed, held]))
+        history = untimed_inputs(ds, eval_users, H, np.random.default_rng([seed, held]))
         dislikes = np.zeros((u, D), dtype=np.int32)
     return _eval_set(ds, eval_users, history, dislikes, (target_idx, mask_idx, dis))
 
@@ -364,33 +279,8 @@ def build_judged_set(ds: Dataset, which: str, history_length: int, dislike_lengt
     target_idx = target_idx[np.isin(ds.users[target_idx], eval_users)]
     first = target_idx[np.unique(ds.users[target_idx], return_index=True)[1]]
     # The input at the target's time, the held-out dislikes hidden (they are the answers).
-    history, dislikes = _Timeline(ds, hide=ds.split == HOLDOUT).inputs(first, H, D)
+    history, dislikes = Timeline(ds, hide=ds.split == HOLDOUT).inputs(first, H, D)
     return _eval_set(ds, eval_users, history, dislikes, (target_idx, mask_idx, dis))
-
-
-def _untimed_inputs(
-    ds: Dataset, eval_users: np.ndarray, H: int, rng: np.random.Generator
-) -> np.ndarray:
-    """int32 [u, H]: each evaluated user's TRAIN items in index order, right-aligned.
-
-    All of them when the user has at most H; otherwise a uniform sample of H
-    (drawn with ``rng``), still in index order.
-    """
-    u = len(eval_users)
-    history = np.zeros((u, H), dtype=np.int32)
-    train = np.flatnonzero((ds.labels == POSITIVE) & (ds.split == TRAIN))
-    shuffled = train[np.lexsort((rng.random(len(train)), ds.users[train]))]
-    rank = np.arange(len(shuffled)) - group_starts(ds.users[shuffled])
-    keep = shuffled[rank < H]
-    keep = keep[np.lexsort((ds.items[keep], ds.users[keep]))]
-    hit, row = _row_of(ds.users[keep], eval_users)
-    keep, row = keep[hit], row[hit]
-    if len(keep) == 0:
-        return history
-    counts = np.bincount(row, minlength=u)
-    col = np.arange(len(keep)) - group_starts(row)
-    history[row, H - counts[row] + col] = ds.items[keep] + 1
-    return history
 
 
 def capped_users(ds: Dataset, evalset: EvalSet, history_length: int) -> int:
