@@ -3,9 +3,11 @@
 
 Installed in the images as ``twotower-healthcheck`` (the slim image has no
 curl). ``twotower-healthcheck /readyz`` checks readiness, the default
-``/healthz`` liveness. The port is ``TWOTOWER_SERVE_PORT`` (default 8000), the
-same variable the API binds with; the timeout is 3 s so a wedged server counts
-as unhealthy rather than hanging the check.
+``/healthz`` liveness. The port is ``TWOTOWER_SERVE__PORT`` (default 8000), the
+same variable the API binds with, or its old name ``TWOTOWER_SERVE_PORT`` (the
+check is a process of its own, started with the container's environment as
+written, and imports nothing of the package to stay quick); the timeout is 3 s
+so a wedged server counts as unhealthy rather than hanging the check.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import urllib.error
 import urllib.request
 
 DEFAULT_PORT = 8000
+#: The API's port setting (serving.settings.env_name("port")), then its name before the scheme.
+PORT_ENV = ("TWOTOWER_SERVE__PORT", "TWOTOWER_SERVE_PORT")
 TIMEOUT_S = 3.0
 
 
@@ -24,7 +28,8 @@ def probe(
 ) -> tuple[bool, str]:
     """GET ``http://host:port/path``; returns (healthy, one-line reason)."""
     if port is None:
-        port = int(os.environ.get("TWOTOWER_SERVE_PORT", DEFAULT_PORT) or DEFAULT_PORT)
+        value = next((os.environ[name] for name in PORT_ENV if os.environ.get(name)), None)
+        port = int(value or DEFAULT_PORT)
     url = f"http://{host}:{port}/{path.lstrip('/')}"
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
@@ -40,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
         healthy, reason = probe(args[0] if args else "/healthz")
-    except ValueError as exc:  # a non-numeric TWOTOWER_SERVE_PORT
-        print(f"healthcheck: TWOTOWER_SERVE_PORT: {exc}", file=sys.stderr)
+    except ValueError as exc:  # a non-numeric port setting
+        print(f"healthcheck: {PORT_ENV[0]}: {exc}", file=sys.stderr)
         return 2
     print(reason, file=sys.stderr if not healthy else sys.stdout)
     return 0 if healthy else 1

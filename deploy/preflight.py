@@ -6,27 +6,35 @@ every twotower process through it::
 
     twotower-preflight -- twotower serve --artifacts /artifacts --host 0.0.0.0
 
-``TWOTOWER_ENV`` selects the mode: ``development`` (the default; local
-defaults are accepted, with a warning) or ``production``, where the process is
-not started (exit 2, one line per problem) while any of these holds:
+Its settings are section ``deploy`` of the environment scheme (docs/CONTRACT.md,
+"Configuration"): ``TWOTOWER_DEPLOY__ENVIRONMENT`` selects the mode:
+``development`` (the default; local defaults are accepted, with a warning) or
+``production``, where the process is not started (exit 2, one line per
+problem) while any of these holds:
 
-* a Redis password (``TWOTOWER_REDIS_PASSWORD`` or the password inside a store
-  URL) is the local-stack default, a placeholder (``CHANGE-ME``...), shorter
-  than 16 characters, or missing from a plain ``redis://`` URL to another host;
+* a Redis password (``TWOTOWER_DEPLOY__REDIS_PASSWORD`` or the password inside
+  a store URL) is the local-stack default, a placeholder (``CHANGE-ME``...),
+  shorter than 16 characters, or missing from a plain ``redis://`` URL to
+  another host;
 * any ``TWOTOWER_*`` variable still holds a placeholder value (an example
   Secret deployed as is);
 * a store URL the command will use is refused by the serving settings'
   production rules (sqlite, unauthenticated remote Redis): those rules live in
   ``serving.settings`` and are called from here, not restated;
 * a ``rediss://`` URL turns certificate verification off (``ssl_cert_reqs=none``);
-* ``TWOTOWER_SERVE_ENVIRONMENT`` is not ``production`` (serving would skip its
+* ``TWOTOWER_SERVE__ENVIRONMENT`` is not ``production`` (serving would skip its
   own production checks) or the benchmark-only ``/_floor`` route is enabled;
-* ``twotower serve`` gets no API keys (neither ``TWOTOWER_SERVE_API_KEYS`` nor
-  ``TWOTOWER_SERVE_API_KEYS_FILE``; serving refuses that too, and checks the
+* ``twotower serve`` gets no API keys (neither ``TWOTOWER_SERVE__API_KEYS`` nor
+  ``TWOTOWER_SERVE__API_KEYS_FILE``; serving refuses that too, and checks the
   keys themselves: length, placeholders).
 
 In any mode a Redis password with characters that are not URL-safe is refused:
 it is pasted into ``redis://:PASSWORD@host`` unescaped (use ``openssl rand -hex 32``).
+So are an unknown ``TWOTOWER_DEPLOY__*`` name and an old name (``TWOTOWER_ENV``,
+``TWOTOWER_REDIS_PASSWORD``, ``TWOTOWER_SERVE_<FIELD>``, ``TWOTOWER_STORE_URL``...)
+set beside its new one to another value. Old names are judged under their new
+ones, with a warning each, and handed to the command renamed (it does not warn
+again).
 
 Nothing secret is printed: problems name the variable or flag, never its value.
 """
@@ -40,7 +48,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
-from common.urls import mask_password, redact_url
+from common.config import ConfigError, check_section_env, env_name, rename_deprecated
+from common.urls import STORE_URL_ENV, mask_password, redact_url
+from serving import settings as serve_settings
 
 MODES = ("development", "production")
 #: The compose file's local default; anything but local use must replace it.
@@ -50,8 +60,17 @@ MIN_SECRET_LENGTH = 16
 PLACEHOLDER_MARKERS = ("change-me", "changeme", "change_me", "placeholder", "replace-me")
 _URL_SAFE = re.compile(r"^[A-Za-z0-9._~-]*$")
 _URL_ENCODED = re.compile(r"^(?:[A-Za-z0-9._~-]|%[0-9A-Fa-f]{2})*$")
-#: Environment variables that may hold a store URL (serving's and the deploy scripts').
-STORE_URL_VARS = ("TWOTOWER_SERVE_STORE_URL", "TWOTOWER_STORE_URL")
+#: The preflight's own settings, section ``deploy`` of the scheme.
+DEPLOY_KEYS = ("environment", "redis_password")
+ENVIRONMENT_ENV = env_name("deploy", "environment")
+REDIS_PASSWORD_ENV = env_name("deploy", "redis_password")
+#: Their names before the scheme.
+OLD_DEPLOY_ENV = {"TWOTOWER_ENV": ENVIRONMENT_ENV, "TWOTOWER_REDIS_PASSWORD": REDIS_PASSWORD_ENV}
+
+
+def deprecated_names() -> dict[str, str]:
+    """Old name -> new name of every variable judged here: the preflight's, serve's, the store's."""
+    return {**OLD_DEPLOY_ENV, **serve_settings.deprecated_env()}
 
 
 @dataclass
@@ -76,7 +95,7 @@ def store_urls(environ: Mapping[str, str], argv: Sequence[str]) -> list[tuple[st
     """Every store URL the process will use, as ``(where it comes from, url)``.
 
     Sources: ``--store URL`` / ``--store=URL`` and ``--data events:URL`` in
-    ``argv``, and the variables of :data:`STORE_URL_VARS`.
+    ``argv``, and ``TWOTOWER_STORE__URL`` (every command's store variable).
     """
     found: list[tuple[str, str]] = []
     for i, token in enumerate(argv):
@@ -93,9 +112,8 @@ def store_urls(environ: Mapping[str, str], argv: Sequence[str]) -> list[tuple[st
                     continue
                 value = value[len("events:") :]
             found.append((flag, value))
-    for name in STORE_URL_VARS:
-        if environ.get(name):
-            found.append((name, environ[name]))
+    if environ.get(STORE_URL_ENV):
+        found.append((STORE_URL_ENV, environ[STORE_URL_ENV]))
     return found
 
 
@@ -113,17 +131,14 @@ def _password_problems(where: str, password: str) -> list[str]:
 
 def _serving_rule(url: str) -> str | None:
     """The serving settings' production verdict on ``url`` (None = accepted)."""
-    try:
-        from feature_store.options import StoreURLError
-        from feature_store.urls import parse_url
-        from serving.settings import production_store_problem
-    except ImportError as exc:  # the images always have it; say so rather than pass silently
-        return f"cannot load serving.settings to check the store URL ({exc})"
+    from feature_store.options import StoreURLError
+    from feature_store.urls import parse_url
+
     try:
         parse_url(url)
     except StoreURLError as exc:
         return mask_password(url, str(exc))
-    return production_store_problem(url)
+    return serve_settings.production_store_problem(url)
 
 
 def _check_url(where: str, url: str, production: bool, verdict: Verdict) -> None:
@@ -158,24 +173,40 @@ def check(environ: Mapping[str, str], argv: Sequence[str] = ()) -> Verdict:
     """Judge the environment and the command line a process is about to start with.
 
     Args:
-      environ: the process environment (``os.environ``).
+      environ: the process environment (``os.environ``), old names included: they are
+        judged under their new names (:func:`deprecated_names`), with a warning each.
       argv: the command it will exec, e.g. ``["twotower", "serve", ...]``.
 
     Returns:
       A :class:`Verdict`; ``verdict.ok`` is False when the start must be refused.
     """
-    raw_mode = environ.get("TWOTOWER_ENV", "development").strip().lower() or "development"
+    env = dict(environ)
+    try:
+        renamed = rename_deprecated(env, deprecated_names())
+        check_section_env(env, "deploy", DEPLOY_KEYS)
+    except ConfigError as exc:  # fail closed: nothing else is judged on names that disagree
+        return Verdict(mode="unknown", problems=[str(exc)])
+    verdict = _check(env, argv)
+    verdict.warnings[:0] = renamed
+    return verdict
+
+
+def _check(environ: Mapping[str, str], argv: Sequence[str]) -> Verdict:
+    """:func:`check` on an environment with the new names only."""
+    raw_mode = environ.get(ENVIRONMENT_ENV, "development").strip().lower() or "development"
     verdict = Verdict(mode=raw_mode)
     if raw_mode not in MODES:
-        verdict.problems.append(f"TWOTOWER_ENV={raw_mode!r}: expected one of {', '.join(MODES)}")
+        verdict.problems.append(
+            f"{ENVIRONMENT_ENV}={raw_mode!r}: expected one of {', '.join(MODES)}"
+        )
     # Fail closed: an unknown mode gets the production checks too.
     production = raw_mode != "development"
 
-    password = environ.get("TWOTOWER_REDIS_PASSWORD")
+    password = environ.get(REDIS_PASSWORD_ENV)
     if password is not None and not _URL_SAFE.match(password):
         verdict.problems.append(
-            "TWOTOWER_REDIS_PASSWORD: has characters that are not URL-safe (it goes into redis://:PASSWORD@host); "
-            "use letters, digits and -._~ (e.g. `openssl rand -hex 32`)"
+            f"{REDIS_PASSWORD_ENV}: has characters that are not URL-safe (it goes into "
+            "redis://:PASSWORD@host); use letters, digits and -._~ (e.g. `openssl rand -hex 32`)"
         )
     for where, url in store_urls(environ, argv):
         _check_url(where, url, production, verdict)
@@ -183,37 +214,38 @@ def check(environ: Mapping[str, str], argv: Sequence[str] = ()) -> Verdict:
     if not production:
         if password == LOCAL_REDIS_PASSWORD:
             verdict.warnings.append(
-                "TWOTOWER_REDIS_PASSWORD: local-stack default (refused when TWOTOWER_ENV=production)"
+                f"{REDIS_PASSWORD_ENV}: local-stack default (refused when "
+                f"{ENVIRONMENT_ENV}=production)"
             )
         return verdict
 
     if password is not None:
-        verdict.problems.extend(_password_problems("TWOTOWER_REDIS_PASSWORD", password))
+        verdict.problems.extend(_password_problems(REDIS_PASSWORD_ENV, password))
     for name in sorted(environ):
         if (
             name.startswith("TWOTOWER_")
-            and name != "TWOTOWER_REDIS_PASSWORD"
+            and name != REDIS_PASSWORD_ENV
             and _is_placeholder(environ[name])
         ):
             verdict.problems.append(f"{name}: still holds a placeholder value from an example file")
-    serve_env = environ.get("TWOTOWER_SERVE_ENVIRONMENT")
+    serve_name = serve_settings.env_name
+    serve_env = environ.get(serve_name("environment"))
     serving = "serve" in argv[1:2] or serve_env is not None
     if serving and serve_env != "production":
         verdict.problems.append(
-            f"TWOTOWER_SERVE_ENVIRONMENT={serve_env!r}: must be 'production' when TWOTOWER_ENV=production "
-            "(serving applies its own production checks only then)"
+            f"{serve_name('environment')}={serve_env!r}: must be 'production' when "
+            f"{ENVIRONMENT_ENV}=production (serving applies its own production checks only then)"
         )
-    if "serve" in argv[1:2] and not any(
-        environ.get(name, "").strip()
-        for name in ("TWOTOWER_SERVE_API_KEYS", "TWOTOWER_SERVE_API_KEYS_FILE")
-    ):
+    keys = (serve_name("api_keys"), serve_name("api_keys_file"))
+    if "serve" in argv[1:2] and not any(environ.get(name, "").strip() for name in keys):
         verdict.problems.append(
-            "TWOTOWER_SERVE_API_KEYS / TWOTOWER_SERVE_API_KEYS_FILE: neither is set; the API "
-            "needs keys in production (a Secret: see deploy/README.md)"
+            f"{' / '.join(keys)}: neither is set; the API needs keys in production (a Secret: "
+            "see deploy/README.md)"
         )
-    if environ.get("TWOTOWER_SERVE_FLOOR_ROUTE", "").strip().lower() in ("1", "true", "yes", "on"):
+    floor = serve_name("floor_route")
+    if environ.get(floor, "").strip().lower() in ("1", "true", "yes", "on"):
         verdict.problems.append(
-            "TWOTOWER_SERVE_FLOOR_ROUTE: the benchmark-only /_floor route must be off in production"
+            f"{floor}: the benchmark-only /_floor route must be off in production"
         )
     return verdict
 
@@ -230,13 +262,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in verdict.warnings:
         print(f"preflight: warning: {line}", file=sys.stderr)
     if not verdict.ok:
-        print(f"preflight: refusing to start (TWOTOWER_ENV={verdict.mode}):", file=sys.stderr)
+        print(f"preflight: refusing to start ({ENVIRONMENT_ENV}={verdict.mode}):", file=sys.stderr)
         for line in verdict.problems:
             print(f"  - {line}", file=sys.stderr)
         return 2
     if not args:
-        print(f"preflight: ok (TWOTOWER_ENV={verdict.mode})", file=sys.stderr)
+        print(f"preflight: ok ({ENVIRONMENT_ENV}={verdict.mode})", file=sys.stderr)
         return 0
+    # The command gets the names it was judged under (warned about above, not again).
+    rename_deprecated(os.environ, deprecated_names())
     sys.stdout.flush()
     sys.stderr.flush()
     try:

@@ -19,8 +19,8 @@ from twotower.cli import build_parser
 SUBCOMMANDS = {"demo", "train", "evaluate", "serve", "ingest", "pipeline"}
 # Example values for $(VAR) expansion in Kubernetes args.
 K8S_ENV = {
-    "TWOTOWER_STORE_URL": "rediss://:0123456789abcdef0123@redis.internal:6380/0",
-    "TWOTOWER_REDIS_PASSWORD": "0123456789abcdef0123",
+    "TWOTOWER_STORE__URL": "rediss://:0123456789abcdef0123@redis.internal:6380/0",
+    "TWOTOWER_DEPLOY__REDIS_PASSWORD": "0123456789abcdef0123",
     "TWOTOWER_SNAPSHOT": "r00000042-20261122T051500.123456Z-3f2a",
 }
 
@@ -61,14 +61,18 @@ def test_compose_commands_parse_with_the_cli():
     commands = compose_commands()
     api = _parse(d.twotower_args(commands["api"]), "compose api")
     assert (api.command, api.artifacts, api.host) == ("serve", "/artifacts", "0.0.0.0")
-    assert api.store is None, "the API's store URL comes from TWOTOWER_SERVE_STORE_URL, not argv"
+    assert api.store is None, "the API's store URL comes from TWOTOWER_STORE__URL, not argv"
     trainer = _parse(d.twotower_args(commands["trainer"]), "compose trainer")
     assert trainer.command == "pipeline" and trainer.artifacts == "/artifacts"
     assert trainer.every == "3600"
     # The store URL (and its password) comes from the environment, not argv.
     assert trainer.store is None
     env = d.env_dict(d.compose()["services"]["trainer"]["environment"])
-    assert env["TWOTOWER_STORE_URL"].startswith("redis://")
+    assert env["TWOTOWER_STORE__URL"].startswith("redis://")
+    assert (
+        d.env_dict(d.compose()["services"]["api"]["environment"])["TWOTOWER_STORE__URL"]
+        == (env["TWOTOWER_STORE__URL"])
+    )  # one name, one value for every command
     assert commands["seed"] == [d.PREFLIGHT, "--", "twotower-seed"]
 
 
@@ -82,9 +86,9 @@ def test_no_secret_on_any_command_line():
         assert not any("--requirepass" in a for a in argv), name
     seed = d.load_script("seed")
     env = d.env_dict(model["services"]["seed"]["environment"])
-    for step in seed.plan({**env, "TWOTOWER_ARTIFACTS": "/nonexistent"}):
+    for step in seed.plan({**env, "TWOTOWER_SEED__ARTIFACTS": "/nonexistent"}):
         assert password not in " ".join(step), f"seed step {step[0]}"
-    secret_vars = {"TWOTOWER_STORE_URL", "TWOTOWER_REDIS_PASSWORD"}
+    secret_vars = {"TWOTOWER_STORE__URL", "TWOTOWER_DEPLOY__REDIS_PASSWORD"}
     for path, doc in d.k8s_objects():
         for where, _pod, c in d.containers(doc):
             refs = " ".join(c.get("command", []) + c.get("args", []))
@@ -95,15 +99,15 @@ def test_no_secret_on_any_command_line():
 def test_seed_plan_commands_parse_with_the_cli(tmp_path):
     seed = d.load_script("seed")
     env = d.env_dict(d.compose()["services"]["seed"]["environment"])
-    env["TWOTOWER_ARTIFACTS"] = str(tmp_path)  # nothing published there yet
+    env["TWOTOWER_SEED__ARTIFACTS"] = str(tmp_path)  # nothing published there yet
     steps = seed.plan(env)
     parsed = [_parse(step, "seed") for step in steps]
     assert [p.command for p in parsed] == ["ingest", "pipeline"]
     ingest, pipeline = parsed
-    assert ingest.store is None and pipeline.store is None  # both read TWOTOWER_STORE_URL
+    assert ingest.store is None and pipeline.store is None  # both read TWOTOWER_STORE__URL
     assert pipeline.artifacts == str(tmp_path) and pipeline.every is None
-    assert pipeline.config == env["TWOTOWER_SEED_CONFIG"]
-    assert pipeline.overrides == env["TWOTOWER_SEED_SETTINGS"].split()
+    assert pipeline.config == env["TWOTOWER_SEED__CONFIG"]
+    assert pipeline.overrides == env["TWOTOWER_SEED__SETTINGS"].split()
 
 
 def test_image_default_command_is_the_cli_help():
@@ -132,7 +136,7 @@ def test_kubernetes_commands_parse_with_the_cli():
                 assert ns.snapshot == f"/artifacts/snapshots/{K8S_ENV['TWOTOWER_SNAPSHOT']}"
             if ns.command == "pipeline":
                 assert ns.every is None, "Kubernetes schedules the CronJob: no --every"
-                assert ns.store is None, "the store URL comes from TWOTOWER_STORE_URL"
+                assert ns.store is None, "the store URL comes from TWOTOWER_STORE__URL"
             if ns.command == "serve":
                 assert ns.store is None and ns.artifacts == "/artifacts" and ns.host == "0.0.0.0"
     assert seen == {"serve", "pipeline"}

@@ -19,8 +19,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from common.config import load_config
-from serving.settings import Settings
+from common.config import env_name, load_config
+from common.urls import STORE_URL_ENV
+from serving.settings import Settings, deprecated_env, env_names
 from tests.deploy import _deploy as d
 from trainer.pipeline.config import PipelineConfig
 from trainer.pipeline.schedule import next_run_delay
@@ -205,11 +206,7 @@ def test_redis_persistence_memory_and_password(stack):
         api_env = d.env_dict(model["services"]["api"]["environment"])
         seed_env = d.env_dict(model["services"]["seed"]["environment"])
         trainer_env = d.env_dict(model["services"]["trainer"]["environment"])
-        for url in (
-            api_env["TWOTOWER_SERVE_STORE_URL"],
-            seed_env["TWOTOWER_STORE_URL"],
-            trainer_env["TWOTOWER_STORE_URL"],
-        ):
+        for url in (api_env[STORE_URL_ENV], seed_env[STORE_URL_ENV], trainer_env[STORE_URL_ENV]):
             assert url == f"redis://:{password}@redis:6379/0"
 
 
@@ -243,13 +240,27 @@ def test_twotower_services_share_one_image_and_are_hardened(stack):
     assert stack["services"]["api"]["read_only"] is True
 
 
-def test_serving_environment_names_are_real_settings_fields(stack):
-    """Serving ignores unknown TWOTOWER_SERVE_* names silently: catch typos here."""
-    fields = {f"TWOTOWER_SERVE_{name.upper()}" for name in Settings.model_fields}
+def test_every_program_variable_is_a_real_setting_of_the_one_scheme(stack):
+    """Each service's TWOTOWER_* names: TWOTOWER_<SECTION>__<KEY>, never an old name, and a
+    setting of the program that reads it (a typo would be refused at start-up: catch it here)."""
+    preflight, seed = d.load_script("preflight"), d.load_script("seed")
+    owners = {
+        "serve": set(env_names()),
+        "store": {STORE_URL_ENV},
+        "deploy": {env_name("deploy", key) for key in preflight.DEPLOY_KEYS},
+        "seed": {env_name("seed", key) for key in seed.SEED_KEYS},
+    }
+    old = {*deprecated_env(), *preflight.OLD_DEPLOY_ENV, *seed.DEPRECATED}
     for name, svc in stack["services"].items():
         for var in d.env_dict(svc.get("environment")):
-            if var.startswith("TWOTOWER_SERVE_"):
-                assert var in fields, f"service {name}: {var} is not a serving setting"
+            if not var.startswith("TWOTOWER_"):
+                continue
+            assert var not in old and "__" in var, f"service {name}: {var} is an old name"
+            section = var.removeprefix("TWOTOWER_").split("__")[0].lower()
+            if section in owners:
+                assert var in owners[section], f"service {name}: {var} is not a {section} setting"
+            else:
+                assert section in PipelineConfig.model_fields, f"service {name}: {var}"
 
 
 def test_api_environment_builds_valid_serving_settings(stack, monkeypatch, tmp_path):
@@ -261,15 +272,15 @@ def test_api_environment_builds_valid_serving_settings(stack, monkeypatch, tmp_p
     for env in ({}, production):
         api_env = d.env_dict(d.compose(env)["services"]["api"]["environment"])
         for var, value in api_env.items():
-            if var.startswith("TWOTOWER_SERVE_"):
+            if var in env_names():
                 monkeypatch.setenv(var, value)
         settings = Settings(artifacts=tmp_path)
         assert settings.store_url.startswith("redis://")
         assert settings.environment == env.get("TWOTOWER_ENV", "development")
         # Keys only when given (development default: none, the API open on loopback).
         assert settings.auth_mode == ("writes" if env else "none")
-    monkeypatch.setenv("TWOTOWER_SERVE_API_KEYS", "")
-    with pytest.raises(ValueError, match="TWOTOWER_SERVE_API_KEYS"):
+    monkeypatch.setenv("TWOTOWER_SERVE__API_KEYS", "")
+    with pytest.raises(ValueError, match="TWOTOWER_SERVE__API_KEYS"):
         Settings(artifacts=tmp_path)  # production without keys
 
 

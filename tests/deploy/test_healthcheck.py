@@ -49,12 +49,20 @@ def test_200_is_healthy_and_503_is_not(server):
 
 
 def test_port_comes_from_the_serving_variable_and_main_exits_accordingly(server, monkeypatch):
-    monkeypatch.setenv("TWOTOWER_SERVE_PORT", str(server))
+    from serving.settings import deprecated_env, env_name
+
+    new, old = healthcheck.PORT_ENV
+    assert new == env_name("port") and deprecated_env()[old] == new
+    monkeypatch.delenv(old, raising=False)
+    monkeypatch.setenv(new, str(server))
     assert healthcheck.main(["/healthz"]) == 0
     assert healthcheck.main(["/readyz"]) == 1
     assert healthcheck.main([]) == 0  # /healthz by default
-    monkeypatch.setenv("TWOTOWER_SERVE_PORT", "eighty")
+    monkeypatch.setenv(new, "eighty")
     assert healthcheck.main([]) == 2
+    monkeypatch.delenv(new)
+    monkeypatch.setenv(old, str(server))  # the name before the scheme still works
+    assert healthcheck.main([]) == 0
 
 
 def test_nothing_listening_is_unhealthy():

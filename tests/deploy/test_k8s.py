@@ -10,7 +10,8 @@ import subprocess
 import pytest
 import yaml
 
-from serving.settings import Settings
+from common.urls import STORE_URL_ENV
+from serving.settings import Settings, deprecated_env, env_names
 from tests.deploy import _deploy as d
 
 ROUTES = {"/healthz", "/readyz"}
@@ -169,12 +170,14 @@ def test_env_sources_exist_and_names_are_known():
         for _p, doc in d.k8s_objects("ConfigMap")
         if doc["metadata"]["name"] == "twotower-config"
     )
-    serve_fields = {f"TWOTOWER_SERVE_{n.upper()}" for n in Settings.model_fields}
     for name in config["data"]:
+        assert name not in deprecated_env(), f"ConfigMap: {name} is an old name"
         if name.startswith("TWOTOWER_SERVE_"):
-            assert name in serve_fields, f"ConfigMap: {name} is not a serving setting"
+            assert name in env_names(), f"ConfigMap: {name} is not a serving setting"
         else:
-            assert name in {"TWOTOWER_ENV", "HOME", "MPLCONFIGDIR"}, f"ConfigMap: unexpected {name}"
+            assert name in {"TWOTOWER_DEPLOY__ENVIRONMENT", "HOME", "MPLCONFIGDIR"}, (
+                f"ConfigMap: unexpected {name}"
+            )
     for _path, doc in d.k8s_objects():
         for where, _pod, c in d.containers(doc):
             for src in c.get("envFrom", []):
@@ -197,6 +200,23 @@ def _api_literal_env() -> dict[str, str]:
     return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
 
 
+def _api_env() -> dict[str, str]:
+    """The API container's environment as the kubelet builds it: the ConfigMap, then its env
+    entries (literal values, and the example Secret's keys under the names they are given)."""
+    config = next(
+        doc
+        for _p, doc in d.k8s_objects("ConfigMap")
+        if doc["metadata"]["name"] == "twotower-config"
+    )
+    secret = one("Secret")["stringData"]
+    (c,) = one("Deployment")["spec"]["template"]["spec"]["containers"]
+    env = dict(config["data"])
+    for e in c.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        env[e["name"]] = secret[ref["key"]] if ref else e["value"]
+    return env
+
+
 def test_configmap_settings_are_valid_production_serving_settings(monkeypatch):
     config = next(
         doc
@@ -205,23 +225,24 @@ def test_configmap_settings_are_valid_production_serving_settings(monkeypatch):
     )
     secret = one("Secret")["stringData"]
     for name, value in {**config["data"], **_api_literal_env()}.items():
-        if name.startswith("TWOTOWER_SERVE_"):
+        if name in env_names():
             monkeypatch.setenv(name, value)
     settings = Settings(artifacts="/artifacts", store_url=secret["TWOTOWER_STORE_URL"])
-    assert settings.environment == "production" and config["data"]["TWOTOWER_ENV"] == "production"
+    assert settings.environment == "production"
+    assert config["data"]["TWOTOWER_DEPLOY__ENVIRONMENT"] == "production"
     assert settings.auth_mode == "writes"
 
 
 def test_api_keys_come_from_the_secret_as_a_file_that_rotates(tmp_path):
     """Mounted as a directory (a subPath mount never sees an update), read-only, at the
-    path TWOTOWER_SERVE_API_KEYS_FILE names; the example's placeholder is refused by
+    path TWOTOWER_SERVE__API_KEYS_FILE names; the example's placeholder is refused by
     serving and a real key is accepted."""
     from serving.auth import KeyConfigError, KeyRing
 
     dep = one("Deployment")
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    path = _api_literal_env()["TWOTOWER_SERVE_API_KEYS_FILE"]
+    path = _api_literal_env()["TWOTOWER_SERVE__API_KEYS_FILE"]
     (volume,) = [v for v in pod["volumes"] if "secret" in v]
     (mount,) = [m for m in c["volumeMounts"] if m["name"] == volume["name"]]
     assert "subPath" not in mount and mount["readOnly"] is True
@@ -244,13 +265,8 @@ def test_api_keys_come_from_the_secret_as_a_file_that_rotates(tmp_path):
 def test_example_secret_is_refused_by_the_preflight_as_is():
     """Deploying the placeholders must fail loudly, not run with them."""
     preflight = d.load_script("preflight")
-    config = next(
-        doc
-        for _p, doc in d.k8s_objects("ConfigMap")
-        if doc["metadata"]["name"] == "twotower-config"
-    )
-    env = {**config["data"], **one("Secret")["stringData"], **_api_literal_env()}
-    env["TWOTOWER_SERVE_STORE_URL"] = env["TWOTOWER_STORE_URL"]
+    env = _api_env()
+    assert env[STORE_URL_ENV] == one("Secret")["stringData"]["TWOTOWER_STORE_URL"]
     verdict = preflight.check(env, ["twotower", "serve", "--artifacts", "/artifacts"])
     assert not verdict.ok
     assert any("placeholder" in p for p in verdict.problems)
@@ -351,7 +367,7 @@ def test_tfjob_multiworker_trains_every_replica_on_one_frozen_snapshot():
         assert args[0] == "pipeline" and "--checkpoint-dir" not in args
         assert args[args.index("--strategy") + 1] == "multiworker"
         assert args[args.index("--snapshot") + 1].startswith("/artifacts/snapshots/$(")
-        assert "--store" not in args and "TWOTOWER_STORE_URL" not in d.container_env_names(c)
+        assert "--store" not in args and STORE_URL_ENV not in d.container_env_names(c)
         argvs[role] = c["command"] + args
     # Workers run the chief's command line: the same data, config and checkpoint key.
     assert argvs["Worker"] == argvs["Chief"]
@@ -377,7 +393,7 @@ def test_freeze_job_writes_the_snapshot_with_the_store_from_the_secret():
     (job,) = [doc for _p, doc in d.k8s_objects("Job")]
     (c,) = job["spec"]["template"]["spec"]["containers"]
     assert c["args"][:2] == ["pipeline", "--freeze"] and "--store" not in c["args"]
-    assert "TWOTOWER_STORE_URL" in d.container_env_names(c)
+    assert STORE_URL_ENV in d.container_env_names(c)
     assert job["spec"]["activeDeadlineSeconds"] > 0
 
 

@@ -4,6 +4,7 @@ ones; the wrapper execs the command only when the verdict is ok.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,11 +21,11 @@ SERVE = ["twotower", "serve", "--artifacts", "/artifacts", "--host", "0.0.0.0"]
 def prod(**extra: str) -> dict[str, str]:
     """A safe production environment of the API; tests break one thing at a time."""
     env = {
-        "TWOTOWER_ENV": "production",
-        "TWOTOWER_REDIS_PASSWORD": STRONG,
-        "TWOTOWER_SERVE_ENVIRONMENT": "production",
-        "TWOTOWER_SERVE_STORE_URL": f"rediss://:{STRONG}@redis.internal:6380/0",
-        "TWOTOWER_SERVE_API_KEYS_FILE": "/var/run/secrets/twotower/api-keys",
+        "TWOTOWER_DEPLOY__ENVIRONMENT": "production",
+        "TWOTOWER_DEPLOY__REDIS_PASSWORD": STRONG,
+        "TWOTOWER_SERVE__ENVIRONMENT": "production",
+        "TWOTOWER_STORE__URL": f"rediss://:{STRONG}@redis.internal:6380/0",
+        "TWOTOWER_SERVE__API_KEYS_FILE": "/var/run/secrets/twotower/api-keys",
     }
     env.update(extra)
     return env
@@ -43,8 +44,8 @@ def test_safe_production_values_are_accepted():
         "/a",
     ]
     env = prod()
-    del env["TWOTOWER_SERVE_STORE_URL"]
-    del env["TWOTOWER_SERVE_ENVIRONMENT"]
+    del env["TWOTOWER_STORE__URL"]
+    del env["TWOTOWER_SERVE__ENVIRONMENT"]
     verdict = preflight.check(env, trainer)
     assert verdict.ok, verdict.problems
     assert any("plain redis://" in w for w in verdict.warnings), (
@@ -75,7 +76,7 @@ def test_compose_in_production_mode_refuses_the_default_password_and_accepts_a_r
     real = {"TWOTOWER_ENV": "production", "TWOTOWER_REDIS_PASSWORD": STRONG}
     if name == "api":  # the API also needs its keys
         no_keys = verdict_for(real)
-        assert any("TWOTOWER_SERVE_API_KEYS" in p for p in no_keys.problems), no_keys.problems
+        assert any("TWOTOWER_SERVE__API_KEYS" in p for p in no_keys.problems), no_keys.problems
         real["TWOTOWER_API_KEYS"] = "a" * 32
     accepted = verdict_for(real)
     assert accepted.ok, accepted.problems
@@ -84,32 +85,36 @@ def test_compose_in_production_mode_refuses_the_default_password_and_accepts_a_r
 @pytest.mark.parametrize(
     "env, argv, needle",
     [
-        (prod(TWOTOWER_REDIS_PASSWORD="twotower-local-only"), SERVE, "local-stack default"),
-        (prod(TWOTOWER_REDIS_PASSWORD="CHANGE-ME-openssl-rand-hex-32"), SERVE, "placeholder"),
-        (prod(TWOTOWER_REDIS_PASSWORD="short"), SERVE, "shorter than 16"),
+        (prod(TWOTOWER_DEPLOY__REDIS_PASSWORD="twotower-local-only"), SERVE, "local-stack default"),
         (
-            prod(TWOTOWER_SERVE_STORE_URL="redis://:twotower-local-only@redis:6379/0"),
+            prod(TWOTOWER_DEPLOY__REDIS_PASSWORD="CHANGE-ME-openssl-rand-hex-32"),
+            SERVE,
+            "placeholder",
+        ),
+        (prod(TWOTOWER_DEPLOY__REDIS_PASSWORD="short"), SERVE, "shorter than 16"),
+        (
+            prod(TWOTOWER_STORE__URL="redis://:twotower-local-only@redis:6379/0"),
             SERVE,
             "local-stack default",
         ),
-        (prod(TWOTOWER_SERVE_STORE_URL="rediss://:abc@redis:6379/0"), SERVE, "shorter than 16"),
-        (prod(TWOTOWER_SERVE_STORE_URL="redis://redis.internal:6379/0"), SERVE, "password"),
-        (prod(TWOTOWER_SERVE_STORE_URL="sqlite:///store.sqlite"), SERVE, "sqlite"),
+        (prod(TWOTOWER_STORE__URL="rediss://:abc@redis:6379/0"), SERVE, "shorter than 16"),
+        (prod(TWOTOWER_STORE__URL="redis://redis.internal:6379/0"), SERVE, "password"),
+        (prod(TWOTOWER_STORE__URL="sqlite:///store.sqlite"), SERVE, "sqlite"),
         (
-            prod(TWOTOWER_SERVE_STORE_URL=f"rediss://:{STRONG}@r:6380/0?ssl_cert_reqs=none"),
+            prod(TWOTOWER_STORE__URL=f"rediss://:{STRONG}@r:6380/0?ssl_cert_reqs=none"),
             SERVE,
             "ssl_cert_reqs",
         ),
-        (prod(TWOTOWER_SERVE_ENVIRONMENT="development"), SERVE, "TWOTOWER_SERVE_ENVIRONMENT"),
-        (prod(TWOTOWER_SERVE_FLOOR_ROUTE="true"), SERVE, "/_floor"),
-        (prod(TWOTOWER_SERVE_API_KEYS_FILE=""), SERVE, "TWOTOWER_SERVE_API_KEYS"),
+        (prod(TWOTOWER_SERVE__ENVIRONMENT="development"), SERVE, "TWOTOWER_SERVE__ENVIRONMENT"),
+        (prod(TWOTOWER_SERVE__FLOOR_ROUTE="true"), SERVE, "/_floor"),
+        (prod(TWOTOWER_SERVE__API_KEYS_FILE=""), SERVE, "TWOTOWER_SERVE__API_KEYS"),
         (
-            prod(TWOTOWER_SERVE_API_KEYS="CHANGE-ME-openssl-rand-hex-32"),
+            prod(TWOTOWER_SERVE__API_KEYS="CHANGE-ME-openssl-rand-hex-32"),
             SERVE,
-            "TWOTOWER_SERVE_API_KEYS: still holds a placeholder",
+            "TWOTOWER_SERVE__API_KEYS: still holds a placeholder",
         ),
-        (prod(TWOTOWER_SEED_DATA="movielens:/data/CHANGE-ME"), SERVE, "TWOTOWER_SEED_DATA"),
-        (prod(TWOTOWER_ENV="prod"), SERVE, "expected one of"),
+        (prod(TWOTOWER_SEED__DATA="movielens:/data/CHANGE-ME"), SERVE, "TWOTOWER_SEED__DATA"),
+        (prod(TWOTOWER_DEPLOY__ENVIRONMENT="prod"), SERVE, "expected one of"),
         (
             prod(),
             ["twotower", "pipeline", "--store", "sqlite:///x.sqlite", "--artifacts", "/a"],
@@ -137,7 +142,11 @@ def test_unsafe_production_values_are_refused(env, argv, needle):
 def test_unknown_mode_fails_closed():
     """A typo in the mode must not switch the production checks off."""
     verdict = preflight.check(
-        prod(TWOTOWER_ENV="prod", TWOTOWER_REDIS_PASSWORD="twotower-local-only"), SERVE
+        prod(
+            TWOTOWER_DEPLOY__ENVIRONMENT="prod",
+            TWOTOWER_DEPLOY__REDIS_PASSWORD="twotower-local-only",
+        ),
+        SERVE,
     )
     assert any("local-stack default" in p for p in verdict.problems)
 
@@ -145,20 +154,19 @@ def test_unknown_mode_fails_closed():
 def test_password_that_is_not_url_safe_is_refused_in_any_mode():
     for mode in ("development", "production"):
         verdict = preflight.check(
-            prod(TWOTOWER_ENV=mode, TWOTOWER_REDIS_PASSWORD=STRONG + "@/#"), SERVE
+            prod(TWOTOWER_DEPLOY__ENVIRONMENT=mode, TWOTOWER_DEPLOY__REDIS_PASSWORD=STRONG + "@/#"),
+            SERVE,
         )
         assert any("URL-safe" in p for p in verdict.problems), mode
     # A percent-encoded password in a URL is fine.
-    verdict = preflight.check(
-        prod(TWOTOWER_SERVE_STORE_URL=f"rediss://:{STRONG}%40x@r:6380/0"), SERVE
-    )
+    verdict = preflight.check(prod(TWOTOWER_STORE__URL=f"rediss://:{STRONG}%40x@r:6380/0"), SERVE)
     assert verdict.ok, verdict.problems
 
 
 def test_development_accepts_local_defaults():
     env = {
-        "TWOTOWER_REDIS_PASSWORD": "twotower-local-only",
-        "TWOTOWER_STORE_URL": "sqlite:///s.sqlite",
+        "TWOTOWER_DEPLOY__REDIS_PASSWORD": "twotower-local-only",
+        "TWOTOWER_STORE__URL": "sqlite:///s.sqlite",
     }
     verdict = preflight.check(env, SERVE)
     assert verdict.ok and verdict.mode == "development"
@@ -166,13 +174,63 @@ def test_development_accepts_local_defaults():
 
 def test_problems_never_print_the_secret():
     env = prod(
-        TWOTOWER_SERVE_STORE_URL="sqlite:///x", TWOTOWER_REDIS_PASSWORD="CHANGE-ME-" + STRONG
+        TWOTOWER_STORE__URL="sqlite:///x", TWOTOWER_DEPLOY__REDIS_PASSWORD="CHANGE-ME-" + STRONG
     )
-    env["TWOTOWER_STORE_URL"] = "redis://:tooshortpw@redis.internal:6379/0"
-    verdict = preflight.check(env, SERVE)
+    verdict = preflight.check(env, [*SERVE, "--store", "redis://:tooshortpw@redis.internal:6379/0"])
     text = "\n".join(verdict.problems + verdict.warnings)
     assert len(verdict.problems) >= 3
     assert STRONG not in text and "tooshortpw" not in text
+
+
+# --- the names before the scheme -------------------------------------------------------------
+
+OLD = {
+    "TWOTOWER_ENV": "production",
+    "TWOTOWER_REDIS_PASSWORD": STRONG,
+    "TWOTOWER_SERVE_ENVIRONMENT": "production",
+    "TWOTOWER_SERVE_STORE_URL": f"rediss://:{STRONG}@redis.internal:6380/0",
+    "TWOTOWER_SERVE_API_KEYS_FILE": "/var/run/secrets/twotower/api-keys",
+}
+
+
+def test_old_names_are_judged_under_their_new_ones_with_a_warning_each():
+    verdict = preflight.check(OLD, SERVE)
+    assert verdict.ok and verdict.mode == "production", verdict.problems
+    deprecated = [w for w in verdict.warnings if "is deprecated: use" in w]
+    assert len(deprecated) == len(OLD), verdict.warnings
+    assert any(
+        "TWOTOWER_ENV is deprecated: use TWOTOWER_DEPLOY__ENVIRONMENT" in w for w in deprecated
+    )
+    # The old production switch still switches the checks on (it must never fail open).
+    refused = preflight.check({**OLD, "TWOTOWER_REDIS_PASSWORD": "twotower-local-only"}, SERVE)
+    assert any(
+        p.startswith("TWOTOWER_DEPLOY__REDIS_PASSWORD: is the local-stack default")
+        for p in refused.problems
+    ), refused.problems
+
+
+@pytest.mark.parametrize(
+    "env, needle",
+    [
+        (
+            {**OLD, "TWOTOWER_DEPLOY__ENVIRONMENT": "development"},
+            "TWOTOWER_DEPLOY__ENVIRONMENT and TWOTOWER_ENV are set to different values",
+        ),
+        (
+            prod(TWOTOWER_STORE_URL="redis://:other@r:6379/0"),
+            "TWOTOWER_STORE__URL and TWOTOWER_STORE_URL are set to different values",
+        ),
+        (
+            prod(TWOTOWER_DEPLOY__ENVIRONEMNT="production"),
+            "did you mean TWOTOWER_DEPLOY__ENVIRONMENT?",
+        ),
+    ],
+    ids=["old-and-new-mode", "old-and-new-store", "unknown-deploy-name"],
+)
+def test_names_that_disagree_or_do_not_exist_are_refused(env, needle):
+    verdict = preflight.check(env, SERVE)
+    assert not verdict.ok and any(needle in p for p in verdict.problems), verdict.problems
+    assert "other" not in "\n".join(verdict.problems)  # names, not values
 
 
 # --- the wrapper, as a real process ------------------------------------------------------------
@@ -198,14 +256,32 @@ def test_wrapper_execs_the_command_when_ok():
 
 def test_wrapper_refuses_with_exit_2_and_does_not_run_the_command():
     out = _run(
-        prod(TWOTOWER_REDIS_PASSWORD="twotower-local-only"), sys.executable, "-c", "print('ran')"
+        prod(TWOTOWER_DEPLOY__REDIS_PASSWORD="twotower-local-only"),
+        sys.executable,
+        "-c",
+        "print('ran')",
     )
     assert out.returncode == 2
     assert "ran" not in out.stdout
-    assert "refusing to start" in out.stderr and "TWOTOWER_REDIS_PASSWORD" in out.stderr
+    assert "refusing to start" in out.stderr and "TWOTOWER_DEPLOY__REDIS_PASSWORD" in out.stderr
 
 
 def test_wrapper_passes_the_exit_code_through_and_reports_a_missing_program():
     assert _run(prod(), sys.executable, "-c", "raise SystemExit(7)").returncode == 7
     missing = _run(prod(), "no-such-program-twotower")
     assert missing.returncode == 127 and "no-such-program-twotower" in missing.stderr
+
+
+def test_wrapper_warns_once_and_hands_the_command_the_new_names():
+    show = (
+        "import json, os; print(json.dumps([k for k in os.environ if k.startswith('TWOTOWER_')]))"
+    )
+    out = _run(OLD, sys.executable, "-c", show)
+    assert out.returncode == 0, out.stderr
+    assert sorted(json.loads(out.stdout)) == sorted(
+        ["TWOTOWER_DEPLOY__ENVIRONMENT", "TWOTOWER_DEPLOY__REDIS_PASSWORD",
+         "TWOTOWER_SERVE__ENVIRONMENT", "TWOTOWER_STORE__URL", "TWOTOWER_SERVE__API_KEYS_FILE"]
+    )  # fmt: skip
+    assert out.stderr.count("is deprecated: use") == len(OLD), out.stderr
+    conflict = _run({**OLD, "TWOTOWER_SERVE__ENVIRONMENT": "development"}, sys.executable, "-c", "")
+    assert conflict.returncode == 2 and "TWOTOWER_SERVE_ENVIRONMENT" in conflict.stderr

@@ -24,9 +24,12 @@ def _publish_fake_version(art: Path, version: str = "v1") -> None:
 
 
 def test_plan_ingests_then_runs_the_pipeline_when_nothing_is_published(tmp_path):
-    env = {"TWOTOWER_STORE_URL": "redis://:pw@redis:6379/0", "TWOTOWER_ARTIFACTS": str(tmp_path)}
+    env = {
+        "TWOTOWER_STORE__URL": "redis://:pw@redis:6379/0",
+        "TWOTOWER_SEED__ARTIFACTS": str(tmp_path),
+    }
     ingest, pipeline = seed.plan(env)
-    # The store URL is inherited through TWOTOWER_STORE_URL, never on the command line.
+    # The store URL is inherited through TWOTOWER_STORE__URL, never on the command line.
     assert ingest == ["ingest", "--data", seed.DEFAULT_DATA]
     assert pipeline == [
         "pipeline",
@@ -37,12 +40,15 @@ def test_plan_ingests_then_runs_the_pipeline_when_nothing_is_published(tmp_path)
         "--set",
         "train.batch_size=512",
     ]
-    with_config = seed.plan({**env, "TWOTOWER_SEED_CONFIG": "/etc/twotower/pipeline.yaml"})[1]
+    with_config = seed.plan({**env, "TWOTOWER_SEED__CONFIG": "/etc/twotower/pipeline.yaml"})[1]
     assert with_config[3:5] == ["--config", "/etc/twotower/pipeline.yaml"]
 
 
 def test_plan_is_empty_once_a_version_is_published(tmp_path):
-    env = {"TWOTOWER_STORE_URL": "redis://:pw@redis:6379/0", "TWOTOWER_ARTIFACTS": str(tmp_path)}
+    env = {
+        "TWOTOWER_STORE__URL": "redis://:pw@redis:6379/0",
+        "TWOTOWER_SEED__ARTIFACTS": str(tmp_path),
+    }
     (tmp_path / "LATEST").write_text("v-missing\n")  # names no complete version: not published
     assert len(seed.plan(env)) == 2
     (tmp_path / "LATEST").unlink()
@@ -52,15 +58,57 @@ def test_plan_is_empty_once_a_version_is_published(tmp_path):
 
 
 def test_plan_errors(tmp_path):
-    with pytest.raises(seed.SeedError, match="TWOTOWER_STORE_URL"):
-        seed.plan({"TWOTOWER_ARTIFACTS": str(tmp_path)})
+    with pytest.raises(seed.SeedError, match="TWOTOWER_STORE__URL"):
+        seed.plan({"TWOTOWER_SEED__ARTIFACTS": str(tmp_path)})
     env = {
-        "TWOTOWER_STORE_URL": "redis://r/0",
-        "TWOTOWER_ARTIFACTS": str(tmp_path),
-        "TWOTOWER_SEED_SETTINGS": "epochs",
+        "TWOTOWER_STORE__URL": "redis://r/0",
+        "TWOTOWER_SEED__ARTIFACTS": str(tmp_path),
+        "TWOTOWER_SEED__SETTINGS": "epochs",
     }
     with pytest.raises(seed.SeedError, match="key=value"):
         seed.plan(env)
+
+
+def test_old_names_are_renamed_at_the_start_and_unknown_ones_refused(tmp_path):
+    env = {"TWOTOWER_STORE_URL": "redis://r/0", "TWOTOWER_ARTIFACTS": str(tmp_path), "X": "1"}
+    warnings = seed.read_environment(env)
+    assert env == {
+        "TWOTOWER_STORE__URL": "redis://r/0",
+        "TWOTOWER_SEED__ARTIFACTS": str(tmp_path),
+        "X": "1",
+    }
+    assert (
+        len(warnings) == 2
+        and "TWOTOWER_ARTIFACTS is deprecated: use TWOTOWER_SEED__ARTIFACTS" in warnings[0]
+    )
+    assert len(seed.plan(env)) == 2
+    with pytest.raises(seed.SeedError, match="did you mean TWOTOWER_SEED__DATA"):
+        seed.read_environment({"TWOTOWER_SEED__DAT": TINY})
+    with pytest.raises(seed.SeedError, match="TWOTOWER_SEED__DATA and TWOTOWER_SEED_DATA"):
+        seed.read_environment({"TWOTOWER_SEED_DATA": TINY, "TWOTOWER_SEED__DATA": "synthetic"})
+
+
+def test_the_seed_process_reads_old_names_with_a_warning(tmp_path):
+    _publish_fake_version(tmp_path)  # so the run stops at "nothing to do"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_")}
+    env = {"TWOTOWER_STORE_URL": "redis://r/0", "TWOTOWER_ARTIFACTS": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, str(d.REPO / "deploy" / "seed.py")],
+        env={**base, "PYTHONPATH": str(d.REPO), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and f"{tmp_path} already publishes v1" in out.stderr, out.stderr
+    assert out.stderr.count("seed: warning: environment TWOTOWER_") == 2, out.stderr
+    typo = subprocess.run(
+        [sys.executable, str(d.REPO / "deploy" / "seed.py")],
+        env={**base, "PYTHONPATH": str(d.REPO), **env, "TWOTOWER_SEED__SETTING": "x=1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert typo.returncode == 2 and "did you mean TWOTOWER_SEED__SETTINGS" in typo.stderr
 
 
 def run_seed(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -85,13 +133,13 @@ def run_seed(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def test_seed_publishes_once_records_its_snapshot_and_loads_the_store(stack_redis, tmp_path):
     art = tmp_path / "artifacts"
     env = {
-        "TWOTOWER_ENV": "production",  # and the preflight lets a strong password through
-        "TWOTOWER_REDIS_PASSWORD": stack_redis.password,
-        "TWOTOWER_STORE_URL": stack_redis.url(),
-        "TWOTOWER_ARTIFACTS": str(art),
-        "TWOTOWER_SEED_DATA": TINY,
-        "TWOTOWER_SEED_SETTINGS": "train.epochs=1 train.batch_size=256",
-        "TWOTOWER_SEED_CONFIG": str(d.PIPELINE_CONFIG),
+        "TWOTOWER_DEPLOY__ENVIRONMENT": "production",  # and the preflight lets a strong password through
+        "TWOTOWER_DEPLOY__REDIS_PASSWORD": stack_redis.password,
+        "TWOTOWER_STORE__URL": stack_redis.url(),
+        "TWOTOWER_SEED__ARTIFACTS": str(art),
+        "TWOTOWER_SEED__DATA": TINY,
+        "TWOTOWER_SEED__SETTINGS": "train.epochs=1 train.batch_size=256",
+        "TWOTOWER_SEED__CONFIG": str(d.PIPELINE_CONFIG),
     }
     first = run_seed(env)
     assert first.returncode == 0, first.stderr[-4000:]
@@ -113,7 +161,7 @@ def test_seed_publishes_once_records_its_snapshot_and_loads_the_store(stack_redi
     base = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_")}
     scheduled = subprocess.run(
         [sys.executable, "-m", "twotower.cli", "pipeline", "--artifacts", str(art)],
-        env={**base, "PYTHONPATH": str(d.REPO), "TWOTOWER_STORE_URL": stack_redis.url()},
+        env={**base, "PYTHONPATH": str(d.REPO), "TWOTOWER_STORE__URL": stack_redis.url()},
         capture_output=True,
         text=True,
         timeout=300,

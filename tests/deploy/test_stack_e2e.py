@@ -93,7 +93,7 @@ def api_process(stack: Stack, log: Path) -> Iterator[str]:
     argv[argv.index("--host") + 1] = "127.0.0.1"
     argv[argv.index("--port") + 1] = str(stack.api_port)
     env = stack.env(
-        "api", TWOTOWER_SERVE_PORT=str(stack.api_port), TWOTOWER_SERVE_RELOAD_POLL_S="0.3"
+        "api", TWOTOWER_SERVE__PORT=str(stack.api_port), TWOTOWER_SERVE__RELOAD_POLL_S="0.3"
     )
     with log.open("wb") as fh:
         proc = subprocess.Popen(argv, env=env, stdout=fh, stderr=subprocess.STDOUT)
