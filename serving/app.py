@@ -28,7 +28,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.auth import AccessMiddleware, KeyRing
+from serving.api_keys import KeyRing
+from serving.auth import AccessMiddleware
 from serving.batcher import Batcher, BatcherClosed
 from serving.cancel import cancel_task
 from serving.deps import AppState

@@ -126,7 +126,7 @@ def check_settings(settings: Any) -> Any:
     (API key file, PortUnavailable) or ArtifactError (no such directory)."""
     if not settings.artifacts.is_dir():
         raise ArtifactError(f"--artifacts {settings.artifacts}: no such directory")
-    from serving.auth import KeyRing
+    from serving.api_keys import KeyRing
 
     KeyRing.from_settings(settings)  # an unreadable or empty key file: KeyConfigError, exit 2
     check_port(settings.host, settings.port)

@@ -237,7 +237,7 @@ def test_api_keys_come_from_the_secret_as_a_file_that_rotates(tmp_path):
     """Mounted as a directory (a subPath mount never sees an update), read-only, at the
     path TWOTOWER_SERVE__API_KEYS_FILE names; the example's placeholder is refused by
     serving and a real key is accepted."""
-    from serving.auth import KeyConfigError, KeyRing
+    from serving.api_keys import KeyConfigError, KeyRing
 
     dep = one("Deployment")
     pod = dep["spec"]["template"]["spec"]

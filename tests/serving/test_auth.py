@@ -20,8 +20,9 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from common.urls import STORE_URL_ENV
-from serving import auth
-from serving.auth import AccessMiddleware, KeyConfigError, KeyRing, credentials, needs_key
+from serving import api_keys
+from serving.api_keys import KeyConfigError, KeyRing
+from serving.auth import AccessMiddleware, credentials, needs_key
 from serving.settings import ENV_PREFIX, Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -175,7 +176,7 @@ def test_every_key_is_compared_and_no_match_stops_early(monkeypatch: pytest.Monk
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(auth.hmac, "compare_digest", counting)
+    monkeypatch.setattr(api_keys.hmac, "compare_digest", counting)
     for presented, matched in (
         (b"k1-" + b"a" * 20, True),
         (b"k3-" + b"c" * 20, True),
