@@ -18,12 +18,14 @@ from feature_store.base import StoreOutcomeUnknown, StoreUnavailable
 from feature_store.events import DISLIKE, MAX_FUTURE_SKEW_S, EventError, make_event
 from serving import service
 from serving.deps import ModelDep, StateDep
-from serving.schemas import (
+from serving.errors import (
     EVENTS_RESPONSES,
-    MAX_TS,
     MODEL_RESPONSES,
     RECOMMEND_RESPONSES,
     SIMILAR_RESPONSES,
+)
+from serving.schemas import (
+    MAX_TS,
     EventsRequest,
     EventsResponse,
     HealthResponse,
