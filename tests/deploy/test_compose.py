@@ -19,11 +19,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from common.config import env_name, load_config
+from common.config import env_name
 from common.urls import STORE_URL_ENV
 from serving.settings import Settings, deprecated_env, env_names
 from tests.deploy import _deploy as d
-from trainer.pipeline.config import PipelineConfig
+from trainer.pipeline.config import PipelineConfig, load_pipeline_config
 from trainer.pipeline.schedule import next_run_delay
 
 SCHEMA = json.loads((Path(__file__).parent / "compose_schema.json").read_text())
@@ -294,7 +294,7 @@ def test_trainer_config_environment_and_file_load(stack):
     assert cmd[cmd.index("--config") + 1] == config_target
     source = stack["configs"][trainer["configs"][0]["source"]]["file"]
     assert (d.REPO / source).resolve() == d.PIPELINE_CONFIG
-    config = load_config(PipelineConfig, file=d.PIPELINE_CONFIG, environ=env)
+    config = load_pipeline_config(file=d.PIPELINE_CONFIG, environ=env)
     assert config.pipeline.min_new_events == int(env["TWOTOWER_PIPELINE__MIN_NEW_EVENTS"])
 
 

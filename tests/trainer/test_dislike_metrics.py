@@ -409,9 +409,8 @@ def test_the_issue_repro_publishes_and_a_worse_recall_is_still_refused(tmp_path)
     from pathlib import Path
 
     from common import artifacts
-    from common.config import load_config
     from tests.trainer.test_pipeline import BAD_CANDIDATE, _append, _ingest, _likes
-    from trainer.pipeline.config import PipelineConfig
+    from trainer.pipeline.config import load_pipeline_config
     from trainer.pipeline.run import run_once
 
     sets = [
@@ -423,7 +422,7 @@ def test_the_issue_repro_publishes_and_a_worse_recall_is_still_refused(tmp_path)
         "model.dislike_length=5",
         "frequency.buckets=4096",
     ]
-    config = load_config(PipelineConfig, overrides=sets, environ={})
+    config = load_pipeline_config(overrides=sets, environ={})
     assert list(config.pipeline.gate) == ["recall@20", "like_dislike_auc"]  # the default gate
     url = f"sqlite:///{tmp_path / 's.sqlite'}"
     art = tmp_path / "art"

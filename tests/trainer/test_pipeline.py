@@ -16,7 +16,7 @@ import pytest
 
 from common import artifacts
 from common.artifact_format import read_item_ids
-from common.config import ConfigError, load_config
+from common.config import ConfigError
 from feature_store import open_store, run_sync
 from feature_store.events import make_event
 from tests.trainer.tiny import TINY, TINY_SETS
@@ -24,7 +24,7 @@ from trainer.chief import TaskRole, parse_tf_config
 from trainer.data.sources import load_source
 from trainer.pipeline import reports, steps
 from trainer.pipeline import run as pipeline_run
-from trainer.pipeline.config import CHECKPOINTS_DIR, PipelineConfig
+from trainer.pipeline.config import CHECKPOINTS_DIR, PipelineConfig, load_pipeline_config
 from trainer.pipeline.gate import SCALAR_METRICS, GateRule, apply_gate
 from trainer.pipeline.run import run_once
 from trainer.pipeline.state import (
@@ -45,7 +45,7 @@ BAD_CANDIDATE = ["model.embedding_dim=8", "train.epochs=1", "train.max_steps_per
 
 
 def _config(*extra: str) -> PipelineConfig:
-    return load_config(PipelineConfig, overrides=[*SETS, *extra], environ={})
+    return load_pipeline_config(overrides=[*SETS, *extra], environ={})
 
 
 def _ingest(url: str, spec: str = DATA) -> None:

@@ -18,9 +18,8 @@ if TYPE_CHECKING:
 
 def pipeline_command(args: argparse.Namespace) -> int:
     """``twotower pipeline``: check the flags, then one run, a schedule, a freeze or a replica."""
-    from common.config import ConfigError, load_config
-    from trainer.config import SOURCE_DEFAULTS
-    from trainer.pipeline.config import PipelineConfig
+    from common.config import ConfigError
+    from trainer.pipeline.config import load_pipeline_config, published_config
     from trainer.pipeline.run import check_store, freeze_snapshot, train_as_worker
     from trainer.pipeline.schedule import next_run_delay, run_forever
     from trainer.pipeline.state import PipelineLocked
@@ -30,10 +29,13 @@ def pipeline_command(args: argparse.Namespace) -> int:
         sets.append(f"train.epochs={args.epochs}")
     if getattr(args, "strategy", None):
         sets.append(f"train.strategy={args.strategy}")
-    # The pipeline trains on store events: their tuned defaults, under file/env/--set.
-    config = load_config(
-        PipelineConfig, file=args.config, overrides=sets, base=SOURCE_DEFAULTS["events"]
-    )
+    config = load_pipeline_config(file=args.config, overrides=sets)  # bad settings: exit 2 now
+
+    def for_this_run() -> PipelineConfig:
+        # What a run follows of the version it warm-starts from is read when it starts.
+        published = published_config(args.artifacts, getattr(args, "snapshot", None))
+        return load_pipeline_config(file=args.config, overrides=sets, published=published)
+
     snapshot = getattr(args, "snapshot", None)
     freeze = bool(getattr(args, "freeze", False))
     run_now = bool(getattr(args, "run_now", False))
@@ -54,17 +56,19 @@ def pipeline_command(args: argparse.Namespace) -> int:
         next_run_delay(args.every)  # a bad schedule is exit 2, before anything runs
         return run_forever(
             args.every,
-            lambda: _run_and_report(args, config),
+            lambda: _run_and_report(args, for_this_run()),
             run_now=run_now,
             skip_errors=(PipelineLocked,),
         )
     if freeze:
-        print(json.dumps(freeze_snapshot(args.store, Path(args.artifacts), config), indent=2))
+        print(
+            json.dumps(freeze_snapshot(args.store, Path(args.artifacts), for_this_run()), indent=2)
+        )
         return 0
     if snapshot and not args.task_role.is_chief:  # TF_CONFIG, read by twotower.cli
-        train_as_worker(Path(args.artifacts), config, Path(snapshot))
+        train_as_worker(Path(args.artifacts), for_this_run(), Path(snapshot))
         return 0
-    return _run_and_report(args, config)
+    return _run_and_report(args, for_this_run())
 
 
 def _run_and_report(args: argparse.Namespace, config: PipelineConfig) -> int:
