@@ -10,7 +10,7 @@ levels), e.g. ``TWOTOWER_LOSS__NTR_WEIGHT=0.5`` sets ``loss.ntr_weight``. The
 config file's sections are read here; the sections of :data:`PROGRAM_SECTIONS`
 (``store``, ``serve``, ``deploy``, ``seed``) are no file's, each is read by
 its own program and refused there when a name is unknown
-(:func:`check_section_env`, ``serving.settings.unknown_env``).
+(:func:`check_section_env`, ``serving.settings_env.unknown_env``).
 
 A key or section that does not exist is refused before validation, naming
 where it came from (the file, the variable or the ``--set``), the nearest

@@ -1,18 +1,14 @@
 """Serving configuration: one typed settings object, from defaults < environment < CLI.
 
-Environment names follow the scheme of :mod:`common.config`: section ``serve``,
-``TWOTOWER_SERVE__<FIELD>`` (e.g. ``TWOTOWER_SERVE__BATCH_MAX_SIZE=32``), except
-two fields read under a name shared with others: the store is every command's
-``TWOTOWER_STORE__URL``, and the Prometheus multiprocess directory is
-prometheus_client's own ``PROMETHEUS_MULTIPROC_DIR`` (:func:`env_name`).
-``twotower serve`` flags override them. Several uvicorn workers receive the
-settings through these same variables (see :func:`serving.main.serve`), so
-every field must round-trip through :meth:`Settings.to_env`. A
-``TWOTOWER_SERVE__*`` variable that names no field is refused (with the nearest
-valid name), so a typo never silently leaves a default in place; so is one
-spelt the old way, ``TWOTOWER_SERVE_<FIELD>``, unless it names a field: then
-it is the field's deprecated name, which the program's start renames
-(:func:`deprecated_env`, :func:`settings_environment`).
+Environment names (:mod:`serving.settings_env`): ``TWOTOWER_SERVE__<FIELD>``
+(e.g. ``TWOTOWER_SERVE__BATCH_MAX_SIZE=32``), except the store, every command's
+``TWOTOWER_STORE__URL``, and the Prometheus multiprocess directory,
+``PROMETHEUS_MULTIPROC_DIR`` (:func:`env_name`). ``twotower serve`` flags
+override them. Several uvicorn workers receive the settings through these same
+variables (see :func:`serving.main.serve`), so every field must round-trip
+through :meth:`Settings.to_env`. A serve variable that names no field, or a
+deprecated name left in place, is refused; the program's start renames the
+deprecated names (:func:`deprecated_env`, :func:`settings_environment`).
 
 Degraded mode (the store fails or is slower than ``store_timeout_s``): every
 process keeps the last-known dislikes of up to ``dislike_cache_users`` users
@@ -39,11 +35,10 @@ process (N workers or pods allow N times the rate).
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import logging
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -52,23 +47,12 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.config import rename_deprecated
-from common.urls import (
-    DEFAULT_STORE_URL,
-    OLD_STORE_URL_ENV,
-    STORE_URL_ENV,
-    mask_password,
-    redact_url,
-)
+from common.urls import DEFAULT_STORE_URL, STORE_URL_ENV, mask_password, redact_url
 from feature_store.options import StoreURLError
 from feature_store.urls import parse_url
+from serving.settings_env import ENV_PREFIX, MULTIPROC_ENV, deprecated_names, unknown_env
 
 log = logging.getLogger(__name__)
-
-ENV_PREFIX = "TWOTOWER_SERVE__"
-#: The spelling before the scheme, ``TWOTOWER_SERVE_<FIELD>``: still read (:func:`deprecated_env`).
-OLD_ENV_PREFIX = "TWOTOWER_SERVE_"
-#: prometheus_client's own switch (it reads it too, at import): set = multiprocess mode.
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Hard caps of the public API (docs/CONTRACT.md): settings may lower them, never raise them.
 K_CAP = 1000
@@ -264,7 +248,7 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _refuse_unknown_env(cls, data: Any) -> Any:
-        unknown_env(os.environ)  # raises naming the variable and the nearest valid one
+        unknown_env(os.environ, env_names())  # raises naming the variable and the nearest
         return data
 
     @model_validator(mode="after")
@@ -306,7 +290,7 @@ class Settings(BaseSettings):
 
     @property
     def has_key_source(self) -> bool:
-        """Whether any API key source is configured (the keys themselves are read by serving.auth)."""
+        """Whether any API key source is configured (the keys themselves: serving.api_keys)."""
         return self.api_keys_file is not None or bool(
             self.api_keys is not None and self.api_keys.get_secret_value().strip(" ,")
         )
@@ -373,10 +357,7 @@ def env_names() -> dict[str, str]:
 def deprecated_env() -> dict[str, str]:
     """Old name -> new name of every setting that had one: ``TWOTOWER_SERVE_<FIELD>``, and
     the store's ``TWOTOWER_STORE_URL`` and ``TWOTOWER_SERVE_STORE_URL``."""
-    renames = {f"{OLD_ENV_PREFIX}{name.upper()}": env for env, name in env_names().items()}
-    renames.pop(f"{OLD_ENV_PREFIX}METRICS_DIR")  # always read as PROMETHEUS_MULTIPROC_DIR
-    renames.update({old: STORE_URL_ENV for old in OLD_STORE_URL_ENV})
-    return renames
+    return deprecated_names(env_names())
 
 
 def settings_environment(environ: MutableMapping[str, str]) -> list[str]:
@@ -400,36 +381,3 @@ def load_settings(**values: Any) -> Settings:
     for warning in settings_environment(os.environ):
         log.warning("%s", warning)
     return Settings(**values)
-
-
-def unknown_env(environ: Mapping[str, str]) -> None:
-    """Refuse serve variables that name no field, and old names left in place.
-
-    ``TWOTOWER_SERVE__<NAME>`` or ``TWOTOWER_SERVE_<NAME>`` with no field ``name``
-    (a typo would be ignored otherwise), and a field's deprecated name: the
-    program's start renames those (:func:`settings_environment`), so one seen
-    here would be ignored too.
-
-    Raises:
-      ValueError: naming the variable and the closest valid name.
-    """
-    valid = env_names()
-    serve_names = [name for name in valid if name.startswith(ENV_PREFIX)]
-    renames = deprecated_env()
-    for key in sorted(environ):
-        name = key.upper()
-        if not name.startswith(OLD_ENV_PREFIX) or name in valid:
-            continue
-        if name in renames:
-            raise ValueError(
-                f"environment variable {key} is the old name of {renames[name]}: rename it"
-            )
-        field = name.removeprefix(ENV_PREFIX).removeprefix(OLD_ENV_PREFIX).lower()
-        if field in Settings.model_fields:  # TWOTOWER_SERVE__STORE_URL: read under another name
-            hint = f"; did you mean {env_name(field)}?"
-        else:
-            close = difflib.get_close_matches(
-                f"{ENV_PREFIX}{field.upper()}", serve_names, n=1, cutoff=0.6
-            )
-            hint = f"; did you mean {close[0]}?" if close else f"; valid names: {sorted(valid)}"
-        raise ValueError(f"environment variable {key} is not a serve setting{hint}")

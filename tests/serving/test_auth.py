@@ -23,7 +23,8 @@ from common.urls import STORE_URL_ENV
 from serving import api_keys
 from serving.api_keys import KeyConfigError, KeyRing
 from serving.auth import AccessMiddleware, credentials, needs_key
-from serving.settings import ENV_PREFIX, Settings
+from serving.settings import Settings
+from serving.settings_env import ENV_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "test-key-0123456789abcdef"

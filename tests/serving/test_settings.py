@@ -13,14 +13,8 @@ from pydantic import ValidationError
 
 from common.config import ConfigError
 from common.urls import STORE_URL_ENV
-from serving.settings import (
-    ENV_PREFIX,
-    MULTIPROC_ENV,
-    Settings,
-    deprecated_env,
-    env_names,
-    load_settings,
-)
+from serving.settings import Settings, deprecated_env, env_names, load_settings
+from serving.settings_env import ENV_PREFIX, MULTIPROC_ENV
 from tests.serving.server import running_server
 
 REPO = Path(__file__).resolve().parents[2]
