@@ -17,7 +17,8 @@ problem) while any of these holds:
   shorter than 16 characters, or missing from a plain ``redis://`` URL to
   another host;
 * any ``TWOTOWER_*`` variable still holds a placeholder value (an example
-  Secret deployed as is);
+  Secret deployed as is; the markers are ``serving.api_keys``', the ones the
+  API keys are checked against);
 * a store URL the command will use is refused by the serving settings'
   production rules (sqlite, unauthenticated remote Redis): those rules live in
   ``serving.settings`` and are called from here, not restated;
@@ -51,13 +52,12 @@ from urllib.parse import parse_qsl, urlsplit
 from common.config import ConfigError, check_section_env, env_name, rename_deprecated
 from common.urls import STORE_URL_ENV, mask_password, redact_url
 from serving import settings as serve_settings
+from serving.api_keys import is_placeholder
 
 MODES = ("development", "production")
 #: The compose file's local default; anything but local use must replace it.
 LOCAL_REDIS_PASSWORD = "twotower-local-only"
 MIN_SECRET_LENGTH = 16
-#: Values an example file ships with, meant to be replaced before deploying.
-PLACEHOLDER_MARKERS = ("change-me", "changeme", "change_me", "placeholder", "replace-me")
 _URL_SAFE = re.compile(r"^[A-Za-z0-9._~-]*$")
 _URL_ENCODED = re.compile(r"^(?:[A-Za-z0-9._~-]|%[0-9A-Fa-f]{2})*$")
 #: The preflight's own settings, section ``deploy`` of the scheme.
@@ -84,11 +84,6 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def _is_placeholder(value: str) -> bool:
-    low = value.lower()
-    return any(marker in low for marker in PLACEHOLDER_MARKERS)
 
 
 def store_urls(environ: Mapping[str, str], argv: Sequence[str]) -> list[tuple[str, str]]:
@@ -120,7 +115,7 @@ def store_urls(environ: Mapping[str, str], argv: Sequence[str]) -> list[tuple[st
 def _password_problems(where: str, password: str) -> list[str]:
     if password == LOCAL_REDIS_PASSWORD:
         return [f"{where}: is the local-stack default password; set a secret of your own"]
-    if _is_placeholder(password):
+    if is_placeholder(password):
         return [f"{where}: is still a placeholder; set a real secret"]
     if len(password) < MIN_SECRET_LENGTH:
         return [
@@ -225,7 +220,7 @@ def _check(environ: Mapping[str, str], argv: Sequence[str]) -> Verdict:
         if (
             name.startswith("TWOTOWER_")
             and name != REDIS_PASSWORD_ENV
-            and _is_placeholder(environ[name])
+            and is_placeholder(environ[name])
         ):
             verdict.problems.append(f"{name}: still holds a placeholder value from an example file")
     serve_name = serve_settings.env_name

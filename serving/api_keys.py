@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 #: How often the key file is looked at (at most; only when requests come).
 KEY_FILE_CHECK_S = 1.0
 MIN_PRODUCTION_KEY_LENGTH = 16
+#: Values an example file ships with, meant to be replaced before deploying (the one list:
+#: ``deploy/preflight.py`` refuses them in any ``TWOTOWER_*`` variable with :func:`is_placeholder`).
 PLACEHOLDER_MARKERS = ("change-me", "changeme", "change_me", "placeholder", "replace-me")
 
 
@@ -45,12 +47,18 @@ class KeyConfigError(ConfigError):
     """The configured keys cannot be used (unreadable file, no key, weak key in production)."""
 
 
+def is_placeholder(value: str) -> bool:
+    """Whether ``value`` still holds a placeholder marker (any case)."""
+    low = value.lower()
+    return any(marker in low for marker in PLACEHOLDER_MARKERS)
+
+
 def key_problem(key: str, production: bool) -> str | None:
     """Why ``key`` cannot be an API key (None: it can). Never includes the key."""
     if not all(0x21 <= ord(ch) <= 0x7E for ch in key):
         return "a key must be printable ASCII without spaces or control characters"
     if production:
-        if any(marker in key.lower() for marker in PLACEHOLDER_MARKERS):
+        if is_placeholder(key):
             return "is still a placeholder; set a real secret"
         if len(key) < MIN_PRODUCTION_KEY_LENGTH:
             return (
