@@ -293,7 +293,8 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _add_access_control(app: FastAPI, settings: Settings, state: AppState) -> None:
-    """API keys and the rate limit (serving.auth), when either is on: nothing runs otherwise.
+    """API keys (serving.api_keys) and the rate limit, checked by serving.auth's middleware
+    when either is on: nothing runs otherwise.
 
     The key file is read here, so a missing or empty one stops the start
     (``KeyConfigError``, exit 2), in every worker process as in a single one.
