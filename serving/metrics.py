@@ -53,6 +53,17 @@ class Metrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
+        self._answer_metrics(r)
+        self._degraded_metrics(r)
+        self._input_metrics(r)
+        self._model_metrics(r)
+        self._refusal_metrics(r)
+        self._model_labels: tuple[str, str, str] | None = None
+        self._published: str | None = None
+        self._served: str | None = None
+
+    def _answer_metrics(self, r: CollectorRegistry) -> None:
+        """How answers are made: latency, store reads, filtering, widening, fallbacks."""
         self.latency = Histogram(
             "twotower_http_request_duration_seconds",
             "HTTP request latency by route template and status code",
@@ -91,6 +102,9 @@ class Metrics:
         self.fallbacks = Counter(
             "twotower_fallbacks_total", "Recommendations served by a fallback", ["kind"], registry=r
         )
+
+    def _degraded_metrics(self, r: CollectorRegistry) -> None:
+        """Answers without the online store, and the dislike cache that keeps them filtered."""
         self.degraded = Counter(
             "twotower_degraded_responses_total",
             "Responses served without the online store",
@@ -110,6 +124,9 @@ class Metrics:
             registry=r,
             multiprocess_mode="liveall",
         )
+
+    def _input_metrics(self, r: CollectorRegistry) -> None:
+        """What requests bring: unknown item ids, events written."""
         self.ignored_items = Counter(
             "twotower_ignored_item_ids_total", "Unknown item ids in requests (ignored)", registry=r
         )
@@ -119,6 +136,9 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+
+    def _model_metrics(self, r: CollectorRegistry) -> None:
+        """The version served and published, its index, reloads, the micro-batcher."""
         self.model_info = Gauge(
             "twotower_model_info",
             "The model version being served (1 for the current one)",
@@ -162,6 +182,9 @@ class Metrics:
             "Times the micro-batcher task died and was restarted",
             registry=r,
         )
+
+    def _refusal_metrics(self, r: CollectorRegistry) -> None:
+        """What the API refused or corrected: 401s, 429s, event times ahead of its clock."""
         self.auth_refused = Counter(
             "twotower_auth_refused_total",
             "Requests refused with 401 by why (missing, malformed or unknown key; never the key)",
@@ -179,9 +202,6 @@ class Metrics:
             "was recorded as the receive time",
             registry=r,
         )
-        self._model_labels: tuple[str, str, str] | None = None
-        self._published: str | None = None
-        self._served: str | None = None
 
     def set_model(self, version: str, num_items: int, device: str, index_type: str) -> None:
         labels = (version, device, index_type)
