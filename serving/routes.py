@@ -14,10 +14,10 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Reques
 from fastapi.responses import JSONResponse
 from pydantic_core import to_json
 
-from feature_store.base import StoreOutcomeUnknown, StoreUnavailable
-from feature_store.events import DISLIKE, MAX_FUTURE_SKEW_S, EventError, make_event
+from feature_store.base import AppendResult, StoreOutcomeUnknown, StoreUnavailable
+from feature_store.events import DISLIKE, MAX_FUTURE_SKEW_S, Event, EventError, make_event
 from serving import service
-from serving.deps import ModelDep, StateDep
+from serving.deps import AppState, ModelDep, StateDep
 from serving.errors import (
     EVENTS_RESPONSES,
     MODEL_RESPONSES,
@@ -162,6 +162,27 @@ async def post_events(req: EventsRequest, state: StateDep) -> EventsResponse:
             f"has {len(req.events)} events; at most {settings.max_events} per call",
             "too_long",
         )
+    events, adjusted = _checked_events(req)
+    if adjusted:
+        state.metrics.ts_adjusted.inc(len(adjusted))
+        log.info(
+            "%d event(s) stamped more than %.0f s ahead of this server's clock recorded at "
+            "receive time (client clock fast?)",
+            len(adjusted),
+            MAX_FUTURE_SKEW_S,
+        )
+    _learn_dislikes(state, events)
+    result = await _append(state, events)
+    state.metrics.events.labels("accepted").inc(result.accepted)
+    state.metrics.events.labels("duplicate").inc(result.duplicates)
+    return EventsResponse(
+        accepted=result.accepted, duplicates=result.duplicates, ts_adjusted=adjusted or None
+    )
+
+
+def _checked_events(req: EventsRequest) -> tuple[list[Event], list[TsAdjusted]]:
+    """The call's events, each checked (422 naming the first bad one), and the ``ts`` moved
+    back to the receive time because they were too far ahead of this server's clock."""
     now = time.time()
     events = []
     adjusted: list[TsAdjusted] = []
@@ -183,14 +204,11 @@ async def post_events(req: EventsRequest, state: StateDep) -> EventsResponse:
             events.append(make_event(data, index=i, now=now))
         except EventError as exc:
             raise InputError(f"body.events.{i}.{exc.field}", str(exc).split(": ", 1)[-1]) from exc
-    if adjusted:
-        state.metrics.ts_adjusted.inc(len(adjusted))
-        log.info(
-            "%d event(s) stamped more than %.0f s ahead of this server's clock recorded at "
-            "receive time (client clock fast?)",
-            len(adjusted),
-            MAX_FUTURE_SKEW_S,
-        )
+    return events, adjusted
+
+
+def _learn_dislikes(state: AppState, events: list[Event]) -> None:
+    """This process filters the call's dislikes from now on (degraded mode's cache)."""
     first: dict[tuple[str, str], object] = {}
     for ev in events:
         # A repeated (user_id, event_id) in one call is a duplicate the store does not apply:
@@ -198,13 +216,18 @@ async def post_events(req: EventsRequest, state: StateDep) -> EventsResponse:
         if first.setdefault((ev.user_id, ev.event_id), ev) is ev and ev.type == DISLIKE:
             state.dislike_cache.learn(ev.user_id, (ev.item_id,), complete=False)
     state.metrics.cache_users.set(len(state.dislike_cache))
+
+
+async def _append(state: AppState, events: list[Event]) -> AppendResult:
+    """Write ``events`` within ``store_write_timeout_s``; 503 saying whether a retry is safe."""
+    settings = state.settings
     retry = {"Retry-After": str(service.STORE_RETRY_AFTER_S)}
     if state.store is None:
         raise HTTPException(
             503, f"online store unavailable: {state.store_error}; nothing was written", retry
         )
     try:
-        result = await asyncio.wait_for(
+        return await asyncio.wait_for(
             state.store.append_events(events), settings.store_write_timeout_s
         )
     except Exception as exc:  # any backend failure
@@ -224,11 +247,6 @@ async def post_events(req: EventsRequest, state: StateDep) -> EventsResponse:
                 "without an event_id cannot be told apart from a second copy)"
             )
         raise HTTPException(503, f"online store unavailable ({reason}); {outcome}", retry) from exc
-    state.metrics.events.labels("accepted").inc(result.accepted)
-    state.metrics.events.labels("duplicate").inc(result.duplicates)
-    return EventsResponse(
-        accepted=result.accepted, duplicates=result.duplicates, ts_adjusted=adjusted or None
-    )
 
 
 @router.get(
