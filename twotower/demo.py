@@ -16,7 +16,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trainer.data.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +92,6 @@ def demo_command(args: argparse.Namespace) -> int:
     from common.tf_logging import import_tensorflow_quietly
 
     import_tensorflow_quietly()  # also when called directly, not through the CLI
-    from common import artifacts
-    from feature_store import open_store, run_sync
-    from trainer.data.sources import load_source
-    from trainer.exported import ExportedModel
-    from trainer.run import train, trainer_config
-    from twotower.ingest import ingest_dataset
 
     work = Path(args.dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -103,55 +100,11 @@ def demo_command(args: argparse.Namespace) -> int:
     store_url = f"sqlite:///{work / 'store.sqlite'}"
     started = time.perf_counter()
 
-    print(f"[1/4] generating data: {DEMO_DATA}", file=sys.stderr)
-    ds = load_source(DEMO_DATA)
-    print(f"[2/4] training ({', '.join(DEMO_SETTINGS)}) into {art}", file=sys.stderr)
-    cfg = trainer_config("synthetic", overrides=DEMO_SETTINGS)
-    outcome = train(DEMO_DATA, art, cfg, ds=ds)
-    m, b = outcome.metrics, outcome.baseline_popular
-    print(
-        f"      version {outcome.version}: recall@20 {m['recall@20']:.3f} (popular {b['recall@20']:.3f}), "
-        f"dislike_rate@20 {m['dislike_rate@20']:.3f} (popular {b['dislike_rate@20']:.3f})",
-        file=sys.stderr,
-    )
+    ds = _train(art)
     print(f"[3/4] loading events into the embedded store {store_url}", file=sys.stderr)
-
-    async def _load() -> None:
-        async with open_store(store_url) as store:
-            await ingest_dataset(store, ds, progress=False)
-
-    run_sync(_load())
-
-    # Pick a user with history and the item the model would put first for them,
-    # so the printed curl lines show the dislike filter at work.
-    exported = ExportedModel(art, artifacts.latest_version(art))
+    _load_events(store_url, ds)
     user = str(ds.user_ids[0])
-
-    async def _state():
-        async with open_store(store_url) as store:
-            return await store.get_user(user)
-
-    state = run_sync(_state())
-    index = {x: i + 1 for i, x in enumerate(exported.item_ids)}
-    import numpy as np
-
-    h = exported.manifest["history_length"]
-    d = exported.manifest["dislike_length"]
-    hist = [index[x] for x in state.positives if x in index][-h:]
-    disl = [index[x] for x, _ts in state.dislikes if x in index][-d:]
-    hist_arr = np.zeros((1, h), np.int32)
-    disl_arr = np.zeros((1, d), np.int32)
-    if hist:
-        hist_arr[0, -len(hist) :] = hist
-    if disl:
-        disl_arr[0, -len(disl) :] = disl
-    scores = exported.embed(hist_arr, disl_arr)[0] @ exported.item_emb.T
-    seen = set(state.positives) | {x for x, _ in state.dislikes}
-    top = next(
-        str(exported.item_ids[i])
-        for i in np.argsort(-scores)
-        if str(exported.item_ids[i]) not in seen
-    )
+    top = _top_pick(art, store_url, user)
 
     base = f"http://{_url_host(args.host)}:{args.port}"
     lines = _curl_lines(base, user, top)
@@ -164,8 +117,81 @@ def demo_command(args: argparse.Namespace) -> int:
         print(lines)
         sys.stdout.flush()
         return 0
+    return _serve(args, art, store_url, lines, started)
+
+
+def _train(art: Path) -> Dataset:
+    """Steps 1 and 2: the demo data set, and a version trained on it published in ``art``."""
+    from trainer.data.sources import load_source
+    from trainer.run import train, trainer_config
+
+    print(f"[1/4] generating data: {DEMO_DATA}", file=sys.stderr)
+    ds = load_source(DEMO_DATA)
+    print(f"[2/4] training ({', '.join(DEMO_SETTINGS)}) into {art}", file=sys.stderr)
+    cfg = trainer_config("synthetic", overrides=DEMO_SETTINGS)
+    outcome = train(DEMO_DATA, art, cfg, ds=ds)
+    m, b = outcome.metrics, outcome.baseline_popular
+    print(
+        f"      version {outcome.version}: recall@20 {m['recall@20']:.3f} (popular {b['recall@20']:.3f}), "
+        f"dislike_rate@20 {m['dislike_rate@20']:.3f} (popular {b['dislike_rate@20']:.3f})",
+        file=sys.stderr,
+    )
+    return ds
+
+
+def _load_events(store_url: str, ds: Dataset) -> None:
+    """Step 3: the data set's events into the embedded store."""
+    from feature_store import open_store, run_sync
+    from twotower.ingest import ingest_dataset
+
+    async def _load() -> None:
+        async with open_store(store_url) as store:
+            await ingest_dataset(store, ds, progress=False)
+
+    run_sync(_load())
+
+
+def _top_pick(art: Path, store_url: str, user: str) -> str:
+    """The item the published version would put first for ``user`` (from the store's history),
+    so the printed curl lines show the dislike filter at work."""
+    import numpy as np
+
+    from common import artifacts
+    from feature_store import open_store, run_sync
+    from trainer.exported import ExportedModel
+
+    exported = ExportedModel(art, artifacts.latest_version(art))
+
+    async def _state():
+        async with open_store(store_url) as store:
+            return await store.get_user(user)
+
+    state = run_sync(_state())
+    index = {x: i + 1 for i, x in enumerate(exported.item_ids)}
+    h = exported.manifest["history_length"]
+    d = exported.manifest["dislike_length"]
+    hist = [index[x] for x in state.positives if x in index][-h:]
+    disl = [index[x] for x, _ts in state.dislikes if x in index][-d:]
+    hist_arr = np.zeros((1, h), np.int32)
+    disl_arr = np.zeros((1, d), np.int32)
+    if hist:
+        hist_arr[0, -len(hist) :] = hist
+    if disl:
+        disl_arr[0, -len(disl) :] = disl
+    scores = exported.embed(hist_arr, disl_arr)[0] @ exported.item_emb.T
+    seen = set(state.positives) | {x for x, _ in state.dislikes}
+    return next(
+        str(exported.item_ids[i])
+        for i in np.argsort(-scores)
+        if str(exported.item_ids[i]) not in seen
+    )
+
+
+def _serve(args: argparse.Namespace, art: Path, store_url: str, lines: str, started: float) -> int:
+    """Step 4: the API on the demo's version and store; the curl lines once it is ready."""
     from serving.main import check_settings, serve, serve_settings
 
+    base = f"http://{_url_host(args.host)}:{args.port}"
     print(f"[4/4] starting the API on {base} ...", file=sys.stderr)
     # The curl lines only make sense once the API answers: printed when /readyz says so.
     threading.Thread(
