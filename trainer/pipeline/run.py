@@ -7,13 +7,13 @@ import logging
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common import artifacts
 from common.config import ConfigError
 from common.urls import STORE_URL_ENV, redact_url
 from trainer.pipeline import reports
-from trainer.pipeline.config import EVENTS_DIR, PipelineConfig
+from trainer.pipeline.config import EVENTS_DIR, PipelineConfig, PipelineSection
 from trainer.pipeline.gate import (
     HOLDOUT_METRICS,
     apply_gate,
@@ -40,6 +40,7 @@ from trainer.pipeline.state import (
 )
 from trainer.pipeline.steps import (
     OLD_SNAPSHOT,
+    RunInput,
     events_at_last_gate,
     events_dataset,
     has_test_users,
@@ -50,6 +51,10 @@ from trainer.pipeline.steps import (
     warm_version,
     window,
 )
+
+if TYPE_CHECKING:
+    from trainer.config import TrainerConfig
+    from trainer.data.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -158,22 +163,20 @@ def gated_run(
     pc = config.pipeline
     inp = run_input(store_url, art, snapshot)
     events = window(inp.events, pc.window_days)
-    archive_run, archived, new, snap_id = inp.archive_run, inp.archived, inp.new, inp.snapshot_id
-    metadata, where, pinned, source = inp.metadata, inp.metadata_origin, inp.pinned, inp.source
     published = artifacts.latest_version(art)
     published_manifest = artifacts.read_manifest(art, published) if published else None
     baseline = events_at_last_gate(read_state(art), published_manifest)
+    fresh = None if baseline is None else inp.archived - baseline
     report["events"] = {
-        "new": new,
-        "archived": archived,
-        "archive_run": archive_run,
+        "new": inp.new,
+        "archived": inp.archived,
+        "archive_run": inp.archive_run,
         "window": len(events),
-        "since_last_gated_run": None if baseline is None else archived - baseline,
+        "since_last_gated_run": fresh,
     }
     if not events:
         report.update(outcome="skipped", reason="no events to train on (the event log is empty)")
         return
-    fresh = None if baseline is None else archived - baseline
     # A snapshot run is an explicit request; otherwise skip when the gate has already
     # judged (nearly) this data, whatever it decided.
     skip = snapshot is None and published and not force
@@ -185,7 +188,7 @@ def gated_run(
         )
         return
 
-    ds = events_dataset(events, source, metadata, where)
+    ds = events_dataset(events, inp.source, inp.metadata, inp.metadata_origin)
     if published and not force and not has_test_users(ds):
         # Nothing to compare the versions on: training would end in a blind gate.
         report.update(
@@ -195,14 +198,62 @@ def gated_run(
         )
         return
     tcfg = config.trainer()
-    warm = warm_version(
-        art, pinned if snapshot is not None else published, tcfg, ds, pinned=snapshot is not None
+    pinned = snapshot is not None
+    warm_from = inp.pinned if pinned else published
+    candidate = _train(report, art, inp, ds, tcfg, len(events), warm_from, pinned, progress)
+    passed, rows = _gate(report, art, ds, tcfg, pc, candidate, published, published_manifest)
+    info = {
+        "run_id": report["run_id"],
+        "archive_run": inp.archive_run,
+        "archived_events": inp.archived,
+        "window_events": len(events),
+        "snapshot": inp.snapshot_id,
+        "gate_passed": passed,
+        "compared_with": published,
+        "holdout": report["holdout"],
+    }
+    outcome_name, reason, conflict = publish_or_refuse(
+        art, candidate, published, info, rows, passed=passed, force=force
     )
-    key = training_key(tcfg, archive_run, archived, len(events), snap_id)
-    outcome = train_candidate(art, source, ds, tcfg, warm, key, chief=True, progress=progress)
-    candidate = outcome.version
-    report["warm_start"] = outcome.training.get("warm_start")
+    report.update(outcome=outcome_name, version=candidate, reason=reason)
+    if not conflict:  # a conflict was never judged against what is published now: retry next time
+        _record_gated_run(art, report, inp, published)
+    report["pruned"] = apply_retention(art, pc.keep_versions, pc.keep_refused, pinned_versions(art))
+    append_history(art, {**report, "finished_at": now_iso()})
+    trim_history(art, pc.keep_history)
 
+
+def _train(
+    report: dict[str, Any],
+    art: Path,
+    inp: RunInput,
+    ds: Dataset,
+    tcfg: TrainerConfig,
+    window_events: int,
+    warm_from: str | None,
+    pinned: bool,
+    progress: bool,
+) -> str:
+    """The candidate's id; how it started (warm or not, :func:`warm_version`) in ``report``."""
+    warm = warm_version(art, warm_from, tcfg, ds, pinned=pinned)
+    key = training_key(tcfg, inp.archive_run, inp.archived, window_events, inp.snapshot_id)
+    outcome = train_candidate(art, inp.source, ds, tcfg, warm, key, chief=True, progress=progress)
+    report["warm_start"] = outcome.training.get("warm_start")
+    return outcome.version
+
+
+def _gate(
+    report: dict[str, Any],
+    art: Path,
+    ds: Dataset,
+    tcfg: TrainerConfig,
+    pc: PipelineSection,
+    candidate: str,
+    published: str | None,
+    published_manifest: dict[str, Any] | None,
+) -> tuple[bool, list[dict[str, Any]]]:
+    """The candidate against the published version on one holdout; the holdout, both
+    versions' metrics and the gate's rows go into ``report``; returns ``(passed, rows)``."""
     # One holdout for both versions: same users, same catalog (trainer.pipeline.gate).
     ids = [version_item_ids(art, candidate)] + (
         [version_item_ids(art, published)] if published else []
@@ -236,39 +287,27 @@ def gated_run(
         left_out=dict.fromkeys(HOLDOUT_METRICS, mismatch) if mismatch else None,
     )
     report["gate"] = rows
+    return passed, rows
 
-    info = {
-        "run_id": report["run_id"],
-        "archive_run": archive_run,
-        "archived_events": archived,
-        "window_events": len(events),
-        "snapshot": snap_id,
-        "gate_passed": passed,
-        "compared_with": published,
-        "holdout": report["holdout"],
-    }
-    outcome_name, reason, conflict = publish_or_refuse(
-        art, candidate, published, info, rows, passed=passed, force=force
+
+def _record_gated_run(
+    art: Path, report: dict[str, Any], inp: RunInput, published: str | None
+) -> None:
+    """The state file's last gated run: what the next run's skip rule counts new events from."""
+    write_state(
+        art,
+        {
+            "last_gated_run": {
+                "run_id": report["run_id"],
+                "archive_run": inp.archive_run,
+                "archived_events": inp.archived,
+                "outcome": report["outcome"],
+                "version": report["version"],
+                "compared_with": published,
+                "finished_at": now_iso(),
+            }
+        },
     )
-    report.update(outcome=outcome_name, version=candidate, reason=reason)
-    if not conflict:  # a conflict was never judged against what is published now: retry next time
-        write_state(
-            art,
-            {
-                "last_gated_run": {
-                    "run_id": report["run_id"],
-                    "archive_run": archive_run,
-                    "archived_events": archived,
-                    "outcome": outcome_name,
-                    "version": candidate,
-                    "compared_with": published,
-                    "finished_at": now_iso(),
-                }
-            },
-        )
-    report["pruned"] = apply_retention(art, pc.keep_versions, pc.keep_refused, pinned_versions(art))
-    append_history(art, {**report, "finished_at": now_iso()})
-    trim_history(art, pc.keep_history)
 
 
 def freeze_snapshot(store_url: str, art: Path, config: PipelineConfig) -> dict[str, Any]:
