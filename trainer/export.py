@@ -142,8 +142,7 @@ def export_version(
         queries=index_queries,
         seed=cfg.train.seed,
     )
-    order = np.lexsort((np.arange(len(item_counts)), -item_counts))
-    popular = [str(item_ids[i]) for i in order[: cfg.export.popular_items] if item_counts[i] > 0]
+    popular = _fallback_items(item_ids, item_counts, cfg.export.popular_items)
     interrupts.check()
     with artifacts.staging_version(art) as (version, vdir):
         log.info("writing version %s (user tower, item vectors, index)...", version)
@@ -155,26 +154,7 @@ def export_version(
         write_index(index, vdir / artifacts.INDEX)
         model.weights_checkpoint().write(str(vdir / artifacts.CHECKPOINT / "model"))
         manifest = {
-            "version": version,
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "embedding_dim": int(items.shape[1]),
-            "num_items": int(items.shape[0]),
-            "similarity": similarity,
-            "history_length": cfg.model.history_length,
-            "dislike_length": cfg.model.dislike_length,
-            "user_tower": {
-                "path": artifacts.USER_TOWER,
-                "signature": SIGNATURE,
-                "inputs": {
-                    "history": ["batch", cfg.model.history_length],
-                    "dislikes": ["batch", cfg.model.dislike_length],
-                },
-                "output": "embedding",
-                "token": "item index + 1; 0 = padding; right-aligned, most recent last",
-            },
-            "items": {"path": artifacts.ITEMS},
-            "index": {**index_info, "path": artifacts.INDEX},
-            "popular_items": popular,
+            **_manifest(model, version, items, similarity, index_info, popular),
             "metrics": metrics,
             "baseline_popular": baseline_popular,
             "data": data,
@@ -189,3 +169,44 @@ def export_version(
         artifacts.publish(art, version)
         log.info("published version %s", version)
     return version
+
+
+def _fallback_items(item_ids: np.ndarray, item_counts: np.ndarray, n: int) -> list[str]:
+    """The cold-start fallback list: the ``n`` most counted items (ties in index order),
+    only those counted at all."""
+    order = np.lexsort((np.arange(len(item_counts)), -item_counts))
+    return [str(item_ids[i]) for i in order[:n] if item_counts[i] > 0]
+
+
+def _manifest(
+    model: TwoTowerModel,
+    version: str,
+    items: np.ndarray,
+    similarity: str,
+    index_info: dict[str, Any],
+    popular: list[str],
+) -> dict[str, Any]:
+    """The manifest's description of the version's files (what was measured goes after)."""
+    cfg = model.config
+    return {
+        "version": version,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "embedding_dim": int(items.shape[1]),
+        "num_items": int(items.shape[0]),
+        "similarity": similarity,
+        "history_length": cfg.model.history_length,
+        "dislike_length": cfg.model.dislike_length,
+        "user_tower": {
+            "path": artifacts.USER_TOWER,
+            "signature": SIGNATURE,
+            "inputs": {
+                "history": ["batch", cfg.model.history_length],
+                "dislikes": ["batch", cfg.model.dislike_length],
+            },
+            "output": "embedding",
+            "token": "item index + 1; 0 = padding; right-aligned, most recent last",
+        },
+        "items": {"path": artifacts.ITEMS},
+        "index": {**index_info, "path": artifacts.INDEX},
+        "popular_items": popular,
+    }
