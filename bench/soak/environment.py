@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import artifact_format
+from common import artifact_format, artifacts
 
 
 def free_port() -> int:
@@ -119,14 +119,12 @@ def rss_bytes(pid: int) -> int:
 
 
 def catalog(art: Path, version: str) -> set[str]:
-    vdir = art / "versions" / version
-    return set(artifact_format.read_item_ids(artifact_format.items_path(vdir)).astype(str).tolist())
+    items = artifacts.version_dir(art, version) / artifacts.ITEMS
+    return set(artifact_format.read_item_ids(items).astype(str).tolist())
 
 
 def copy_version(art: Path, source: str) -> str:
     """A complete copy of ``source`` under a new id (not published)."""
-    from common import artifacts
-
     new = artifacts.new_version_id()
     staging = art / "versions" / f".soak-{new}"
     shutil.copytree(art / "versions" / source, staging)
