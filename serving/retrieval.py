@@ -71,13 +71,18 @@ class Result:
     demoted: int = 0
 
 
+def _rows_of(blocked: set[int]) -> np.ndarray:
+    """int64 [|blocked|] of a blocked set (any order)."""
+    return np.fromiter(blocked, dtype=np.int64, count=len(blocked))
+
+
 def _exact(
     model: LoadedModel, vec: np.ndarray, blocked: set[int], want: int, k: int
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Exact top-``want`` of the whole catalog minus ``blocked``, and the filtered count for ``k``."""
     raw = model.exact_scores(vec).astype(np.float32, copy=False)
     scores = raw.copy()
-    blocked_rows = np.fromiter(blocked, dtype=np.int64, count=len(blocked))
+    blocked_rows = _rows_of(blocked)
     if blocked:
         scores[blocked_rows] = -np.inf
     available = int(np.isfinite(scores).sum())
@@ -109,7 +114,7 @@ def _keep(
     dry = not bool(valid.all())
     if not blocked:
         return rows[valid], scores[valid], dry, 0
-    hit = np.fromiter((int(r) in blocked for r in rows), dtype=bool, count=len(rows)) & valid
+    hit = np.isin(rows, _rows_of(blocked)) & valid
     keep = valid & ~hit
     kept_at = np.flatnonzero(keep)
     cut = int(kept_at[k - 1]) if len(kept_at) >= k else len(rows)
@@ -164,6 +169,66 @@ def finish(
     return Result(kept_rows[: q.k], kept_scores[: q.k], filtered, searches, exact, demoted)
 
 
+def filter_batch(
+    queries: Sequence[Query],
+    vecs: np.ndarray,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    depth: int,
+    demotion: Demotion,
+) -> list[Result]:
+    """:func:`finish` for a whole batch of one model version, the common case in one pass.
+
+    Blocked rows are masked over the batch's whole result matrix at once (one
+    ``isin`` on ``query * N + row`` keys) instead of row by row per query. A
+    query that keeps what it wants from this search is answered from the mask;
+    one that does not (it must search deeper or go exact) goes through
+    :func:`finish`, which starts from the same search: the answers are those of
+    :func:`finish` for every query.
+
+    Args:
+      queries: B queries of one model version.
+      vecs: float32 [B, dim] their query vectors.
+      rows: int64 [B, depth] and scores: float32 [B, depth], the batch's search (-1 = none).
+      depth: the depth searched.
+    """
+    n = queries[0].model.num_items
+    valid = rows >= 0
+    blocked = [_rows_of(q.blocked) for q in queries]
+    if any(len(b) for b in blocked):
+        offsets = np.arange(len(queries), dtype=np.int64) * n
+        # Only rows of the catalog can be hit (and a key must not reach the next query's).
+        keys = np.concatenate(
+            [b[(b >= 0) & (b < n)] + off for b, off in zip(blocked, offsets, strict=True)]
+        )
+        hit = np.isin(rows + offsets[:, None], keys) & valid
+    else:
+        hit = np.zeros_like(valid)
+    keep = valid & ~hit
+    ks = np.fromiter((q.k for q in queries), dtype=np.int64, count=len(queries))
+    wants = np.fromiter(
+        (max(q.k, initial_depth(q, demotion) - len(q.blocked)) for q in queries),
+        dtype=np.int64,
+        count=len(queries),
+    )
+    # Blocked rows ranked above the k-th kept one (all of them when fewer than k are kept).
+    filtered = (hit & (np.cumsum(keep, axis=1) < ks[:, None])).sum(axis=1)
+    complete = valid.all(axis=1) & (depth >= n)  # every item was ranked
+    done = (keep.sum(axis=1) >= wants) | complete
+    out = []
+    for j, q in enumerate(queries):
+        if not done[j]:
+            out.append(finish(q, vecs[j], rows[j], scores[j], depth, demotion))
+            continue
+        kept_rows, kept_scores, demoted = _demote(
+            q.model, q, rows[j][keep[j]], scores[j][keep[j]], demotion
+        )
+        out.append(
+            Result(kept_rows[: q.k], kept_scores[: q.k], int(filtered[j]), 1, False, demoted)
+        )
+    return out
+
+
 def _tokens(arr: np.ndarray | None) -> np.ndarray:
     if arr is None:
         raise ValueError("a tower query needs history and dislikes tokens")
@@ -195,6 +260,7 @@ def run_batch(queries: Sequence[Query], demotion: Demotion = Demotion()) -> list
                 results[i] = Result(np.empty(0, np.int64), np.empty(0, np.float32))
             continue
         scores, rows = model.search(vecs, depth)
-        for j, i in enumerate(members):
-            results[i] = finish(queries[i], vecs[j], rows[j], scores[j], depth, demotion)
+        group = filter_batch([queries[i] for i in members], vecs, rows, scores, depth, demotion)
+        for i, res in zip(members, group, strict=True):
+            results[i] = res
     return [r for r in results if r is not None]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from serving.model import LoadedModel, load_model
-from serving.retrieval import Demotion, Query, run_batch
+from serving.retrieval import Demotion, Query, finish, initial_depth, run_batch
 from tests.serving.artifact_factory import make_artifact
 
 
@@ -93,6 +93,38 @@ def test_batched_equals_one_by_one(model: LoadedModel) -> None:
         (alone,) = run_batch([q])
         assert res.rows.tolist() == alone.rows.tolist()
         assert len(res.rows) == q.k and not set(res.rows.tolist()) & q.blocked
+
+
+@pytest.mark.parametrize("demotion", [Demotion(), Demotion(weight=3.0, threshold=0.3)])
+def test_batch_filtering_answers_what_finish_answers_query_by_query(
+    model: LoadedModel, demotion: Demotion
+) -> None:
+    """run_batch filters a batch at once; each answer is the per-query path's, field for field."""
+    rng = np.random.default_rng(8)
+    queries = []
+    for i in range(40):
+        blocked = set(rng.integers(0, model.num_items, int(rng.choice([0, 3, 30, 420]))).tolist())
+        q = _query(model, int(rng.integers(1, 60)), blocked, seed=i)
+        q.demote_rows = np.asarray(sorted(blocked)[:4], np.int64)
+        queries.append(q)
+    got = run_batch(queries, demotion)
+    vecs = model.embed(
+        np.stack([q.history for q in queries]), np.stack([q.dislikes for q in queries])
+    )
+    depth = min(max(initial_depth(q, demotion) for q in queries), model.num_items)
+    scores, rows = model.search(vecs, depth)
+    for j, (q, res) in enumerate(zip(queries, got, strict=True)):
+        want = finish(q, vecs[j], rows[j], scores[j], depth, demotion)
+        assert res.rows.tolist() == want.rows.tolist()
+        assert res.scores.tolist() == want.scores.tolist()  # the same floats, not close ones
+        assert (res.filtered, res.searches, res.exact, res.demoted) == (
+            want.filtered,
+            want.searches,
+            want.exact,
+            want.demoted,
+        )
+    assert any(r.searches == 1 and not r.exact for r in got)  # answered from the batch's mask
+    assert any(r.filtered for r in got)
 
 
 def test_soft_demotion_pushes_items_near_dislikes_down(tmp_path: Path) -> None:
