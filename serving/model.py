@@ -222,6 +222,7 @@ class LoadedModel:
       version: version id (the directory name under ``ART/versions``).
       manifest: the parsed manifest.json.
       item_ids: str array [N], index order (row i = FAISS id i = tower token i + 1).
+      id_list: the same ids as a list (answers index it: no NumPy scalar per item).
       id_to_index: item id -> row.
       embeddings: float32 [N, dim] item embeddings (for similar items, exact fallback, demotion).
       index: the placed FAISS index (inner product).
@@ -231,6 +232,7 @@ class LoadedModel:
     version: str
     manifest: dict[str, Any]
     item_ids: np.ndarray
+    id_list: list[str]
     id_to_index: dict[str, int]
     embeddings: np.ndarray
     index: PlacedIndex
@@ -293,10 +295,15 @@ class LoadedModel:
 
     def tokens(self, item_ids: list[str], length: int) -> np.ndarray:
         """Right-aligned int32 [length] tokens of the last ``length`` known ids (unknown ids dropped)."""
-        rows = [self.id_to_index[x] + 1 for x in item_ids if x in self.id_to_index][-length:]
+        index = self.id_to_index
+        return self.row_tokens([index[x] for x in item_ids if x in index], length)
+
+    @staticmethod
+    def row_tokens(rows: list[int], length: int) -> np.ndarray:
+        """Right-aligned int32 [length] tokens (row + 1) of the last ``length`` of ``rows``."""
+        last = rows[-length:] if length > 0 else []
         out = np.zeros(length, dtype=np.int32)
-        if rows:
-            out[length - len(rows) :] = rows
+        out[length - len(last) :] = np.asarray(last, dtype=np.int32) + 1
         return out
 
     def warm(self) -> None:
@@ -340,7 +347,8 @@ def load_model(art: str | os.PathLike[str], version: str, *, use_gpu: str = "aut
         )
     except FormatError as exc:
         raise ModelLoadError(str(exc)) from exc
-    id_to_index = {x: i for i, x in enumerate(item_ids.tolist())}
+    id_list = item_ids.tolist()  # the same str objects as the map's keys: one copy of the ids
+    id_to_index = {x: i for i, x in enumerate(id_list)}
     index_info = manifest["index"]
     index_type = str(index_info.get("type", "flat"))
     params = dict(index_info.get("params") or {})
@@ -361,6 +369,7 @@ def load_model(art: str | os.PathLike[str], version: str, *, use_gpu: str = "aut
         version=version,
         manifest=manifest,
         item_ids=item_ids,
+        id_list=id_list,
         id_to_index=id_to_index,
         embeddings=embeddings,
         index=placed,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ from feature_store.base import UserState
 from serving.batcher import Arrival
 from serving.deps import AppState
 from serving.model import LoadedModel
-from serving.retrieval import Query
+from serving.retrieval import Query, Result
 from serving.schemas import RecommendRequest, ScoredItem
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,9 @@ class StoreReads:
         timeout = app.settings.store_timeout_s
         started = time.perf_counter()
         try:
-            states = await asyncio.wait_for(store.get_users(uids, with_seen=with_seen), timeout)
+            # asyncio.timeout, not wait_for: no task of its own per read (Python 3.11's wait_for)
+            async with asyncio.timeout(timeout):
+                states = await store.get_users(uids, with_seen=with_seen)
             missing = [uid for uid in uids if uid not in states]
             if missing:
                 raise RuntimeError(f"store returned no state for {len(missing)} user(s)")
@@ -190,6 +193,24 @@ async def read_user(app: AppState, user_id: str, with_seen: bool) -> UserRead:
 
 def _unique(ids: list[str]) -> list[str]:
     return list(dict.fromkeys(ids))
+
+
+def _rows(index: dict[str, int], ids: Iterable[str]) -> list[int]:
+    """Rows of the known ``ids``, in their order (unknown ids dropped)."""
+    return [r for r in map(index.get, ids) if r is not None]
+
+
+def _count(app: AppState, result: Result) -> None:
+    """A model answer's counters (a counter's update takes a lock: only those that moved)."""
+    metrics = app.metrics
+    if result.filtered:
+        metrics.filtered.inc(result.filtered)
+    if result.searches > 1:
+        metrics.widened.inc(result.searches - 1)
+    if result.demoted:
+        metrics.demoted.inc(result.demoted)
+    if result.exact:
+        metrics.exact.inc()
 
 
 def popular_fallback(
@@ -275,51 +296,45 @@ async def _recommend(
     ignored = _unique([x for x in (*req.history, *req.dislikes, *req.exclude) if x not in index])
     history = (stored.positives if stored else []) + list(req.history)
     dislikes = ([item for item, _ts in stored.dislikes] if stored else []) + list(req.dislikes)
-
-    blocked_ids: set[str] = set(dislikes) | set(req.exclude) | remembered
+    # Each id is looked up once; its row serves the blocked set, the tokens and demotion.
+    history_rows = _rows(index, history)
+    dislike_rows = _rows(index, dislikes)
+    blocked = {*dislike_rows, *_rows(index, req.exclude), *_rows(index, remembered)}
     if req.exclude_seen:
-        blocked_ids |= set(history)
+        blocked.update(history_rows)
         if stored is not None and stored.seen:
-            blocked_ids |= stored.seen
-    blocked = {index[x] for x in blocked_ids if x in index}
+            blocked.update(_rows(index, stored.seen))
 
-    known_history = [x for x in history if x in index]
     fallback: Literal["popular"] | None = None
-    if not known_history:
+    if not history_rows:
         fallback = "popular"
         metrics.fallbacks.labels("popular").inc()
         arrival.landed()  # no query for the batcher
         rows, scores, filtered = popular_fallback(model, blocked, k)
-        metrics.filtered.inc(filtered)
+        if filtered:
+            metrics.filtered.inc(filtered)
     else:
-        recent_dislikes = [index[x] for x in dislikes if x in index][-app.settings.demote_recent :]
         query = Query(
             model=model,
             k=k,
             blocked=blocked,
-            history=model.tokens(known_history, model.history_length),
-            dislikes=model.tokens(dislikes, model.dislike_length),
-            demote_rows=np.asarray(recent_dislikes, dtype=np.int64),
+            history=model.row_tokens(history_rows, model.history_length),
+            dislikes=model.row_tokens(dislike_rows, model.dislike_length),
+            demote_rows=np.asarray(dislike_rows[-app.settings.demote_recent :], dtype=np.int64),
         )
         result = await app.batcher.submit(query, arrival)
         rows, scores = result.rows.tolist(), result.scores.tolist()
-        metrics.filtered.inc(result.filtered)
-        metrics.widened.inc(result.searches - 1)
-        metrics.demoted.inc(result.demoted)
-        if result.exact:
-            metrics.exact.inc()
+        _count(app, result)
     if degraded:
         metrics.degraded.labels("/v1/recommend").inc()
     if ignored:
         metrics.ignored_items.inc(len(ignored))
-    ids = model.item_ids
+    ids = model.id_list
     # A plain dict in the response schema's field order, encoded once by the route
     # (RecommendResponse documents it; building 20 models per answer costs more).
     return {
         "user_id": req.user_id,
-        "items": [
-            {"item_id": str(ids[r]), "score": float(s)} for r, s in zip(rows, scores, strict=True)
-        ],
+        "items": [{"item_id": ids[r], "score": s} for r, s in zip(rows, scores, strict=True)],
         "model_version": model.version,
         "fallback": fallback,
         "degraded": degraded,
@@ -331,8 +346,8 @@ async def similar(app: AppState, model: LoadedModel, row: int, k: int) -> list[S
     """The ``k`` items nearest to item ``row`` (itself excluded), by inner product."""
     query = Query(model=model, k=k, blocked={row}, vector=model.embeddings[row])
     result = await app.batcher.submit(query)
-    ids = model.item_ids
+    ids = model.id_list
     return [
-        ScoredItem(item_id=str(ids[r]), score=float(s))
+        ScoredItem(item_id=ids[r], score=s)
         for r, s in zip(result.rows.tolist(), result.scores.tolist(), strict=True)
     ]
