@@ -6,6 +6,10 @@ collecting for at most ``max_wait_ms`` (or until ``max_size``), and hands the
 batch to a single worker thread, so TensorFlow and FAISS never block the event
 loop and never compete with each other for the 2 cores. While that thread
 works, new queries pile up and form the next batch: batches grow with load.
+A lone request (announced with :meth:`Batcher.incoming`, nothing queued or
+running, nobody else announced) skips all that and is answered in the event
+loop's thread: at low load the hand-offs cost more than the search, and there
+is nothing for the loop to do meanwhile.
 
 Failures stay with the query that caused them: when a batch fails, each of its
 queries is answered alone, so one bad query (or one broken model version in a
@@ -73,6 +77,10 @@ class Arrival:
         self._batcher = batcher
         self._landed = False
 
+    @property
+    def is_landed(self) -> bool:
+        return self._landed
+
     def landed(self) -> None:
         if not self._landed:
             self._landed = True
@@ -88,6 +96,7 @@ class Batcher:
       demotion: soft-demotion parameters passed to :func:`run_batch`.
       on_batch: called with the batch size after each batch (metrics; its errors are logged).
       on_restart: called when the collector task had died and was restarted (metrics).
+      inline_when_idle: answer a lone announced query in the calling thread (see :meth:`submit`).
     """
 
     def __init__(
@@ -97,6 +106,7 @@ class Batcher:
         demotion: Demotion = Demotion(),
         on_batch: Callable[[int], Any] | None = None,
         on_restart: Callable[[], Any] | None = None,
+        inline_when_idle: bool = True,
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be >= 1")
@@ -105,6 +115,7 @@ class Batcher:
         self.demotion = demotion
         self.on_batch = on_batch
         self.on_restart = on_restart
+        self.inline_when_idle = inline_when_idle
         self._queue: asyncio.Queue[Pending] | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -204,14 +215,47 @@ class Batcher:
             arrival.landed()
 
     async def submit(self, query: Query, arrival: Arrival | None = None) -> Result:
-        """Answer one query (awaits its batch); ``arrival`` is the announcement from :meth:`incoming`."""
+        """Answer one query (awaits its batch); ``arrival`` is the announcement from :meth:`incoming`.
+
+        An announced query that finds the batcher idle (no batch queued, collecting or
+        running) and nobody else announced is answered at once in this thread: a batch
+        of one, without the queue, the collector's wake-up and the worker thread's two
+        hand-offs (at low load those cost more than the search itself).
+        """
         if self._queue is None or not self.alive:
             raise BatcherClosed(f"batcher is not running ({self.last_error or 'stopped'})")
+        if arrival is not None and self._alone(arrival):
+            arrival.landed()
+            (res,) = run_isolated([query], self.demotion)
+            self._count(1)
+            if isinstance(res, Exception):
+                raise res
+            return res
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((query, fut))
         if arrival is not None:
             arrival.landed()
         return await fut
+
+    def _alone(self, arrival: Arrival) -> bool:
+        """Idle, and no other request announced: nothing to batch with, now or soon."""
+        others = self.arriving - (0 if arrival.is_landed else 1)
+        return (
+            self.inline_when_idle
+            and others <= 0
+            and not self._inflight
+            and self._queue is not None
+            and self._queue.empty()
+        )
+
+    def _count(self, size: int) -> None:
+        self.batches += 1
+        self.queries += size
+        if self.on_batch is not None:
+            try:
+                self.on_batch(size)
+            except Exception:
+                log.exception("batch callback failed (ignored)")
 
     async def _collect(self) -> list[Pending]:
         assert self._queue is not None
@@ -257,13 +301,7 @@ class Batcher:
         results = await loop.run_in_executor(
             self.executor, run_isolated, [q for q, _ in live], self.demotion
         )
-        self.batches += 1
-        self.queries += len(live)
-        if self.on_batch is not None:
-            try:
-                self.on_batch(len(live))
-            except Exception:
-                log.exception("batch callback failed (ignored)")
+        self._count(len(live))
         for (_q, fut), res in zip(live, results, strict=True):
             if fut.done():
                 continue

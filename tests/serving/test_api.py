@@ -304,6 +304,7 @@ def test_readyz_fails_and_recommend_is_503_when_the_batcher_is_dead(
         raise RuntimeError("collector bug")
 
     state.batcher._collect = broken_collect  # every restart dies again
+    state.batcher.inline_when_idle = False  # the request must reach the collector to kill it
     assert c.post("/v1/recommend", json={"history": ["i1"], "k": 3}).status_code == 200
 
     async def dead() -> None:

@@ -122,6 +122,41 @@ def test_waits_only_for_announced_queries(model: LoadedModel) -> None:
     assert asyncio.run(go(False)) == [1]
 
 
+def test_a_lone_announced_query_is_answered_in_the_calling_thread(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    threads: list[int] = []
+
+    def recording(queries: list[Query], demotion: object) -> object:
+        threads.append(threading.get_ident())
+        return run_isolated(queries, demotion)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(serving.batcher, "run_isolated", recording)
+    q1, q2 = _queries(model, 2)
+
+    async def go(inline: bool) -> tuple[list[list[int]], list[int], int]:
+        sizes: list[int] = []
+        b = Batcher(max_size=8, max_wait_ms=50.0, on_batch=sizes.append, inline_when_idle=inline)
+        await b.start()
+        try:
+            with b.incoming() as arrival:  # alone: nothing queued, nobody else announced
+                alone = await b.submit(q1, arrival)
+            with b.incoming() as a1, b.incoming() as a2:  # two on their way: one batch
+                both = await asyncio.gather(b.submit(q1, a1), b.submit(q2, a2))
+        finally:
+            await b.stop()
+        return [r.rows.tolist() for r in (alone, *both)], sizes, threading.get_ident()
+
+    got, sizes, loop_thread = asyncio.run(go(inline=True))
+    assert sizes == [1, 2] and threads[0] == loop_thread and threads[1] != loop_thread
+    assert got == [run_batch([q])[0].rows.tolist() for q in (q1, q1, q2)]
+    threads.clear()
+    _, sizes, loop_thread = asyncio.run(go(inline=False))
+    assert sizes == [1, 2] and loop_thread not in threads
+
+
 def _broken_copy(model: LoadedModel) -> LoadedModel:
     """The same version with a FAISS index of the wrong dimension: every search raises."""
     import dataclasses
