@@ -38,6 +38,15 @@ class ModelConfig(_Section):
     item_dislike_ratio_min_events: int = Field(5, ge=1)
     """Items with fewer train events (positives + dislikes) than this get the
     ``dislike_ratio`` feature's "too few events" value."""
+    item_graph_neighbors: int = Field(0, ge=0, le=50)
+    """K > 0: the item tower adds to each item's id embedding the mean id embedding
+    of its K nearest items on the item co-occurrence graph of the TRAIN positives
+    (cosine of the user x item matrix's columns, as trainer/reference.py computes
+    it), times ``item_graph_weight``: one step of LightGCN-style smoothing inside
+    the item tower, so an item with few events borrows from the items its users
+    also chose; still one exported vector per item. 0 = off. An architecture key."""
+    item_graph_weight: float = Field(1.0, ge=0.0)
+    """How much of the neighbours' mean embedding is added (with ``item_graph_neighbors``)."""
     hidden_units: int = Field(128, ge=0)
     """Width of the towers' hidden layer (0 = a single linear projection)."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -186,6 +195,8 @@ ARCHITECTURE_KEYS = (
     "attention_layers",
     "use_item_features",
     "item_dislike_ratio_buckets",
+    "item_graph_neighbors",
+    "item_graph_weight",
     "use_dislike_input",
     "dislike_pathway",
 )

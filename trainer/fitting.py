@@ -23,13 +23,21 @@ from trainer.data.dataset import Dataset, EvalSet, Examples
 from trainer.data.examples import build_eval_set, build_train_examples
 from trainer.data.item_quality import tower_item_features
 from trainer.data.split import train_and_valid
-from trainer.evaluate import sample_rows
+from trainer.evaluate import reference_neighbors, sample_rows
 from trainer.loop_state import IncompatibleCheckpointError
 from trainer.model import TwoTowerModel
 from trainer.train import Trainer, TrainResult, make_strategy, seed_everything
 from trainer.warmstart import warm_start
 
 log = logging.getLogger(__name__)
+
+
+def item_graph(ds: Dataset, k: int) -> np.ndarray | None:
+    """int32 [N, k]: each item's k nearest items on the TRAIN positives' co-occurrence
+    graph (``model.item_graph_neighbors``), or None when k = 0."""
+    if k <= 0:
+        return None
+    return reference_neighbors(ds, ds.num_items)[:, :k]
 
 
 def exact_item_probabilities(ds: Dataset, batch_size: int, distinct: bool = False) -> np.ndarray:
@@ -91,6 +99,7 @@ class Fit:
         # The item tower's features: metadata, plus the train-split dislike ratio when
         # asked for (computed here, after the holdout, from TRAIN events only).
         self.tower_features, self.tower_sizes = tower_item_features(ds, cfg.model)
+        self.item_graph = item_graph(ds, cfg.model.item_graph_neighbors)
         seed_everything(cfg.train.seed)
         self.strategy = make_strategy(cfg.train.strategy)
         self._cache: dict[int, Examples] = {}
@@ -127,7 +136,9 @@ class Fit:
             else None
         )
         with self.strategy.scope():
-            model = TwoTowerModel(cfg, ds.num_items, self.tower_features, self.tower_sizes, probs)
+            model = TwoTowerModel(
+                cfg, ds.num_items, self.tower_features, self.tower_sizes, probs, self.item_graph
+            )
             model.build_all()
         summary = warm_start(model, self.out, self.warm_from) if self.warm_from else None
         trainer = Trainer(
@@ -164,6 +175,7 @@ class Fit:
         """``epochs`` fitted afresh on train + valid (``train.refit``); ``ds`` becomes that."""
         self.ds = train_and_valid(self.ds)
         self.tower_features, self.tower_sizes = tower_item_features(self.ds, self.cfg.model)
+        self.item_graph = item_graph(self.ds, self.cfg.model.item_graph_neighbors)
         self._fit_cfg = self.cfg.model_copy(
             update={"train": self.cfg.train.model_copy(update={"epochs": epochs})}
         )

@@ -23,6 +23,9 @@ class TwoTowerModel(tfrs.Model):
       item: int32 [B] token of the target item.
       is_positive: float32 [B], 1 = softmax target, 0 = NTR (dislike) target.
       weight: float32 [B].
+
+    ``item_graph`` (int [N, >= K], ``-1`` padded): the items' co-occurrence
+    neighbours for ``model.item_graph_neighbors`` = K > 0 (see :class:`ItemTower`).
     """
 
     def __init__(
@@ -32,11 +35,14 @@ class TwoTowerModel(tfrs.Model):
         item_features: Mapping[str, np.ndarray] | None = None,
         feature_sizes: Mapping[str, int] | None = None,
         item_probabilities: np.ndarray | None = None,
+        item_graph: np.ndarray | None = None,
     ):
         super().__init__()
         self.config = config
         self.num_items = num_items
-        self.item_tower = ItemTower(num_items, config.model, item_features, feature_sizes)
+        self.item_tower = ItemTower(
+            num_items, config.model, item_features, feature_sizes, item_graph=item_graph
+        )
         self.user_tower = UserTower(self.item_tower.id_embedding, config.model, self.item_tower)
         freq = config.frequency
         self.estimator = (

@@ -32,6 +32,20 @@ def _mlp(hidden: int, dim: int, dropout: float, name: str) -> keras.Sequential:
     return keras.Sequential(layers, name=name)
 
 
+def _graph_tokens(graph: np.ndarray | None, num_items: int, k: int) -> tf.Tensor | None:
+    """int32 [N + 1, k] neighbour tokens by item token (row 0 and ``-1`` entries: 0), or None."""
+    if graph is None or k <= 0:
+        return None
+    graph = np.asarray(graph)
+    if graph.ndim != 2 or graph.shape[0] != num_items or graph.shape[1] < k:
+        raise ValueError(f"item_graph must be int [{num_items}, >= {k}], got {graph.shape}")
+    if graph.size and (graph.max() >= num_items or graph.min() < -1):
+        raise ValueError(f"item_graph entries must lie in [-1, {num_items})")
+    tokens = np.zeros((num_items + 1, k), dtype=np.int32)
+    tokens[1:] = graph[:, :k] + 1  # -1 (none) -> token 0 (padding)
+    return tf.constant(tokens)
+
+
 class ItemTower(keras.Model):
     """tokens int [...] -> item embeddings float32 [..., dim].
 
@@ -43,6 +57,12 @@ class ItemTower(keras.Model):
         with ``config.use_item_features``; the derived ``dislike_ratio`` feature
         (:mod:`trainer.data.item_quality`) with ``config.item_dislike_ratio_buckets`` > 0.
       feature_sizes: name -> number of values of that feature (incl. 0).
+      item_graph: int [N, >= K] each item's co-occurrence neighbours (item indices,
+        most similar first, ``-1`` padded; :func:`trainer.evaluate.reference_neighbors`),
+        used with ``config.item_graph_neighbors`` = K > 0: the id embedding becomes
+        ``e_i + w * mean_{j in first K neighbours of i} e_j`` (w =
+        ``config.item_graph_weight``; no neighbours: ``e_i``). None = no smoothing
+        (a tower built only to hold variables, e.g. a warm start's old model).
     """
 
     def __init__(
@@ -52,6 +72,7 @@ class ItemTower(keras.Model):
         item_features: Mapping[str, np.ndarray] | None = None,
         feature_sizes: Mapping[str, int] | None = None,
         name: str = "item_tower",
+        item_graph: np.ndarray | None = None,
     ):
         super().__init__(name=name)
         dim = config.embedding_dim
@@ -80,11 +101,18 @@ class ItemTower(keras.Model):
             self._feature_embeddings[fname] = keras.layers.Embedding(
                 size, dim, name=f"item_{fname}_embedding"
             )
+        self._graph = _graph_tokens(item_graph, num_items, config.item_graph_neighbors)
+        self._graph_weight = float(config.item_graph_weight)
         self.mlp = _mlp(config.hidden_units, dim, config.dropout, "item_mlp")
 
     def call(self, tokens: tf.Tensor, training: bool = False) -> tf.Tensor:
         tokens = tf.cast(tokens, tf.int32)
         x = self.id_embedding(tokens)
+        if self._graph is not None:
+            neighbours = tf.gather(self._graph, tokens)  # [..., K] tokens, 0 = none
+            mask = tf.cast(neighbours > 0, tf.float32)[..., None]
+            total = tf.reduce_sum(self.id_embedding(neighbours) * mask, axis=-2)
+            x = x + self._graph_weight * total / tf.maximum(tf.reduce_sum(mask, axis=-2), 1.0)
         for fname, emb in self._feature_embeddings.items():
             x = x + emb(tf.gather(self._feature_tables[fname], tokens))
         return x + self.mlp(x, training=training)
