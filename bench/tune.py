@@ -20,6 +20,9 @@ Usage:
   python -m bench.tune --suite gowalla_refit_on_valid | ml100k_lightgcn_refit_on_valid
       (train.refit judged on validation: the train file split 7:1 into an inner
       train/valid, the real validation split held out as the run's "test")
+  python -m bench.tune --suite ml100k_lightgcn_item_graph | gowalla_item_graph
+      (model.item_graph_neighbors / item_graph_weight; ml-100k as LightGCN files,
+      3 seeds; Gowalla 3 epochs, every validation user)
   python -m bench.tune --suite S --manifests V1/manifest.json ...   (the rows from
       the manifests of versions ``twotower train --data SRC [--set ...]`` exported,
       instead of training them here: settings = the manifest config's differences
@@ -203,6 +206,26 @@ ML100K_NESTED = "lightgcn:<ml-100k positives as LightGCN files, one level down>"
 GRIDS["ml100k_lightgcn_refit_on_valid"] = (
     ML100K_NESTED,
     [["train.refit=true", f"train.seed={seed}"] for seed in range(3)],
+)
+
+#: The item tower's co-occurrence smoothing (model.item_graph_neighbors K, weight w):
+#: off, then K 10 and 20 at w 1 and 2; validation only, so no refit.
+ITEM_GRAPH = [
+    [],
+    ["model.item_graph_neighbors=10"],
+    ["model.item_graph_neighbors=10", "model.item_graph_weight=2"],
+    ["model.item_graph_neighbors=20", "model.item_graph_weight=2"],
+]
+GRIDS["ml100k_lightgcn_item_graph"] = (
+    ML100K_LIGHTGCN,
+    [[*g, "train.refit=false", f"train.seed={seed}"] for seed in range(3) for g in ITEM_GRAPH],
+)
+GRIDS["gowalla_item_graph"] = (
+    f"lightgcn:{SHARED_DATA / 'gowalla'}",
+    [
+        [*g, "train.refit=false", "train.epochs=3", "train.valid_max_users=100000"]
+        for g in ITEM_GRAPH
+    ],
 )
 
 
