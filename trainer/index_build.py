@@ -4,7 +4,8 @@ The index is inner product over the exported item vectors (the caller has
 normalised them when the export's similarity is cosine). Small catalogs get an
 exact ``IndexFlatIP``; above ``exact_max_items`` an IVF (default) or HNSW index
 whose search parameter is doubled until recall@k against the exact index
-reaches the target on sampled queries. That measured recall goes into the
+reaches the target on sampled queries, then bisected down to the smallest
+value that still reaches it. That measured recall goes into the
 manifest, so the serving index's quality is a recorded number, not a hope.
 
 Threads: FAISS uses OpenMP, TensorFlow its own pools. The build runs after
@@ -19,7 +20,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import faiss
@@ -140,12 +141,10 @@ def build_index(
             index, params, name, value, limit = _build_ivf(x, seed)
         else:
             index, params, name, value, limit = _build_hnsw(x, kk)
-        while True:
-            set_search_param(index, name, value)
-            recall = recall_vs_exact(index, exact_ids, q, kk)
-            if recall >= target_recall or value >= limit:
-                break
-            value = min(2 * value, limit)
+        value, recall = _smallest_sufficient(
+            lambda v: _recall_at(index, name, v, exact_ids, q, kk), value, limit, target_recall
+        )
+        set_search_param(index, name, value)
         if recall < target_recall:
             log.warning(
                 "%s index reached recall@%d %.4f < target %.4f at %s=%d",
@@ -161,6 +160,43 @@ def build_index(
             "%s index: %s, recall@%d vs exact %.4f on %d queries", kind, params, kk, recall, len(q)
         )
         return index, _info(kind, params, recall, kk, len(q))
+
+
+def _recall_at(
+    index: faiss.Index, name: str, value: int, exact_ids: np.ndarray, q: np.ndarray, k: int
+) -> float:
+    set_search_param(index, name, value)
+    return recall_vs_exact(index, exact_ids, q, k)
+
+
+def _smallest_sufficient(
+    recall_at: Callable[[int], float], start: int, limit: int, target: float
+) -> tuple[int, float]:
+    """The smallest search parameter in [start, limit] whose recall reaches ``target``.
+
+    Doubles from ``start`` until the target is reached (or ``limit``), then
+    bisects between the last value that fell short and the first that did not:
+    a parameter past the target costs search time on every request (an IVF
+    search's time grows with ``nprobe``). Recall grows with the parameter.
+
+    Returns:
+      (value, its recall); ``limit`` and its recall when even that falls short.
+    """
+    value, recall = start, recall_at(start)
+    short = start - 1  # below the range: never evaluated
+    while recall < target and value < limit:
+        short, value = value, min(2 * value, limit)
+        recall = recall_at(value)
+    if recall < target:
+        return value, recall
+    while value - short > 1:
+        mid = (short + value) // 2
+        mid_recall = recall_at(mid)
+        if mid_recall >= target:
+            value, recall = mid, mid_recall
+        else:
+            short = mid
+    return value, recall
 
 
 def _info(
