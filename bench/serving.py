@@ -55,6 +55,19 @@ set_tensorflow_environment()  # before anything imports TensorFlow (the servers 
 #: A Redis database of its own (the serving tests flush DBs 3 and 4).
 REDIS_URL = "redis://127.0.0.1:6379/10"
 THREADS = {"TWOTOWER_SERVE__TF_THREADS": "1", "TWOTOWER_SERVE__FAISS_THREADS": "1"}
+
+
+def thread_env(workers: int) -> dict[str, str]:
+    """TF 1 thread; FAISS at most the cores per worker (a search uses 1 per 8 queries).
+
+    The event loop and the batch's search take turns more than they overlap (a
+    batch is searched while its requests wait), so a large batch's search may
+    have the cores; with as many workers as cores, one thread each.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {**THREADS, "TWOTOWER_SERVE__FAISS_THREADS": str(max(1, (cores or 1) // workers))}
+
+
 #: Concurrencies of the sweep (p99 against the throughput reached).
 SWEEP = (1, 2, 4, 8, 16, 32, 64)
 K = 20
@@ -464,10 +477,10 @@ def bench_catalog(
         "version": manifest.get("version"),
         "workers": {},
     }
-    env = {**THREADS, "TWOTOWER_SERVE__RELOAD_POLL_S": "3600"}
     d = args.duration
     for workers in args.workers:
         res: dict[str, Any] = {}
+        env = {**thread_env(workers), "TWOTOWER_SERVE__RELOAD_POLL_S": "3600"}
         with (
             running_server(art, REDIS_URL, workers=workers, timeout_s=900, **env) as srv,
             running_trivial(workers) as trivial_url,
@@ -800,8 +813,11 @@ def main() -> int:
             ]
     figures = {
         "earlier_runs": earlier,
-        "threads": "twotower serve with TF intra/inter-op 1 and faiss.omp_set_num_threads(1) per "
-        "worker; uvloop + httptools, no access log, for ours and the trivial app alike; "
+        "threads": "twotower serve with TF intra/inter-op 1 and FAISS threads = cores / workers "
+        f"({thread_env(1)['TWOTOWER_SERVE__FAISS_THREADS']} with 1 worker, "
+        f"{thread_env(2)['TWOTOWER_SERVE__FAISS_THREADS']} with 2; a search uses 1 per 8 "
+        "queries of its batch); uvloop + httptools, no access log, for ours and the trivial "
+        "app alike; "
         "wrk -t1 (-t2 at c=64); the 2 cores are shared by the server, wrk and Redis",
         "settings": {"batch_max_size": 64, "batch_max_wait_ms": 1.0, "k": K},
         "catalogs": "synthetic:users=N,items=M trained 1 epoch by twotower train (index as the "
