@@ -223,7 +223,9 @@ def filter_batch(
     wants = [max(q.k, initial_depth(q, demotion) - len(q.blocked)) for q in queries]
     # Blocked rows ranked above the k-th kept one (all of them when fewer than k are kept).
     filtered = (hit & (np.cumsum(keep, axis=1) < ks[:, None])).sum(axis=1).tolist()
-    complete = (valid.all(axis=1) & (depth >= n)).tolist()  # every item was ranked
+    # Every item was ranked: the search went the whole catalogue deep and returned no gaps.
+    everything = depth >= n
+    complete = [everything and bool(v) for v in np.asarray(valid.all(axis=1))]
     kept = keep.sum(axis=1).tolist()
     order = np.argsort(~keep, axis=1, kind="stable")  # kept first, in rank order
     front_rows = np.take_along_axis(rows, order, axis=1)

@@ -54,7 +54,9 @@ def test_k_limits_the_neighbours_and_zero_or_no_graph_turns_it_off():
     np.testing.assert_allclose(x, first[None] + one.mlp(first[None]).numpy(), rtol=1e-6)
     for off in (_tower(k=0, weight=1.0), _tower(k=2, weight=1.0, graph=None)):
         raw = off.id_embedding.embeddings.numpy()[[1]]
-        np.testing.assert_allclose(off(np.array([1])).numpy(), raw + off.mlp(raw).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(
+            off(np.array([1])).numpy(), raw + off.mlp(raw).numpy(), rtol=1e-6
+        )
 
 
 @pytest.mark.parametrize(
