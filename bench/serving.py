@@ -49,6 +49,7 @@ import numpy as np
 
 from bench.common import REPO, RESULTS, write_result
 from common.tf_env import set_tensorflow_environment
+from serving.settings import Settings
 
 set_tensorflow_environment()  # before anything imports TensorFlow (the servers inherit it)
 
@@ -58,14 +59,12 @@ THREADS = {"TWOTOWER_SERVE__TF_THREADS": "1", "TWOTOWER_SERVE__FAISS_THREADS": "
 
 
 def thread_env(workers: int) -> dict[str, str]:
-    """TF 1 thread; FAISS at most the cores per worker (a search uses 1 per 8 queries).
+    """TF 1 thread; FAISS as ``twotower serve`` sets it by default (cores / workers).
 
-    The event loop and the batch's search take turns more than they overlap (a
-    batch is searched while its requests wait), so a large batch's search may
-    have the cores; with as many workers as cores, one thread each.
+    Written out so the result records the count each run used.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {**THREADS, "TWOTOWER_SERVE__FAISS_THREADS": str(max(1, (cores or 1) // workers))}
+    count = Settings(artifacts=Path("."), workers=workers).faiss_thread_count()
+    return {**THREADS, "TWOTOWER_SERVE__FAISS_THREADS": str(count)}
 
 
 #: Concurrencies of the sweep (p99 against the throughput reached).

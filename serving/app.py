@@ -198,7 +198,7 @@ def _build_state(settings: Settings) -> AppState:
 def _configure_runtime(settings: Settings) -> None:
     from serving.model import configure_tf_gpus, configure_threads
 
-    configure_threads(settings.tf_threads, settings.faiss_threads)
+    configure_threads(settings.tf_threads, settings.faiss_thread_count())
     log.info("TensorFlow GPUs: %s", configure_tf_gpus(settings.tf_gpu))
 
 

@@ -167,7 +167,14 @@ class Settings(BaseSettings):
     tf_threads: int = Field(
         1, ge=0, le=256, description="TF intra- and inter-op threads (0 = TF default)"
     )
-    faiss_threads: int = Field(1, ge=0, le=256, description="FAISS OpenMP threads (0 = default)")
+    faiss_threads: int | None = Field(
+        None,
+        ge=0,
+        le=256,
+        description="most FAISS OpenMP threads a batch's search uses (one per 8 queries of the "
+        "batch); unset: the cores this process may run on / workers, at least 1; 0 = OpenMP's "
+        "default",
+    )
 
     # --- access: API keys and rate limits (SECURITY.md) -----------------------------
     api_keys: SecretStr | None = Field(
@@ -301,6 +308,18 @@ class Settings(BaseSettings):
         if self.auth is not None:
             return self.auth
         return "writes" if self.has_key_source else "none"
+
+    def faiss_thread_count(self) -> int:
+        """``faiss_threads``, or when unset the cores this process may use / ``workers``.
+
+        A batch is searched while its requests wait, so the event loop and the
+        search take turns more than they overlap: one worker may give a large
+        batch's search every core; N workers on N cores get one each.
+        """
+        if self.faiss_threads is not None:
+            return self.faiss_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, (cores or 1) // self.workers)
 
     def to_env(self) -> dict[str, str]:
         """These settings as environment variables (for worker processes), by :func:`env_name`."""

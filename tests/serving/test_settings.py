@@ -28,6 +28,19 @@ def test_defaults_are_the_spec_limits(tmp_path: Path) -> None:
     assert s.demote_weight == 0.0  # soft demotion is off by default
 
 
+def test_faiss_threads_default_to_the_cores_per_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert Settings(artifacts=tmp_path).faiss_thread_count() == 4
+    assert Settings(artifacts=tmp_path, workers=2).faiss_thread_count() == 2
+    assert Settings(artifacts=tmp_path, workers=8).faiss_thread_count() == 1  # at least one
+    assert Settings(artifacts=tmp_path, workers=2, faiss_threads=3).faiss_thread_count() == 3
+    assert Settings(artifacts=tmp_path, faiss_threads=0).faiss_thread_count() == 0  # OpenMP's
+    # Unset stays unset for the workers, which apply the rule with their own count.
+    assert "TWOTOWER_SERVE__FAISS_THREADS" not in Settings(artifacts=tmp_path).to_env()
+
+
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
