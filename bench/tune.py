@@ -23,6 +23,9 @@ Usage:
   python -m bench.tune --suite ml100k_lightgcn_item_graph | gowalla_item_graph
       (model.item_graph_neighbors / item_graph_weight; ml-100k as LightGCN files,
       3 seeds; Gowalla 3 epochs, every validation user)
+  python -m bench.tune --suite gowalla_levers
+      (on the lightgcn defaults: item graph K/w widened, temperature, batch size,
+      mixed negatives; Gowalla 3 epochs, every validation user)
   python -m bench.tune --suite S --manifests V1/manifest.json ...   (the rows from
       the manifests of versions ``twotower train --data SRC [--set ...]`` exported,
       instead of training them here: settings = the manifest config's differences
@@ -225,6 +228,26 @@ GRIDS["gowalla_item_graph"] = (
     [
         [*g, "train.refit=false", "train.epochs=3", "train.valid_max_users=100000"]
         for g in ITEM_GRAPH
+    ],
+)
+
+#: On top of the lightgcn defaults (item graph K 20, w 2 among them): the graph grid's
+#: corner widened (K 40; w 4), then temperature around 0.1, more in-batch negatives
+#: (batch 2048, with the learning rate doubled to keep the step per example) and
+#: uniformly sampled extra negatives. 3 epochs, every validation user, no refit.
+GRIDS["gowalla_levers"] = (
+    f"lightgcn:{SHARED_DATA / 'gowalla'}",
+    [
+        [*g, "train.refit=false", "train.epochs=3", "train.valid_max_users=100000"]
+        for g in (
+            [],
+            ["model.item_graph_neighbors=40"],
+            ["model.item_graph_weight=4"],
+            ["loss.temperature=0.07"],
+            ["loss.temperature=0.13"],
+            ["train.batch_size=2048", "train.learning_rate=0.006"],
+            ["loss.mixed_negatives=1024"],
+        )
     ],
 )
 

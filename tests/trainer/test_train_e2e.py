@@ -521,6 +521,8 @@ def test_lightgcn_source_has_no_dislike_branch_and_says_so(tmp_path):
     pos = ds.labels == 1
     cfg = trainer_config("lightgcn", overrides=[*TINY_SETS, "train.epochs=1"])
     assert cfg.model.use_dislike_input is False
+    # The item-graph smoothing is on for this format (tuned on its validation splits).
+    assert (cfg.model.item_graph_neighbors, cfg.model.item_graph_weight) == (20, 2.0)
     out = train(spec, tmp_path / "art", cfg, progress=False)
     m = artifacts.read_manifest(tmp_path / "art")
     assert m["eval"]["dislike_metrics"] == "not applicable: the source has no dislikes"
