@@ -26,6 +26,11 @@ Usage:
   python -m bench.tune --suite gowalla_levers
       (on the lightgcn defaults: item graph K/w widened, temperature, batch size,
       mixed negatives; Gowalla 3 epochs, every validation user)
+  python -m bench.tune --suite gowalla_early_stopping
+      (one level down, like gowalla_refit_on_valid: early stopping on every inner
+      validation user with patience 5 against the defaults; held-out = real valid)
+  python -m bench.tune --suite gowalla_regularisation
+      (on the lightgcn defaults: hidden layer width, dropout, L2; Gowalla 3 epochs)
   python -m bench.tune --suite S --manifests V1/manifest.json ...   (the rows from
       the manifests of versions ``twotower train --data SRC [--set ...]`` exported,
       instead of training them here: settings = the manifest config's differences
@@ -204,6 +209,15 @@ def write_nested_lightgcn(src: Path, root: Path, seed: int = 0) -> str:
 #: the real validation split's, with and without ``train.refit``.
 GOWALLA_NESTED = "lightgcn:<gowalla train split 7:1 into train/valid; valid as test>"
 GRIDS["gowalla_refit_on_valid"] = (GOWALLA_NESTED, [["train.refit=true"]])
+#: Early stopping judged on every (inner) validation user instead of a 5,000-user
+#: sample, with more patience, against the defaults; judged on the real validation split.
+GRIDS["gowalla_early_stopping"] = (
+    GOWALLA_NESTED,
+    [
+        ["train.refit=true"],
+        ["train.refit=true", "train.valid_max_users=100000", "train.early_stopping_patience=5"],
+    ],
+)
 #: The same for ml-100k's positives as LightGCN files (:func:`write_ml100k_lightgcn`).
 ML100K_NESTED = "lightgcn:<ml-100k positives as LightGCN files, one level down>"
 GRIDS["ml100k_lightgcn_refit_on_valid"] = (
@@ -247,6 +261,23 @@ GRIDS["gowalla_levers"] = (
             ["loss.temperature=0.13"],
             ["train.batch_size=2048", "train.learning_rate=0.006"],
             ["loss.mixed_negatives=1024"],
+        )
+    ],
+)
+
+#: The towers' shape and regularisation on top of the lightgcn defaults: no hidden layer
+#: (a linear projection, closest to MF), a wider one, dropout, an L2 penalty on the
+#: embedding tables. 3 epochs, every validation user, no refit.
+GRIDS["gowalla_regularisation"] = (
+    f"lightgcn:{SHARED_DATA / 'gowalla'}",
+    [
+        [*g, "train.refit=false", "train.epochs=3", "train.valid_max_users=100000"]
+        for g in (
+            [],
+            ["model.hidden_units=0"],
+            ["model.hidden_units=256"],
+            ["model.dropout=0.1"],
+            ["model.l2=1e-6"],
         )
     ],
 )
