@@ -237,49 +237,43 @@ GRIDS["ml100k_lightgcn_item_graph"] = (
     ML100K_LIGHTGCN,
     [[*g, "train.refit=false", f"train.seed={seed}"] for seed in range(3) for g in ITEM_GRAPH],
 )
-GRIDS["gowalla_item_graph"] = (
-    f"lightgcn:{SHARED_DATA / 'gowalla'}",
-    [
-        [*g, "train.refit=false", "train.epochs=3", "train.valid_max_users=100000"]
-        for g in ITEM_GRAPH
-    ],
-)
+
+
+def gowalla_3_epochs(grid: list[list[str]]) -> tuple[str, list[list[str]]]:
+    """Gowalla, each setting of ``grid`` for 3 epochs judged on every validation user, no refit."""
+    fixed = ["train.refit=false", "train.epochs=3", "train.valid_max_users=100000"]
+    return f"lightgcn:{SHARED_DATA / 'gowalla'}", [[*g, *fixed] for g in grid]
+
+
+GRIDS["gowalla_item_graph"] = gowalla_3_epochs(ITEM_GRAPH)
 
 #: On top of the lightgcn defaults (item graph K 20, w 2 among them): the graph grid's
 #: corner widened (K 40; w 4), then temperature around 0.1, more in-batch negatives
 #: (batch 2048, with the learning rate doubled to keep the step per example) and
 #: uniformly sampled extra negatives. 3 epochs, every validation user, no refit.
-GRIDS["gowalla_levers"] = (
-    f"lightgcn:{SHARED_DATA / 'gowalla'}",
+GRIDS["gowalla_levers"] = gowalla_3_epochs(
     [
-        [*g, "train.refit=false", "train.epochs=3", "train.valid_max_users=100000"]
-        for g in (
-            [],
-            ["model.item_graph_neighbors=40"],
-            ["model.item_graph_weight=4"],
-            ["loss.temperature=0.07"],
-            ["loss.temperature=0.13"],
-            ["train.batch_size=2048", "train.learning_rate=0.006"],
-            ["loss.mixed_negatives=1024"],
-        )
-    ],
+        [],
+        ["model.item_graph_neighbors=40"],
+        ["model.item_graph_weight=4"],
+        ["loss.temperature=0.07"],
+        ["loss.temperature=0.13"],
+        ["train.batch_size=2048", "train.learning_rate=0.006"],
+        ["loss.mixed_negatives=1024"],
+    ]
 )
 
 #: The towers' shape and regularisation on top of the lightgcn defaults: no hidden layer
 #: (a linear projection, closest to MF), a wider one, dropout, an L2 penalty on the
 #: embedding tables. 3 epochs, every validation user, no refit.
-GRIDS["gowalla_regularisation"] = (
-    f"lightgcn:{SHARED_DATA / 'gowalla'}",
+GRIDS["gowalla_regularisation"] = gowalla_3_epochs(
     [
-        [*g, "train.refit=false", "train.epochs=3", "train.valid_max_users=100000"]
-        for g in (
-            [],
-            ["model.hidden_units=0"],
-            ["model.hidden_units=256"],
-            ["model.dropout=0.1"],
-            ["model.l2=1e-6"],
-        )
-    ],
+        [],
+        ["model.hidden_units=0"],
+        ["model.hidden_units=256"],
+        ["model.dropout=0.1"],
+        ["model.l2=1e-6"],
+    ]
 )
 
 
