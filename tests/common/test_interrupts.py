@@ -147,9 +147,12 @@ def test_a_second_ctrl_c_exits_a_program_that_swallows_the_first():
     code = PRELUDE + textwrap.dedent(
         """
         with interrupts.handled(hint="do it again"):
-            print("ready", flush=True)
+            ready = False
             while True:
-                try:
+                try:  # "ready" is printed inside the try, so the first Ctrl-C lands in it
+                    if not ready:
+                        ready = True
+                        print("ready", flush=True)
                     time.sleep(0.01)
                 except BaseException:  # swallows every KeyboardInterrupt
                     print("swallowed", flush=True)
@@ -188,6 +191,7 @@ def test_a_second_ctrl_c_exits_while_the_main_thread_is_inside_native_code():
                 lambda i: i < 10**15, lambda i: i + 1, [tf.constant(0, tf.int64)]
             )
 
+        forever.get_concrete_function()  # traced before "ready": the 1 s wait is all op
         with interrupts.handled(hint="resume"):
             print("ready", flush=True)
             forever()
