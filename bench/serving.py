@@ -253,8 +253,28 @@ def stage_of(frames: list[str], encode_lines: set[int]) -> str:
     return "event loop"
 
 
+#: Innermost frames of a thread that waits for work. py-spy counts such a thread as
+#: active here (its idle detection does not see the wait), so these samples are left
+#: out: the batch thread between batches and uvloop's idle executor thread would
+#: otherwise take a share of the CPU time they did not use.
+IDLE_LEAVES = (
+    "_worker (concurrent/futures/thread.py:",
+    "Condition.wait (threading.py:",
+    "Event.wait (threading.py:",
+    "Thread._wait_for_tstate_lock (threading.py:",
+)
+
+
+def is_idle(frames: list[str]) -> bool:
+    """Whether a sample is a thread waiting for work (see :data:`IDLE_LEAVES`)."""
+    return bool(frames) and frames[-1].startswith(IDLE_LEAVES)
+
+
 def split_stages(raw: str) -> tuple[Counter[str], int]:
-    """Samples per stage of a py-spy ``--format raw`` profile, and the total."""
+    """Samples per stage of a py-spy ``--format raw`` profile, and their total.
+
+    Samples of a thread waiting for work (:func:`is_idle`) are not counted.
+    """
     encode_lines = _source_lines(REPO / "serving" / "routes.py", "to_json(")
     stages: Counter[str] = Counter()
     total = 0
@@ -262,7 +282,10 @@ def split_stages(raw: str) -> tuple[Counter[str], int]:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        stages[stage_of(stack.split(";"), encode_lines)] += int(count)
+        frames = stack.split(";")
+        if is_idle(frames):
+            continue
+        stages[stage_of(frames, encode_lines)] += int(count)
         total += int(count)
     return stages, total
 
@@ -625,7 +648,11 @@ def markdown(doc: dict[str, Any]) -> str:
             "Server CPU time (user + system, all threads) over the sampling window divided by the "
             "requests served in it, split by the share of py-spy samples in each stage (a "
             "sample's stage: the first rule of `bench.serving.STAGES` its innermost frames "
-            "match). Microseconds per request.",
+            "match). Samples of a thread waiting for work (the batch thread between batches, "
+            "uvloop's idle executor thread: `bench.serving.IDLE_LEAVES`) are left out, since "
+            "py-spy counts them as active here. The event loop row is uvloop's own C code; at "
+            "c=1 it also holds the loop's wait for the next request, which py-spy cannot tell "
+            "apart. Microseconds per request.",
             "",
         ]
         cols = [(c["corpus"], k) for c in profiled for k in ("c1", "c32")]

@@ -72,3 +72,11 @@ def test_split_stages_counts_samples() -> None:
     assert total == 40
     assert stages["event loop"] == 30
     assert sum(stages.values()) == total and set(stages) <= set(STAGES)
+
+
+def test_split_stages_leaves_out_threads_waiting_for_work() -> None:
+    waiting = "Thread._bootstrap (threading.py:1002);_worker (concurrent/futures/thread.py:81)"
+    working = f"{waiting.rsplit(';', 1)[0]};_worker (concurrent/futures/thread.py:83);run_isolated (serving/batcher.py:50)"
+    stages, total = split_stages(f"{RUNNER} 30\n{waiting} 50\n{working} 20\n")
+    assert total == 50
+    assert stages == {"event loop": 30, "batcher + thread hand-off": 20}
