@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
@@ -26,8 +27,18 @@ def check_serve_args(args: argparse.Namespace) -> Any:
     return check_settings(settings_from_args(args))
 
 
+#: OpenMP threads that wait passively between FAISS searches. By default libgomp's idle
+#: threads spin after every parallel region; a server searches small batches a few
+#: milliseconds apart, so the spinning took about a third of its CPU time at 32
+#: concurrent requests (``bench/results/serving.md``) from the event loop, Redis and
+#: other workers on the same cores. Set before OpenMP starts (FAISS's import); an
+#: operator's own ``OMP_WAIT_POLICY`` wins.
+OPENMP_WAIT_POLICY = "PASSIVE"
+
+
 def serve_command(args: argparse.Namespace) -> int:
     """Run the API until interrupted; 0 on a clean shutdown."""
+    os.environ.setdefault("OMP_WAIT_POLICY", OPENMP_WAIT_POLICY)
     from serving.main import serve
 
     return serve(check_serve_args(args))
