@@ -29,6 +29,9 @@ Usage:
   python -m bench.tune --suite gowalla_early_stopping
       (one level down, like gowalla_refit_on_valid: early stopping on every inner
       validation user with patience 5 against the defaults; held-out = real valid)
+  python -m bench.tune --suite gowalla_lr_decay
+      (one level down: the learning rate halved after each epoch without a better
+      validation recall@20 against the constant rate; held-out = real valid)
   python -m bench.tune --suite gowalla_regularisation
       (on the lightgcn defaults: hidden layer width, dropout, L2; Gowalla 3 epochs)
   python -m bench.tune --suite S --manifests V1/manifest.json ...   (the rows from
@@ -217,6 +220,12 @@ GRIDS["gowalla_early_stopping"] = (
         ["train.refit=true"],
         ["train.refit=true", "train.valid_max_users=100000", "train.early_stopping_patience=5"],
     ],
+)
+#: The learning rate halved after each epoch without a better validation recall@20
+#: (``train.lr_decay``), against the defaults' constant rate; one level down as above.
+GRIDS["gowalla_lr_decay"] = (
+    GOWALLA_NESTED,
+    [["train.refit=true"], ["train.refit=true", "train.lr_decay=0.5"]],
 )
 #: The same for ml-100k's positives as LightGCN files (:func:`write_ml100k_lightgcn`).
 ML100K_NESTED = "lightgcn:<ml-100k positives as LightGCN files, one level down>"

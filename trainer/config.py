@@ -106,6 +106,10 @@ class TrainConfig(_Section):
     """Steps between checkpoints (resume after a kill continues from the last one)."""
     early_stopping_patience: int = Field(3, ge=0)
     """Epochs without a better validation recall@20 before stopping (0 = never stop early)."""
+    lr_decay: float = Field(1.0, gt=0.0, le=1.0)
+    """Factor on the learning rate after each epoch without a better validation
+    recall@20 (1 = a constant rate). A resumed run continues at the rate it had;
+    ``refit`` replays the first run's rates epoch by epoch."""
     strategy: Literal["default", "mirrored", "multiworker"] = "default"
     max_steps_per_epoch: int | None = Field(None, ge=1)
     """Cap on steps per epoch (for quick runs)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,7 @@ class Fit:
         # What the loop reads (train.refit changes both); the model and manifest keep cfg.
         self._fit_cfg = cfg
         self._stop_on: EvalSet | None = self.valid if len(self.valid) else None
+        self._learning_rates: list[float] | None = None  # a refit replays the first run's
 
     def examples(self, epoch: int) -> Examples:
         """The training rows of ``epoch`` (read at call time: a refit changes the data set)."""
@@ -150,6 +152,7 @@ class Fit:
             self.strategy,
             self.progress,
             write_dir=self.write_dir,
+            learning_rates=self._learning_rates,
         )
         return model, trainer, summary
 
@@ -171,8 +174,14 @@ class Fit:
             interrupts.check()
             return model, trainer.fit(resume=False), warm_summary
 
-    def refit(self, epochs: int) -> tuple[TwoTowerModel, TrainResult]:
-        """``epochs`` fitted afresh on train + valid (``train.refit``); ``ds`` becomes that."""
+    def refit(
+        self, epochs: int, learning_rates: Sequence[float] | None = None
+    ) -> tuple[TwoTowerModel, TrainResult]:
+        """``epochs`` fitted afresh on train + valid (``train.refit``); ``ds`` becomes that.
+
+        ``learning_rates``: the rate of each epoch (the first run's), replayed.
+        """
+        self._learning_rates = list(learning_rates) if learning_rates is not None else None
         self.ds = train_and_valid(self.ds)
         self.tower_features, self.tower_sizes = tower_item_features(self.ds, self.cfg.model)
         self.item_graph = item_graph(self.ds, self.cfg.model.item_graph_neighbors)

@@ -3,8 +3,9 @@
 A checkpoint holds the model (with the streaming estimator's arrays), the
 optimizer, the (epoch, step) counters, the running sums of the epoch in
 progress, the early-stopping state (best validation recall, its epoch, epochs
-without improvement), the loss trackers and the per-epoch history (JSON, written
-with the counters it describes, in the same atomic save). ``latest/`` keeps the
+without improvement), the learning rate of the next epoch, the loss trackers and
+the per-epoch history (JSON, written with the counters it describes, in the same
+atomic save). ``latest/`` keeps the
 last two checkpoints, ``best/`` the weights of the best epoch. The state is
 restored from ``checkpoint_dir`` and written to ``write_dir`` (who writes where:
 :mod:`trainer.checkpoints`).
@@ -51,6 +52,8 @@ class LoopState:
             self.best_recall = counter("best_recall", -1.0, tf.float64)
             self.best_epoch = counter("best_epoch", -1, tf.int64)
             self.bad_epochs = counter("bad_epochs", 0, tf.int64)
+            # The rate of the next epoch (train.lr_decay lowers it after a bad epoch).
+            self.learning_rate = counter("learning_rate", learning_rate, tf.float64)
             # Running sums of the epoch in progress, so a mid-epoch resume reports
             # the same epoch loss as an uninterrupted run.
             self.epoch_loss_sum = counter("epoch_loss_sum", 0.0, tf.float64)
@@ -67,6 +70,7 @@ class LoopState:
             best_recall=self.best_recall,
             best_epoch=self.best_epoch,
             bad_epochs=self.bad_epochs,
+            learning_rate=self.learning_rate,
             epoch_loss_sum=self.epoch_loss_sum,
             epoch_steps=self.epoch_steps,
             ssm_tracker=model.ssm_tracker,

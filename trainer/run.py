@@ -123,7 +123,7 @@ def train(
     interrupts.check()
     refit: dict[str, Any] = {"done": False}
     if cfg.train.refit and len(run.valid) and result.best_epoch > 0:
-        model, emb, refit = _refit(run, emb, similarity, result.best_epoch)
+        model, emb, refit = _refit(run, emb, similarity, result.best_epoch, result.history)
     ds = run.ds
     test, metrics, other, baseline = _test_metrics(emb, ds, cfg, similarity)
     training = _training_record(
@@ -249,11 +249,13 @@ def _similarity(setting: str, valid_by_sim: dict[str, float]) -> str:
 
 
 def _refit(
-    run: Fit, emb: _Embeddings, similarity: str, epochs: int
+    run: Fit, emb: _Embeddings, similarity: str, epochs: int, history: list[dict]
 ) -> tuple[TwoTowerModel, _Embeddings, dict[str, Any]]:
     """``train.refit``: the chosen epochs and similarity trained afresh on train + valid.
 
-    The chosen model's own test figures are kept for the record (nothing reads them).
+    Each epoch at the rate the first run's epoch had (``history``; ``train.lr_decay``
+    may have lowered it). The chosen model's own test figures are kept for the record
+    (nothing reads them).
     """
     cfg = run.cfg
     H, D = cfg.model.history_length, cfg.model.dislike_length
@@ -264,10 +266,14 @@ def _refit(
     refit["test_metrics_without_refit"] = evaluate(
         emb.embed[similarity], emb.items[similarity], before, emb.counts, None
     ).metrics
-    model, result = run.refit(epochs)
+    rates = [record.get("learning_rate") for record in history[:epochs]]
+    # A run resumed from a checkpoint of an older version has no rates: the configured one.
+    replay = [float(r) for r in rates if r is not None] if None not in rates else None
+    model, result = run.refit(epochs, replay)
     refit.update(
         done=True,
         epochs=result.epochs_run,
+        learning_rates=[record["learning_rate"] for record in result.history],
         steps=result.steps,
         seconds=round(result.seconds, 2),
         examples_per_second=round(result.examples_per_second, 1),

@@ -6,7 +6,8 @@ resume at the exact step it checkpointed, as the same run: the checkpoint
 (:mod:`trainer.loop_state`) holds the model (with the streaming estimator's
 arrays), the optimizer, the (epoch, step) counters, the running sums of the
 epoch in progress, the early-stopping state (best validation recall, its epoch,
-epochs without improvement) and the per-epoch history. Batches are a pure function of
+epochs without improvement), the next epoch's learning rate and the per-epoch
+history. Batches are a pure function of
 (seed, epoch) and the mixed negatives of (seed, global step), so the resumed
 run replays the same remaining batches and ends with the weights, history
 and estimator state of an uninterrupted run.
@@ -15,7 +16,8 @@ Early stopping: after each epoch the validation recall@20 is compared with
 the best so far; ``train.early_stopping_patience`` epochs in a row without
 improvement stop the run, and the weights of the best epoch are restored. A
 run resumed from a checkpoint whose patience is already exhausted stops at
-once (it does not train further).
+once (it does not train further). ``train.lr_decay`` below 1 also multiplies the
+learning rate by it after each such epoch (each epoch's rate is in the history).
 
 Multi-worker runs (TF's documented checkpoint pattern): every worker
 restores from the chief's checkpoint directory (shared storage) and writes
@@ -30,7 +32,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +118,9 @@ class Trainer:
         elapsed time), which is all a log file or a pipe gets.
       write_dir: where this process writes its checkpoints; ``checkpoint_dir``
         when None (single process, or the chief). Non-chief workers pass scratch.
+      learning_rates: the rate of each epoch, replayed (``train.refit``: the first
+        run's rates); None = ``train.learning_rate``, lowered by ``train.lr_decay``
+        after each epoch without a better validation recall@20.
     """
 
     def __init__(
@@ -128,6 +133,7 @@ class Trainer:
         strategy: tf.distribute.Strategy,
         progress: bool = True,
         write_dir: Path | None = None,
+        learning_rates: Sequence[float] | None = None,
     ):
         self.model = model
         self.config = config
@@ -137,6 +143,7 @@ class Trainer:
         self.progress = progress
         self.checkpoint_dir = Path(checkpoint_dir)
         self.write_dir = Path(write_dir) if write_dir is not None else self.checkpoint_dir
+        self.learning_rates = list(learning_rates) if learning_rates is not None else None
         self.state = LoopState(
             model, config.train.learning_rate, strategy, self.checkpoint_dir, self.write_dir
         )
@@ -206,9 +213,10 @@ class Trainer:
         while int(state.epoch.numpy()) < tc.epochs and not self._patience_exhausted():
             interrupts.check()
             epoch = int(state.epoch.numpy())
+            rate = self._start_epoch(epoch)
             epoch_rows, train_seconds = self._train_epoch(epoch, bars)
             trained_rows += epoch_rows
-            record = self._end_epoch(epoch)
+            record = self._end_epoch(epoch, rate)
             log.info(
                 "%s",
                 epoch_line(
@@ -298,8 +306,19 @@ class Trainer:
                 float(self.state.best_recall.numpy()),
             )
 
-    def _end_epoch(self, epoch: int) -> dict:
-        """Record epoch ``epoch`` (0-based), update early stopping, advance the counters.
+    def _start_epoch(self, epoch: int) -> float:
+        """Set the optimizer's learning rate for epoch ``epoch`` (0-based); returns it."""
+        state = self.state
+        if self.learning_rates is not None and epoch < len(self.learning_rates):
+            state.learning_rate.assign(self.learning_rates[epoch])
+        rate = float(state.learning_rate.numpy())
+        # A variable of the optimizer read by the compiled step: no retracing.
+        state.optimizer.learning_rate = rate
+        return rate
+
+    def _end_epoch(self, epoch: int, rate: float) -> dict:
+        """Record epoch ``epoch`` (0-based) trained at ``rate``, update early stopping and
+        the next epoch's rate, advance the counters.
 
         Returns the epoch's history record.
         """
@@ -307,6 +326,7 @@ class Trainer:
         n = int(state.epoch_steps.numpy())
         record = {
             "epoch": epoch + 1,
+            "learning_rate": rate,
             "loss": float(state.epoch_loss_sum.numpy()) / max(n, 1),
             "ssm": float(self.model.ssm_tracker.result().numpy()),
             "ntr": float(self.model.ntr_tracker.result().numpy()),
@@ -323,6 +343,9 @@ class Trainer:
                 state.best_manager.save()
             else:
                 state.bad_epochs.assign_add(1)
+                decay = self.config.train.lr_decay
+                if decay < 1.0 and self.learning_rates is None:
+                    state.learning_rate.assign(rate * decay)
         log.debug("epoch %s", json.dumps(record))
         state.history.append(record)
         state.epoch.assign_add(1)

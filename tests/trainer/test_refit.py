@@ -14,7 +14,7 @@ from trainer.exported import evaluate_version
 from trainer.fitting import training_examples
 from trainer.run import train, trainer_config
 
-SETS = [*TINY_SETS, "train.epochs=3", "train.early_stopping_patience=0"]
+SETS = [*TINY_SETS, "train.epochs=3", "train.early_stopping_patience=0", "train.lr_decay=0.5"]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,15 @@ def test_refit_trains_the_chosen_epochs_on_train_and_valid(refitted):
     assert refit["done"] is True
     assert 1 <= m["training"]["best_epoch"] <= 3
     assert refit["epochs"] == m["training"]["best_epoch"]
+    # Each refit epoch at the rate the first run's epoch had (train.lr_decay lowers it).
+    first = [r["learning_rate"] for r in m["training"]["history"]]
+    assert refit["learning_rates"] == first[: refit["epochs"]]
+    best = -1.0
+    history = m["training"]["history"]
+    for record, rate, next_rate in zip(history[:-1], first[:-1], first[1:], strict=True):
+        improved = record["valid_recall@20"] > best
+        best = max(best, record["valid_recall@20"])
+        assert next_rate == (rate if improved else rate * 0.5)
     # Every epoch of the refit sees the train + valid rows.
     ds = load_source(spec)
     rows = len(training_examples(train_and_valid(ds), cfg, 0))

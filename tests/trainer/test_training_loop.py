@@ -74,6 +74,50 @@ def test_early_stopping_triggers_and_a_resumed_run_does_not_train_further(tiny_d
     np.testing.assert_array_equal(model2.embed_items(), model.embed_items())
 
 
+def test_lr_decay_lowers_the_rate_after_each_bad_epoch_and_a_resume_keeps_it(tiny_ds, tmp_path):
+    sets = [*TINY_SETS, *FROZEN, "train.early_stopping_patience=3", "train.lr_decay=0.5"]
+    cfg = trainer_config("synthetic", overrides=[*sets, "train.epochs=2"])
+    _model, trainer = _trainer(tiny_ds, cfg, tmp_path / "ckpt")
+    first = trainer.fit()
+    assert [r["learning_rate"] for r in first.history] == pytest.approx([1e-12, 1e-12])
+    # Epoch 2 was no better: the next epoch's rate, halved, is in the checkpoint.
+    longer = trainer_config("synthetic", overrides=[*sets, "train.epochs=6"])
+    _model, again = _trainer(tiny_ds, longer, tmp_path / "ckpt")
+    resumed = again.fit()
+    assert resumed.resumed_from is not None and resumed.resumed_from["epoch"] == 2
+    # Epochs 2, 3 and 4 are no better than epoch 1: patience 3 stops after epoch 4.
+    assert resumed.epochs_run == 4 and resumed.best_epoch == 1
+    rates = [r["learning_rate"] for r in resumed.history]
+    assert rates == pytest.approx([1e-12, 1e-12, 5e-13, 2.5e-13], rel=1e-9)
+    assert float(again.state.optimizer.learning_rate.numpy()) == pytest.approx(2.5e-13, rel=1e-6)
+
+
+def test_replayed_learning_rates_reach_the_training_step(tiny_ds, tmp_path):
+    """A rate of 0 leaves Adam's weights where they were; the same epoch at 0.01 moves them."""
+    cfg = trainer_config("synthetic", overrides=[*TINY_SETS, "train.epochs=2"])
+    one = trainer_config("synthetic", overrides=[*TINY_SETS, "train.epochs=1"])
+
+    def items_after(config, rates, name):
+        model, _ = _trainer(tiny_ds, config, tmp_path / name)
+        trainer = Trainer(
+            model,
+            config,
+            lambda e: training_examples(tiny_ds, config, e),
+            None,
+            tmp_path / name,
+            tf.distribute.get_strategy(),
+            False,
+            learning_rates=rates,
+        )
+        result = trainer.fit()
+        assert [r["learning_rate"] for r in result.history] == pytest.approx(rates)
+        return model.embed_items()
+
+    after_first = items_after(one, [0.01], "one")
+    np.testing.assert_array_equal(items_after(cfg, [0.01, 0.0], "frozen"), after_first)
+    assert not np.allclose(items_after(cfg, [0.01, 0.01], "moving"), after_first)
+
+
 def test_the_per_epoch_progress_line():
     record = {"epoch": 3, "loss": 4.123456, "ssm": 4.0, "ntr": 0.1, "valid_recall@20": 0.22901}
     assert epoch_line(record, 20, 41234.4, 65.2) == (
