@@ -573,6 +573,46 @@ def _mark(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
+def sizing(doc: dict[str, Any]) -> list[str]:
+    """The operator's sizing note: requests/s per worker and per core at a stated load, from ``doc``."""
+    lines = [
+        "",
+        "Sizing (`/v1/recommend`, k=20, stored users; this run's figures): a worker is one "
+        "event loop, so it scales by workers and replicas, not threads.",
+        "",
+    ]
+    for c in doc["corpora"]:
+        one, two = c["workers"].get("1"), c["workers"].get("2")
+        if not one:
+            continue
+        rec32, rec1 = one["recommend"]["c32"], one["recommend"]["c1"]
+        text = (
+            f"- {c['corpus']}: one worker served {rec32['requests_per_s']:.0f} req/s at 32 "
+            f"concurrent requests with p99 {rec32['p99_ms']:.1f} ms (one at a time: p50 "
+            f"{rec1['p50_ms']:.2f} ms)"
+        )
+        cpu = one.get("profile", {}).get("c32", {}).get("server_cpu_us_per_request")
+        if cpu:
+            text += (
+                f"; it spent {cpu:.0f} µs of CPU per request (all its threads), about "
+                f"{1e6 / cpu:.0f} req/s per fully used core"
+            )
+        if two:
+            rec2 = two["recommend"]["c32"]
+            text += (
+                f"; two workers on the {doc['machine']['cores']} cores served "
+                f"{rec2['requests_per_s']:.0f} req/s with p99 {rec2['p99_ms']:.1f} ms"
+            )
+        lines.append(text + ".")
+    lines += [
+        "",
+        "Replicas x workers >= peak req/s / the per-worker figure at the p99 you need "
+        "(`serving_p99.png`: p99 against the load reached); Redis and clients on the same "
+        "cores take their share (here they did).",
+    ]
+    return lines if len(lines) > 5 else []
+
+
 def markdown(doc: dict[str, Any]) -> str:
     g = GOALS
     lines = [
@@ -623,6 +663,7 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"\nFrom an earlier run, merged with --append: {run}")
     for note in doc.get("not_run", []):
         lines.append(f"\nNot run: {note}")
+    lines += sizing(doc)
     lines += ["", "<!-- headline:end -->", ""]
     lines += [
         "## wrk, per endpoint",

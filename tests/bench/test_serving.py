@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from bench.serving import STAGES, parse_wrk, split_stages, stage_of
+from bench.serving import STAGES, parse_wrk, sizing, split_stages, stage_of
 
 WRK = """Running 10s test @ http://127.0.0.1:8000
   1 threads and 32 connections
@@ -80,3 +80,25 @@ def test_split_stages_leaves_out_threads_waiting_for_work() -> None:
     stages, total = split_stages(f"{RUNNER} 30\n{waiting} 50\n{working} 20\n")
     assert total == 50
     assert stages == {"event loop": 30, "batcher + thread hand-off": 20}
+
+
+def _load(rps: float, p50: float, p99: float) -> dict:
+    return {"requests_per_s": rps, "p50_ms": p50, "p99_ms": p99}
+
+
+def test_the_sizing_note_gives_requests_per_worker_and_per_core() -> None:
+    one = {
+        "recommend": {"c32": _load(1400, 20.0, 32.5), "c1": _load(800, 1.1, 1.9)},
+        "profile": {"c32": {"server_cpu_us_per_request": 800.0}},
+    }
+    two = {"recommend": {"c32": _load(2500, 11.0, 20.25)}}
+    doc = {
+        "machine": {"cores": 2},
+        "corpora": [{"corpus": "synthetic-100000", "workers": {"1": one, "2": two}}],
+    }
+    text = "\n".join(sizing(doc))
+    assert "one worker served 1400 req/s at 32 concurrent requests with p99 32.5 ms" in text
+    assert "800 µs of CPU per request" in text and "about 1250 req/s per fully used core" in text
+    assert "two workers on the 2 cores served 2500 req/s with p99 20.2 ms" in text
+    # Nothing measured with one worker: no note.
+    assert sizing({"machine": {"cores": 2}, "corpora": [{"corpus": "x", "workers": {}}]}) == []
