@@ -65,14 +65,17 @@ def running_server(
     workers: int = 1,
     ready: bool = True,
     timeout_s: float = 90.0,
+    code: Path = REPO,
     **env: str,
 ) -> Iterator[Server]:
     """Start ``python -m twotower.cli serve`` on a free port; stop it (SIGTERM, then SIGKILL) on exit.
 
-    Extra keyword arguments are environment variables (e.g. ``TWOTOWER_SERVE__BATCH_MAX_SIZE="1"``).
+    ``code``: the source tree the server runs from (this checkout by default; another
+    revision's tree to compare with it). Extra keyword arguments are environment
+    variables (e.g. ``TWOTOWER_SERVE__BATCH_MAX_SIZE="1"``).
     """
     port = free_port()
-    environ = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", **env}
+    environ = {**os.environ, "PYTHONPATH": str(code), "TF_CPP_MIN_LOG_LEVEL": "2", **env}
     cmd = [
         sys.executable, "-m", "twotower.cli", "serve",
         "--artifacts", str(art), "--store", store_url,
@@ -83,7 +86,7 @@ def running_server(
     ) as log_file:
         log_path = Path(log_file.name)
         proc = subprocess.Popen(
-            cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO, env=environ
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=code, env=environ
         )
     srv = Server(f"http://127.0.0.1:{port}", proc, log_path)
     try:
