@@ -16,7 +16,7 @@ and a sweep of concurrencies (p99 against the throughput it reached, plotted
 in ``serving_p99.png``). With ``py-spy`` on the PATH (or beside this Python),
 the one-worker server is profiled at c=1 and c=32 and the samples are split
 into stages (CPU microseconds per request); the collapsed stacks are kept in
-``bench/results/serving_profile_*.txt``. ``in-process`` is the same work
+``bench/results/<out>_profile_*.txt`` (``--out``, default ``serving``). ``in-process`` is the same work
 without HTTP (store read + tower + FAISS + filtering), timed in this process.
 
 Results: ``bench/results/serving.json`` and ``serving.md`` (the README's table
@@ -534,7 +534,7 @@ def bench_catalog(
                         c,
                         d + 2,
                         tmp,
-                        RESULTS / f"serving_profile_{name}_c{c}.txt",
+                        RESULTS / f"{args.out}_profile_{name}_c{c}.txt",
                     )
                     for c in (1, 32)
                 }
@@ -903,7 +903,15 @@ def main() -> int:
     path = write_result(
         args.out,
         figures,
-        packages=("fastapi", "uvicorn", "faiss-cpu", "tensorflow", "redis", "pydantic-core"),
+        packages=(
+            "fastapi",
+            "uvicorn",
+            "faiss-gpu",
+            "faiss-cpu",
+            "tensorflow",
+            "redis",
+            "pydantic-core",
+        ),
     )
     doc = json.loads(path.read_text())
     (RESULTS / f"{args.out}.md").write_text(markdown(doc))

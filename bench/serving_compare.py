@@ -87,15 +87,16 @@ def measure(code: Path, art: Path, users: int, duration: float, tmp: Path) -> di
 
 
 def summarise(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Per figure: each side's median over the rounds and the ratio head / base of the medians."""
+    """Per figure: each side's median over the rounds, and the median of the rounds'
+    head / base ratios (the two sides of a round ran a minute apart, so a drift of the
+    machine over the run cancels in a round's ratio, not in the medians')."""
     out: dict[str, dict[str, float]] = {}
     for name in FIGURES:
-        base = statistics.median(r["base"][name] for r in rounds)
-        head = statistics.median(r["head"][name] for r in rounds)
+        ratios = [r["head"][name] / r["base"][name] for r in rounds if r["base"][name]]
         out[name] = {
-            "base": base,
-            "head": head,
-            "head_over_base": head / base if base else float("nan"),
+            "base": statistics.median(r["base"][name] for r in rounds),
+            "head": statistics.median(r["head"][name] for r in rounds),
+            "head_over_base": statistics.median(ratios) if ratios else float("nan"),
         }
     return out
 
@@ -115,9 +116,10 @@ def markdown(doc: dict[str, Any]) -> str:
         f"`{doc['command']}`: `/v1/recommend` of {doc['base_revision'][:7]} (base) and "
         f"{doc['git_revision']} (head), one worker each, alternated {len(doc['rounds'])} times "
         f"in one run on {doc['catalog']}; wrk {doc['duration_s']:g} s at c=32, "
-        f"{doc['duration_s'] / 2:g} s at c=1. Medians over the rounds.",
+        f"{doc['duration_s'] / 2:g} s at c=1. Each side's median over the rounds, and the "
+        "median of the rounds' head / base ratios.",
         "",
-        "| figure | base | head | head / base |",
+        "| figure | base | head | head / base (median of the rounds') |",
         "|---|---|---|---|",
     ]
     for name in FIGURES:
@@ -171,7 +173,9 @@ def main() -> int:
         "rounds": rounds,
         "summary": summarise(rounds),
     }
-    path = write_result("serving_compare", figures, packages=("faiss-cpu", "fastapi", "uvicorn"))
+    path = write_result(
+        "serving_compare", figures, packages=("faiss-gpu", "faiss-cpu", "fastapi", "uvicorn")
+    )
     doc = json.loads(path.read_text())
     (RESULTS / "serving_compare.md").write_text(markdown(doc))
     print(markdown(doc))
