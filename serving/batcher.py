@@ -275,10 +275,7 @@ class Batcher:
             if remaining <= 0 or self.arriving <= 0:
                 break  # out of time, or nobody else is on the way: do not wait for nothing
             try:
-                # asyncio.timeout, not wait_for: no task of its own per wait (Python 3.11's
-                # wait_for); a get cut by the timeout leaves its item on the queue.
-                async with asyncio.timeout(remaining):
-                    batch.append(await self._queue.get())
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
             except TimeoutError:
                 break
         return batch
