@@ -29,6 +29,7 @@ HEADLINES = [
     "demotion",
     "training_speed_mean",
     "serving",
+    "serving_compare",
     "feature_store",
 ]
 

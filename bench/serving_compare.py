@@ -114,7 +114,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "# Serving, before and after",
         "",
         f"`{doc['command']}`: `/v1/recommend` of {doc['base_revision'][:7]} (base) and "
-        f"{doc['git_revision']} (head), one worker each, alternated {len(doc['rounds'])} times "
+        f"{doc['git_revision'][:7]} (head), one worker each, alternated {len(doc['rounds'])} times "
         f"in one run on {doc['catalog']}; wrk {doc['duration_s']:g} s at c=32, "
         f"{doc['duration_s'] / 2:g} s at c=1. Each side's median over the rounds, and the "
         "median of the rounds' head / base ratios.",
