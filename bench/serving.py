@@ -16,8 +16,9 @@ and a sweep of concurrencies (p99 against the throughput it reached, plotted
 in ``serving_p99.png``). With ``py-spy`` on the PATH (or beside this Python),
 the one-worker server is profiled at c=1 and c=32 and the samples are split
 into stages (CPU microseconds per request); the collapsed stacks are kept in
-``bench/results/<out>_profile_*.txt`` (``--out``, default ``serving``). ``in-process`` is the same work
-without HTTP (store read + tower + FAISS + filtering), timed in this process.
+``bench/results/<out>_profile_*.txt`` (``--out``, default ``serving``).
+``in-process`` is the same work without HTTP (store read + tower + FAISS +
+filtering), timed in this process.
 
 Results: ``bench/results/serving.json`` and ``serving.md`` (the README's table
 comes from it through ``python -m bench.report``).
@@ -575,12 +576,7 @@ def _mark(ok: bool) -> str:
 
 def sizing(doc: dict[str, Any]) -> list[str]:
     """The operator's sizing note: requests/s per worker and per core at a stated load, from ``doc``."""
-    lines = [
-        "",
-        "Sizing (`/v1/recommend`, k=20, stored users; this run's figures): a worker is one "
-        "event loop, so it scales by workers and replicas, not threads.",
-        "",
-    ]
+    rows = []
     for c in doc["corpora"]:
         one, two = c["workers"].get("1"), c["workers"].get("2")
         if not one:
@@ -603,14 +599,20 @@ def sizing(doc: dict[str, Any]) -> list[str]:
                 f"; two workers on the {doc['machine']['cores']} cores served "
                 f"{rec2['requests_per_s']:.0f} req/s with p99 {rec2['p99_ms']:.1f} ms"
             )
-        lines.append(text + ".")
-    lines += [
+        rows.append(text + ".")
+    if not rows:
+        return []
+    return [
+        "",
+        "Sizing (`/v1/recommend`, k=20, stored users; this run's figures): a worker is one "
+        "event loop, so it scales by workers and replicas, not threads.",
+        "",
+        *rows,
         "",
         "Replicas x workers >= peak req/s / the per-worker figure at the p99 you need "
         "(`serving_p99.png`: p99 against the load reached); Redis and clients on the same "
         "cores take their share (here they did).",
     ]
-    return lines if len(lines) > 5 else []
 
 
 def markdown(doc: dict[str, Any]) -> str:

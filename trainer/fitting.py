@@ -117,7 +117,7 @@ class Fit:
         # What the loop reads (train.refit changes both); the model and manifest keep cfg.
         self._fit_cfg = cfg
         self._stop_on: EvalSet | None = self.valid if len(self.valid) else None
-        self._learning_rates: list[float] | None = None  # a refit replays the first run's
+        self._learning_rates: Sequence[float] | None = None  # a refit replays the first run's
 
     def examples(self, epoch: int) -> Examples:
         """The training rows of ``epoch`` (read at call time: a refit changes the data set)."""
@@ -181,7 +181,7 @@ class Fit:
 
         ``learning_rates``: the rate of each epoch (the first run's), replayed.
         """
-        self._learning_rates = list(learning_rates) if learning_rates is not None else None
+        self._learning_rates = learning_rates
         self.ds = train_and_valid(self.ds)
         self.tower_features, self.tower_sizes = tower_item_features(self.ds, self.cfg.model)
         self.item_graph = item_graph(self.ds, self.cfg.model.item_graph_neighbors)

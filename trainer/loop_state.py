@@ -5,10 +5,9 @@ optimizer, the (epoch, step) counters, the running sums of the epoch in
 progress, the early-stopping state (best validation recall, its epoch, epochs
 without improvement), the learning rate of the next epoch, the loss trackers and
 the per-epoch history (JSON, written with the counters it describes, in the same
-atomic save). ``latest/`` keeps the
-last two checkpoints, ``best/`` the weights of the best epoch. The state is
-restored from ``checkpoint_dir`` and written to ``write_dir`` (who writes where:
-:mod:`trainer.checkpoints`).
+atomic save). ``latest/`` keeps the last two checkpoints, ``best/`` the weights of
+the best epoch. The state is restored from ``checkpoint_dir`` and written to
+``write_dir`` (who writes where: :mod:`trainer.checkpoints`).
 """
 
 from __future__ import annotations

@@ -266,9 +266,13 @@ def _refit(
     refit["test_metrics_without_refit"] = evaluate(
         emb.embed[similarity], emb.items[similarity], before, emb.counts, None
     ).metrics
-    rates = [record.get("learning_rate") for record in history[:epochs]]
+    chosen = history[:epochs]
     # A run resumed from a checkpoint of an older version has no rates: the configured one.
-    replay = [float(r) for r in rates if r is not None] if None not in rates else None
+    replay = (
+        [float(r["learning_rate"]) for r in chosen]
+        if all("learning_rate" in r for r in chosen)
+        else None
+    )
     model, result = run.refit(epochs, replay)
     refit.update(
         done=True,

@@ -7,10 +7,9 @@ resume at the exact step it checkpointed, as the same run: the checkpoint
 arrays), the optimizer, the (epoch, step) counters, the running sums of the
 epoch in progress, the early-stopping state (best validation recall, its epoch,
 epochs without improvement), the next epoch's learning rate and the per-epoch
-history. Batches are a pure function of
-(seed, epoch) and the mixed negatives of (seed, global step), so the resumed
-run replays the same remaining batches and ends with the weights, history
-and estimator state of an uninterrupted run.
+history. Batches are a pure function of (seed, epoch) and the mixed negatives of
+(seed, global step), so the resumed run replays the same remaining batches and
+ends with the weights, history and estimator state of an uninterrupted run.
 
 Early stopping: after each epoch the validation recall@20 is compared with
 the best so far; ``train.early_stopping_patience`` epochs in a row without

@@ -29,10 +29,10 @@ def check_serve_args(args: argparse.Namespace) -> Any:
 
 #: OpenMP threads that wait passively between FAISS searches. By default libgomp's idle
 #: threads spin after every parallel region; a server searches small batches a few
-#: milliseconds apart, so the spinning took about a third of its CPU time at 32
-#: concurrent requests (``bench/results/serving.md``) from the event loop, Redis and
-#: other workers on the same cores. Set before OpenMP starts (FAISS's import); an
-#: operator's own ``OMP_WAIT_POLICY`` wins.
+#: milliseconds apart, so the spinning took CPU time from the event loop, Redis and
+#: other workers on the same cores (``python -m bench.serving_compare``: server CPU per
+#: request, side by side). Set before OpenMP starts (FAISS's import); an operator's own
+#: ``OMP_WAIT_POLICY`` wins.
 OPENMP_WAIT_POLICY = "PASSIVE"
 
 
