@@ -33,6 +33,7 @@ from serving.auth import AccessMiddleware
 from serving.batcher import Batcher, BatcherClosed
 from serving.cancel import cancel_task
 from serving.deps import AppState
+from serving.direct import DirectRecommend
 from serving.docs import ASSETS_PATH as DOCS_ASSETS_PATH
 from serving.docs import install_docs
 from serving.metrics import Metrics, mark_process_dead
@@ -41,7 +42,7 @@ from serving.openapi import apply_access, apply_limits
 from serving.ratelimit import RateLimiter
 from serving.reload import ModelHolder, Reloader
 from serving.retrieval import Demotion
-from serving.routes import InputError, floor_router, router
+from serving.routes import RECOMMEND_PATH, InputError, floor_router, router
 from serving.service import reopen_store
 from serving.settings import Settings, load_settings
 from serving.usercache import DislikeCache
@@ -273,6 +274,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(BatcherClosed, _batcher_closed)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    if settings.direct_recommend:
+        # Added first, so innermost: access control and the limits/timing middleware run first.
+        app.add_middleware(
+            DirectRecommend,
+            state=state,
+            handlers=app.exception_handlers,
+            route=next(r for r in router.routes if getattr(r, "path", None) == RECOMMEND_PATH),
+        )
     _add_access_control(app, settings, state)
     app.add_middleware(
         LimitsAndTimingMiddleware,

@@ -35,7 +35,7 @@ from serving.schemas import (
     SimilarResponse,
     TsAdjusted,
 )
-from serving.settings import K_CAP
+from serving.settings import K_CAP, Settings
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +87,33 @@ async def require_json(request: Request) -> None:
 JsonBody = [Depends(require_json)]
 
 
-def _check_lists(req: RecommendRequest, limit: int) -> None:
+RECOMMEND_PATH = "/v1/recommend"
+
+
+def checked_k(req: RecommendRequest, settings: Settings) -> int:
+    """The request's k (the server's default when absent), after this server's limits on
+    k and on the lengths of the request's lists.
+
+    Raises:
+      InputError: a limit broken (422 naming the field).
+    """
+    k = settings.default_k if req.k is None else req.k
+    if k > settings.max_k:
+        raise InputError(
+            "body.k", f"is {k}; this server accepts at most {settings.max_k}", "less_than_equal"
+        )
+    limit = settings.max_list_length
     for name in ("history", "dislikes", "exclude"):
         n = len(getattr(req, name))
         if n > limit:
             raise InputError(
                 f"body.{name}", f"has {n} items; at most {limit} are accepted", "too_long"
             )
+    return k
 
 
 @router.post(
-    "/v1/recommend",
+    RECOMMEND_PATH,
     response_model=RecommendResponse,
     responses=RECOMMEND_RESPONSES,
     dependencies=JsonBody,
@@ -119,13 +135,7 @@ async def recommend(
     knew for the user are used.
     """
     req = req if req is not None else RecommendRequest()
-    settings = state.settings
-    k = settings.default_k if req.k is None else req.k
-    if k > settings.max_k:
-        raise InputError(
-            "body.k", f"is {k}; this server accepts at most {settings.max_k}", "less_than_equal"
-        )
-    _check_lists(req, settings.max_list_length)
+    k = checked_k(req, state.settings)
     body = await service.recommend(state, model, req, k)
     # Encoded once, here (pydantic-core's encoder: the same JSON the response model gives);
     # a Response is passed through by FastAPI without validating the body a second time.

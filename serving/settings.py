@@ -216,6 +216,12 @@ class Settings(BaseSettings):
         "client starts again with a full bucket)",
     )
 
+    direct_recommend: bool = Field(
+        True,
+        description="answer well-formed POST /v1/recommend requests without FastAPI's routing "
+        "and dependency resolution (same code, limits and answers: serving/direct.py); false = "
+        "every request through the FastAPI route",
+    )
     floor_route: bool = Field(
         False,
         description="register POST /_floor (same body parsing, fixed answer): the benchmark floor",
