@@ -127,6 +127,8 @@ COUNT_KEYS = [
 LAMBDAS = (0, 5, 20, 50, 100)
 PATHWAYS = ("concat", "subtract")
 NEGATIVES = 5
+#: Bins of the item dislike-ratio feature in the sweep's arms that use it.
+RATIO_BUCKETS = 10
 DEFAULT_NTR = 20
 AUDIENCE_MIN = 2
 TOP_A, TOP_B = 20, 100
@@ -140,9 +142,11 @@ def arm(
     negatives: int = 0,
     weight: float | None = None,
     state: str | None = None,
+    ratio: int = 0,
 ) -> list[str]:
-    """The ``--set`` overrides of an arm, every dislike knob pinned (w and the NTR
-    rows' state, ``loss.ntr_state``, only when given)."""
+    """The ``--set`` overrides of an arm, every dislike knob pinned (w, the NTR
+    rows' state ``loss.ntr_state`` and the item tower's dislike-ratio feature
+    ``model.item_dislike_ratio_buckets`` only when given)."""
     sets = [
         f"model.use_dislike_input={'true' if dislike_input else 'false'}",
         f"model.dislike_pathway={pathway}",
@@ -153,6 +157,8 @@ def arm(
         sets.append(f"loss.dislike_weight={weight:g}")
     if state is not None:
         sets.append(f"loss.ntr_state={state}")
+    if ratio:
+        sets.append(f"model.item_dislike_ratio_buckets={ratio}")
     return sets
 
 
@@ -191,6 +197,8 @@ def describe(sets: list[str]) -> str:
         parts.append(f"w {kv['loss.dislike_weight']}")
     if "loss.ntr_state" in kv:
         parts.append(f"NTR state {kv['loss.ntr_state']}")
+    if "model.item_dislike_ratio_buckets" in kv:
+        parts.append(f"item dislike ratio {kv['model.item_dislike_ratio_buckets']} bins")
     return ", ".join(parts)
 
 
@@ -240,6 +248,29 @@ def tune_arms(
             for w in weights:
                 name = f"{pathway}_after_ntr{lam:g}_w{w:g}"
                 arms[name] = arm(pathway=pathway, ntr=lam, weight=w, state="after")
+    # Dislikes on the item side: the item tower's train-split dislike ratio
+    # (model.item_dislike_ratio_buckets), alone and under the per-user ways.
+    arms["ntr_no_input"] = arm(dislike_input=False, ntr=20)
+    with_ratio = {
+        "positives_only": {"dislike_input": False},
+        "ntr_no_input": {"dislike_input": False, "ntr": 20},
+        "subtract_input_only": {"pathway": "subtract"},
+        "subtract_ntr20_w1": {"pathway": "subtract", "ntr": 20, "weight": 1},
+        "subtract_dn_ntr5_w1": {
+            "pathway": "subtract",
+            "ntr": 5,
+            "negatives": NEGATIVES,
+            "weight": 1,
+        },
+        "subtract_dn_ntr20_w1": {
+            "pathway": "subtract",
+            "ntr": 20,
+            "negatives": NEGATIVES,
+            "weight": 1,
+        },
+    }
+    for name, knobs in with_ratio.items():
+        arms[f"{name}_ratio{RATIO_BUCKETS}"] = arm(**knobs, ratio=RATIO_BUCKETS)
     return arms
 
 

@@ -11,7 +11,7 @@ Usage:
   python -m bench.tune --suite gowalla      (3 epochs per setting, temperature only)
   python -m bench.tune --suite gowalla_history   (3 epochs per setting, history width H)
   python -m bench.tune --suite ml100k_dedupe | gowalla_dedupe   (loss.dedupe_candidates)
-  python -m bench.tune --suite ml100k_dislikes [--seeds 3] [--quick] [--arms A,B,...]
+  python -m bench.tune --suite ml100k_dislikes [--seeds 3] [--quick] [--arms A,B,... [--out NAME]]
   python -m bench.tune --suite ml100k_dislike_strength [--seeds 3] [--quick]
   python -m bench.tune --suite gowalla_logq_label   (loss.logq_label, early stopping)
   python -m bench.tune --suite ml100k_lightgcn_logq_label   (the same on ml-100k's
@@ -370,6 +370,12 @@ def main(argv: list[str] | None = None) -> int:
         "bench.dislikes.tune_arms; positives_only, the reference, is always run)",
     )
     p.add_argument(
+        "--out",
+        default=None,
+        help="ml100k_dislikes: the result's name in bench/results (default tune_ml100k_dislikes; "
+        "give another with --arms so the whole grid's result stays)",
+    )
+    p.add_argument(
         "--manifests",
         nargs="+",
         default=None,
@@ -378,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.suite == "ml100k_dislikes":
         only = args.arms.split(",") if args.arms else None
-        return tune_dislikes(1 if args.quick else args.seeds, args.quick, only)
+        return tune_dislikes(1 if args.quick else args.seeds, args.quick, only, args.out)
     if args.suite == "ml100k_dislike_strength":
         return tune_dislike_strength(1 if args.quick else args.seeds, args.quick)
 
@@ -475,11 +481,14 @@ RECALL_TOLERANCE = 0.01
 SHARE_SLACK = 0.01
 
 
-def tune_dislikes(seeds: int, quick: bool, only: list[str] | None = None) -> int:
+def tune_dislikes(
+    seeds: int, quick: bool, only: list[str] | None = None, out: str | None = None
+) -> int:
     """``--suite ml100k_dislikes`` (module docstring); reads validation figures only.
 
     ``only``: run these arms of the grid (and always positives-only, the rule's
-    reference); an unknown name is an error that lists the known ones.
+    reference); an unknown name is an error that lists the known ones. ``out``:
+    the result's name (default ``tune_ml100k_dislikes``, ``_quick`` added with ``quick``).
     """
     from bench import dislikes
     from trainer.data.sources import load_source
@@ -515,7 +524,7 @@ def tune_dislikes(seeds: int, quick: bool, only: list[str] | None = None) -> int
         for name, row in rows.items()
     }
     pick = dislikes.pick_default(means, "positives_only", RECALL_TOLERANCE, SHARE_SLACK)
-    name = "tune_ml100k_dislikes" + ("_quick" if quick else "")
+    name = (out or "tune_ml100k_dislikes") + ("_quick" if quick else "")
     write_result(
         name,
         {
@@ -539,7 +548,7 @@ def tune_dislikes(seeds: int, quick: bool, only: list[str] | None = None) -> int
     )
     eligible = set(pick["eligible"])
     lines = [
-        "### validation sweep: ml100k_dislikes ("
+        f"### validation sweep: {name.removeprefix('tune_')} ("
         + (f"{seeds} seeds, mean ± std)" if seeds > 1 else "1 seed)"),
         "",
         f"Pick (**bold**): at most {RECALL_TOLERANCE:.0%} recall@20 below positives-only "

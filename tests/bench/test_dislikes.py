@@ -108,7 +108,17 @@ def test_arms_pin_every_dislike_knob_and_the_sweep_reuses_them():
     assert describe(ARMS["dislike_negatives_ntr"]) == "input concat, λ 20, N 5"
     assert describe(ARMS["positives_only"]) == "no input, λ 0, N 0"
     tune = tune_arms((5, 20, 50), (1, 2))
-    assert len(tune) == 5 + 2 * 2 * 3 * 2 + 2 * 3 * 2 and "subtract_dn_ntr50_w2" in tune
+    # 5 without NTR, pathway x N x λ x w, the NTR-state-after rows, NTR without input, 6 with the
+    # item dislike ratio.
+    assert len(tune) == 5 + 2 * 2 * 3 * 2 + 2 * 3 * 2 + 1 + 6 and "subtract_dn_ntr50_w2" in tune
+    assert tune["positives_only_ratio10"] == [
+        *tune["positives_only"],
+        "model.item_dislike_ratio_buckets=10",
+    ]
+    assert tune["subtract_dn_ntr5_w1_ratio10"][:-1] == tune["subtract_dn_ntr5_w1"]
+    assert (
+        describe(tune["ntr_no_input_ratio10"]) == "no input, λ 20, N 0, item dislike ratio 10 bins"
+    )
     assert "loss.dislike_weight=2" in tune["subtract_dn_ntr50_w2"]
     assert "loss.ntr_state=after" in tune["subtract_after_ntr20_w1"]
     assert describe(tune["subtract_after_ntr20_w1"]).endswith("w 1, NTR state after")
