@@ -229,6 +229,7 @@ _RULES: list[tuple[str, tuple[str, ...]]] = [
     ("HTTP stack (uvicorn, Starlette, FastAPI)", ("uvicorn/protocols", "uvicorn/middleware",
                                                   "starlette/", "fastapi/", "anyio/",
                                                   "serving/routes.py", "serving/deps.py",
+                                                  "serving/direct.py",
                                                   "serving/auth.py", "h11/", "httptools")),
 ]  # fmt: skip
 
@@ -240,13 +241,29 @@ def _source_lines(path: Path, needle: str) -> set[int]:
         return set()
 
 
-def stage_of(frames: list[str], encode_lines: set[int]) -> str:
-    """The stage of one sample (frames outermost first, as py-spy's raw format writes them)."""
+#: The modules whose lines call the response encoder (see :func:`encode_lines`).
+ENCODING_MODULES = ("routes", "direct")
+
+
+def encode_lines() -> set[tuple[str, int]]:
+    """``(module, line)`` of each ``to_json(`` call in serving's :data:`ENCODING_MODULES`."""
+    return {
+        (module, n)
+        for module in ENCODING_MODULES
+        for n in _source_lines(REPO / "serving" / f"{module}.py", "to_json(")
+    }
+
+
+def stage_of(frames: list[str], encode_lines: set[tuple[str, int]]) -> str:
+    """The stage of one sample (frames outermost first, as py-spy's raw format writes them).
+
+    ``encode_lines``: ``(module, line)`` of serving's calls of the response encoder.
+    """
     if frames and "Runner.run" in frames[-1]:
         return "event loop"  # the loop's own work (uvloop's C code shows as Runner.run)
     for frame in reversed(frames):
-        m = re.search(r"\(serving/routes\.py:(\d+)\)", frame)
-        if m and int(m.group(1)) in encode_lines:
+        m = re.search(r"\(serving/(\w+)\.py:(\d+)\)", frame)
+        if m and (m.group(1), int(m.group(2))) in encode_lines:
             return "serialisation"  # the encoder is C: its time shows on the calling line
         for stage, needles in _RULES:
             if any(n in frame for n in needles):
@@ -276,7 +293,7 @@ def split_stages(raw: str) -> tuple[Counter[str], int]:
 
     Samples of a thread waiting for work (:func:`is_idle`) are not counted.
     """
-    encode_lines = _source_lines(REPO / "serving" / "routes.py", "to_json(")
+    encoding = encode_lines()
     stages: Counter[str] = Counter()
     total = 0
     for line in raw.splitlines():
@@ -286,7 +303,7 @@ def split_stages(raw: str) -> tuple[Counter[str], int]:
         frames = stack.split(";")
         if is_idle(frames):
             continue
-        stages[stage_of(frames, encode_lines)] += int(count)
+        stages[stage_of(frames, encoding)] += int(count)
         total += int(count)
     return stages, total
 
@@ -665,6 +682,9 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"\nFrom an earlier run, merged with --append: {run}")
     for note in doc.get("not_run", []):
         lines.append(f"\nNot run: {note}")
+    # Added to the JSON by hand when a run's conditions need saying (a disturbed machine).
+    for note in doc.get("caveats", []):
+        lines.append(f"\nCaveat: {note}")
     lines += sizing(doc)
     lines += ["", "<!-- headline:end -->", ""]
     lines += [

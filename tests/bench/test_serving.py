@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from bench.serving import STAGES, parse_wrk, sizing, split_stages, stage_of
+from bench.common import REPO
+from bench.serving import STAGES, encode_lines, parse_wrk, sizing, split_stages, stage_of
 
 WRK = """Running 10s test @ http://127.0.0.1:8000
   1 threads and 32 connections
@@ -63,7 +64,24 @@ def test_stage_of_takes_the_innermost_matching_frame() -> None:
     assert stage_of(read.split(";"), set()) == "store read"
     assert stage_of(HANDLER.split(";"), set()) == "HTTP stack (uvicorn, Starlette, FastAPI)"
     # A C encoder's time shows on the line that calls it.
-    assert stage_of(HANDLER.split(";"), {10}) == "serialisation"
+    assert stage_of(HANDLER.split(";"), {("routes", 10)}) == "serialisation"
+    assert (
+        stage_of(HANDLER.split(";"), {("direct", 10)}) == "HTTP stack (uvicorn, Starlette, FastAPI)"
+    )
+    direct = (
+        "RequestResponseCycle.run_asgi (uvicorn/protocols/http/httptools_impl.py:401);"
+        "DirectRecommend.__call__ (serving/direct.py:120)"
+    )
+    assert stage_of(direct.split(";"), set()) == "HTTP stack (uvicorn, Starlette, FastAPI)"
+    assert stage_of(direct.split(";"), {("direct", 120)}) == "serialisation"
+
+
+def test_encode_lines_are_the_encoder_calls_of_both_answer_paths() -> None:
+    lines = encode_lines()
+    assert {module for module, _ in lines} == {"routes", "direct"}
+    for module, n in lines:
+        source = (REPO / "serving" / f"{module}.py").read_text().splitlines()
+        assert "to_json(" in source[n - 1]
 
 
 def test_split_stages_counts_samples() -> None:
