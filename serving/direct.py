@@ -11,8 +11,9 @@ itself, with the route's code: the same body model, the same limits, the same
 :func:`serving.service.recommend` and the same encoder.
 
 Anything else goes to the app unchanged, with the body it has read replayed:
-another route or method, a body that is not declared JSON or does not
-validate, a limit broken, no model loaded. So every error answer (415, 422,
+another route or method, a server run under a root path (``--root-path``),
+a body that is not declared JSON or does not validate, a limit broken, no
+model loaded. So every error answer (415, 422,
 503, ...) is the app's own, and the OpenAPI document still describes the route.
 An exception raised while answering goes to the handler the app registered for
 its class (as the app's exception middleware would), or up to its server-error
