@@ -250,10 +250,10 @@ def tune_arms(
                 arms[name] = arm(pathway=pathway, ntr=lam, weight=w, state="after")
     # Dislikes on the item side: the item tower's train-split dislike ratio
     # (model.item_dislike_ratio_buckets), alone and under the per-user ways.
-    arms["ntr_no_input"] = arm(dislike_input=False, ntr=20)
+    arms["ntr_no_input"] = ARMS["ntr_no_input"]
     with_ratio = {
         "positives_only": {"dislike_input": False},
-        "ntr_no_input": {"dislike_input": False, "ntr": 20},
+        "ntr_no_input": {"dislike_input": False, "ntr": DEFAULT_NTR},
         "subtract_input_only": {"pathway": "subtract"},
         "subtract_ntr20_w1": {"pathway": "subtract", "ntr": 20, "weight": 1},
         "subtract_dn_ntr5_w1": {

@@ -13,11 +13,10 @@ itself, with the route's code: the same body model, the same limits, the same
 Anything else goes to the app unchanged, with the body it has read replayed:
 another route or method, a server run under a root path (``--root-path``),
 a body that is not declared JSON or does not validate, a limit broken, no
-model loaded. So every error answer (415, 422,
-503, ...) is the app's own, and the OpenAPI document still describes the route.
-An exception raised while answering goes to the handler the app registered for
-its class (as the app's exception middleware would), or up to its server-error
-middleware (500).
+model loaded. So every error answer (415, 422, 503, ...) is the app's own, and
+the OpenAPI document still describes the route. An exception raised while
+answering goes to the handler the app registered for its class (as the app's
+exception middleware would), or up to its server-error middleware (500).
 """
 
 from __future__ import annotations
@@ -80,27 +79,11 @@ class DirectRecommend:
         if model is None or not is_json(content_type):
             await self.app(scope, receive, send)  # 503 / 415 / an empty body: the app's answer
             return
-        received: list[Message] = []
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            received.append(message)
-            if message["type"] != "http.request":
-                await self.app(scope, _replay(received, receive), send)
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        req = _parse(b"".join(chunks))
-        if req is None:
+        received, accepted = await self._accept(receive)
+        if accepted is None:
             await self.app(scope, _replay(received, receive), send)
             return
-        settings = self.state.settings
-        try:
-            k = checked_k(req, settings)
-        except InputError:
-            await self.app(scope, _replay(received, receive), send)
-            return
+        req, k = accepted
         scope["route"] = self.route
         self.answered += 1
         try:
@@ -123,6 +106,29 @@ class DirectRecommend:
             }
         )
         await send({"type": "http.response.body", "body": data})
+
+    async def _accept(
+        self, receive: Receive
+    ) -> tuple[list[Message], tuple[RecommendRequest, int] | None]:
+        """Read the body: the messages received, and the request with its k, or None where
+        the app must answer (a disconnect, a body that does not validate, a limit broken)."""
+        received: list[Message] = []
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            received.append(message)
+            if message["type"] != "http.request":
+                return received, None
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        req = _parse(b"".join(chunks))
+        if req is None:
+            return received, None
+        try:
+            return received, (req, checked_k(req, self.state.settings))
+        except InputError:
+            return received, None
 
     def _handler(self, exc: Exception) -> HTTPExceptionHandler | None:
         """The app's handler for ``exc``'s class or its nearest base, Exception's excepted
