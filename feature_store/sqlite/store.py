@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sqlite3
 import threading
 import time
@@ -57,12 +58,33 @@ from feature_store.options import KEEP_FOREVER
 from feature_store.sqlite import ops
 from feature_store.sqlite.config import SQLiteConfig
 from feature_store.sqlite.schema import prepare
-from feature_store.sqlite.writer import LOCK_SLICE_S, Job, Writer
+from feature_store.sqlite.writer import LOCK_SLICE_S, Job, Writer, is_busy
 
 T = TypeVar("T")
 
 #: Reader threads (and read-only connections) per store.
 THREADS = 4
+
+
+def enable_wal(conn: sqlite3.Connection, path: Path, timeout: float) -> None:
+    """Put the file in WAL mode, waiting up to ``timeout`` seconds for other connections' locks.
+
+    Processes opening one new file at once race to convert it, and SQLite
+    answers a loser "database is locked" at once, without its busy handler (a
+    connection holding a shared lock that waited for an exclusive one could
+    deadlock), so the wait happens here, in short slices that release every lock.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            break
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(LOCK_SLICE_S * random.uniform(0.5, 1.0))
+    if str(mode).lower() != "wal":
+        raise StoreError(f"{path}: could not enable WAL mode (got {mode!r})")
 
 
 class SQLiteStore(OnlineStore):
@@ -158,9 +180,7 @@ class SQLiteStore(OnlineStore):
             # Creating or migrating the schema waits for other processes like a write does.
             conn.execute(f"PRAGMA busy_timeout = {int(self.config.busy_timeout * 1000)}")
             try:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise StoreError(f"{self.path}: could not enable WAL mode (got {mode!r})")
+                enable_wal(conn, self.path, self.config.busy_timeout)
                 return prepare(conn, self.keep)
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {int(LOCK_SLICE_S * 1000)}")

@@ -59,7 +59,8 @@ class Job:
     state: State = State.QUEUED
 
 
-def _is_busy(exc: BaseException) -> bool:
+def is_busy(exc: BaseException) -> bool:
+    """True for SQLite's "database is locked" / "busy" answers (another connection holds a lock)."""
     text = str(exc)
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
@@ -108,7 +109,7 @@ class Writer:
         """The store's exception for a failed write (nothing of the job was committed)."""
         if isinstance(exc, StoreError | ValueError):
             return exc
-        if _is_busy(exc):
+        if is_busy(exc):
             return StoreUnavailable(
                 f"{self.path}: the database stayed locked by another writer for "
                 f"{self.busy_timeout}s ({exc}); nothing was written"
@@ -187,7 +188,7 @@ class Writer:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                if _is_busy(exc) and time.monotonic() < deadline:
+                if is_busy(exc) and time.monotonic() < deadline:
                     continue
                 raise
             with self._cond:  # a cancel from now on waits for the outcome

@@ -262,3 +262,32 @@ def test_a_migration_waits_for_another_processes_write_like_a_write_does(tmp_pat
     finally:
         done.join()
         blocker.close()
+
+
+def test_opening_a_file_another_connection_is_writing_waits_to_switch_it_to_wal(
+    tmp_path: Path,
+) -> None:
+    # A file still in rollback mode whose write lock another connection holds (as
+    # when processes open one new store at once): SQLite refuses the switch to
+    # WAL at once, without its busy handler, so the store waits for it itself.
+    path = tmp_path / "store.sqlite"
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute("CREATE TABLE other (x)")
+    blocker.execute("BEGIN IMMEDIATE")
+
+    async def go(timeout: float) -> None:
+        async with open_store(f"sqlite:///{path}?busy_timeout={timeout}") as store:
+            assert (await store.append_events([_event("first")])).accepted == 1
+
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="locked"):
+            asyncio.run(go(0.3))  # held past busy_timeout: a clear error, after waiting for it
+        assert 0.3 <= time.monotonic() - started < 3.0
+        done = threading.Timer(0.3, lambda: blocker.execute("COMMIT"))
+        done.start()
+        asyncio.run(go(5))  # released within busy_timeout: the open goes through
+        done.join()
+    finally:
+        blocker.close()
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
