@@ -1,8 +1,11 @@
 """The Redis store on Redis Cluster (``redis://node:port/0?cluster=true``).
 
-Same keys and reads as :mod:`feature_store.redis.store`; what changes is every
-write that would cross slots (a user's ``{u:<id>}`` keys vs the ``{log}``
-keys), since a cluster refuses a multi-slot script:
+Same keys as :mod:`feature_store.redis.store`; what changes is everything that
+would cross slots (a user's ``{u:<id>}`` keys vs the ``{log}`` keys, one user's
+vs another's), since a cluster refuses a multi-slot script:
+
+* get_users: LRANGE / ZRANGE per user in one pipeline in place of the READ
+  script (the cluster client sends each node its users' commands);
 
 * append, per chunk of events, three pipelines (see
   :mod:`feature_store.redis.scripts`): CLAIM on the users' slots (a known id
@@ -128,6 +131,9 @@ class RedisClusterStore(RedisStore):
         for i, code in zip(todo, applied, strict=True):
             codes[i] = int(code)
         return codes
+
+    async def _read_users(self, uids: list[str], with_seen: bool) -> list[Any]:
+        return await self._read_pipelined(uids, with_seen)  # a script may not cross slots
 
     async def forget_user(self, user_id: str) -> int:
         uk, k = self.keys.user(user_id), self.keys

@@ -236,6 +236,28 @@ return redis.call('HGETALL', KEYS[1])
 """
 )
 
+# Users' state in one call (standalone Redis, Sentinel, a one-shard cluster).
+# KEYS: per user, positives list, dislikes zset and, when ARGV[3] > 0, seen zset.
+# ARGV: 1 positives cap, 2 dislikes cap, 3 seen cap (0 = no seen).
+# Returns, per user, the LRANGE, the flat ZRANGE WITHSCORES and the seen ZRANGE:
+# the replies a pipeline of those commands would give, in one round trip and
+# without one command frame per key.
+READ = (
+    "#!lua flags=no-writes,allow-cross-slot-keys\n"
+    + r"""
+local pcap, dcap, scap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local step = 2
+if scap > 0 then step = 3 end
+local out = {}
+for i = 1, #KEYS, step do
+  out[#out + 1] = redis.call('LRANGE', KEYS[i], -pcap, -1)
+  out[#out + 1] = redis.call('ZRANGE', KEYS[i + 1], -dcap, -1, 'WITHSCORES')
+  if step == 3 then out[#out + 1] = redis.call('ZRANGE', KEYS[i + 2], -scap, -1) end
+end
+return out
+"""
+)
+
 ALL = {
     "APPEND": APPEND,
     "APPLY": APPLY,
@@ -245,6 +267,7 @@ ALL = {
     "FORGET_LOG": FORGET_LOG,
     "FORGET_STATE": FORGET_STATE,
     "INIT": INIT,
+    "READ": READ,
 }
 #: SHA1 of each script, as EVALSHA names it.
 SHA = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in ALL.items()}

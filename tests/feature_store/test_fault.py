@@ -148,6 +148,8 @@ def test_scripts_reload_after_script_flush(tmp_path: Path) -> None:
                 assert (await store.append_events(ev[:1])).accepted == 1
                 redis.Redis(port=server.port).script_flush()  # as after a failover to a fresh node
                 assert (await store.append_events(ev)).accepted == 2
+                redis.Redis(port=server.port).script_flush()
+                assert (await store.get_users(["u"]))["u"].positives == ["i0", "i1", "i2"]
                 assert await store.forget_user("u") == 3
 
         asyncio.run(go())

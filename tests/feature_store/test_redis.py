@@ -14,6 +14,7 @@ from redis.asyncio.client import Pipeline
 from redis.crc import key_slot
 
 from feature_store import StoreUnavailable, make_event, open_store
+from feature_store.redis import store as redis_store
 from feature_store.redis.keys import Keys
 from feature_store.redis.store import RedisStore
 from feature_store.urls import parse_url
@@ -70,10 +71,14 @@ def test_one_users_keys_share_a_slot_and_no_two_users_share_a_key(url: str) -> N
     assert all(k.startswith(keys.base + ":") for k in raw.scan_iter(match=keys.pattern()))
 
 
-def test_state_of_many_users_is_one_round_trip(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("read_script", [True, False])
+def test_state_of_many_users_is_one_round_trip(
+    url: str, monkeypatch: pytest.MonkeyPatch, read_script: bool
+) -> None:
     calls = {"pipelines": 0, "commands": 0}
     original_execute = Pipeline.execute
     original_command = redis.asyncio.Redis.execute_command
+    monkeypatch.setattr(redis_store, "READ_CHUNK", 2)  # 5 users: three READ calls
 
     async def counting_execute(self: Pipeline, *a: object, **k: object) -> object:
         calls["pipelines"] += 1
@@ -84,17 +89,40 @@ def test_state_of_many_users_is_one_round_trip(url: str, monkeypatch: pytest.Mon
         return await original_command(self, *a, **k)  # type: ignore[arg-type]
 
     async def go() -> None:
-        async with open_store(url) as store:
-            await store.append_events(_events("a", 3) + _events("b", 3) + _events("c", 1))
+        async with open_store(url + f"&read_script={str(read_script).lower()}") as store:
+            await store.append_events(
+                _events("a", 3) + _events("b", 3) + _events("c", 1) + _events("e", 4)
+            )
             monkeypatch.setattr(Pipeline, "execute", counting_execute)
             monkeypatch.setattr(redis.asyncio.Redis, "execute_command", counting_command)
             states = await store.get_users(["a", "b", "c", "d", "e"], with_seen=True)
-            assert states["a"].positives == ["i0", "i2"] and states["b"].dislikes == [
-                ("i1", T0 + 1)
-            ]
+            without_seen = await store.get_users(["e", "a"])
+        assert [states[u].positives for u in "abcde"] == [
+            ["i0", "i2"],
+            ["i0", "i2"],
+            ["i0"],
+            [],
+            ["i0", "i2"],
+        ]
+        assert [states[u].dislikes for u in "abcde"] == [
+            [("i1", T0 + 1)],
+            [("i1", T0 + 1)],
+            [],
+            [],
+            [("i1", T0 + 1), ("i3", T0 + 3)],
+        ]
+        assert [states[u].seen for u in "abcde"] == [
+            {"i0", "i1", "i2"},
+            {"i0", "i1", "i2"},
+            {"i0"},
+            set(),
+            {"i0", "i1", "i2", "i3"},
+        ]
+        assert without_seen["e"].seen is None and without_seen["e"].dislikes == states["e"].dislikes
+        assert without_seen["a"].positives == ["i0", "i2"]
 
     asyncio.run(go())
-    assert calls == {"pipelines": 1, "commands": 0}
+    assert calls == {"pipelines": 2, "commands": 0}  # one per get_users call
 
 
 def test_ttl_policy(url: str) -> None:
