@@ -30,6 +30,8 @@ HEADLINES = [
     "training_speed_mean",
     "serving",
     "serving_compare",
+    "serving_compare_read_script",
+    "store_reads",
     "feature_store",
 ]
 

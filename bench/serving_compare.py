@@ -149,6 +149,7 @@ def main() -> int:
     p.add_argument("--users", type=int, default=2000, help="synthetic users (trained and stored)")
     p.add_argument("--rounds", type=int, default=3, help="base/head pairs, alternated")
     p.add_argument("--duration", type=float, default=8, help="seconds of wrk at c=32 (c=1: half)")
+    p.add_argument("--out", default="serving_compare", help="bench/results/<out>.json and .md")
     args = p.parse_args()
     rounds: list[dict[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="twotower-compare-") as d:
@@ -174,10 +175,10 @@ def main() -> int:
         "summary": summarise(rounds),
     }
     path = write_result(
-        "serving_compare", figures, packages=("faiss-gpu", "faiss-cpu", "fastapi", "uvicorn")
+        args.out, figures, packages=("faiss-gpu", "faiss-cpu", "fastapi", "uvicorn")
     )
     doc = json.loads(path.read_text())
-    (RESULTS / "serving_compare.md").write_text(markdown(doc))
+    (RESULTS / f"{args.out}.md").write_text(markdown(doc))
     print(markdown(doc))
     return 0
 
