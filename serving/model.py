@@ -83,10 +83,25 @@ class PlacedIndex:
     index: Any
     device: str
     resources: Any = None
+    #: The index scores from compressed vectors: answers are re-scored exactly (see LoadedModel.search).
+    rescore: bool = False
 
     @property
     def max_k(self) -> int:
         return GPU_MAX_K if self.device == "gpu" else int(self.index.ntotal)
+
+
+def scores_approximately(index: Any) -> bool:
+    """True for an IVF index over compressed vectors (scalar or product quantizer).
+
+    Its candidates are those of the recall it was tuned to, but its scores are
+    the compressed vectors' and its order theirs.
+    """
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # not an IVF index: flat and HNSW keep float32 vectors
+        return False
+    return not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat)
 
 
 def place_index(
@@ -276,7 +291,21 @@ class LoadedModel:
         threads = faiss_threads_for(len(queries))
         if threads:
             faiss.omp_set_num_threads(threads)  # this thread's count (OpenMP: per thread)
-        return self.index.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        scores, rows = self.index.index.search(q, depth)
+        if self.index.rescore:
+            scores, rows = self._rescored(q, scores, rows)
+        return scores, rows
+
+    def _rescored(
+        self, q: np.ndarray, scores: np.ndarray, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A compressed index's candidates with their exact scores, in exact order (padding last)."""
+        valid = rows >= 0
+        exact = np.matmul(self.embeddings[np.where(valid, rows, 0)], q[:, :, None])[..., 0]
+        exact = np.where(valid, exact, scores).astype(np.float32, copy=False)
+        order = np.argsort(-exact, axis=1, kind="stable")
+        return np.take_along_axis(exact, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
     def exact_scores(self, query: np.ndarray) -> np.ndarray:
         """Inner products of one query [dim] with every item: float32 [N]."""
@@ -353,6 +382,7 @@ def load_model(art: str | os.PathLike[str], version: str, *, use_gpu: str = "aut
     index_type = str(index_info.get("type", "flat"))
     params = dict(index_info.get("params") or {})
     placed = place_index(cpu_index, index_type, params=params, use_gpu=use_gpu)
+    placed.rescore = scores_approximately(cpu_index)
 
     tf = _import_tf()
     saved = tf.saved_model.load(str(_require(vdir / artifacts.USER_TOWER, "user tower SavedModel")))

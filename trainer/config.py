@@ -155,6 +155,11 @@ class ExportConfig(_Section):
     """Corpora up to this size get an exact (flat) index."""
     target_recall_at_100: float = Field(0.95, gt=0.0, le=1.0)
     """Approximate indexes are tuned until recall@100 vs exact reaches this on sampled queries."""
+    ivf_codec: Literal["flat", "sq8"] = "sq8"
+    """How an IVF index stores the item vectors: ``sq8``, 8 bits per dimension (a
+    quarter of the memory and a faster scan; serving re-scores the candidates with the
+    exact vectors, so answers carry exact scores), or ``flat`` float32. The recall
+    target holds either way (measured on the index as built)."""
     similarity: Literal["auto", "cosine", "dot"] = "auto"
     """Similarity of the exported index; ``auto`` picks the better on validation recall@20."""
     keep_versions: int = Field(5, ge=1)

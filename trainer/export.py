@@ -141,6 +141,7 @@ def export_version(
         target_recall=cfg.export.target_recall_at_100,
         queries=index_queries,
         seed=cfg.train.seed,
+        ivf_codec=cfg.export.ivf_codec,
     )
     popular = _fallback_items(item_ids, item_counts, cfg.export.popular_items)
     interrupts.check()

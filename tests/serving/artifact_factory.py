@@ -78,22 +78,30 @@ def build_index(
 ) -> tuple[Any, dict[str, Any]]:
     """A CPU inner-product FAISS index of ``index_type`` over ``vectors`` and its params.
 
-    ``params`` may set ``nlist``/``nprobe`` (IVF; trained on at most 64 points per list).
+    ``params`` may set ``nlist``/``nprobe`` (IVF; trained on at most 64 points per list);
+    ``ivf_sq8`` is an IVF over 8-bit scalar-quantized vectors (manifest type ``ivf``).
     """
     n, dim = vectors.shape
     params = dict(params or {})
     if index_type == "flat":
         return faiss.IndexFlatIP(dim), {}
-    if index_type == "ivf":
+    if index_type in ("ivf", "ivf_sq8"):
         nlist = int(params.get("nlist", max(1, min(64, n // 40))))
         nprobe = int(params.get("nprobe", max(1, nlist // 4)))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        quantizer, ip = faiss.IndexFlatIP(dim), faiss.METRIC_INNER_PRODUCT
+        if index_type == "ivf_sq8":
+            index = faiss.IndexIVFScalarQuantizer(
+                quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, ip
+            )
+        else:
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
         index.cp.seed = seed
         sample = vectors
         if n > 64 * nlist:
             sample = vectors[np.random.default_rng(seed).choice(n, 64 * nlist, replace=False)]
         index.train(sample)
-        return index, {"nlist": nlist, "nprobe": nprobe}
+        codec = "sq8" if index_type == "ivf_sq8" else "flat"
+        return index, {"nlist": nlist, "nprobe": nprobe, "codec": codec}
     if index_type == "hnsw":
         return faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT), {"M": 16, "efSearch": 64}
     raise ValueError(f"index_type {index_type!r}")
@@ -141,7 +149,7 @@ def make_artifact(
     popular = ids_arr[rng.permutation(num_items)[:top]]
     index, params = build_index(vectors, index_type, seed, index_params)
     index.add(vectors)
-    if index_type == "ivf":
+    if index_type in ("ivf", "ivf_sq8"):
         index.nprobe = params["nprobe"]
     elif index_type == "hnsw":
         index.hnsw.efSearch = params["efSearch"]
@@ -159,7 +167,7 @@ def make_artifact(
             "history_length": H,
             "dislike_length": D,
             "index": {
-                "type": index_type,
+                "type": "ivf" if index_type == "ivf_sq8" else index_type,
                 "metric": "inner_product",
                 "params": params,
                 "recall_at_k_vs_exact": recall,

@@ -148,7 +148,8 @@ def test_use_gpu_never_serves_a_cpu_index_with_the_same_answers(art: Path) -> No
 
 
 @pytest.mark.parametrize(
-    ("index_type", "min_recall"), [("flat", 1.0), ("ivf", 0.75), ("hnsw", 0.97)]
+    ("index_type", "min_recall"),
+    [("flat", 1.0), ("ivf", 0.75), ("ivf_sq8", 0.75), ("hnsw", 0.97)],
 )
 def test_index_recall_against_exact_search(
     tmp_path: Path, index_type: str, min_recall: float
@@ -156,7 +157,7 @@ def test_index_recall_against_exact_search(
     version = make_artifact(tmp_path, num_items=2000, dim=16, index_type=index_type, seed=3)
     model = load_model(tmp_path, version, use_gpu="never")
     params = model.manifest["index"]["params"]
-    if index_type == "ivf":
+    if index_type.startswith("ivf"):
         import faiss
 
         assert faiss.extract_index_ivf(model.index.index).nprobe == params["nprobe"]
@@ -198,3 +199,25 @@ def test_broken_versions_are_refused_with_the_file(tmp_path: Path) -> None:
     )
     with pytest.raises(ModelLoadError, match="dim 16"):
         load_model(tmp_path, other)
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf", "ivf_sq8", "hnsw"])
+def test_answers_carry_exact_scores_in_exact_order(tmp_path: Path, index_type: str) -> None:
+    """A compressed index (IVF-SQ8) is re-scored: its candidates, with exact scores, in exact order."""
+    version = make_artifact(tmp_path, num_items=2000, dim=16, index_type=index_type, seed=4)
+    model = load_model(tmp_path, version, use_gpu="never")
+    assert model.index.rescore == (index_type == "ivf_sq8")
+    rng = np.random.default_rng(1)
+    queries = model.embeddings[rng.choice(model.num_items, 40, replace=False)] + 0.05
+    queries = queries.astype(np.float32)
+    scores, rows = model.search(queries, 60)
+    raw_scores, raw_rows = model.index.index.search(queries, 60)
+    valid = rows >= 0
+    exact = np.einsum("bd,bkd->bk", queries, model.embeddings[np.where(valid, rows, 0)])
+    np.testing.assert_allclose(scores[valid], exact[valid], rtol=1e-5, atol=1e-5)
+    assert (np.diff(np.where(valid, scores, -np.inf), axis=1) <= 1e-6).all()  # best first
+    for j in range(len(queries)):  # the index's own candidates, padding kept last
+        assert set(rows[j].tolist()) == set(raw_rows[j].tolist())
+        assert (rows[j][valid[j].sum() :] == -1).all()
+    if index_type == "ivf_sq8":  # its own scores were the compressed vectors'
+        assert not np.allclose(raw_scores[valid], exact[valid], rtol=1e-6, atol=1e-6)

@@ -8,7 +8,7 @@ import pytest
 
 from common.artifact_format import IndexMismatchError, read_index, write_index
 from tests.recall import tie_aware_recall
-from trainer.index_build import build_index
+from trainer.index_build import IvfCodec, build_index
 
 K = 100
 INFO_KEYS = {"type", "metric", "params", "recall_at_k_vs_exact", "k", "num_queries"}
@@ -57,13 +57,22 @@ def test_flat_is_exact_and_recorded() -> None:
     np.testing.assert_array_equal(ids, want)
 
 
-@pytest.mark.parametrize("kind,param", [("ivf", "nprobe"), ("hnsw", "efSearch")])
+@pytest.mark.parametrize(
+    "kind,param,codec",
+    [("ivf", "nprobe", "flat"), ("ivf", "nprobe", "sq8"), ("hnsw", "efSearch", "flat")],
+)
 def test_approximate_reaches_target_and_records_true_recall(
-    big: np.ndarray, kind: str, param: str, tmp_path
+    big: np.ndarray, kind: str, param: str, codec: IvfCodec, tmp_path
 ) -> None:
     queries = user_queries(big)
-    index, info = build_index(big, kind=kind, queries=queries, target_recall=0.95)
+    index, info = build_index(big, kind=kind, queries=queries, target_recall=0.95, ivf_codec=codec)
     assert set(info) == INFO_KEYS
+    if kind == "ivf":
+        assert info["params"]["codec"] == codec
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        assert isinstance(
+            ivf, faiss.IndexIVFFlat if codec == "flat" else faiss.IndexIVFScalarQuantizer
+        )
     assert info["type"] == kind and info["k"] == K and info["num_queries"] == len(queries)
     assert info["recall_at_k_vs_exact"] >= 0.95
     # An independent measurement on the same queries gets the recorded number.
@@ -93,6 +102,18 @@ def test_approximate_reaches_target_and_records_true_recall(
     np.testing.assert_array_equal(i0, i1)
     np.testing.assert_array_equal(d0, d1)
     assert [p.name for p in tmp_path.iterdir()] == ["index.faiss"]
+
+
+def test_sq8_stores_a_quarter_of_the_bytes_and_unknown_codecs_are_refused(tmp_path) -> None:
+    items = clustered(20_000, d=32, clusters=100)
+    sizes = {}
+    for codec in ("flat", "sq8"):
+        index, _ = build_index(items, kind="ivf", num_queries=50, ivf_codec=codec)  # type: ignore[arg-type]
+        write_index(index, tmp_path / f"{codec}.faiss")
+        sizes[codec] = (tmp_path / f"{codec}.faiss").stat().st_size
+    assert sizes["sq8"] < 0.35 * sizes["flat"], sizes
+    with pytest.raises(ValueError, match="unknown IVF codec 'pq'"):
+        build_index(items, kind="ivf", ivf_codec="pq")  # type: ignore[arg-type]
 
 
 def faiss_index_param_reset(index: faiss.Index, param: str, value: int) -> None:
