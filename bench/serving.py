@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -457,7 +457,10 @@ def in_process(art: Path, users: int, iterations: int) -> dict[str, Any]:
     return asyncio.run(go())
 
 
-def make_catalog(items: int, users: int, factory: bool, tmp: Path) -> Path:
+def make_catalog(
+    items: int, users: int, factory: bool, tmp: Path, overrides: Sequence[str] = ()
+) -> Path:
+    """The synthetic catalog's artifact under ``tmp``, trained for 1 epoch with ``overrides``."""
     art = tmp / f"synthetic-{items}"
     t0 = time.perf_counter()
     if factory:
@@ -479,7 +482,8 @@ def make_catalog(items: int, users: int, factory: bool, tmp: Path) -> Path:
         from trainer.run import train, trainer_config
 
         spec = f"synthetic:users={users},items={items}"
-        train(spec, art, trainer_config("synthetic", overrides=["train.epochs=1"]), progress=False)
+        config = trainer_config("synthetic", overrides=["train.epochs=1", *overrides])
+        train(spec, art, config, progress=False)
     how = "made (test factory)" if factory else "trained (1 epoch)"
     print(f"{how} the {items}-item catalog in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return art

@@ -15,6 +15,11 @@ and concurrency 1 (latency).
 
     python -m bench.serving_compare --base 5d6345a                # 100k items, 3 rounds
     python -m bench.serving_compare --base HEAD~3 --rounds 5 --duration 10
+    python -m bench.serving_compare --base HEAD --base-set export.ivf_codec=flat
+
+``--base-set KEY=VALUE`` (repeatable) gives the base side a catalog of its own,
+trained by this checkout with those trainer settings (same data, same seed):
+a change to what the trainer exports is compared the same way.
 
 Results: ``bench/results/serving_compare.json`` and ``.md``.
 """
@@ -117,7 +122,12 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{doc['git_revision'][:7]} (head), one worker each, alternated {len(doc['rounds'])} times "
         f"in one run on {doc['catalog']}; wrk {doc['duration_s']:g} s at c=32, "
         f"{doc['duration_s'] / 2:g} s at c=1. Each side's median over the rounds, and the "
-        "median of the rounds' head / base ratios.",
+        "median of the rounds' head / base ratios."
+        + (
+            f" The base side serves its own catalog, trained with {', '.join(doc['base_settings'])}."
+            if doc.get("base_settings")
+            else ""
+        ),
         "",
         "| figure | base | head | head / base (median of the rounds') |",
         "|---|---|---|---|",
@@ -150,26 +160,41 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="base/head pairs, alternated")
     p.add_argument("--duration", type=float, default=8, help="seconds of wrk at c=32 (c=1: half)")
     p.add_argument("--out", default="serving_compare", help="bench/results/<out>.json and .md")
+    p.add_argument(
+        "--base-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="trainer setting of the base side's own catalog (repeatable)",
+    )
     args = p.parse_args()
     rounds: list[dict[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="twotower-compare-") as d:
         tmp = Path(d)
         base_rev = export_tree(args.base, tmp / "base")
         art = make_catalog(args.items, args.users, False, tmp)
+        base_art = art
+        if args.base_set:
+            base_art = make_catalog(
+                args.items, args.users, False, tmp / "base-catalog", args.base_set
+            )
+            if _catalog(base_art) != _catalog(art):
+                raise RuntimeError("--base-set changed the catalog's items: the users would differ")
         load_users(args.users, _catalog(art), 0)
         for i in range(args.rounds):
             # Alternate which side goes first: a drift of the machine favours neither.
-            order = [("base", tmp / "base"), ("head", REPO)]
+            order = [("base", tmp / "base", base_art), ("head", REPO, art)]
             if i % 2:
                 order.reverse()
             this: dict[str, dict[str, float]] = {}
-            for side, code in order:
-                this[side] = measure(code, art, args.users, args.duration, tmp)
+            for side, code, side_art in order:
+                this[side] = measure(code, side_art, args.users, args.duration, tmp)
                 _log(f"round {i + 1} {side}: {this[side]}")
             rounds.append(this)
     figures = {
         "base_revision": base_rev,
         "catalog": f"synthetic:users={args.users},items={args.items}, 1 epoch",
+        "base_settings": args.base_set,
         "duration_s": args.duration,
         "rounds": rounds,
         "summary": summarise(rounds),
