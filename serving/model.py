@@ -104,6 +104,20 @@ def scores_approximately(index: Any) -> bool:
     return not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat)
 
 
+def rescore(
+    embeddings: np.ndarray, q: np.ndarray, scores: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A compressed index's answer (scores, rows [B, depth]) with exact scores, best first.
+
+    Padding (row -1) keeps its score and stays last.
+    """
+    valid = rows >= 0
+    exact = np.matmul(embeddings[np.where(valid, rows, 0)], q[:, :, None])[..., 0]
+    exact = np.where(valid, exact, scores).astype(np.float32, copy=False)
+    order = np.argsort(-exact, axis=1, kind="stable")
+    return np.take_along_axis(exact, order, axis=1), np.take_along_axis(rows, order, axis=1)
+
+
 def place_index(
     cpu_index: Any,
     index_type: str,
@@ -294,18 +308,8 @@ class LoadedModel:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         scores, rows = self.index.index.search(q, depth)
         if self.index.rescore:
-            scores, rows = self._rescored(q, scores, rows)
+            scores, rows = rescore(self.embeddings, q, scores, rows)
         return scores, rows
-
-    def _rescored(
-        self, q: np.ndarray, scores: np.ndarray, rows: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """A compressed index's candidates with their exact scores, in exact order (padding last)."""
-        valid = rows >= 0
-        exact = np.matmul(self.embeddings[np.where(valid, rows, 0)], q[:, :, None])[..., 0]
-        exact = np.where(valid, exact, scores).astype(np.float32, copy=False)
-        order = np.argsort(-exact, axis=1, kind="stable")
-        return np.take_along_axis(exact, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
     def exact_scores(self, query: np.ndarray) -> np.ndarray:
         """Inner products of one query [dim] with every item: float32 [N]."""

@@ -112,7 +112,8 @@ def build_index(
       ivf_codec: ``flat`` (float32 vectors) or ``sq8`` (8 bits per dimension: a
         quarter of the memory and a faster scan; the scores it returns are
         approximate, so serving re-scores its candidates with the exact vectors).
-        The recall target is met by the index as built, codec included.
+        The recall target is met by the index as built, codec included; where sq8
+        cannot reach it at any nprobe, the index stores float32 (``params.codec`` says which).
     Returns:
       (index, info) with info = ``{"type", "metric": "inner_product", "params",
       "recall_at_k_vs_exact", "k", "num_queries"}``; ``params`` holds nlist/nprobe
@@ -154,6 +155,21 @@ def build_index(
         value, recall = _smallest_sufficient(
             lambda v: _recall_at(index, name, v, exact_ids, q, kk), value, limit, target_recall
         )
+        if kind == "ivf" and ivf_codec != "flat" and recall < target_recall:
+            # The compressed vectors cap the recall below the target: float32 can reach it.
+            log.warning(
+                "IVF-%s reached recall@%d %.4f < target %.4f even at nprobe=%d: storing "
+                "float32 vectors instead",
+                ivf_codec,
+                kk,
+                recall,
+                target_recall,
+                value,
+            )
+            index, params, name, value, limit = _build_ivf(x, seed, "flat")
+            value, recall = _smallest_sufficient(
+                lambda v: _recall_at(index, name, v, exact_ids, q, kk), value, limit, target_recall
+            )
         set_search_param(index, name, value)
         if recall < target_recall:
             log.warning(

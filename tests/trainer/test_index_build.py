@@ -116,6 +116,16 @@ def test_sq8_stores_a_quarter_of_the_bytes_and_unknown_codecs_are_refused(tmp_pa
         build_index(items, kind="ivf", ivf_codec="pq")  # type: ignore[arg-type]
 
 
+def test_sq8_that_cannot_reach_the_target_stores_float32(caplog: pytest.LogCaptureFixture) -> None:
+    items = clustered(4000, d=32, clusters=40)
+    index, info = build_index(
+        items, kind="ivf", num_queries=100, target_recall=1.0, ivf_codec="sq8"
+    )
+    assert info["params"]["codec"] == "flat" and info["recall_at_k_vs_exact"] == 1.0
+    assert isinstance(faiss.downcast_index(faiss.extract_index_ivf(index)), faiss.IndexIVFFlat)
+    assert "storing float32 vectors instead" in caplog.text
+
+
 def faiss_index_param_reset(index: faiss.Index, param: str, value: int) -> None:
     if param == "nprobe":
         faiss.extract_index_ivf(index).nprobe = value
