@@ -32,6 +32,7 @@ HEADLINES = [
     "serving_compare",
     "serving_compare_read_script",
     "store_reads",
+    "index_codec",
     "feature_store",
 ]
 
