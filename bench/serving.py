@@ -473,7 +473,7 @@ def make_catalog(
             H=20,
             D=10,
             seed=1,
-            index_type="ivf",
+            index_type="ivf_sq8",  # the trainer's IVF default (export.ivf_codec)
             index_params={"nlist": int(4 * np.sqrt(items)), "nprobe": 16},
             num_popular=1000,
             clusters=2000,
@@ -916,7 +916,7 @@ def main() -> int:
         "catalogs": "synthetic:users=N,items=M trained 1 epoch by twotower train (index as the "
         "trainer picks)"
         if not args.factory
-        else "test-factory vectors (fixture mean tower), IVF nprobe 16",
+        else "test-factory vectors (fixture mean tower), IVF-SQ8 nprobe 16",
         "goals": GOALS,
         "not_run": not_run,
         "corpora": results,

@@ -159,7 +159,8 @@ class ExportConfig(_Section):
     """How an IVF index stores the item vectors: ``sq8``, 8 bits per dimension (a
     quarter of the memory and a faster scan; serving re-scores the candidates with the
     exact vectors, so answers carry exact scores), or ``flat`` float32. The recall
-    target holds either way (measured on the index as built)."""
+    target is measured on the index as built; an sq8 index that cannot reach it at any
+    nprobe stores float32 instead (the manifest's ``index.params.codec`` says which)."""
     similarity: Literal["auto", "cosine", "dot"] = "auto"
     """Similarity of the exported index; ``auto`` picks the better on validation recall@20."""
     keep_versions: int = Field(5, ge=1)
