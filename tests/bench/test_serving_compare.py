@@ -52,6 +52,11 @@ def test_markdown_has_the_summary_then_every_round() -> None:
     assert "| c=32 req/s (higher is better) | 1100.00 | 1400.00 | 1.08 |" in head
     assert "| c=32 server CPU µs / request (lower is better) | 1150.00 | 750.00 | 0.65 |" in head
     assert rest.count("| base |") == rest.count("| head |") == 3
+    assert "its own catalog" not in head
+    doc["base_settings"] = ["export.ivf_codec=flat"]
+    assert "The base side serves its own catalog, trained with export.ivf_codec=flat." in markdown(
+        doc
+    )
 
 
 def test_export_tree_writes_a_revisions_files(tmp_path) -> None:
