@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -74,3 +75,17 @@ def write_result(name: str, figures: dict[str, Any], *, packages: tuple[str, ...
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return path
+
+
+def write_report(
+    name: str,
+    figures: dict[str, Any],
+    render: Callable[[dict[str, Any]], str],
+    *,
+    packages: tuple[str, ...] = (),
+) -> str:
+    """:func:`write_result`, then ``bench/results/<name>.md`` rendered from the saved JSON; returns it."""
+    doc = json.loads(write_result(name, figures, packages=packages).read_text())
+    text = render(doc)
+    (RESULTS / f"{name}.md").write_text(text)
+    return text

@@ -23,7 +23,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before faiss loads OpenMP
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -33,7 +32,7 @@ from typing import Any  # noqa: E402
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import RESULTS, write_result  # noqa: E402
+from bench.common import write_report  # noqa: E402
 
 BATCH = 32
 CODECS = ("flat", "sq8")
@@ -153,10 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=9)
     p.add_argument("--out", default="index_codec")
     args = p.parse_args(argv)
-    path = write_result(args.out, run(args), packages=("faiss-gpu", "faiss-cpu", "numpy"))
-    text = markdown(json.loads(path.read_text()))
-    (RESULTS / f"{args.out}.md").write_text(text)
-    print(text)
+    print(write_report(args.out, run(args), markdown, packages=("faiss-gpu", "faiss-cpu", "numpy")))
     return 0
 
 

@@ -27,7 +27,6 @@ Results: ``bench/results/serving_compare.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, RESULTS, write_result
+from bench.common import REPO, write_report
 from bench.serving import (
     REDIS_URL,
     _catalog,
@@ -199,12 +198,8 @@ def main() -> int:
         "rounds": rounds,
         "summary": summarise(rounds),
     }
-    path = write_result(
-        args.out, figures, packages=("faiss-gpu", "faiss-cpu", "fastapi", "uvicorn")
-    )
-    doc = json.loads(path.read_text())
-    (RESULTS / f"{args.out}.md").write_text(markdown(doc))
-    print(markdown(doc))
+    packages = ("faiss-gpu", "faiss-cpu", "fastapi", "uvicorn")
+    print(write_report(args.out, figures, markdown, packages=packages))
     return 0
 
 

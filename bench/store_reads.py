@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 import uuid
@@ -32,7 +31,7 @@ from typing import Any
 
 import redis
 
-from bench.common import RESULTS, write_result
+from bench.common import write_report
 from feature_store import OnlineStore, open_store
 from feature_store.events import make_event
 from feature_store.redis import store as redis_store
@@ -179,12 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         "read_chunk": redis_store.READ_CHUNK,
         "redis": args.redis,
     }
-    path = write_result(
-        args.out, {"settings": settings, "results": results}, packages=("redis", "hiredis")
-    )
-
-    (RESULTS / f"{args.out}.md").write_text(markdown(json.loads(path.read_text())))
-    print((RESULTS / f"{args.out}.md").read_text())
+    figures = {"settings": settings, "results": results}
+    print(write_report(args.out, figures, markdown, packages=("redis", "hiredis")))
     return 0
 
 

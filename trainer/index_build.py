@@ -34,6 +34,9 @@ IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
 #: How an IVF index stores its vectors: float32, or 8 bits per dimension.
 IvfCodec = Literal["flat", "sq8"]
 
+#: A built, untuned index: (index, params, search parameter, its first value, its limit).
+_Built = tuple[faiss.Index, dict[str, Any], str, int, int]
+
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 100
 # k-means on more than this many points per list buys nothing (FAISS warns below 39).
@@ -148,13 +151,16 @@ def build_index(
         exact = faiss.IndexFlatIP(d)
         exact.add(x)
         _, exact_ids = exact.search(q, kk)
-        if kind == "ivf":
-            index, params, name, value, limit = _build_ivf(x, seed, ivf_codec)
-        else:
-            index, params, name, value, limit = _build_hnsw(x, kk)
-        value, recall = _smallest_sufficient(
-            lambda v: _recall_at(index, name, v, exact_ids, q, kk), value, limit, target_recall
-        )
+
+        def tune(built: _Built) -> tuple[faiss.Index, dict[str, Any], str, int, float]:
+            index, params, name, start, limit = built
+            value, recall = _smallest_sufficient(
+                lambda v: _recall_at(index, name, v, exact_ids, q, kk), start, limit, target_recall
+            )
+            return index, params, name, value, recall
+
+        built = _build_ivf(x, seed, ivf_codec) if kind == "ivf" else _build_hnsw(x, kk)
+        index, params, name, value, recall = tune(built)
         if kind == "ivf" and ivf_codec != "flat" and recall < target_recall:
             # The compressed vectors cap the recall below the target: float32 can reach it.
             log.warning(
@@ -166,10 +172,7 @@ def build_index(
                 target_recall,
                 value,
             )
-            index, params, name, value, limit = _build_ivf(x, seed, "flat")
-            value, recall = _smallest_sufficient(
-                lambda v: _recall_at(index, name, v, exact_ids, q, kk), value, limit, target_recall
-            )
+            index, params, name, value, recall = tune(_build_ivf(x, seed, "flat"))
         set_search_param(index, name, value)
         if recall < target_recall:
             log.warning(
@@ -238,9 +241,7 @@ def _info(
     }
 
 
-def _build_ivf(
-    x: np.ndarray, seed: int, codec: IvfCodec = "flat"
-) -> tuple[faiss.Index, dict[str, Any], str, int, int]:
+def _build_ivf(x: np.ndarray, seed: int, codec: IvfCodec = "flat") -> _Built:
     n, d = x.shape
     nlist = max(1, min(n, int(round(4 * math.sqrt(n)))))
     quantizer = faiss.IndexFlatIP(d)
@@ -264,7 +265,7 @@ def _build_ivf(
     return index, {"nlist": nlist, "codec": codec}, "nprobe", 1, nlist
 
 
-def _build_hnsw(x: np.ndarray, k: int) -> tuple[faiss.Index, dict[str, Any], str, int, int]:
+def _build_hnsw(x: np.ndarray, k: int) -> _Built:
     n, d = x.shape
     index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
