@@ -452,6 +452,7 @@ def in_process(art: Path, users: int, iterations: int) -> dict[str, Any]:
             "p50_ms": float(np.percentile(times, 50)),
             "p99_ms": float(np.percentile(times, 99)),
             "iterations": iterations,
+            "user_tower": model.tower_note,
         }
 
     return asyncio.run(go())
@@ -477,6 +478,7 @@ def make_catalog(
             index_params={"nlist": int(4 * np.sqrt(items)), "nprobe": 16},
             num_popular=1000,
             clusters=2000,
+            tower="mean",  # the trainer's exported form, served in NumPy as a trained one is
         )
     else:
         from trainer.run import train, trainer_config
@@ -658,7 +660,7 @@ def markdown(doc: dict[str, Any]) -> str:
         index = f"{idx.get('type')} {idx.get('params', {})} recall {idx.get('recall_at_k_vs_exact', float('nan')):.3f}"
         source = str((c.get("data") or {}).get("source", "?"))
         model = (
-            "test-factory vectors, fixture tower"
+            f"test-factory vectors, {'trainer-form mean' if c.get('encoder') == 'mean' else 'fixture'} tower"
             if source == "artifact_factory"
             else f"`{source}`, 1 epoch, encoder {c.get('encoder')}"
         )
@@ -816,7 +818,7 @@ def main() -> int:
     p.add_argument(
         "--factory",
         action="store_true",
-        help="made-up item vectors and a fixture tower instead of a model trained by twotower train",
+        help="made-up item vectors and a mean tower in the trainer's exported form (served in NumPy) instead of a model trained by twotower train",
     )
     p.add_argument(
         "--artifacts",
@@ -916,7 +918,7 @@ def main() -> int:
         "catalogs": "synthetic:users=N,items=M trained 1 epoch by twotower train (index as the "
         "trainer picks)"
         if not args.factory
-        else "test-factory vectors (fixture mean tower), IVF-SQ8 nprobe 16",
+        else "test-factory vectors (the trainer's exported mean tower form), IVF-SQ8 nprobe 16",
         "goals": GOALS,
         "not_run": not_run,
         "corpora": results,

@@ -1,9 +1,17 @@
 """Build small but genuine artifacts (SavedModel tower, items.npz, FAISS index, manifest).
 
-The user tower is a tiny ``tf.Module``: user = normalise(mean(history item vectors)
-- dislike_weight * mean(dislike item vectors)), exported with the exact
-``serving_default`` signature of the trainer's export. Item ids are
-``f"{prefix}{i}"`` so two versions can be told apart by their ids.
+The user tower is a tiny ``tf.Module`` exported with the exact ``serving_default``
+signature of the trainer's export, one of two kinds (``make_artifact(tower=...)``):
+
+* ``fixture``: user = normalise(mean(history item vectors) - dislike_weight *
+  mean(dislike item vectors)), a SavedModel only;
+* ``mean``: the trainer's ``mean`` encoder in its exported form (``concat``
+  pathway, a ReLU hidden layer of 2 x dim, ``plain_weights`` tracked by name),
+  so serving evaluates it in NumPy as it does a trained one. Its weights make it
+  compute user = normalise(s_h - dislike_weight * s_d), s = sum of the item
+  vectors / sqrt(count), through the hidden layer: relu(x) - relu(-x) = x.
+
+Item ids are ``f"{prefix}{i}"`` so two versions can be told apart by their ids.
 """
 
 from __future__ import annotations
@@ -73,6 +81,79 @@ def save_tower(
     tf.saved_model.save(tower, str(path), signatures={"serving_default": tower.serve})
 
 
+def mean_tower_weights(vectors: np.ndarray, dislike_weight: float = 0.5) -> dict[str, np.ndarray]:
+    """``plain_weights`` of a ``mean`` tower (concat pathway) computing
+    ``s_h + MLP([s_h, P s_d]) = s_h - dislike_weight * s_d``.
+
+    P = I; hidden = relu([P s_d, -P s_d]) (the history half of the input unused),
+    out = hidden @ [-w I; w I] = -w (relu(P s_d) - relu(-P s_d)) = -w P s_d.
+    """
+    dim = vectors.shape[1]
+    eye, zero = np.eye(dim, dtype=np.float32), np.zeros((dim, dim), np.float32)
+    w = np.float32(dislike_weight)
+    return {
+        "item_embedding": np.concatenate([np.zeros((1, dim), np.float32), vectors]),
+        "dislike_projection": eye,
+        "mlp_hidden_kernel": np.block([[zero, zero], [eye, -eye]]),
+        "mlp_hidden_bias": np.zeros(2 * dim, np.float32),
+        "mlp_out_kernel": np.concatenate([-w * eye, w * eye]),
+        "mlp_out_bias": np.zeros(dim, np.float32),
+    }
+
+
+def save_mean_tower(
+    path: Path, vectors: np.ndarray, H: int, D: int, dislike_weight: float = 0.5
+) -> None:
+    """Save the trainer-form ``mean`` tower of :func:`mean_tower_weights` as a SavedModel."""
+    import tensorflow as tf
+
+    class Tower(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.plain_weights = {
+                name: tf.Variable(value, trainable=False, name=name)
+                for name, value in mean_tower_weights(vectors, dislike_weight).items()
+            }
+
+        def _sum(self, tokens: tf.Tensor) -> tf.Tensor:
+            table = self.plain_weights["item_embedding"]
+            tokens = tf.where((tokens < 0) | (tokens >= tf.shape(table)[0]), 0, tokens)
+            mask = tf.cast(tokens > 0, tf.float32)
+            total = tf.reduce_sum(tf.gather(table, tokens) * mask[..., None], axis=1)
+            return total / tf.sqrt(tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0))
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, H], tf.int32, name="history"),
+                tf.TensorSpec([None, D], tf.int32, name="dislikes"),
+            ]
+        )
+        def serve(self, history: tf.Tensor, dislikes: tf.Tensor) -> dict[str, tf.Tensor]:
+            w = self.plain_weights
+            s = self._sum(history)
+            x = tf.concat([s, tf.matmul(self._sum(dislikes), w["dislike_projection"])], axis=1)
+            hidden = tf.nn.relu(tf.matmul(x, w["mlp_hidden_kernel"]) + w["mlp_hidden_bias"])
+            u = s + tf.matmul(hidden, w["mlp_out_kernel"]) + w["mlp_out_bias"]
+            return {"embedding": tf.math.l2_normalize(u, axis=1)}
+
+    tower = Tower()
+    tf.saved_model.save(tower, str(path), signatures={"serving_default": tower.serve})
+
+
+#: The manifest's ``config`` of each factory tower kind.
+TOWER_CONFIG: dict[str, dict[str, Any]] = {
+    "fixture": {"factory": True},
+    "mean": {
+        "factory": True,
+        "model": {
+            "encoder": "mean",
+            "dislike_pathway": "concat",
+            "use_dislike_input": True,
+        },
+    },
+}
+
+
 def build_index(
     vectors: np.ndarray, index_type: str, seed: int, params: dict[str, Any] | None = None
 ) -> tuple[Any, dict[str, Any]]:
@@ -134,12 +215,15 @@ def make_artifact(
     index_params: dict[str, Any] | None = None,
     ids: list[str] | None = None,
     clusters: int = 0,
+    tower: str = "fixture",
 ) -> str:
     """Write one complete version under ``art_dir`` (published unless ``publish=False``); return its id.
 
-    The popular list is a seeded permutation of the catalog (first ``num_popular``
+    ``tower`` is ``fixture`` or ``mean`` (module docstring). The popular list is a seeded permutation of the catalog (first ``num_popular``
     items, default min(100, num_items)).
     """
+    if tower not in TOWER_CONFIG:
+        raise ValueError(f"tower {tower!r}: one of {sorted(TOWER_CONFIG)}")
     vectors = item_vectors(num_items, dim, seed, clusters)
     ids_arr = np.array(ids if ids is not None else [f"{prefix}{i}" for i in range(num_items)])
     if len(ids_arr) != num_items:
@@ -155,7 +239,8 @@ def make_artifact(
         index.hnsw.efSearch = params["efSearch"]
     recall = index_recall(index, vectors, seed=seed)
     with artifacts.staging_version(art_dir) as (version, vdir):
-        save_tower(vdir / artifacts.USER_TOWER, vectors, H, D)
+        save = save_mean_tower if tower == "mean" else save_tower
+        save(vdir / artifacts.USER_TOWER, vectors, H, D)
         write_items(vdir / artifacts.ITEMS, ids_arr, vectors)
         write_index(index, vdir / artifacts.INDEX)
         manifest = {
@@ -178,7 +263,7 @@ def make_artifact(
             "metrics": {"recall@20": 0.0},
             "baseline_popular": {"recall@20": 0.0},
             "data": {"source": "artifact_factory", "seed": seed},
-            "config": {"factory": True},
+            "config": TOWER_CONFIG[tower],
         }
         artifacts.write_manifest(vdir, manifest)
     if publish:

@@ -74,6 +74,34 @@ def test_mean_tower_serves_in_numpy_with_the_saved_models_vectors(
         np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
+def test_the_factorys_mean_tower_serves_in_numpy_and_computes_its_definition(
+    tmp_path: Path,
+) -> None:
+    """The test factory's trainer-form tower (bench.serving's 1M catalog) is served as a
+    trained ``mean`` tower is: in NumPy, equal to its SavedModel and to its closed form."""
+    from tests.serving.artifact_factory import make_artifact
+
+    version = make_artifact(tmp_path, num_items=120, dim=8, H=6, D=3, tower="mean")
+    model = load_model(tmp_path, version)
+    assert model._numpy_tower is not None and model.tower_note.startswith("NumPy"), model.tower_note
+    history, dislikes = _random_users(model.num_items, model.history_length, model.dislike_length)
+    got = model.embed(history, dislikes)
+    np.testing.assert_allclose(got, model.saved_embed(history, dislikes), rtol=0, atol=TOLERANCE)
+
+    def normalised_sum(tokens: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(tokens), model.dim))
+        for r, row in enumerate(tokens):
+            rows = [t - 1 for t in row if 0 < t <= model.num_items]
+            if rows:
+                out[r] = model.embeddings[rows].sum(axis=0) / np.sqrt(len(rows))
+        return out
+
+    u = normalised_sum(history) - 0.5 * normalised_sum(dislikes)
+    norm = np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-6)
+    np.testing.assert_allclose(got, u / norm, atol=1e-5)
+    assert np.abs(model.embed(history, np.roll(dislikes, 1, axis=0)) - got).max() > 1e-3
+
+
 def test_a_tower_that_disagrees_with_the_saved_model_is_not_used(tmp_path: Path) -> None:
     art, version = _train(tmp_path / "art", VARIANTS["concat_dot"])
     model = load_model(art, version)
