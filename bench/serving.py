@@ -582,6 +582,21 @@ def bench_catalog(
     return out
 
 
+def earlier_runs(old: dict[str, Any], kept: list[dict[str, Any]]) -> list[str]:
+    """``"corpus: `command` at revision, time"`` of each corpus ``kept`` from result ``old``.
+
+    A corpus ``old`` itself had kept from an earlier run is credited to that run (its
+    line in ``old["earlier_runs"]``, the first one naming it), every other one to ``old``.
+    """
+    own: dict[str, str] = {}
+    for line in old.get("earlier_runs", []):
+        names, _, run = line.partition(": ")
+        for name in names.split(", "):
+            own.setdefault(name, run)
+    this = f"`{old['command']}` at {old['git_revision']}, {old['finished_at']}"
+    return [f"{c['corpus']}: {own.get(c['corpus'], this)}" for c in kept]
+
+
 # --- report -------------------------------------------------------------------------------
 
 GOALS = {
@@ -896,11 +911,7 @@ def main() -> int:
         measured = {c["corpus"] for c in results}
         kept = [c for c in old.get("corpora", []) if c["corpus"] not in measured]
         if kept:
-            earlier = [
-                *old.get("earlier_runs", []),
-                f"{', '.join(c['corpus'] for c in kept)}: `{old['command']}` at "
-                f"{old['git_revision']}, {old['finished_at']}",
-            ]
+            earlier = earlier_runs(old, kept)
             results = kept + results
             sizes = sorted({*sizes, *(int(c["num_items"]) for c in kept)})
             not_run = [

@@ -5,7 +5,15 @@ from __future__ import annotations
 import math
 
 from bench.common import REPO
-from bench.serving import STAGES, encode_lines, parse_wrk, sizing, split_stages, stage_of
+from bench.serving import (
+    STAGES,
+    earlier_runs,
+    encode_lines,
+    parse_wrk,
+    sizing,
+    split_stages,
+    stage_of,
+)
 
 WRK = """Running 10s test @ http://127.0.0.1:8000
   1 threads and 32 connections
@@ -120,3 +128,27 @@ def test_the_sizing_note_gives_requests_per_worker_and_per_core() -> None:
     assert "two workers on the 2 cores served 2500 req/s with p99 20.2 ms" in text
     # Nothing measured with one worker: no note.
     assert sizing({"machine": {"cores": 2}, "corpora": [{"corpus": "x", "workers": {}}]}) == []
+
+
+def test_appended_results_credit_each_kept_corpus_to_the_run_that_measured_it() -> None:
+    """``--append`` twice: the corpus kept twice keeps its own run's command, and a corpus
+    measured by the previous result is credited to that result."""
+    first = {"command": "python -m bench.serving --items 100000", "git_revision": "aaa",
+             "finished_at": "t1", "corpora": [{"corpus": "synthetic-100000"}]}  # fmt: skip
+    kept = [{"corpus": "synthetic-100000"}]
+    second = {
+        "command": "python -m bench.serving --items 1000000 --append",
+        "git_revision": "bbb",
+        "finished_at": "t2",
+        "earlier_runs": earlier_runs(first, kept),
+        "corpora": [*kept, {"corpus": "synthetic-1000000"}],
+    }
+    assert second["earlier_runs"] == [
+        "synthetic-100000: `python -m bench.serving --items 100000` at aaa, t1"
+    ]
+    # A third run re-measures 1M: 100k still comes from the first run, not the second.
+    assert earlier_runs(second, kept) == second["earlier_runs"]
+    # A third run re-measures 100k: 1M is the second run's.
+    assert earlier_runs(second, [{"corpus": "synthetic-1000000"}]) == [
+        "synthetic-1000000: `python -m bench.serving --items 1000000 --append` at bbb, t2"
+    ]
