@@ -59,6 +59,9 @@ tune_ml100k_dislikes_quick.
 ml100k_dislike_strength: the default's learned dislike move scaled by s at
 evaluation, against positives-only, on validation (bench/dislike_strength.py):
 what a more responsive tower costs in recall.
+
+ml100k_dislike_prior: positives-only and the default evaluated with an
+item-popularity term added to the score, on validation (bench/dislike_prior.py).
 """
 
 from __future__ import annotations
@@ -358,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--suite",
-        choices=sorted([*GRIDS, "ml100k_dislikes", "ml100k_dislike_strength"]),
+        choices=sorted(
+            [*GRIDS, "ml100k_dislikes", "ml100k_dislike_strength", "ml100k_dislike_prior"]
+        ),
         required=True,
     )
     p.add_argument("--seeds", type=int, default=3, help="ml100k_dislikes: seeds per arm")
@@ -385,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite == "ml100k_dislikes":
         only = args.arms.split(",") if args.arms else None
         return tune_dislikes(1 if args.quick else args.seeds, args.quick, only, args.out)
-    if args.suite == "ml100k_dislike_strength":
-        return tune_dislike_strength(1 if args.quick else args.seeds, args.quick)
+    if args.suite in ("ml100k_dislike_strength", "ml100k_dislike_prior"):
+        return tune_evaluation_sweep(args.suite, 1 if args.quick else args.seeds, args.quick)
 
     if args.manifests:
         nested = GRIDS.get(args.suite, ("", []))[0] in (GOWALLA_NESTED, ML100K_NESTED)
@@ -579,18 +584,25 @@ def tune_dislikes(
     return 0
 
 
-def tune_dislike_strength(seeds: int, quick: bool) -> int:
-    """``--suite ml100k_dislike_strength`` (bench/dislike_strength.py); validation only."""
-    from bench import dislike_strength
+def tune_evaluation_sweep(suite: str, seeds: int, quick: bool) -> int:
+    """``--suite ml100k_dislike_strength`` (bench/dislike_strength.py) or
+    ``ml100k_dislike_prior`` (bench/dislike_prior.py): trained models evaluated at each
+    point of an evaluation-time knob; validation only."""
+    from bench import dislike_prior, dislike_strength
 
     t0 = time.perf_counter()
     extra = ["train.epochs=2"] if quick else []
-    strengths = dislike_strength.QUICK_STRENGTHS if quick else dislike_strength.STRENGTHS
-    doc = dislike_strength.sweep(seeds, extra, strengths)
+    if suite == "ml100k_dislike_strength":
+        module: Any = dislike_strength
+        points = dislike_strength.QUICK_STRENGTHS if quick else dislike_strength.STRENGTHS
+    else:
+        module = dislike_prior
+        points = dislike_prior.QUICK_BETAS if quick else dislike_prior.BETAS
+    doc = module.sweep(seeds, extra, points)
     doc["quick"] = quick
-    name = "tune_ml100k_dislike_strength" + ("_quick" if quick else "")
+    name = f"tune_{suite}" + ("_quick" if quick else "")
     write_result(name, doc)
-    md = dislike_strength.markdown(doc)
+    md = module.markdown(doc)
     (RESULTS / f"{name}.md").write_text(md)
     print(md)
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
