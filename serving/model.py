@@ -8,6 +8,7 @@ batcher's worker thread (or at load time in a background thread).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -86,8 +87,10 @@ class PlacedIndex:
     #: The index scores from compressed vectors: answers are re-scored exactly (see LoadedModel.search).
     rescore: bool = False
 
-    @property
+    @functools.cached_property
     def max_k(self) -> int:
+        """Deepest search: the index's size on the CPU, FAISS's limit on a GPU (read once:
+        a SWIG attribute costs microseconds, and the hot path asks every batch)."""
         return GPU_MAX_K if self.device == "gpu" else int(self.index.ntotal)
 
 
@@ -112,8 +115,12 @@ def rescore(
     Padding (row -1) keeps its score and stays last.
     """
     valid = rows >= 0
-    exact = np.matmul(embeddings[np.where(valid, rows, 0)], q[:, :, None])[..., 0]
-    exact = np.where(valid, exact, scores).astype(np.float32, copy=False)
+    if valid.all():  # the common case: the index had depth to spare
+        exact = np.matmul(embeddings[rows], q[:, :, None])[..., 0]
+    else:
+        exact = np.matmul(embeddings[np.where(valid, rows, 0)], q[:, :, None])[..., 0]
+        exact = np.where(valid, exact, scores)
+    exact = exact.astype(np.float32, copy=False)
     order = np.argsort(-exact, axis=1, kind="stable")
     return np.take_along_axis(exact, order, axis=1), np.take_along_axis(rows, order, axis=1)
 

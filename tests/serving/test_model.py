@@ -17,6 +17,7 @@ from serving.model import (
     configure_tf_gpus,
     load_model,
     place_index,
+    rescore,
 )
 from tests.recall import tie_aware_recall
 from tests.serving.artifact_factory import make_artifact
@@ -221,3 +222,26 @@ def test_answers_carry_exact_scores_in_exact_order(tmp_path: Path, index_type: s
         assert (rows[j][valid[j].sum() :] == -1).all()
     if index_type == "ivf_sq8":  # its own scores were the compressed vectors'
         assert not np.allclose(raw_scores[valid], exact[valid], rtol=1e-6, atol=1e-6)
+
+
+def test_rescore_orders_by_exact_scores_and_keeps_padding_last() -> None:
+    """With and without padding (an index that ran dry): exact inner products, best first;
+    a -1 row keeps the index's score and stays behind every real row."""
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(50, 8)).astype(np.float32)
+    q = rng.normal(size=(2, 8)).astype(np.float32)
+    rows = np.array([[4, 9, 1, 30, 22], [7, 3, -1, -1, 11]], np.int64)
+    missing = np.finfo(np.float32).min  # FAISS's score of "no result" by inner product
+    approx = np.where(rows >= 0, 0.0, missing).astype(np.float32)
+    for padded in (False, True):
+        r = rows if padded else rows[:1]
+        scores, got = rescore(emb, q[: len(r)], approx[: len(r)], r)
+        for j in range(len(r)):
+            real = r[j][r[j] >= 0]
+            exact = emb[real] @ q[j]
+            want = real[np.argsort(-exact, kind="stable")]
+            np.testing.assert_array_equal(got[j][: len(real)], want)
+            np.testing.assert_allclose(scores[j][: len(real)], np.sort(exact)[::-1], rtol=1e-6)
+            assert (got[j][len(real) :] == -1).all()
+            assert (scores[j][len(real) :] == missing).all()
+        assert scores.dtype == np.float32
