@@ -152,7 +152,10 @@ async def retrying(
     last: BaseException | None = None
     for attempt in range(cfg.retries + 1):
         try:
-            return await asyncio.wait_for(fn(attempts), attempt_timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for runs the attempt as
+            # a task of its own, two more event-loop turns on every store call.
+            async with asyncio.timeout(attempt_timeout):
+                return await fn(attempts)
         except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
             if not is_transient(exc):
                 raise fatal_error(where, what, exc) from exc
