@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -16,6 +17,14 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def mean_std(vals: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation over seeds (std 0 for one value)."""
+    return {
+        "mean": statistics.fmean(vals),
+        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+    }
 
 
 def cpu_model() -> str:

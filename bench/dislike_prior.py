@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from bench import dislikes
+from bench.common import mean_std
 
 BETAS = (0.0, 0.25, 0.5, 1.0)
 QUICK_BETAS = (0.0, 0.5)
@@ -124,20 +125,14 @@ def sweep(
     }
 
 
-def _stats(vals: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(vals),
-        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-    }
-
-
 def summarize(per_seed: list[dict[str, Any]], betas: tuple[float, ...]) -> dict[str, Any]:
     """Mean and std over seeds per arm and beta, and the default against positives-only at
     the same beta (the targets' comparison) and against positives-only as trained (beta 0)."""
     rows = []
     for i, beta in enumerate(betas):
         figs = {
-            arm: {k: _stats([float(s[arm][i][k]) for s in per_seed]) for k in KEYS} for arm in ARMS
+            arm: {k: mean_std([float(s[arm][i][k]) for s in per_seed]) for k in KEYS}
+            for arm in ARMS
         }
         ref0 = {
             k: statistics.fmean(float(s["positives_only"][0][k]) for s in per_seed) for k in KEYS

@@ -15,13 +15,13 @@ test split is not read.
 
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Any
 
 import numpy as np
 
 from bench import dislikes
+from bench.common import mean_std
 
 STRENGTHS = (1.0, 1.5, 2.0, 4.0, 8.0, 16.0)
 QUICK_STRENGTHS = (1.0, 4.0)
@@ -115,20 +115,13 @@ def sweep(
     }
 
 
-def _stats(vals: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(vals),
-        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-    }
-
-
 def summarize(per_seed: list[dict[str, Any]], strengths: tuple[float, ...]) -> dict[str, Any]:
     """Mean and std over seeds: positives-only's figures, and the default's per strength
     with its recall@20 relative to positives-only's (the tuning rule allows -1%)."""
-    ref = {k: _stats([float(s["positives_only"][k]) for s in per_seed]) for k in KEYS}
+    ref = {k: mean_std([float(s["positives_only"][k]) for s in per_seed]) for k in KEYS}
     rows = []
     for i, strength in enumerate(strengths):
-        figs = {k: _stats([float(s["default"][i][k]) for s in per_seed]) for k in KEYS}
+        figs = {k: mean_std([float(s["default"][i][k]) for s in per_seed]) for k in KEYS}
         rel = figs["recall@20"]["mean"] / ref["recall@20"]["mean"] - 1.0
         rows.append({"strength": strength, **figs, "recall_vs_positives_only": rel})
     return {"positives_only": ref, "default": rows}

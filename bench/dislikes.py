@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -92,7 +91,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import RESULTS, SHARED_DATA
+from bench.common import RESULTS, SHARED_DATA, mean_std
 
 ML100K = f"movielens:{SHARED_DATA / 'ml-100k' / 'u.data'}"
 CASE_WORLD = "users=2000,items=1000,aversions=1,late_items=0.1"
@@ -558,11 +557,7 @@ def run_arm(spec: str, ds: Any, sets: list[str], *, keep_model: bool = False) ->
 
 
 def _stats(vals: list[float]) -> dict[str, Any]:
-    return {
-        "mean": statistics.fmean(vals),
-        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-        "values": vals,
-    }
+    return {**mean_std(vals), "values": vals}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -35,14 +35,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, SHARED_DATA, write_result
+from bench.common import RESULTS, SHARED_DATA, mean_std, write_result
 
 KEYS = [
     "recall@20",
@@ -70,11 +69,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     for k in KEYS:
         vals = [r["metrics"][k] for r in runs if k in r["metrics"]]
         if vals:
-            out[k] = {
-                "mean": statistics.fmean(vals),
-                "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                "values": vals,
-            }
+            out[k] = {**mean_std(vals), "values": vals}
     return out
 
 
