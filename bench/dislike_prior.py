@@ -27,10 +27,15 @@ from typing import Any
 import numpy as np
 
 from bench import dislikes
-from bench.common import mean_std
+from bench.common import SHARED_DATA, mean_std
 
 BETAS = (0.0, 0.25, 0.5, 1.0)
 QUICK_BETAS = (0.0, 0.5)
+#: ``--suite gowalla_prior``: the `lightgcn:` default alone (no dislikes in that format),
+#: without the final refit (validation must stay held out), at smaller betas.
+GOWALLA = f"lightgcn:{SHARED_DATA / 'gowalla'}"
+GOWALLA_BETAS = (0.0, 0.1, 0.25, 0.5)
+GOWALLA_SETTINGS = ["train.refit=false"]
 KEYS = ["recall@20", "ndcg@20", "like_dislike_auc", "dislike_share@20", "responsiveness@20"]
 ARMS = ("positives_only", "default")
 
@@ -88,20 +93,22 @@ def sweep(
     extra: list[str],
     betas: tuple[float, ...] = BETAS,
     spec: str = dislikes.ML100K,
+    arms: tuple[str, ...] = ARMS,
 ) -> dict[str, Any]:
-    """Per seed: positives-only's and the default's validation figures at each beta."""
+    """Per seed: each arm's validation figures (positives-only, the default) at each beta."""
+    from trainer.data.dataset import DISLIKE
     from trainer.data.sources import load_source
     from trainer.run import trainer_config
 
     kind = spec.split(":", 1)[0]
     ds = load_source(spec)
-    arms = {"positives_only": dislikes.arm(dislike_input=False), "default": []}
+    settings = {"positives_only": dislikes.arm(dislike_input=False), "default": []}
     per_seed = []
     t0 = time.perf_counter()
     for seed in range(seeds):
         row: dict[str, Any] = {"seed": seed}
-        for name, sets in arms.items():
-            sets = [*extra, *sets, f"train.seed={seed}"]
+        for name in arms:
+            sets = [*extra, *settings[name], f"train.seed={seed}"]
             run = dislikes.run_arm(spec, ds, sets, keep_model=True)
             cfg = trainer_config(kind, overrides=sets)
             row[name] = prior_figures(run.pop("outcome"), ds, cfg, betas)
@@ -120,20 +127,39 @@ def sweep(
         "extra_settings": extra,
         "defaults": dislikes.effective(trainer_config(kind, overrides=extra)),
         "betas": list(betas),
+        "arms": list(arms),
+        # Without dislikes (lightgcn:) the dislike figures are constants: not shown.
+        "keys": KEYS if bool((ds.labels == DISLIKE).any()) else KEYS[:2],
         "per_seed": per_seed,
-        "summary": summarize(per_seed, betas),
+        "summary": summarize(per_seed, betas, arms),
     }
 
 
-def summarize(per_seed: list[dict[str, Any]], betas: tuple[float, ...]) -> dict[str, Any]:
-    """Mean and std over seeds per arm and beta, and the default against positives-only at
-    the same beta (the targets' comparison) and against positives-only as trained (beta 0)."""
+def summarize(
+    per_seed: list[dict[str, Any]], betas: tuple[float, ...], arms: tuple[str, ...] = ARMS
+) -> dict[str, Any]:
+    """Mean and std over seeds per arm and beta, each arm's recall@20 against its own at
+    beta 0, and (both arms run) the default against positives-only at the same beta (the
+    targets' comparison) and against positives-only as trained (beta 0)."""
     rows = []
     for i, beta in enumerate(betas):
         figs = {
             arm: {k: mean_std([float(s[arm][i][k]) for s in per_seed]) for k in KEYS}
-            for arm in ARMS
+            for arm in arms
         }
+        recall0 = {
+            arm: statistics.fmean(float(s[arm][0]["recall@20"]) for s in per_seed) for arm in arms
+        }
+        row: dict[str, Any] = {
+            "beta": beta,
+            **figs,
+            "recall_vs_beta0": {
+                arm: float(figs[arm]["recall@20"]["mean"] / recall0[arm] - 1.0) for arm in arms
+            },
+        }
+        if set(ARMS) - set(arms):
+            rows.append(row)
+            continue
         ref0 = {
             k: statistics.fmean(float(s["positives_only"][0][k]) for s in per_seed) for k in KEYS
         }
@@ -144,8 +170,7 @@ def summarize(per_seed: list[dict[str, Any]], betas: tuple[float, ...]) -> dict[
         same = {k: figs["positives_only"][k]["mean"] for k in KEYS}
         rows.append(
             {
-                "beta": beta,
-                **figs,
+                **row,
                 "default_vs_positives_only": {
                     "recall@20": rel("recall@20", same),
                     "dislike_share@20": rel("dislike_share@20", same),
@@ -164,29 +189,51 @@ def summarize(per_seed: list[dict[str, Any]], betas: tuple[float, ...]) -> dict[
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    """The sweep's table."""
+    """The sweep's tables."""
     seeds = doc["seeds"]
+    arms = tuple(doc.get("arms", ARMS))
+    keys = doc.get("keys", KEYS)
+    both = not set(ARMS) - set(arms)
 
     def cell(x: dict[str, float]) -> str:
         return f"{x['mean']:.4f} ± {x['std']:.4f}" if seeds > 1 else f"{x['mean']:.4f}"
 
+    spec = str(doc.get("data", dislikes.ML100K))
+    name = "ml-100k" if spec == dislikes.ML100K else spec.rsplit("/", 1)[-1]
+    how = (
+        "`python -m bench.tune --suite ml100k_dislike_prior` (bench/dislike_prior.py): "
+        "positives-only and the default"
+        if both
+        else f"`python -m bench.tune --suite {name}_prior` (bench/dislike_prior.py): "
+        + " and ".join(arms)
+        + (f" ({', '.join(doc['extra_settings'])})" if doc.get("extra_settings") else "")
+    )
     lines = [
-        f"### an item-popularity prior in the score: ml-100k validation ({seeds} seed"
+        f"### an item-popularity prior in the score: {name} validation ({seeds} seed"
         + ("s, mean ± std)" if seeds > 1 else ")"),
         "",
-        "`python -m bench.tune --suite ml100k_dislike_prior` (bench/dislike_prior.py): "
-        "positives-only and the default evaluated with score u . v + beta x spread x "
-        "z(log(1 + train positives)); beta = 0: as trained. Targets (default against "
-        "positives-only): like_dislike_auc +0.03, dislike_share@20 -20%, recall@20 within 1%.",
+        how + " evaluated with score u . v + beta x spread x "
+        "z(log(1 + train positives)); beta = 0: as trained."
+        + (
+            " Targets (default against positives-only): like_dislike_auc +0.03, "
+            "dislike_share@20 -20%, recall@20 within 1%."
+            if both
+            else ""
+        ),
         "",
-        "| beta | arm | " + " | ".join(f"valid {k}" for k in KEYS) + " |",
-        "|---|---|" + "---|" * len(KEYS),
+        "| beta | arm | " + " | ".join(f"valid {k}" for k in keys) + " | recall@20 vs beta 0 |",
+        "|---|---|" + "---|" * (len(keys) + 1),
     ]
     for row in doc["summary"]["rows"]:
-        for arm in ARMS:
+        for arm in arms:
+            change = row.get("recall_vs_beta0", {}).get(arm)
             lines.append(
-                f"| {row['beta']:g} | {arm} | " + " | ".join(cell(row[arm][k]) for k in KEYS) + " |"
+                f"| {row['beta']:g} | {arm} | "
+                + " | ".join(cell(row[arm][k]) for k in keys)
+                + (f" | {change:+.1%} |" if change is not None else " | |")
             )
+    if not both:
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         "| beta | default vs positives-only, same beta: recall@20 / dislike_share@20 / AUC "

@@ -62,6 +62,8 @@ what a more responsive tower costs in recall.
 
 ml100k_dislike_prior: positives-only and the default evaluated with an
 item-popularity term added to the score, on validation (bench/dislike_prior.py).
+gowalla_prior: the same term beside the `lightgcn:` default on Gowalla (no refit:
+validation stays held out), to see whether it generalises.
 """
 
 from __future__ import annotations
@@ -361,9 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--suite",
-        choices=sorted(
-            [*GRIDS, "ml100k_dislikes", "ml100k_dislike_strength", "ml100k_dislike_prior"]
-        ),
+        choices=sorted([*GRIDS, "ml100k_dislikes", *EVALUATION_SWEEPS]),
         required=True,
     )
     p.add_argument("--seeds", type=int, default=3, help="ml100k_dislikes: seeds per arm")
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite == "ml100k_dislikes":
         only = args.arms.split(",") if args.arms else None
         return tune_dislikes(1 if args.quick else args.seeds, args.quick, only, args.out)
-    if args.suite in ("ml100k_dislike_strength", "ml100k_dislike_prior"):
+    if args.suite in EVALUATION_SWEEPS:
         return tune_evaluation_sweep(args.suite, 1 if args.quick else args.seeds, args.quick)
 
     if args.manifests:
@@ -584,10 +584,14 @@ def tune_dislikes(
     return 0
 
 
+#: Suites that train models and evaluate each at several points of an evaluation-time knob.
+EVALUATION_SWEEPS = ("ml100k_dislike_strength", "ml100k_dislike_prior", "gowalla_prior")
+
+
 def tune_evaluation_sweep(suite: str, seeds: int, quick: bool) -> int:
-    """``--suite ml100k_dislike_strength`` (bench/dislike_strength.py) or
-    ``ml100k_dislike_prior`` (bench/dislike_prior.py): trained models evaluated at each
-    point of an evaluation-time knob; validation only."""
+    """``--suite ml100k_dislike_strength`` (bench/dislike_strength.py),
+    ``ml100k_dislike_prior`` or ``gowalla_prior`` (bench/dislike_prior.py): trained models
+    evaluated at each point of an evaluation-time knob; validation only."""
     from bench import dislike_prior, dislike_strength
 
     t0 = time.perf_counter()
@@ -595,10 +599,15 @@ def tune_evaluation_sweep(suite: str, seeds: int, quick: bool) -> int:
     if suite == "ml100k_dislike_strength":
         module: Any = dislike_strength
         points = dislike_strength.QUICK_STRENGTHS if quick else dislike_strength.STRENGTHS
-    else:
+        doc = module.sweep(seeds, extra, points)
+    elif suite == "ml100k_dislike_prior":
         module = dislike_prior
-        points = dislike_prior.QUICK_BETAS if quick else dislike_prior.BETAS
-    doc = module.sweep(seeds, extra, points)
+        doc = module.sweep(seeds, extra, module.QUICK_BETAS if quick else module.BETAS)
+    else:  # gowalla_prior: the lightgcn: default alone, validation held out of training
+        module = dislike_prior
+        betas = module.QUICK_BETAS if quick else module.GOWALLA_BETAS
+        extra += module.GOWALLA_SETTINGS
+        doc = module.sweep(seeds, extra, betas, module.GOWALLA, ("default",))
     doc["quick"] = quick
     name = f"tune_{suite}" + ("_quick" if quick else "")
     write_result(name, doc)

@@ -74,9 +74,36 @@ def test_summary_compares_the_default_with_positives_only_at_the_same_beta_and_a
     assert same["like_dislike_auc"] == pytest.approx(0.03)
     assert trained["dislike_share@20"] == pytest.approx(0.44 / 0.60 - 1)
     assert trained["like_dislike_auc"] == pytest.approx(0.02)
+    assert rows[1]["recall_vs_beta0"] == {
+        "positives_only": pytest.approx(0.29 / 0.30 - 1),
+        "default": pytest.approx(0.30 / 0.29 - 1),
+    }
     md = dislike_prior.markdown({"seeds": 2, "summary": {"rows": rows}})
     assert "| 0.5 | default | 0.3000 ± 0.0000 |" in md
     assert "| 0.5 | +3.4% / -20.0% / +0.0300 | +0.0% / -26.7% / +0.0200 |" in md
+
+
+def test_one_arm_on_data_without_dislikes_reports_recall_against_beta_zero_only() -> None:
+    per_seed = [
+        {"seed": 0, "default": [{"beta": b, **dict.fromkeys(dislike_prior.KEYS, 0.0),
+                                 "recall@20": r, "ndcg@20": r / 2} for b, r in ((0.0, 0.20), (0.1, 0.19))]}
+    ]  # fmt: skip
+    rows = dislike_prior.summarize(per_seed, (0.0, 0.1), ("default",))["rows"]
+    assert "default_vs_positives_only" not in rows[1] and "positives_only" not in rows[1]
+    assert rows[1]["recall_vs_beta0"] == {"default": pytest.approx(0.19 / 0.20 - 1)}
+    doc = {
+        "seeds": 1,
+        "data": dislike_prior.GOWALLA,
+        "arms": ["default"],
+        "keys": dislike_prior.KEYS[:2],
+        "extra_settings": dislike_prior.GOWALLA_SETTINGS,
+        "summary": {"rows": rows},
+    }
+    md = dislike_prior.markdown(doc)
+    assert "gowalla validation (1 seed)" in md
+    assert "--suite gowalla_prior" in md and "(train.refit=false)" in md
+    assert "| 0.1 | default | 0.1900 | 0.0950 | -5.0% |" in md
+    assert "like_dislike_auc" not in md and "Targets" not in md
 
 
 @pytest.mark.slow
