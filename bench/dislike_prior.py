@@ -22,6 +22,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -198,8 +199,8 @@ def markdown(doc: dict[str, Any]) -> str:
     def cell(x: dict[str, float]) -> str:
         return f"{x['mean']:.4f} ± {x['std']:.4f}" if seeds > 1 else f"{x['mean']:.4f}"
 
-    spec = str(doc.get("data", dislikes.ML100K))
-    name = "ml-100k" if spec == dislikes.ML100K else spec.rsplit("/", 1)[-1]
+    path = Path(str(doc.get("data", dislikes.ML100K)).split(":", 1)[-1])
+    name = path.parent.name if path.suffix else path.name  # ml-100k/u.data, gowalla/
     how = (
         "`python -m bench.tune --suite ml100k_dislike_prior` (bench/dislike_prior.py): "
         "positives-only and the default"
