@@ -15,6 +15,13 @@ units of the model's own score spread). It is exactly one more coordinate:
 items [v_i, beta * spread * z_i], users [u, 1], so an exported index could
 serve it unchanged. beta = 0 is the trained model. Validation figures only;
 the test split is not read.
+
+``--suite ml100k_dislike_quality`` puts an item-quality term in the same place:
+z_i is minus the item's smoothed train dislike ratio, (d_i + a m) / (d_i + l_i
++ a) with l_i, d_i its train positives and dislikes, m the catalogue's dislike
+share and a = ``QUALITY_SMOOTHING`` events, standardised: what everyone's
+dislikes say about an item, which a cosine item tower cannot express as a
+score offset (its vectors have norm 1).
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from bench.common import SHARED_DATA, mean_std
 
 BETAS = (0.0, 0.25, 0.5, 1.0)
 QUICK_BETAS = (0.0, 0.5)
+#: ``--suite ml100k_dislike_quality`` reaches one step further.
+QUALITY_BETAS = (0.0, 0.25, 0.5, 1.0, 2.0)
 #: ``--suite gowalla_prior``: the `lightgcn:` default alone (no dislikes in that format),
 #: without the final refit (validation must stay held out), at smaller betas.
 GOWALLA = f"lightgcn:{SHARED_DATA / 'gowalla'}"
@@ -43,11 +52,49 @@ ARMS = ("positives_only", "default")
 Embed = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def popularity_z(train_counts: np.ndarray) -> np.ndarray:
-    """float32 [N]: log(1 + train positives), standardised (zeros for a constant catalogue)."""
-    x = np.log1p(np.asarray(train_counts, dtype=np.float64))
+#: The quality term's prior strength: the catalogue's dislike share counts as this many events.
+QUALITY_SMOOTHING = 5.0
+#: The per-item terms a sweep can add (``sweep(term=...)``).
+TERMS = ("popularity", "quality")
+TITLES = {"popularity": "an item-popularity prior", "quality": "an item-quality term"}
+Z_OF = {
+    "popularity": "log(1 + train positives)",
+    "quality": f"-(train dislikes + {QUALITY_SMOOTHING:g} m) / (train events + {QUALITY_SMOOTHING:g})",
+}
+
+
+def _standardised(x: np.ndarray) -> np.ndarray:
     std = float(x.std())
     return ((x - x.mean()) / std if std > 0 else np.zeros_like(x)).astype(np.float32)
+
+
+def popularity_z(train_counts: np.ndarray) -> np.ndarray:
+    """float32 [N]: log(1 + train positives), standardised (zeros for a constant catalogue)."""
+    return _standardised(np.log1p(np.asarray(train_counts, dtype=np.float64)))
+
+
+def quality_z(
+    likes: np.ndarray, dislikes_: np.ndarray, smoothing: float = QUALITY_SMOOTHING
+) -> np.ndarray:
+    """float32 [N]: minus each item's smoothed dislike ratio, standardised (module docstring)."""
+    likes = np.asarray(likes, dtype=np.float64)
+    bad = np.asarray(dislikes_, dtype=np.float64)
+    total = float(likes.sum() + bad.sum())
+    share = float(bad.sum()) / total if total else 0.0
+    return _standardised(-(bad + smoothing * share) / (likes + bad + smoothing))
+
+
+def item_term(dsh: Any, term: str) -> np.ndarray:
+    """The ``term`` values of the held-out data set's items, from its TRAIN events only."""
+    from trainer.data.dataset import DISLIKE, TRAIN
+
+    if term == "popularity":
+        return popularity_z(dsh.train_item_counts())
+    if term == "quality":
+        sel = (dsh.split == TRAIN) & (dsh.labels == DISLIKE)
+        bad = np.bincount(dsh.items[sel], minlength=dsh.num_items)
+        return quality_z(dsh.train_item_counts(), bad)
+    raise ValueError(f"unknown term {term!r}: one of {', '.join(TERMS)}")
 
 
 def with_prior(
@@ -71,8 +118,10 @@ def score_spread(embed: Embed, items: np.ndarray, valid: Any, users: int = 200) 
     return float(np.std(u @ items.T))
 
 
-def prior_figures(out: Any, ds: Any, cfg: Any, betas: tuple[float, ...]) -> list[dict[str, Any]]:
-    """Validation figures of a trained model (``out`` kept its model) at each beta."""
+def prior_figures(
+    out: Any, ds: Any, cfg: Any, betas: tuple[float, ...], term: str = "popularity"
+) -> list[dict[str, Any]]:
+    """Validation figures of a trained model (``out`` kept its model) with ``term`` at each beta."""
     from trainer.evaluate import evaluate, reference_neighbors
     from trainer.export import item_embeddings, serving_embed
 
@@ -80,7 +129,7 @@ def prior_figures(out: Any, ds: Any, cfg: Any, betas: tuple[float, ...]) -> list
     neighbors, counts = reference_neighbors(dsh, dsh.num_items), dsh.train_item_counts()
     sim = dislikes._similarity(out)
     embed, items = serving_embed(out.model, sim), item_embeddings(out.model, sim)
-    z, spread = popularity_z(counts), score_spread(embed, items, valid)
+    z, spread = item_term(dsh, term), score_spread(embed, items, valid)
     rows = []
     for beta in betas:
         e, i = with_prior(embed, items, z, beta * spread)
@@ -95,6 +144,7 @@ def sweep(
     betas: tuple[float, ...] = BETAS,
     spec: str = dislikes.ML100K,
     arms: tuple[str, ...] = ARMS,
+    term: str = "popularity",
 ) -> dict[str, Any]:
     """Per seed: each arm's validation figures (positives-only, the default) at each beta."""
     from trainer.data.dataset import DISLIKE
@@ -112,7 +162,7 @@ def sweep(
             sets = [*extra, *settings[name], f"train.seed={seed}"]
             run = dislikes.run_arm(spec, ds, sets, keep_model=True)
             cfg = trainer_config(kind, overrides=sets)
-            row[name] = prior_figures(run.pop("outcome"), ds, cfg, betas)
+            row[name] = prior_figures(run.pop("outcome"), ds, cfg, betas, term)
         per_seed.append(row)
         print(
             f"[prior seed {seed + 1}/{seeds}, {(time.perf_counter() - t0) / 60:.1f} min] "
@@ -128,6 +178,7 @@ def sweep(
         "extra_settings": extra,
         "defaults": dislikes.effective(trainer_config(kind, overrides=extra)),
         "betas": list(betas),
+        "term": term,
         "arms": list(arms),
         # Without dislikes (lightgcn:) the dislike figures are constants: not shown.
         "keys": KEYS if bool((ds.labels == DISLIKE).any()) else KEYS[:2],
@@ -201,8 +252,10 @@ def markdown(doc: dict[str, Any]) -> str:
 
     path = Path(str(doc.get("data", dislikes.ML100K)).split(":", 1)[-1])
     name = path.parent.name if path.suffix else path.name  # ml-100k/u.data, gowalla/
+    term = doc.get("term", "popularity")
+    suite = "ml100k_dislike_prior" if term == "popularity" else "ml100k_dislike_quality"
     how = (
-        "`python -m bench.tune --suite ml100k_dislike_prior` (bench/dislike_prior.py): "
+        f"`python -m bench.tune --suite {suite}` (bench/dislike_prior.py): "
         "positives-only and the default"
         if both
         else f"`python -m bench.tune --suite {name}_prior` (bench/dislike_prior.py): "
@@ -210,11 +263,11 @@ def markdown(doc: dict[str, Any]) -> str:
         + (f" ({', '.join(doc['extra_settings'])})" if doc.get("extra_settings") else "")
     )
     lines = [
-        f"### an item-popularity prior in the score: {name} validation ({seeds} seed"
+        f"### {TITLES[term]} in the score: {name} validation ({seeds} seed"
         + ("s, mean ± std)" if seeds > 1 else ")"),
         "",
-        how + " evaluated with score u . v + beta x spread x "
-        "z(log(1 + train positives)); beta = 0: as trained."
+        how + f" evaluated with score u . v + beta x spread x z({Z_OF[term]}); "
+        "beta = 0: as trained."
         + (
             " Targets (default against positives-only): like_dislike_auc +0.03, "
             "dislike_share@20 -20%, recall@20 within 1%."

@@ -62,7 +62,9 @@ what a more responsive tower costs in recall.
 
 ml100k_dislike_prior: positives-only and the default evaluated with an
 item-popularity term added to the score, on validation (bench/dislike_prior.py).
-gowalla_prior: the same term beside the `lightgcn:` default on Gowalla (no refit:
+ml100k_dislike_quality: the same with an item-quality term (minus each item's
+smoothed train dislike ratio) in place of popularity.
+gowalla_prior: the popularity term beside the `lightgcn:` default on Gowalla (no refit:
 validation stays held out), to see whether it generalises.
 """
 
@@ -585,12 +587,18 @@ def tune_dislikes(
 
 
 #: Suites that train models and evaluate each at several points of an evaluation-time knob.
-EVALUATION_SWEEPS = ("ml100k_dislike_strength", "ml100k_dislike_prior", "gowalla_prior")
+EVALUATION_SWEEPS = (
+    "ml100k_dislike_strength",
+    "ml100k_dislike_prior",
+    "ml100k_dislike_quality",
+    "gowalla_prior",
+)
 
 
 def tune_evaluation_sweep(suite: str, seeds: int, quick: bool) -> int:
     """``--suite ml100k_dislike_strength`` (bench/dislike_strength.py),
-    ``ml100k_dislike_prior`` or ``gowalla_prior`` (bench/dislike_prior.py): trained models
+    ``ml100k_dislike_prior``, ``ml100k_dislike_quality`` or ``gowalla_prior``
+    (bench/dislike_prior.py): trained models
     evaluated at each point of an evaluation-time knob; validation only."""
     from bench import dislike_prior, dislike_strength
 
@@ -600,9 +608,12 @@ def tune_evaluation_sweep(suite: str, seeds: int, quick: bool) -> int:
         module: Any = dislike_strength
         points = dislike_strength.QUICK_STRENGTHS if quick else dislike_strength.STRENGTHS
         doc = module.sweep(seeds, extra, points)
-    elif suite == "ml100k_dislike_prior":
+    elif suite in ("ml100k_dislike_prior", "ml100k_dislike_quality"):
         module = dislike_prior
-        doc = module.sweep(seeds, extra, module.QUICK_BETAS if quick else module.BETAS)
+        term = "popularity" if suite == "ml100k_dislike_prior" else "quality"
+        full = module.BETAS if term == "popularity" else module.QUALITY_BETAS
+        betas = module.QUICK_BETAS if quick else full
+        doc = module.sweep(seeds, extra, betas, term=term)
     else:  # gowalla_prior: the lightgcn: default alone, validation held out of training
         module = dislike_prior
         betas = module.QUICK_BETAS if quick else module.GOWALLA_BETAS

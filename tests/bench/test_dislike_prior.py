@@ -129,3 +129,17 @@ def test_beta_zero_is_the_trained_model_and_a_prior_changes_it() -> None:
     assert {k: v for k, v in rows[1].items() if k != "beta"} != {
         k: v for k, v in rows[0].items() if k != "beta"
     }
+
+
+def test_quality_term_is_minus_the_smoothed_dislike_ratio_standardised() -> None:
+    likes, bad = np.array([9, 0, 5, 0]), np.array([1, 4, 5, 0])
+    # the catalogue's dislike share m = 10 / 24; ratio_i = (d_i + 5 m) / (l_i + d_i + 5)
+    m = 10 / 24
+    ratio = np.array([(1 + 5 * m) / 15, (4 + 5 * m) / 9, (5 + 5 * m) / 15, (5 * m) / 5])
+    expected = (-ratio - (-ratio).mean()) / (-ratio).std()
+    z = dislike_prior.quality_z(likes, bad)
+    np.testing.assert_allclose(z, expected, rtol=1e-5)
+    assert z[0] > z[2] > z[1]  # fewer dislikes per event, higher quality
+    assert z[3] == pytest.approx(float(expected[3]))  # no events: the catalogue's share
+    with pytest.raises(ValueError, match="unknown term 'taste'"):
+        dislike_prior.item_term(None, "taste")
