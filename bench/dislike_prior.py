@@ -1,6 +1,8 @@
-"""An item-popularity prior added to the retrieval score, on validation (not a test).
+"""A per-item term (popularity, or quality from dislikes) added to the retrieval score, on
+validation (not a test).
 
-``python -m bench.tune --suite ml100k_dislike_prior [--seeds 3] [--quick]``
+``python -m bench.tune --suite ml100k_dislike_prior|ml100k_dislike_quality|gowalla_prior
+[--seeds 3] [--quick]``
 
 Under cosine similarity every item vector has norm 1, so the trained score
 cannot carry a per-item term (an item's general appeal); the most-popular
@@ -48,10 +50,6 @@ GOWALLA_BETAS = (0.0, 0.1, 0.25, 0.5)
 GOWALLA_SETTINGS = ["train.refit=false"]
 KEYS = ["recall@20", "ndcg@20", "like_dislike_auc", "dislike_share@20", "responsiveness@20"]
 ARMS = ("positives_only", "default")
-
-Embed = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
 #: The quality term's prior strength: the catalogue's dislike share counts as this many events.
 QUALITY_SMOOTHING = 5.0
 #: The per-item terms a sweep can add (``sweep(term=...)``).
@@ -61,6 +59,8 @@ Z_OF = {
     "popularity": "log(1 + train positives)",
     "quality": f"-(train dislikes + {QUALITY_SMOOTHING:g} m) / (train events + {QUALITY_SMOOTHING:g})",
 }
+
+Embed = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def _standardised(x: np.ndarray) -> np.ndarray:
