@@ -388,7 +388,11 @@ def test_warm_start_carries_old_rows_and_the_estimator_state(published, tiny_ds,
     ):
         assert new["ids"].tolist() == [*old["ids"].tolist(), "i-new"]
     old_model_items = _version_items_raw(art, v1)
-    np.testing.assert_array_equal(out.model.embed_items()[: tiny_ds.num_items], old_model_items)
+    # The same weights, run over one more item: other batch shapes may round the last bits
+    # of a few rows differently (seen: 1.5e-8); a row not carried over would differ by ~0.1.
+    np.testing.assert_allclose(
+        out.model.embed_items()[: tiny_ds.num_items], old_model_items, rtol=1e-5, atol=1e-6
+    )
     old_state, new_state = _version_state(art, v1), _version_state(art, out.version)
     assert int(old_state["step"]) > 0
     for name in ("hash_a", "hash_b", "last_seen", "gap", "step"):
