@@ -59,6 +59,18 @@ Z_OF = {
     "popularity": "log(1 + train positives)",
     "quality": f"-(train dislikes + {QUALITY_SMOOTHING:g} m) / (train events + {QUALITY_SMOOTHING:g})",
 }
+#: ``bench.tune`` suites of this module: the sweep's arguments beyond seeds (``extra`` is
+#: added to the settings given on the command line).
+SUITES: dict[str, dict[str, Any]] = {
+    "ml100k_dislike_prior": {"betas": BETAS},
+    "ml100k_dislike_quality": {"betas": QUALITY_BETAS, "term": "quality"},
+    "gowalla_prior": {
+        "betas": GOWALLA_BETAS,
+        "spec": GOWALLA,
+        "arms": ("default",),
+        "extra": GOWALLA_SETTINGS,
+    },
+}
 
 Embed = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -193,14 +205,21 @@ def summarize(
     """Mean and std over seeds per arm and beta, each arm's recall@20 against its own at
     beta 0, and (both arms run) the default against positives-only at the same beta (the
     targets' comparison) and against positives-only as trained (beta 0)."""
+    both = not set(ARMS) - set(arms)
+    # Each arm as trained (beta 0): its recall@20, and positives-only's figures.
+    recall0 = {
+        arm: statistics.fmean(float(s[arm][0]["recall@20"]) for s in per_seed) for arm in arms
+    }
+    ref0 = (
+        {k: statistics.fmean(float(s["positives_only"][0][k]) for s in per_seed) for k in KEYS}
+        if both
+        else {}
+    )
     rows = []
     for i, beta in enumerate(betas):
         figs = {
             arm: {k: mean_std([float(s[arm][i][k]) for s in per_seed]) for k in KEYS}
             for arm in arms
-        }
-        recall0 = {
-            arm: statistics.fmean(float(s[arm][0]["recall@20"]) for s in per_seed) for arm in arms
         }
         row: dict[str, Any] = {
             "beta": beta,
@@ -209,12 +228,9 @@ def summarize(
                 arm: float(figs[arm]["recall@20"]["mean"] / recall0[arm] - 1.0) for arm in arms
             },
         }
-        if set(ARMS) - set(arms):
+        if not both:
             rows.append(row)
             continue
-        ref0 = {
-            k: statistics.fmean(float(s["positives_only"][0][k]) for s in per_seed) for k in KEYS
-        }
 
         def rel(key: str, ref: dict[str, float], figs: dict[str, Any] = figs) -> float:
             return float(figs["default"][key]["mean"] / ref[key] - 1.0)
@@ -253,12 +269,10 @@ def markdown(doc: dict[str, Any]) -> str:
     path = Path(str(doc.get("data", dislikes.ML100K)).split(":", 1)[-1])
     name = path.parent.name if path.suffix else path.name  # ml-100k/u.data, gowalla/
     term = doc.get("term", "popularity")
-    suite = "ml100k_dislike_prior" if term == "popularity" else "ml100k_dislike_quality"
-    how = (
-        f"`python -m bench.tune --suite {suite}` (bench/dislike_prior.py): "
-        "positives-only and the default"
+    how = f"`python -m bench.tune --suite {doc.get('suite', 'ml100k_dislike_prior')}` " + (
+        "(bench/dislike_prior.py): positives-only and the default"
         if both
-        else f"`python -m bench.tune --suite {name}_prior` (bench/dislike_prior.py): "
+        else "(bench/dislike_prior.py): "
         + " and ".join(arms)
         + (f" ({', '.join(doc['extra_settings'])})" if doc.get("extra_settings") else "")
     )

@@ -77,6 +77,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import dislike_prior
 from bench.common import RESULTS, SHARED_DATA, write_result
 
 GRIDS: dict[str, tuple[str, list[list[str]]]] = {
@@ -587,20 +588,14 @@ def tune_dislikes(
 
 
 #: Suites that train models and evaluate each at several points of an evaluation-time knob.
-EVALUATION_SWEEPS = (
-    "ml100k_dislike_strength",
-    "ml100k_dislike_prior",
-    "ml100k_dislike_quality",
-    "gowalla_prior",
-)
+EVALUATION_SWEEPS = ("ml100k_dislike_strength", *dislike_prior.SUITES)
 
 
 def tune_evaluation_sweep(suite: str, seeds: int, quick: bool) -> int:
-    """``--suite ml100k_dislike_strength`` (bench/dislike_strength.py),
-    ``ml100k_dislike_prior``, ``ml100k_dislike_quality`` or ``gowalla_prior``
-    (bench/dislike_prior.py): trained models
-    evaluated at each point of an evaluation-time knob; validation only."""
-    from bench import dislike_prior, dislike_strength
+    """``--suite ml100k_dislike_strength`` (bench/dislike_strength.py) or one of
+    ``bench.dislike_prior.SUITES``: trained models evaluated at each point of an
+    evaluation-time knob; validation only."""
+    from bench import dislike_strength
 
     t0 = time.perf_counter()
     extra = ["train.epochs=2"] if quick else []
@@ -608,17 +603,13 @@ def tune_evaluation_sweep(suite: str, seeds: int, quick: bool) -> int:
         module: Any = dislike_strength
         points = dislike_strength.QUICK_STRENGTHS if quick else dislike_strength.STRENGTHS
         doc = module.sweep(seeds, extra, points)
-    elif suite in ("ml100k_dislike_prior", "ml100k_dislike_quality"):
+    else:
         module = dislike_prior
-        term = "popularity" if suite == "ml100k_dislike_prior" else "quality"
-        full = module.BETAS if term == "popularity" else module.QUALITY_BETAS
-        betas = module.QUICK_BETAS if quick else full
-        doc = module.sweep(seeds, extra, betas, term=term)
-    else:  # gowalla_prior: the lightgcn: default alone, validation held out of training
-        module = dislike_prior
-        betas = module.QUICK_BETAS if quick else module.GOWALLA_BETAS
-        extra += module.GOWALLA_SETTINGS
-        doc = module.sweep(seeds, extra, betas, module.GOWALLA, ("default",))
+        args = dict(dislike_prior.SUITES[suite])
+        extra += args.pop("extra", [])
+        full = args.pop("betas")
+        doc = module.sweep(seeds, extra, dislike_prior.QUICK_BETAS if quick else full, **args)
+        doc["suite"] = suite
     doc["quick"] = quick
     name = f"tune_{suite}" + ("_quick" if quick else "")
     write_result(name, doc)

@@ -93,6 +93,7 @@ def test_one_arm_on_data_without_dislikes_reports_recall_against_beta_zero_only(
     assert rows[1]["recall_vs_beta0"] == {"default": pytest.approx(0.19 / 0.20 - 1)}
     doc = {
         "seeds": 1,
+        "suite": "gowalla_prior",
         "data": dislike_prior.GOWALLA,
         "arms": ["default"],
         "keys": dislike_prior.KEYS[:2],
