@@ -263,6 +263,9 @@ class LoadedModel:
       embeddings: float32 [N, dim] item embeddings (for similar items, exact fallback, demotion).
       index: the placed FAISS index (inner product).
       popular: row indices, most popular first (cold-start fallback).
+      trained_through: the newest event time (epoch seconds) in the data the version
+        was trained from (manifest ``data.time_range.max``); None when the version
+        does not say (a source without times).
     """
 
     version: str
@@ -275,6 +278,7 @@ class LoadedModel:
     popular: np.ndarray
     history_length: int
     dislike_length: int
+    trained_through: float | None = None
     loaded_at: float = field(default_factory=time.time)
     tower_note: str = "SavedModel"
     _tower: Any = None
@@ -362,6 +366,16 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
+def trained_through(manifest: dict[str, Any]) -> float | None:
+    """Manifest ``data.time_range.max`` as a float, or None when absent or not a finite number."""
+    data = manifest.get("data")
+    span = data.get("time_range") if isinstance(data, dict) else None
+    newest = span.get("max") if isinstance(span, dict) else None
+    if isinstance(newest, bool) or not isinstance(newest, int | float):
+        return None
+    return float(newest) if math.isfinite(newest) else None
+
+
 def load_model(art: str | os.PathLike[str], version: str, *, use_gpu: str = "auto") -> LoadedModel:
     """Load, check and warm one version of ``art``. Blocking (seconds); call off the event loop.
 
@@ -417,6 +431,7 @@ def load_model(art: str | os.PathLike[str], version: str, *, use_gpu: str = "aut
         popular=popular,
         history_length=int(manifest["history_length"]),
         dislike_length=int(manifest["dislike_length"]),
+        trained_through=trained_through(manifest),
         _tower=tower,
         _saved=saved,
     )

@@ -200,6 +200,31 @@ def _rows(index: dict[str, int], ids: Iterable[str]) -> list[int]:
     return [r for r in map(index.get, ids) if r is not None]
 
 
+def _demote_rows(
+    app: AppState,
+    model: LoadedModel,
+    stored: UserState | None,
+    asked: list[str],
+    dislike_rows: list[int],
+) -> np.ndarray | None:
+    """Rows of the dislikes soft demotion reacts to (settings ``demote_dislikes``); None when off.
+
+    ``fresh``: the stored dislikes stamped after the newest event the version was
+    trained from, then the request's own (never stored, so never trained on); all
+    of the user's dislikes when the version has no times. ``recent``: the user's
+    latest ones (``dislike_rows``: stored, then the request's). Either way at most
+    ``demote_recent``, the latest.
+    """
+    settings = app.settings
+    if settings.demote_weight <= 0:
+        return None
+    through = model.trained_through
+    if settings.demote_dislikes == "fresh" and through is not None:
+        fresh = [item for item, ts in stored.dislikes if ts > through] if stored else []
+        dislike_rows = _rows(model.id_to_index, [*fresh, *asked])
+    return np.asarray(dislike_rows[-settings.demote_recent :], dtype=np.int64)
+
+
 def _count(app: AppState, result: Result) -> None:
     """A model answer's counters (a counter's update takes a lock: only those that moved)."""
     metrics = app.metrics
@@ -320,7 +345,7 @@ async def _recommend(
             blocked=blocked,
             history=model.row_tokens(history_rows, model.history_length),
             dislikes=model.row_tokens(dislike_rows, model.dislike_length),
-            demote_rows=np.asarray(dislike_rows[-app.settings.demote_recent :], dtype=np.int64),
+            demote_rows=_demote_rows(app, model, stored, req.dislikes, dislike_rows),
         )
         result = await app.batcher.submit(query, arrival)
         rows, scores = result.rows.tolist(), result.scores.tolist()

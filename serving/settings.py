@@ -249,6 +249,14 @@ class Settings(BaseSettings):
     demote_recent: int = Field(
         5, ge=1, le=100, description="how many recent dislikes demotion looks at"
     )
+    demote_dislikes: Literal["fresh", "recent"] = Field(
+        "fresh",
+        description="which dislikes demotion reacts to: 'fresh' = those the served version "
+        "never saw (stamped after the newest event it was trained from, manifest "
+        "data.time_range.max, and the request's own dislikes; every stored one when the "
+        "version has no times), the version has learned from the rest; 'recent' = the "
+        "user's demote_recent latest dislikes whatever their age",
+    )
 
     @field_validator("api_keys", "api_keys_file", mode="before")
     @classmethod

@@ -216,10 +216,12 @@ def make_artifact(
     ids: list[str] | None = None,
     clusters: int = 0,
     tower: str = "fixture",
+    trained_through: float | None = None,
 ) -> str:
     """Write one complete version under ``art_dir`` (published unless ``publish=False``); return its id.
 
-    ``tower`` is ``fixture`` or ``mean`` (module docstring). The popular list is a seeded permutation of the catalog (first ``num_popular``
+    ``tower`` is ``fixture`` or ``mean`` (module docstring). ``trained_through``: the
+    manifest's ``data.time_range.max`` (the newest training event), absent when None. The popular list is a seeded permutation of the catalog (first ``num_popular``
     items, default min(100, num_items)).
     """
     if tower not in TOWER_CONFIG:
@@ -262,7 +264,15 @@ def make_artifact(
             "popular_items": popular.tolist(),
             "metrics": {"recall@20": 0.0},
             "baseline_popular": {"recall@20": 0.0},
-            "data": {"source": "artifact_factory", "seed": seed},
+            "data": {
+                "source": "artifact_factory",
+                "seed": seed,
+                **(
+                    {"time_range": {"min": 0.0, "max": trained_through}}
+                    if trained_through is not None
+                    else {}
+                ),
+            },
             "config": TOWER_CONFIG[tower],
         }
         artifacts.write_manifest(vdir, manifest)
