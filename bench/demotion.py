@@ -1,28 +1,323 @@
-"""Serving's optional soft demotion, measured (off by default).
+"""Serving's soft demotion, measured on ml-100k: a fresh dislike, and every recent one.
 
-Soft demotion lowers a candidate's score by ``weight * max(0, sim - threshold)``
-where ``sim`` is its largest inner product with the user's recent dislikes.
-This runs the *serving* retrieval code (``serving.retrieval.run_batch`` on a
-``serving.model.LoadedModel``) for every ml-100k test user of a model trained
-by ``twotower train``, with the contract's masking (docs/CONTRACT.md), and reports recall@20 and
-dislike_rate@20 per setting, side by side in one run.
+Soft demotion lowers a candidate's score by ``weight * max(0, sim - threshold)``,
+``sim`` its largest inner product with the dislikes demotion reacts to
+(serving/settings.py ``demote_*``). Both tables run the *serving* retrieval code
+(``serving.retrieval.run_batch`` on a ``serving.model.LoadedModel``) for every
+ml-100k test user of models trained by ``twotower train`` (one per seed), with the
+contract's masking (docs/CONTRACT.md); mean ± std over the seeds.
 
-Usage: python -m bench.demotion [--epochs 8]
+1. **A fresh dislike** (``demote_dislikes=fresh``): each test user dislikes their
+   current top-1 item t now, after the version's data. As serving does then, the
+   tower gets t as the newest dislike, t is filtered, and demotion reacts to t
+   alone (the user's older dislikes the version has learned from). Reported:
+   responsiveness@20 of the served list (the probe of
+   :func:`trainer.dislike_metrics.responsiveness`: the relative change in how many
+   of t's reference neighbours the top-20 holds, before the dislike = the list
+   without t), recall@20 of the held-out item after the dislike, and items demoted
+   out of the top-20 per user. Weight 0 is the tower alone.
+2. **Every recent dislike** (``demote_dislikes=recent``): demotion near the
+   ``--recent`` latest dislikes of each test user's input, whatever their age:
+   recall@20, ndcg@20, dislike_rate@20 of the list as the test split judges it.
+   With ``fresh`` these dislikes all precede the version's newest training event,
+   so none is demoted and the figures are weight 0's.
+
+Usage: python -m bench.demotion [--epochs 8] [--seeds 3] [--recent 5]
 Writes bench/results/demotion.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from bench.common import RESULTS, SHARED_DATA, write_result
+from bench.common import RESULTS, SHARED_DATA, mean_std, write_result
+from bench.report import HEADLINE_END
 
-SETTINGS = [(0.0, 0.8), (0.5, 0.6), (1.0, 0.6), (2.0, 0.6), (1.0, 0.4), (2.0, 0.4)]
+#: (weight, threshold); weight 0 = off.
+SETTINGS = [
+    (0.0, 0.8),
+    (0.5, 0.7),
+    (1.0, 0.7),
+    (2.0, 0.7),
+    (0.5, 0.6),
+    (0.75, 0.6),
+    (1.0, 0.6),
+    (2.0, 0.6),
+    (0.5, 0.5),
+    (1.0, 0.4),
+    (2.0, 0.4),
+    (4.0, 0.4),
+]
+K = 20
+BATCH = 64  # serving's default micro-batch
+FRESH_KEYS = ("responsiveness@20", "recall@20", "demoted_per_user")
+REAL_KEYS = ("like_dislike_auc", "dislike_share@20", "judged_in_top20", "demoted_per_user")
+RECENT_KEYS = ("recall@20", "ndcg@20", "dislike_rate@20", "demoted_per_user")
+
+
+def _served(queries: list[Any], demotion: Any, width: int) -> tuple[np.ndarray, float]:
+    """Top-``width`` rows per query through serving's batches (-1 padded), and items demoted per query."""
+    from serving.retrieval import run_batch
+
+    results = []
+    for start in range(0, len(queries), BATCH):
+        results += run_batch(queries[start : start + BATCH], demotion)
+    topk = np.full((len(queries), width), -1, np.int64)
+    for r, res in enumerate(results):
+        got = res.rows[:width]
+        topk[r, : len(got)] = got
+    return topk, float(np.mean([res.demoted for res in results]))
+
+
+def _one_seed(spec: str, ds: Any, epochs: int, seed: int, recent: int) -> dict[str, list[dict]]:
+    """Both tables' rows (one per setting) for the model of ``train.seed=seed``."""
+    from common import artifacts
+    from serving.model import load_model
+    from trainer.run import train, trainer_config
+
+    with tempfile.TemporaryDirectory() as art:
+        overrides = [f"train.epochs={epochs}", f"train.seed={seed}"]
+        train(spec, art, trainer_config("movielens", overrides=overrides), ds=ds, progress=False)
+        version = artifacts.latest_version(art)
+        assert version is not None, "train published no version"
+        return _measure(load_model(art, version), ds, seed, recent)
+
+
+def _measure(model: Any, ds: Any, seed: int, recent: int) -> dict[str, list[dict]]:
+    """The three tables' rows for one loaded version, on the users it was tested on."""
+    from serving.retrieval import Demotion
+    from trainer.dislike_metrics import close_count, dislike_share, like_dislike_auc
+    from trainer.evaluate import version_neighbors
+    from trainer.exported import version_test_sets
+    from trainer.metrics import ranking_metrics
+
+    ds, test, judged = version_test_sets(model.manifest, ds, np.asarray(model.item_ids))
+    counts = ds.train_item_counts()[: model.num_items]
+    neighbors = version_neighbors(ds, model.num_items)
+    masks = [set(test.mask(r).tolist()) for r in range(len(test))]
+
+    # The probe: t = today's top-1, disliked now; "before" = the list without it.
+    base, _ = _served(_queries(model, test, test.dislikes, masks, k=K + 1), Demotion(), K + 1)
+    t = base[:, 0]
+    before = base[:, 1 : K + 1]
+    close = neighbors[t]
+    n_before = close_count(before, close)
+    probe_dislikes = _newest(test.dislikes, t)
+    probe_masks = [m | {int(x)} for m, x in zip(masks, t, strict=True)]
+    # Real feedback: each judged user's first held-out dislike d is the fresh one; the
+    # rest of their held-out answers judge the list (users with another dislike left).
+    real, d = _first_dislike_out(judged)
+    real_vecs = model.embed(real.history, real.dislikes)
+    real_masks = [set(real.mask(r).tolist()) | {int(d[r])} for r in range(len(real))]
+
+    fresh_rows, real_rows, recent_rows = [], [], []
+    for weight, threshold in SETTINGS:
+        demotion = Demotion(weight, threshold)
+        after, demoted = _served(
+            _queries(model, test, probe_dislikes, probe_masks, lambda r: t[r : r + 1]),
+            demotion,
+            K,
+        )
+        fresh_rows.append(
+            {
+                "weight": weight,
+                "threshold": threshold,
+                "responsiveness@20": (close_count(after, close) - n_before) / n_before,
+                "recall@20": ranking_metrics(after, test, counts)["recall@20"],
+                "demoted_per_user": demoted,
+            }
+        )
+        listed, demoted = _served(
+            _queries(model, real, real.dislikes, real_masks, lambda r: d[r : r + 1]), demotion, K
+        )
+        share, shown, _ = dislike_share(listed, real)
+        real_rows.append(
+            {
+                "weight": weight,
+                "threshold": threshold,
+                "like_dislike_auc": like_dislike_auc(
+                    _demoted_scores(model, real_vecs, d, demotion), real
+                ),
+                "dislike_share@20": share,
+                "judged_in_top20": shown,
+                "demoted_per_user": demoted,
+                "users": len(real),
+            }
+        )
+
+        def latest(r: int) -> np.ndarray:
+            disl = test.dislikes[r]
+            return (disl[disl > 0] - 1)[-recent:].astype(np.int64)
+
+        listed, demoted = _served(_queries(model, test, test.dislikes, masks, latest), demotion, K)
+        m = ranking_metrics(listed, test, counts)
+        recent_rows.append(
+            {
+                "weight": weight,
+                "threshold": threshold,
+                **{key: m[key] for key in RECENT_KEYS[:-1]},
+                "demoted_per_user": demoted,
+            }
+        )
+        print(f"seed {seed}", fresh_rows[-1], real_rows[-1], recent_rows[-1], file=sys.stderr)
+    return {"fresh": fresh_rows, "real": real_rows, "recent": recent_rows}
+
+
+def _queries(
+    model: Any,
+    users: Any,
+    dislikes: np.ndarray,
+    blocked: list[set[int]],
+    demote: Callable[[int], np.ndarray] | None = None,
+    k: int = K,
+) -> list[Any]:
+    """One serving query per user row: its history, ``dislikes`` tokens, ``blocked`` rows."""
+    from serving.retrieval import Query
+
+    return [
+        Query(
+            model=model,
+            k=k,
+            blocked=blocked[r],
+            history=users.history[r],
+            dislikes=dislikes[r],
+            demote_rows=None if demote is None else np.asarray(demote(r), np.int64),
+        )
+        for r in range(len(users))
+    ]
+
+
+def _newest(dislikes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Dislike tokens [u, D] with ``rows`` [u] appended as each user's newest (oldest dropped)."""
+    return np.concatenate([dislikes[:, 1:], (rows + 1)[:, None].astype(dislikes.dtype)], axis=1)
+
+
+def _first_dislike_out(judged: Any) -> tuple[Any, np.ndarray]:
+    """The judged users with >= 2 held-out dislikes, the first of them moved to the input.
+
+    Returns (users, d): ``d`` [u] the moved dislike's row (the newest dislike token,
+    filtered); the remaining held-out dislikes and every held-out positive stay answers.
+    """
+    n_dis = np.diff(judged.dislike_ptr)
+    users = judged.subset(np.flatnonzero(n_dis >= 2))
+    starts = users.dislike_ptr[:-1]
+    d = users.dislike_items[starts].astype(np.int64)
+    keep = np.ones(len(users.dislike_items), bool)
+    keep[starts] = False
+    ptr = users.dislike_ptr - np.arange(len(users.dislike_ptr))
+    return (
+        dataclasses.replace(
+            users,
+            dislikes=_newest(users.dislikes, d),
+            dislike_ptr=ptr,
+            dislike_items=users.dislike_items[keep],
+        ),
+        d,
+    )
+
+
+def _demoted_scores(
+    model: Any, vecs: np.ndarray, d: np.ndarray, demotion: Any
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """scores_of for :func:`like_dislike_auc`: the served score, demotion near ``d`` included."""
+    emb = model.embeddings
+
+    def scores_of(rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        score = np.einsum("ij,ij->i", vecs[rows], emb[items])
+        if demotion.enabled:
+            sims = np.einsum("ij,ij->i", emb[d[rows]], emb[items])
+            score = score - demotion.weight * np.maximum(0.0, sims - demotion.threshold)
+        return score
+
+    return scores_of
+
+
+def summarize(per_seed: list[dict[str, list[dict]]]) -> dict[str, list[dict]]:
+    """Per table and setting: mean and std over the seeds of every figure."""
+    out: dict[str, list[dict]] = {}
+    for table, keys in (("fresh", FRESH_KEYS), ("real", REAL_KEYS), ("recent", RECENT_KEYS)):
+        out[table] = [
+            {
+                "weight": weight,
+                "threshold": threshold,
+                **{key: mean_std([run[table][i][key] for run in per_seed]) for key in keys},
+            }
+            for i, (weight, threshold) in enumerate(SETTINGS)
+        ]
+    return out
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The three tables of a result (the README's headline: the two on fresh dislikes)."""
+
+    def cell(v: dict[str, float], fmt: str) -> str:
+        return f"{v['mean']:{fmt}} ± {v['std']:{fmt}}"
+
+    n = len(doc["seeds"])
+    users = doc["per_seed"][0]["real"][0]["users"]
+    lines = [
+        f"##### a fresh dislike, real feedback (`demote_dislikes=fresh`): ml-100k test, {n} "
+        "seeds, mean ± std",
+        "",
+        f"The {users} judged test users with two or more held-out dislikes: the first becomes "
+        "a fresh dislike (the tower's newest dislike, filtered, demoted near); the rest of "
+        "their held-out likes and dislikes judge the served list. Weight 0 is the tower alone.",
+        "",
+        "| demote weight | threshold | like_dislike_auc ↑ | dislike_share@20 ↓ | "
+        "judged items in the top-20 | items demoted out of top-20 per user |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in doc["real"]:
+        lines.append(
+            f"| {r['weight']} | {r['threshold']} | {cell(r['like_dislike_auc'], '.4f')} | "
+            f"{cell(r['dislike_share@20'], '.4f')} | {cell(r['judged_in_top20'], '.0f')} | "
+            f"{cell(r['demoted_per_user'], '.2f')} |"
+        )
+    lines += [
+        "",
+        f"##### a fresh dislike, the responsiveness probe: ml-100k test, {n} seeds, mean ± std",
+        "",
+        "Each test user dislikes their current top-1 item now. responsiveness@20 < 0 = fewer "
+        "items like it in the served top-20; recall@20 = the held-out item, after the dislike "
+        "(the probe's dislike is made up: the user may well like items near it).",
+        "",
+        "| demote weight | threshold | responsiveness@20 ↓ | recall@20 after the dislike | "
+        "items demoted out of top-20 per user |",
+        "|---|---|---|---|---|",
+    ]
+    for r in doc["fresh"]:
+        lines.append(
+            f"| {r['weight']} | {r['threshold']} | {cell(r['responsiveness@20'], '.3f')} | "
+            f"{cell(r['recall@20'], '.4f')} | {cell(r['demoted_per_user'], '.2f')} |"
+        )
+    lines += [
+        "",
+        HEADLINE_END,
+        "",
+        f"##### every recent dislike (`demote_dislikes=recent`, the {doc['recent_dislikes']} "
+        f"latest): ml-100k test, {n} seeds, mean ± std",
+        "",
+        "Under `fresh` none of these dislikes is demoted (all precede the version's data): "
+        "its figures are weight 0's.",
+        "",
+        "| demote weight | threshold | recall@20 | ndcg@20 | dislike_rate@20 | "
+        "items demoted out of top-20 per user |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in doc["recent"]:
+        lines.append(
+            f"| {r['weight']} | {r['threshold']} | {cell(r['recall@20'], '.4f')} | "
+            f"{cell(r['ndcg@20'], '.4f')} | {cell(r['dislike_rate@20'], '.4f')} | "
+            f"{cell(r['demoted_per_user'], '.2f')} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,79 +325,26 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--recent", type=int, default=5, help="recent dislikes used for demotion")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--recent", type=int, default=5, help="recent dislikes the second table demotes")
     args = p.parse_args(argv)
 
-    from common import artifacts
-    from serving.model import load_model
-    from serving.retrieval import Demotion, Query, run_batch
-    from trainer.data.examples import build_eval_set
     from trainer.data.sources import load_source
-    from trainer.data.vocab import align_items
-    from trainer.metrics import ranking_metrics
-    from trainer.run import train, trainer_config
 
     spec = f"movielens:{SHARED_DATA / 'ml-100k' / 'u.data'}"
     ds = load_source(spec)
-    rows_out: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as art:
-        train(
-            spec,
-            art,
-            trainer_config("movielens", overrides=[f"train.epochs={args.epochs}"]),
-            ds=ds,
-            progress=False,
-        )
-        model = load_model(art, artifacts.latest_version(art))
-        ds = align_items(ds, np.asarray(model.item_ids))
-        test = build_eval_set(ds, "test", model.history_length, model.dislike_length)
-        counts = ds.train_item_counts()[: model.num_items]
-        for weight, threshold in SETTINGS:
-            queries = []
-            for r in range(len(test)):
-                disl = test.dislikes[r]
-                recent = (disl[disl > 0] - 1)[-args.recent :]
-                queries.append(
-                    Query(
-                        model=model,
-                        k=20,
-                        blocked=set(test.mask(r).tolist()),
-                        history=test.history[r],
-                        dislikes=disl,
-                        demote_rows=recent.astype(np.int64),
-                    )
-                )
-            results = []
-            for start in range(0, len(queries), 64):  # serving's default batch size
-                results += run_batch(queries[start : start + 64], Demotion(weight, threshold))
-            topk = np.full((len(test), 20), -1, np.int64)
-            for r, res in enumerate(results):
-                topk[r, : len(res.rows)] = res.rows[:20]
-            m = ranking_metrics(topk, test, counts)
-            row = {
-                "weight": weight,
-                "threshold": threshold,
-                "recall@20": m["recall@20"],
-                "ndcg@20": m["ndcg@20"],
-                "dislike_rate@20": m["dislike_rate@20"],
-                "demoted_per_user": float(np.mean([res.demoted for res in results])),
-            }
-            rows_out.append(row)
-            print(row, file=sys.stderr)
-    write_result(
-        "demotion",
-        {"data": spec, "epochs": args.epochs, "recent_dislikes": args.recent, "rows": rows_out},
-    )
-    lines = [
-        "| demote weight | threshold | recall@20 | ndcg@20 | dislike_rate@20 | items demoted out of top-20 per user |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows_out:
-        lines.append(
-            f"| {r['weight']} | {r['threshold']} | {r['recall@20']:.4f} | {r['ndcg@20']:.4f} | "
-            f"{r['dislike_rate@20']:.4f} | {r['demoted_per_user']:.2f} |"
-        )
-    md = "\n".join(lines) + "\n"
+    seeds = list(range(args.seeds))
+    per_seed = [_one_seed(spec, ds, args.epochs, s, args.recent) for s in seeds]
+    doc = {
+        "data": spec,
+        "epochs": args.epochs,
+        "seeds": seeds,
+        "recent_dislikes": args.recent,
+        **summarize(per_seed),
+        "per_seed": per_seed,
+    }
+    write_result("demotion", doc)
+    md = markdown(doc)
     (RESULTS / "demotion.md").write_text(md)
     print(md)
     return 0

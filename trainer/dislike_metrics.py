@@ -227,12 +227,12 @@ def responsiveness(
     after_emb = np.asarray(embed(sub.history, dislikes))
     after = ranked(after_emb, item_emb, sub.mask_ptr, sub.mask_items, k, 1024, t)
     close = neighbors[t]
-    n_before = _close_count(before, close)
-    n_after = _close_count(after, close)
+    n_before = close_count(before, close)
+    n_after = close_count(after, close)
     return float((n_after - n_before) / n_before) if n_before else 0.0
 
 
-def _close_count(lists: np.ndarray, close: np.ndarray) -> int:
+def close_count(lists: np.ndarray, close: np.ndarray) -> int:
     """Number of (r, j) with lists[r, j] among close[r] (both ``-1`` padded)."""
     match = (lists[:, :, None] == close[:, None, :]) & (lists[:, :, None] >= 0)
     return int(match.any(axis=2).sum())

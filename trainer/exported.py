@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from common import artifacts, interrupts
 from common.artifact_format import read_items
 from trainer._tf import tf
 from trainer.config import TrainerConfig
-from trainer.data.dataset import Dataset
+from trainer.data.dataset import Dataset, EvalSet
 from trainer.data.examples import build_eval_set, build_judged_set
 from trainer.data.split import apply_dislike_holdout, train_and_valid
 from trainer.data.vocab import align_items
@@ -53,6 +54,27 @@ class ExportedModel:
         return embed_in_chunks(self._fn, history, dislikes, self.item_emb.shape[1])
 
 
+def version_test_sets(
+    manifest: dict[str, Any], ds: Dataset, item_ids: np.ndarray
+) -> tuple[Dataset, EvalSet, EvalSet]:
+    """(``ds`` as the version was tested on it, its test users, its judged test users).
+
+    ``ds`` aligned to the version's items, with the dislike holdout the version was
+    trained with ("none" for a version from before it existed), train + valid
+    merged when the version was refit; the users sampled as its config says.
+    """
+    cfg = TrainerConfig.model_validate(manifest["config"])
+    holdout_spec, valid_share, users_share = version_dislike_holdout(manifest)
+    ds = apply_dislike_holdout(align_items(ds, item_ids), holdout_spec, valid_share, users_share)
+    if manifest.get("training", {}).get("refit", {}).get("done"):
+        ds = train_and_valid(ds)  # as the version was trained and tested (train.refit)
+    H, D = int(manifest["history_length"]), int(manifest["dislike_length"])
+    cap, seed = cfg.split.max_users_eval, cfg.train.seed
+    test = sample_rows(build_eval_set(ds, "test", H, D), cap, seed)
+    judged = sample_rows(build_judged_set(ds, "test", H, D), cap, seed)
+    return ds, test, judged
+
+
 def evaluate_version(
     art: str | Path, version: str | None, ds: Dataset, topk_out: str | None = None
 ) -> dict:
@@ -66,19 +88,9 @@ def evaluate_version(
     exported = ExportedModel(art, version)
     interrupts.check()
     m = exported.manifest
-    cfg = TrainerConfig.model_validate(m["config"])
-    # The holdout the version was trained with ("none" for a version from before it existed).
-    holdout_spec, valid_share, users_share = version_dislike_holdout(m)
-    ds = apply_dislike_holdout(
-        align_items(ds, exported.item_ids), holdout_spec, valid_share, users_share
-    )
-    if m.get("training", {}).get("refit", {}).get("done"):
-        ds = train_and_valid(ds)  # as the version was trained and tested (train.refit)
-    H, D = int(m["history_length"]), int(m["dislike_length"])
-    test = sample_rows(build_eval_set(ds, "test", H, D), cfg.split.max_users_eval, cfg.train.seed)
-    judged = sample_rows(
-        build_judged_set(ds, "test", H, D), cfg.split.max_users_eval, cfg.train.seed
-    )
+    ds, test, judged = version_test_sets(m, ds, exported.item_ids)
+    holdout_spec = version_dislike_holdout(m)[0]
+    H = int(m["history_length"])
     n = len(exported.item_ids)
     counts = ds.train_item_counts()[:n]
     log.info("evaluating version %s on %d test users...", exported.version, len(test))
