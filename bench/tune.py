@@ -34,6 +34,10 @@ Usage:
       validation recall@20 against the constant rate; held-out = real valid)
   python -m bench.tune --suite gowalla_regularisation
       (on the lightgcn defaults: hidden layer width, dropout, L2; Gowalla 3 epochs)
+  python -m bench.tune --suite gowalla_capacity | ml100k_lightgcn_capacity
+      (on the lightgcn defaults: the towers' output size, model.embedding_dim 64 /
+      128, the hidden layer widened with it; Gowalla 3 epochs; ml-100k as
+      LightGCN files, 3 seeds)
   python -m bench.tune --suite S --manifests V1/manifest.json ...   (the rows from
       the manifests of versions ``twotower train --data SRC [--set ...]`` exported,
       instead of training them here: settings = the manifest config's differences
@@ -291,6 +295,24 @@ GRIDS["gowalla_regularisation"] = gowalla_3_epochs(
         ["model.dropout=0.1"],
         ["model.l2=1e-6"],
     ]
+)
+
+#: The towers' output size (the id tables and the exported vectors) on top of the
+#: lightgcn defaults: 64 (the published models' size) and 128, alone and with the
+#: hidden layer (128 wide by default) widened with it. Gowalla: 3 epochs, every
+#: validation user, no refit; the table's train time is the cost (256 with a
+#: 256-wide hidden layer was stopped after 33 minutes without finishing its 3
+#: epochs: a full training would far exceed the 30 minutes a default may take).
+#: ml-100k as LightGCN files (the second data set of the kind): 3 seeds, no refit.
+CAPACITY = [
+    [],
+    ["model.embedding_dim=128"],
+    ["model.embedding_dim=128", "model.hidden_units=256"],
+]
+GRIDS["gowalla_capacity"] = gowalla_3_epochs(CAPACITY)
+GRIDS["ml100k_lightgcn_capacity"] = (
+    ML100K_LIGHTGCN,
+    [[*g, "train.refit=false", f"train.seed={seed}"] for seed in range(3) for g in CAPACITY],
 )
 
 
