@@ -382,6 +382,53 @@ def rows_from_manifests(paths: list[str], nested: bool = False) -> tuple[str, li
     return " + ".join(sorted(sources)), rows
 
 
+def grid_markdown(suite: str, doc: dict[str, Any]) -> str:
+    """The table of a grid suite's result (``rows`` and ``how`` of its JSON)."""
+    how, rows = doc["how"], doc["rows"]
+    lines = [
+        f"### validation sweep: {suite}",
+        "",
+        f"{how}; valid figures at the exported similarity; train time and examples/s "
+        "of the fit (plus the refit's time where one was done).",
+        "",
+        "| settings | valid recall@20 | valid ndcg@20 | valid dislike_rate@20 "
+        "| valid recall@20 cosine / dot | best epoch | train time | examples/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        v = r["valid"]
+        dr = "-" if v["dislike_rate@20"] is None else f"{v['dislike_rate@20']:.4f}"
+        by = r.get("valid_recall@20_by_similarity") or {}
+        sims = " / ".join(f"{by[s]:.4f}" if s in by else "-" for s in ("cosine", "dot"))
+        secs = f"{r['train_seconds'] / 60:.1f} min" if r.get("train_seconds") else "-"
+        if r.get("refit_seconds"):
+            secs += f" + refit {r['refit_seconds'] / 60:.1f} min"
+        eps = f"{r['examples_per_second']:,.0f}" if r.get("examples_per_second") else "-"
+        lines.append(
+            f"| {' '.join(r['settings']) or '(defaults)'} | {v['recall@20']:.4f} | "
+            f"{v['ndcg@20']:.4f} | {dr} | {sims} | {r['best_epoch']} | {secs} | {eps} |"
+        )
+    nested_rows = [r for r in rows if "outer_valid" in r]
+    if nested_rows:
+        lines += [
+            "",
+            "The run's held-out split is the real validation split (the test split is not "
+            "read): its figures with and without the refit.",
+            "",
+            "| settings | held-out (real valid) recall@20 / ndcg@20 without refit | with refit |",
+            "|---|---|---|",
+        ]
+        for r in nested_rows:
+            a, b = r["outer_valid"]["without_refit"], r["outer_valid"]["with_refit"]
+            lines.append(
+                f"| {' '.join(r['settings'])} | {a['recall@20']:.4f} / {a['ndcg@20']:.4f} | "
+                f"{b['recall@20']:.4f} / {b['ndcg@20']:.4f} |"
+            )
+    if doc.get("note"):
+        lines += ["", f"Note: {doc['note']}"]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -425,47 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         spec, rows = _train_rows(*GRIDS[args.suite])
         how = f"`python -m bench.tune --suite {args.suite}`"
-    write_result(f"tune_{args.suite}", {"data": spec, "rows": rows, "how": how})
-    lines = [
-        f"### validation sweep: {args.suite}",
-        "",
-        f"{how}; valid figures at the exported similarity; train time and examples/s "
-        "of the fit (plus the refit's time where one was done).",
-        "",
-        "| settings | valid recall@20 | valid ndcg@20 | valid dislike_rate@20 "
-        "| valid recall@20 cosine / dot | best epoch | train time | examples/s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        v = r["valid"]
-        dr = "-" if v["dislike_rate@20"] is None else f"{v['dislike_rate@20']:.4f}"
-        by = r.get("valid_recall@20_by_similarity") or {}
-        sims = " / ".join(f"{by[s]:.4f}" if s in by else "-" for s in ("cosine", "dot"))
-        secs = f"{r['train_seconds'] / 60:.1f} min" if r.get("train_seconds") else "-"
-        if r.get("refit_seconds"):
-            secs += f" + refit {r['refit_seconds'] / 60:.1f} min"
-        eps = f"{r['examples_per_second']:,.0f}" if r.get("examples_per_second") else "-"
-        lines.append(
-            f"| {' '.join(r['settings']) or '(defaults)'} | {v['recall@20']:.4f} | "
-            f"{v['ndcg@20']:.4f} | {dr} | {sims} | {r['best_epoch']} | {secs} | {eps} |"
-        )
-    nested_rows = [r for r in rows if "outer_valid" in r]
-    if nested_rows:
-        lines += [
-            "",
-            "The run's held-out split is the real validation split (the test split is not "
-            "read): its figures with and without the refit.",
-            "",
-            "| settings | held-out (real valid) recall@20 / ndcg@20 without refit | with refit |",
-            "|---|---|---|",
-        ]
-        for r in nested_rows:
-            a, b = r["outer_valid"]["without_refit"], r["outer_valid"]["with_refit"]
-            lines.append(
-                f"| {' '.join(r['settings'])} | {a['recall@20']:.4f} / {a['ndcg@20']:.4f} | "
-                f"{b['recall@20']:.4f} / {b['ndcg@20']:.4f} |"
-            )
-    md = "\n".join(lines) + "\n"
+    doc = {"data": spec, "rows": rows, "how": how}
+    write_result(f"tune_{args.suite}", doc)
+    md = grid_markdown(args.suite, doc)
     (RESULTS / f"tune_{args.suite}.md").write_text(md)
     print(md)
     return 0

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from bench.quality import PUBLISHED_GOWALLA, _from_manifest, markdown_gowalla
-from bench.tune import rows_from_manifests, write_nested_lightgcn
+from bench.tune import grid_markdown, rows_from_manifests, write_nested_lightgcn
 from trainer.run import trainer_config
 
 
@@ -118,3 +118,25 @@ def test_gowalla_table_has_both_refit_states_and_labels_published_rows(tmp_path)
     assert "| ours: in_batch_no_logq | 0.1800 |" in md and "in_batch_no_logq, refit" not in md
     for name, r, g in PUBLISHED_GOWALLA:
         assert f"| published: {name} | {r:.4f} | {g:.4f} |" in md
+
+
+def test_grid_table_renders_each_row_and_the_result_note():
+    row = {
+        "settings": ["model.embedding_dim=128"],
+        "valid": {"recall@20": 0.21517, "ndcg@20": 0.12058, "dislike_rate@20": 0.0},
+        "valid_recall@20_by_similarity": {"cosine": 0.21517, "dot": 0.20171},
+        "best_epoch": 3,
+        "train_seconds": 746.0,
+        "refit_seconds": 120.0,
+        "examples_per_second": 2890.5,
+    }
+    doc = {"how": "`cmd`", "rows": [row, {**row, "settings": []}], "note": "stopped early."}
+    md = grid_markdown("capacity", doc)
+    assert md.startswith("### validation sweep: capacity\n\n`cmd`; ")
+    assert (
+        "| model.embedding_dim=128 | 0.2152 | 0.1206 | 0.0000 | 0.2152 / 0.2017 | 3 | "
+        "12.4 min + refit 2.0 min | 2,890 |" in md
+    )
+    assert "| (defaults) | 0.2152 |" in md
+    assert md.endswith("\nNote: stopped early.\n")
+    assert "Note:" not in grid_markdown("capacity", {**doc, "note": ""})
