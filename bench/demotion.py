@@ -77,7 +77,7 @@ def _served(queries: list[Any], demotion: Any, width: int) -> tuple[np.ndarray, 
 
 
 def _one_seed(spec: str, ds: Any, epochs: int, seed: int, recent: int) -> dict[str, list[dict]]:
-    """Both tables' rows (one per setting) for the model of ``train.seed=seed``."""
+    """The tables' rows (one per setting) for the model of ``train.seed=seed``."""
     from common import artifacts
     from serving.model import load_model
     from trainer.run import train, trainer_config
@@ -117,6 +117,10 @@ def _measure(model: Any, ds: Any, seed: int, recent: int) -> dict[str, list[dict
     real_vecs = model.embed(real.history, real.dislikes)
     real_masks = [set(real.mask(r).tolist()) | {int(d[r])} for r in range(len(real))]
 
+    def latest(r: int) -> np.ndarray:
+        disl = test.dislikes[r]
+        return (disl[disl > 0] - 1)[-recent:].astype(np.int64)
+
     fresh_rows, real_rows, recent_rows = [], [], []
     for weight, threshold in SETTINGS:
         demotion = Demotion(weight, threshold)
@@ -129,7 +133,7 @@ def _measure(model: Any, ds: Any, seed: int, recent: int) -> dict[str, list[dict
             {
                 "weight": weight,
                 "threshold": threshold,
-                "responsiveness@20": (close_count(after, close) - n_before) / n_before,
+                "responsiveness@20": (close_count(after, close) - n_before) / max(n_before, 1),
                 "recall@20": ranking_metrics(after, test, counts)["recall@20"],
                 "demoted_per_user": demoted,
             }
@@ -151,10 +155,6 @@ def _measure(model: Any, ds: Any, seed: int, recent: int) -> dict[str, list[dict
                 "users": len(real),
             }
         )
-
-        def latest(r: int) -> np.ndarray:
-            disl = test.dislikes[r]
-            return (disl[disl > 0] - 1)[-recent:].astype(np.int64)
 
         listed, demoted = _served(_queries(model, test, test.dislikes, masks, latest), demotion, K)
         m = ranking_metrics(listed, test, counts)
