@@ -16,7 +16,9 @@ long-running code calls :func:`check` at safe points (every training step,
 between the phases of a run, before publishing) and it raises again.
 :func:`deferred` holds the exception back over short sections that should not
 be cut in half (writing a checkpoint); the request is still recorded and raised
-when the section ends.
+when the section ends. Any other error that ends the block once Ctrl-C was
+pressed leaves it as ``KeyboardInterrupt`` (native code may have turned the
+interrupt into that error).
 
 A second Ctrl-C exits at once with status 1, also while the main thread is
 inside native code (a long TF op, a FAISS build), where no Python signal
@@ -156,6 +158,14 @@ def handled(hint: str = "") -> Iterator[None]:
     except KeyboardInterrupt:
         interrupted = True
         raise
+    except Exception as exc:
+        if not _requests:
+            raise
+        # Native code can turn the KeyboardInterrupt this handler raised into another
+        # error (TensorFlow's C++ nest.flatten reports a SystemError, then a bare
+        # TypeError): the user asked to stop, so it is an interrupt, not a failure.
+        interrupted = True
+        raise KeyboardInterrupt from exc
     finally:
         if not interrupted:
             if write_fd != -1:

@@ -57,6 +57,33 @@ def test_a_swallowed_keyboard_interrupt_is_raised_again_at_the_next_check():
     assert proc.stdout.split("\n")[:3] == ["swallowed", "requested True", "stopped"]
 
 
+def test_an_error_after_a_ctrl_c_leaves_the_block_as_an_interrupt():
+    # TensorFlow's C++ nest.flatten turns a KeyboardInterrupt raised inside it into a
+    # SystemError, then a bare TypeError: the run must still end as interrupted.
+    proc = _script(
+        """
+        for ask in (True, False):
+            try:
+                with interrupts.handled():
+                    try:
+                        if ask:
+                            ctrl_c()
+                        raise TypeError("not an interrupt")
+                    except KeyboardInterrupt:
+                        raise TypeError("mangled") from None
+            except KeyboardInterrupt as exc:
+                print("interrupted", repr(exc.__cause__), flush=True)
+            except TypeError as exc:
+                print("failed", repr(exc), flush=True)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == [
+        "interrupted TypeError('mangled')",
+        "failed TypeError('not an interrupt')",
+    ]
+
+
 def test_without_a_ctrl_c_check_does_nothing_and_the_previous_handler_comes_back():
     proc = _script(
         """
