@@ -832,6 +832,70 @@ def _metric_table(doc: dict[str, Any], part: str, names: list[str]) -> list[str]
     return lines
 
 
+#: The learning-from-dislikes targets on ml-100k, each arm against positives-only:
+#: (metric, how the paired difference is taken, the bound, the bound's direction).
+TARGETS = [
+    ("recall@20", "relative", -0.01, ">="),
+    ("like_dislike_auc", "absolute", 0.03, ">="),
+    ("dislike_share@20", "relative", -0.20, "<="),
+    ("responsiveness@20", "value", -0.30, "<="),
+]
+REFERENCE = "positives_only"
+
+
+def _seed(run: dict[str, Any]) -> int:
+    """A run's ``train.seed`` (from its settings)."""
+    return next(int(x.split("=", 1)[1]) for x in run["settings"] if x.startswith("train.seed="))
+
+
+def paired_changes(doc: dict[str, Any], name: str, part: str = "test") -> dict[str, Any]:
+    """Arm ``name`` against positives-only, paired by seed: for each TARGETS metric the
+    per-seed change (relative, absolute, or the arm's own value) as mean/std/values."""
+    ref = {_seed(r): r[part] for r in doc["arms"][REFERENCE]["runs"]}
+    runs = [r for r in doc["arms"][name]["runs"] if _seed(r) in ref]
+    out: dict[str, Any] = {}
+    for key, how, _bound, _direction in TARGETS:
+        vals = []
+        for r in runs:
+            value, base = r[part].get(key), ref[_seed(r)].get(key)
+            if value is None or (base is None and how != "value"):
+                continue
+            if how == "relative":
+                vals.append(value / base - 1.0 if base else float("nan"))
+            else:
+                vals.append(value - base if how == "absolute" else value)
+        if vals:
+            out[key] = _stats(vals)
+    return out
+
+
+def _targets_table(doc: dict[str, Any], part: str, names: list[str]) -> list[str]:
+    """Each arm against positives-only, paired by seed, beside the targets (met: ✓)."""
+    head = []
+    for key, how, bound, direction in TARGETS:
+        shown = f"{bound:+.0%}" if how == "relative" else f"{bound:+.2f}"
+        change = {"relative": "change", "absolute": "change", "value": ""}[how]
+        head.append(f"{key} {change} (target {direction} {shown})".replace("  ", " "))
+    lines = ["| arm | " + " | ".join(head) + " | targets met |", "|---|" + "---|" * (len(head) + 1)]
+    for name in names:
+        if name == REFERENCE:
+            continue
+        changes, cells, met = paired_changes(doc, name, part), [], 0
+        for key, how, bound, direction in TARGETS:
+            c = changes.get(key)
+            if c is None:
+                cells.append("-")
+                continue
+            ok = c["mean"] >= bound if direction == ">=" else c["mean"] <= bound
+            met += ok
+            fmt = "+.1%" if how == "relative" else "+.4f"
+            spread = f" ± {c['std']:{fmt[1:]}}" if len(c["values"]) > 1 else ""
+            cells.append(f"{c['mean']:{fmt}}{spread} {'✓' if ok else '✗'}")
+        label = f"**{name}** (default)" if doc["arms"][name].get("default") else name
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {met}/{len(TARGETS)} |")
+    return lines
+
+
 def _users_note(doc: dict[str, Any], part: str) -> str:
     name = next(iter(doc["arms"]))
     run = doc["arms"][name]["runs"][0][part]
@@ -857,6 +921,15 @@ def markdown_ml100k(doc: dict[str, Any]) -> str:
         "",
         _users_note(doc, "test") + " ↑/↓: higher/lower is better; responsiveness@20 < 0 = "
         "the list moves away from a just-disliked item.",
+        "",
+        "#### against positives-only, paired by seed (test): the targets",
+        "",
+        *_targets_table(doc, "test", main),
+        "",
+        "Each seed's arm against positives-only trained with the same seed, then mean ± std "
+        "over the seeds: recall@20 and dislike_share@20 as relative changes, "
+        "like_dislike_auc as a difference, responsiveness@20 as the arm's own value "
+        "(positives-only's is 0: it has no dislike input).",
         "",
         HEADLINE_END,
         "",

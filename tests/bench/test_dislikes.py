@@ -10,11 +10,13 @@ import pytest
 
 from bench.dislikes import (
     ARMS,
+    _targets_table,
     add_sums,
     audience,
     describe,
     finish_reach,
     item_ranks,
+    paired_changes,
     pick_default,
     rank_separation,
     reach_sums,
@@ -131,3 +133,53 @@ def test_select_arms_keeps_grid_order_adds_the_reference_and_names_unknown_arms(
     assert picked["subtract_ntr5_w1"] == tune["subtract_ntr5_w1"]
     with pytest.raises(ValueError, match="unknown arm.*concat_ntr7_w1.*known: positives_only"):
         select_arms(tune, ["concat_ntr7_w1"], "positives_only")
+
+
+def _run(seed: int, **test: float) -> dict:
+    return {"settings": ["loss.ntr_weight=5", f"train.seed={seed}"], "test": test}
+
+
+def test_targets_pair_each_arm_with_positives_only_of_the_same_seed():
+    ref = [
+        _run(1, **{"recall@20": 0.20, "like_dislike_auc": 0.60, "dislike_share@20": 0.50}),
+        _run(0, **{"recall@20": 0.25, "like_dislike_auc": 0.70, "dislike_share@20": 0.40}),
+    ]
+    arm = [  # seed 0 first: pairing is by train.seed, not by position
+        _run(
+            0,
+            **{
+                "recall@20": 0.25,
+                "like_dislike_auc": 0.74,
+                "dislike_share@20": 0.30,
+                "responsiveness@20": -0.4,
+            },
+        ),
+        _run(
+            1,
+            **{
+                "recall@20": 0.19,
+                "like_dislike_auc": 0.64,
+                "dislike_share@20": 0.40,
+                "responsiveness@20": -0.2,
+            },
+        ),
+    ]
+    doc = {
+        "arms": {
+            "positives_only": {"runs": ref, "settings": []},
+            "ntr": {"runs": arm, "settings": [], "default": True},
+        }
+    }
+    changes = paired_changes(doc, "ntr")
+    np.testing.assert_allclose(changes["recall@20"]["values"], [0.0, -0.05])
+    np.testing.assert_allclose(changes["like_dislike_auc"]["values"], [0.04, 0.04])
+    np.testing.assert_allclose(changes["dislike_share@20"]["values"], [-0.25, -0.20])
+    np.testing.assert_allclose(changes["responsiveness@20"]["values"], [-0.4, -0.2])
+    (row,) = [
+        line for line in _targets_table(doc, "test", ["positives_only", "ntr"]) if "ntr" in line
+    ]
+    # recall -2.5% (misses -1%), AUC +0.04 (meets +0.03), share -22.5% (meets -20%),
+    # responsiveness -0.30 (meets <= -0.30).
+    assert row.startswith("| **ntr** (default) | -2.5% ± 3.5% ✗ | +0.0400 ± 0.0000 ✓ |")
+    assert "-22.5% ± 3.5% ✓" in row and "-0.3000 ± 0.1414 ✓" in row
+    assert row.endswith("| 3/4 |")
