@@ -862,12 +862,16 @@ def paired_changes(doc: dict[str, Any], name: str, part: str = "test") -> dict[s
         vals = []
         for r in runs:
             value, base = r[part].get(key), ref[_seed(r)].get(key)
-            if value is None or (base is None and how != "value"):
+            if value is None:
                 continue
-            if how == "relative":
+            if how == "value":
+                vals.append(value)
+            elif base is None:
+                continue
+            elif how == "absolute":
+                vals.append(value - base)
+            else:  # relative
                 vals.append(value / base - 1.0 if base else float("nan"))
-            else:
-                vals.append(value - base if how == "absolute" else value)
         if vals:
             out[key] = _stats(vals)
     return out
