@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Literal
 
 import numpy as np
@@ -195,6 +196,17 @@ def _unique(ids: list[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def _known(index: dict[str, int], *groups: Iterable[str]) -> dict[str, int]:
+    """Row of each id of ``groups`` that ``index`` knows, each distinct id looked up once.
+
+    In a large catalogue each lookup in its map misses the CPU cache, and a stored
+    user's seen set repeats their positives and dislikes: the rows of one request
+    are looked up here, then read from this small map.
+    """
+    get = index.get
+    return {x: r for x in set(chain.from_iterable(groups)) if (r := get(x)) is not None}
+
+
 def _rows(index: dict[str, int], ids: Iterable[str]) -> list[int]:
     """Rows of the known ``ids``, in their order (unknown ids dropped)."""
     return [r for r in map(index.get, ids) if r is not None]
@@ -206,6 +218,7 @@ def _demote_rows(
     stored: UserState | None,
     asked: list[str],
     dislike_rows: list[int],
+    row_of: dict[str, int],
 ) -> np.ndarray | None:
     """Rows of the dislikes soft demotion reacts to (settings ``demote_dislikes``); None when off.
 
@@ -213,7 +226,7 @@ def _demote_rows(
     trained from, then the request's own (never stored, so never trained on); all
     of the user's dislikes when the version has no times. ``recent``: the user's
     latest ones (``dislike_rows``: stored, then the request's). Either way at most
-    ``demote_recent``, the latest.
+    ``demote_recent``, the latest. ``row_of``: the request's rows (:func:`_known`).
     """
     settings = app.settings
     if settings.demote_weight <= 0:
@@ -221,7 +234,7 @@ def _demote_rows(
     through = model.trained_through
     if settings.demote_dislikes == "fresh" and through is not None:
         fresh = [item for item, ts in stored.dislikes if ts > through] if stored else []
-        dislike_rows = _rows(model.id_to_index, [*fresh, *asked])
+        dislike_rows = _rows(row_of, [*fresh, *asked])
     return np.asarray(dislike_rows[-settings.demote_recent :], dtype=np.int64)
 
 
@@ -317,18 +330,17 @@ async def _recommend(
                     headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
                 )
 
-    index = model.id_to_index
-    ignored = _unique([x for x in (*req.history, *req.dislikes, *req.exclude) if x not in index])
     history = (stored.positives if stored else []) + list(req.history)
     dislikes = ([item for item, _ts in stored.dislikes] if stored else []) + list(req.dislikes)
-    # Each id is looked up once; its row serves the blocked set, the tokens and demotion.
-    history_rows = _rows(index, history)
-    dislike_rows = _rows(index, dislikes)
-    blocked = {*dislike_rows, *_rows(index, req.exclude), *_rows(index, remembered)}
-    if req.exclude_seen:
-        blocked.update(history_rows)
-        if stored is not None and stored.seen:
-            blocked.update(_rows(index, stored.seen))
+    seen = stored.seen if req.exclude_seen and stored is not None and stored.seen else ()
+    row_of = _known(model.id_to_index, history, dislikes, req.exclude, remembered, seen)
+    ignored = _unique([x for x in (*req.history, *req.dislikes, *req.exclude) if x not in row_of])
+    history_rows = _rows(row_of, history)
+    dislike_rows = _rows(row_of, dislikes)
+    if req.exclude_seen:  # every id looked up is blocked
+        blocked = set(row_of.values())
+    else:
+        blocked = {*dislike_rows, *_rows(row_of, req.exclude), *_rows(row_of, remembered)}
 
     fallback: Literal["popular"] | None = None
     if not history_rows:
@@ -345,7 +357,7 @@ async def _recommend(
             blocked=blocked,
             history=model.row_tokens(history_rows, model.history_length),
             dislikes=model.row_tokens(dislike_rows, model.dislike_length),
-            demote_rows=_demote_rows(app, model, stored, req.dislikes, dislike_rows),
+            demote_rows=_demote_rows(app, model, stored, req.dislikes, dislike_rows, row_of),
         )
         result = await app.batcher.submit(query, arrival)
         rows, scores = result.rows.tolist(), result.scores.tolist()
