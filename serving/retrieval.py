@@ -192,6 +192,45 @@ def _blocked_mask(queries: Sequence[Query], rows: np.ndarray, n: int) -> np.ndar
     return np.asarray(keys[at] == wanted)
 
 
+#: Batches up to this size are filtered by :func:`_filter_walk`. Measured on the 1M-item
+#: bench catalog (50 candidates, 30 blocked): one query 22 µs walked against 98 µs
+#: masked; four 71 against 126; from about eight the mask costs less.
+WALK_BATCH = 4
+
+
+def _filter_walk(
+    queries: Sequence[Query],
+    vecs: np.ndarray,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    depth: int,
+    demotion: Demotion,
+) -> list[Result]:
+    """:func:`filter_batch` query by query: each query's candidates walked once against its blocked set."""
+    everything = depth >= queries[0].model.num_items  # every item was ranked
+    out = []
+    for j, (q, candidates) in enumerate(zip(queries, rows.tolist(), strict=True)):
+        blocked, k = q.blocked, q.k
+        kept: list[int] = []  # positions in the search's row
+        filtered = 0  # blocked rows ranked above the k-th kept one
+        dry = False  # padding seen: the index ran dry
+        for at, row in enumerate(candidates):
+            if row < 0:
+                dry = True
+            elif row in blocked:
+                filtered += len(kept) < k
+            else:
+                kept.append(at)
+        want = max(k, initial_depth(q, demotion) - len(blocked))
+        if len(kept) < want and not (everything and not dry):
+            out.append(finish(q, vecs[j], rows[j], scores[j], depth, demotion))
+            continue
+        got_rows, got_scores = rows[j, kept], scores[j, kept]
+        got_rows, got_scores, demoted = _demote(q.model, q, got_rows, got_scores, demotion)
+        out.append(Result(got_rows[:k], got_scores[:k], filtered, 1, False, demoted))
+    return out
+
+
 def filter_batch(
     queries: Sequence[Query],
     vecs: np.ndarray,
@@ -204,7 +243,9 @@ def filter_batch(
 
     Blocked rows are masked over the batch's whole result matrix at once
     (:func:`_blocked_mask`) and the kept rows moved to the front of each row of
-    it, instead of row by row per query. A query that keeps what it wants from
+    it, instead of row by row per query; a batch of at most :data:`WALK_BATCH`
+    queries, where those NumPy calls cost more than the work, is walked query by
+    query in Python (:func:`_filter_walk`). A query that keeps what it wants from
     this search is answered from that; one that does not (it must search deeper
     or go exact) goes through :func:`finish`, which starts from the same search:
     the answers are those of :func:`finish` for every query.
@@ -216,6 +257,8 @@ def filter_batch(
       depth: the depth searched.
     """
     n = queries[0].model.num_items
+    if len(queries) <= WALK_BATCH:
+        return _filter_walk(queries, vecs, rows, scores, depth, demotion)
     valid = rows >= 0
     hit = _blocked_mask(queries, rows, n) & valid
     keep = valid & ~hit

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from serving.model import LoadedModel, load_model
-from serving.retrieval import Demotion, Query, finish, initial_depth, run_batch
+from serving.retrieval import WALK_BATCH, Demotion, Query, finish, initial_depth, run_batch
 from tests.serving.artifact_factory import make_artifact
 
 
@@ -96,10 +96,15 @@ def test_batched_equals_one_by_one(model: LoadedModel) -> None:
 
 
 @pytest.mark.parametrize("demotion", [Demotion(), Demotion(weight=3.0, threshold=0.3)])
+@pytest.mark.parametrize("batch", [40, 3, 1], ids=["masked", "walked-3", "walked-1"])
 def test_batch_filtering_answers_what_finish_answers_query_by_query(
-    model: LoadedModel, demotion: Demotion
+    model: LoadedModel, demotion: Demotion, batch: int
 ) -> None:
-    """run_batch filters a batch at once; each answer is the per-query path's, field for field."""
+    """run_batch filters a batch at once; each answer is the per-query path's, field for field.
+
+    Batches above ``WALK_BATCH`` are masked at once, smaller ones walked query by query.
+    """
+    assert (batch > WALK_BATCH) == (batch == 40)
     rng = np.random.default_rng(8)
     queries = []
     for i in range(40):
@@ -107,14 +112,19 @@ def test_batch_filtering_answers_what_finish_answers_query_by_query(
         q = _query(model, int(rng.integers(1, 60)), blocked, seed=i)
         q.demote_rows = np.asarray(sorted(blocked)[:4], np.int64)
         queries.append(q)
-    got = run_batch(queries, demotion)
-    vecs = model.embed(
-        np.stack([q.history for q in queries]), np.stack([q.dislikes for q in queries])
-    )
-    depth = min(max(initial_depth(q, demotion) for q in queries), model.num_items)
-    scores, rows = model.search(vecs, depth)
-    for j, (q, res) in enumerate(zip(queries, got, strict=True)):
-        want = finish(q, vecs[j], rows[j], scores[j], depth, demotion)
+    got, wants = [], []
+    for chunk in (queries[i : i + batch] for i in range(0, len(queries), batch)):
+        got += run_batch(chunk, demotion)
+        # The chunk's own tower call and search: the same floats as run_batch's.
+        vecs = model.embed(
+            np.stack([q.history for q in chunk]), np.stack([q.dislikes for q in chunk])
+        )
+        depth = min(max(initial_depth(q, demotion) for q in chunk), model.num_items)
+        scores, rows = model.search(vecs, depth)
+        wants += [
+            finish(q, vecs[j], rows[j], scores[j], depth, demotion) for j, q in enumerate(chunk)
+        ]
+    for res, want in zip(got, wants, strict=True):
         assert res.rows.tolist() == want.rows.tolist()
         assert res.scores.tolist() == want.scores.tolist()  # the same floats, not close ones
         assert (res.filtered, res.searches, res.exact, res.demoted) == (
