@@ -36,8 +36,10 @@ PROBE_ROWS = 64
 
 
 def _normalised_sum(emb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``sum_i mask_i emb_i / sqrt(n)`` over axis 1 (emb [B, L, dim], mask [B, L])."""
     count = mask.sum(axis=1, keepdims=True)
-    return (emb * mask[..., None]).sum(axis=1) / np.sqrt(np.maximum(count, 1.0))
+    # One batched product [B, 1, L] @ [B, L, dim] in place of a masked copy and its sum.
+    return np.matmul(mask[:, None, :], emb)[:, 0] / np.sqrt(np.maximum(count, 1.0))
 
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -68,7 +70,12 @@ class NumpyTower:
         return int(self.weights["item_embedding"].shape[0]) - 1
 
     def _clean(self, tokens: np.ndarray) -> np.ndarray:
-        tokens = np.asarray(tokens, dtype=np.int64)
+        tokens = np.asarray(tokens)
+        if tokens.dtype == np.int32 and (
+            not tokens.size or tokens.view(np.uint32).max() <= self.num_items
+        ):
+            return tokens  # serving's tokens: all in range (a negative one is > 2**31 as uint32)
+        tokens = tokens.astype(np.int64)
         return np.where((tokens < 0) | (tokens > self.num_items), 0, tokens)
 
     def _mlp(self, x: np.ndarray) -> np.ndarray:
