@@ -70,12 +70,25 @@ def machine_facts(*packages: str) -> dict[str, Any]:
     }
 
 
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that ran, as typed: ``python -m bench.x ...`` for a module of this repo.
+
+    Under ``-m`` Python puts the module's file path in ``sys.argv[0]``; a result
+    names the module instead, so its command runs from any checkout.
+    """
+    args = list(sys.argv if argv is None else argv)
+    script = Path(args[0]).resolve() if args else None
+    if script is not None and script.suffix == ".py" and REPO in script.parents:
+        args[0:1] = ["-m", ".".join(script.relative_to(REPO).with_suffix("").parts)]
+    return " ".join([Path(sys.executable).name, *args])
+
+
 def write_result(name: str, figures: dict[str, Any], *, packages: tuple[str, ...] = ()) -> Path:
     """Write ``bench/results/<name>.json`` with the command, revision and machine facts."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": name,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "git_revision": git_revision(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_facts(*packages),
