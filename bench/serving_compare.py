@@ -16,6 +16,11 @@ and concurrency 1 (latency).
     python -m bench.serving_compare --base 5d6345a                # 100k items, 3 rounds
     python -m bench.serving_compare --base HEAD~3 --rounds 5 --duration 10
     python -m bench.serving_compare --base HEAD --base-set export.ivf_codec=flat
+    python -m bench.serving_compare --base HEAD~2 --factory --items 1000000
+
+``--factory`` serves made-up item vectors and a mean tower in the trainer's
+exported form, as ``bench.serving --factory`` does (a 1M-item catalog in a
+minute, where training one takes far longer).
 
 ``--base-set KEY=VALUE`` (repeatable) gives the base side a catalog of its own,
 trained by this checkout with those trainer settings (same data, same seed):
@@ -166,12 +171,20 @@ def main() -> int:
         metavar="KEY=VALUE",
         help="trainer setting of the base side's own catalog (repeatable)",
     )
+    p.add_argument(
+        "--factory",
+        action="store_true",
+        help="made-up item vectors and a mean tower in the trainer's exported form (as "
+        "bench.serving --factory) instead of a catalog trained by twotower train",
+    )
     args = p.parse_args()
+    if args.factory and args.base_set:
+        p.error("--base-set trains the base side's catalog: it does not go with --factory")
     rounds: list[dict[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="twotower-compare-") as d:
         tmp = Path(d)
         base_rev = export_tree(args.base, tmp / "base")
-        art = make_catalog(args.items, args.users, False, tmp)
+        art = make_catalog(args.items, args.users, args.factory, tmp)
         base_art = art
         if args.base_set:
             base_art = make_catalog(
@@ -192,7 +205,9 @@ def main() -> int:
             rounds.append(this)
     figures = {
         "base_revision": base_rev,
-        "catalog": f"synthetic:users={args.users},items={args.items}, 1 epoch",
+        "catalog": f"test-factory vectors and mean tower, {args.items} items, IVF-SQ8 nprobe 16"
+        if args.factory
+        else f"synthetic:users={args.users},items={args.items}, 1 epoch",
         "base_settings": args.base_set,
         "duration_s": args.duration,
         "rounds": rounds,
