@@ -29,6 +29,7 @@ HEADLINES = [
     "demotion",
     "training_speed_mean",
     "serving",
+    "serving_compare_hot_path",
     "serving_compare",
     "serving_compare_read_script",
     "store_reads",
