@@ -192,43 +192,57 @@ def _blocked_mask(queries: Sequence[Query], rows: np.ndarray, n: int) -> np.ndar
     return np.asarray(keys[at] == wanted)
 
 
-#: Batches up to this size are filtered by :func:`_filter_walk`. Measured on the 1M-item
-#: bench catalog (50 candidates, 30 blocked): one query 22 µs walked against 98 µs
-#: masked; four 71 against 126; from about eight the mask costs less.
+#: Batches up to this size are walked query by query (:func:`_walk`) rather than masked
+#: at once (:func:`_masked`). Measured on the 1M-item bench catalog (50 candidates, 30
+#: blocked): one query 22 µs walked against 98 µs masked; four 71 against 126; from
+#: about eight the mask costs less.
 WALK_BATCH = 4
 
+#: Per query of a batch: kept rows, their scores (rank order), the blocked rows ranked
+#: above the k-th kept one (all of them when fewer than k are kept), whether the
+#: search padded its answer (-1: the index ran dry).
+Kept = tuple[list[np.ndarray], list[np.ndarray], list[int], list[bool]]
 
-def _filter_walk(
-    queries: Sequence[Query],
-    vecs: np.ndarray,
-    rows: np.ndarray,
-    scores: np.ndarray,
-    depth: int,
-    demotion: Demotion,
-) -> list[Result]:
-    """:func:`filter_batch` query by query: each query's candidates walked once against its blocked set."""
-    everything = depth >= queries[0].model.num_items  # every item was ranked
-    out = []
+
+def _walk(queries: Sequence[Query], rows: np.ndarray, scores: np.ndarray) -> Kept:
+    """:data:`Kept`, each query's candidates walked once against its blocked set."""
+    out: Kept = ([], [], [], [])
     for j, (q, candidates) in enumerate(zip(queries, rows.tolist(), strict=True)):
-        blocked, k = q.blocked, q.k
         kept: list[int] = []  # positions in the search's row
-        filtered = 0  # blocked rows ranked above the k-th kept one
-        dry = False  # padding seen: the index ran dry
+        filtered = 0
+        dry = False
         for at, row in enumerate(candidates):
             if row < 0:
                 dry = True
-            elif row in blocked:
-                filtered += len(kept) < k
+            elif row in q.blocked:
+                filtered += len(kept) < q.k
             else:
                 kept.append(at)
-        want = max(k, initial_depth(q, demotion) - len(blocked))
-        if len(kept) < want and not (everything and not dry):
-            out.append(finish(q, vecs[j], rows[j], scores[j], depth, demotion))
-            continue
-        got_rows, got_scores = rows[j, kept], scores[j, kept]
-        got_rows, got_scores, demoted = _demote(q.model, q, got_rows, got_scores, demotion)
-        out.append(Result(got_rows[:k], got_scores[:k], filtered, 1, False, demoted))
+        out[0].append(rows[j, kept])
+        out[1].append(scores[j, kept])
+        out[2].append(filtered)
+        out[3].append(dry)
     return out
+
+
+def _masked(queries: Sequence[Query], rows: np.ndarray, scores: np.ndarray) -> Kept:
+    """:data:`Kept`, blocked rows masked over the batch's whole result matrix at once
+    (:func:`_blocked_mask`) and the kept rows moved to the front of each row of it."""
+    valid = rows >= 0
+    hit = _blocked_mask(queries, rows, queries[0].model.num_items) & valid
+    keep = valid & ~hit
+    ks = np.array([q.k for q in queries], dtype=np.int64)
+    filtered = (hit & (np.cumsum(keep, axis=1) < ks[:, None])).sum(axis=1).tolist()
+    kept = keep.sum(axis=1).tolist()
+    order = np.argsort(~keep, axis=1, kind="stable")  # kept first, in rank order
+    front_rows = np.take_along_axis(rows, order, axis=1)
+    front_scores = np.take_along_axis(scores, order, axis=1)
+    return (
+        [front_rows[j, :n] for j, n in enumerate(kept)],
+        [front_scores[j, :n] for j, n in enumerate(kept)],
+        filtered,
+        [not bool(v) for v in np.asarray(valid.all(axis=1))],
+    )
 
 
 def filter_batch(
@@ -241,14 +255,12 @@ def filter_batch(
 ) -> list[Result]:
     """:func:`finish` for a whole batch of one model version, the common case in one pass.
 
-    Blocked rows are masked over the batch's whole result matrix at once
-    (:func:`_blocked_mask`) and the kept rows moved to the front of each row of
-    it, instead of row by row per query; a batch of at most :data:`WALK_BATCH`
-    queries, where those NumPy calls cost more than the work, is walked query by
-    query in Python (:func:`_filter_walk`). A query that keeps what it wants from
-    this search is answered from that; one that does not (it must search deeper
-    or go exact) goes through :func:`finish`, which starts from the same search:
-    the answers are those of :func:`finish` for every query.
+    The batch's blocked rows are masked at once (:func:`_masked`), or for a batch of
+    at most :data:`WALK_BATCH` queries, where those NumPy calls cost more than the
+    work, walked query by query (:func:`_walk`). A query that keeps what it wants
+    from this search is answered from that; one that does not (it must search
+    deeper or go exact) goes through :func:`finish`, which starts from the same
+    search: the answers are those of :func:`finish` for every query.
 
     Args:
       queries: B queries of one model version.
@@ -256,30 +268,18 @@ def filter_batch(
       rows: int64 [B, depth] and scores: float32 [B, depth], the batch's search (-1 = none).
       depth: the depth searched.
     """
-    n = queries[0].model.num_items
-    if len(queries) <= WALK_BATCH:
-        return _filter_walk(queries, vecs, rows, scores, depth, demotion)
-    valid = rows >= 0
-    hit = _blocked_mask(queries, rows, n) & valid
-    keep = valid & ~hit
-    ks = np.array([q.k for q in queries], dtype=np.int64)
-    wants = [max(q.k, initial_depth(q, demotion) - len(q.blocked)) for q in queries]
-    # Blocked rows ranked above the k-th kept one (all of them when fewer than k are kept).
-    filtered = (hit & (np.cumsum(keep, axis=1) < ks[:, None])).sum(axis=1).tolist()
-    # Every item was ranked: the search went the whole catalogue deep and returned no gaps.
-    everything = depth >= n
-    complete = [everything and bool(v) for v in np.asarray(valid.all(axis=1))]
-    kept = keep.sum(axis=1).tolist()
-    order = np.argsort(~keep, axis=1, kind="stable")  # kept first, in rank order
-    front_rows = np.take_along_axis(rows, order, axis=1)
-    front_scores = np.take_along_axis(scores, order, axis=1)
+    kept_rows, kept_scores, filtered, dry = (_walk if len(queries) <= WALK_BATCH else _masked)(
+        queries, rows, scores
+    )
+    # Every item was ranked: the search went the whole catalogue deep.
+    everything = depth >= queries[0].model.num_items
     out = []
     for j, q in enumerate(queries):
-        if kept[j] < wants[j] and not complete[j]:
+        want = max(q.k, initial_depth(q, demotion) - len(q.blocked))
+        if len(kept_rows[j]) < want and not (everything and not dry[j]):
             out.append(finish(q, vecs[j], rows[j], scores[j], depth, demotion))
             continue
-        got_rows, got_scores = front_rows[j, : kept[j]], front_scores[j, : kept[j]]
-        got_rows, got_scores, demoted = _demote(q.model, q, got_rows, got_scores, demotion)
+        got_rows, got_scores, demoted = _demote(q.model, q, kept_rows[j], kept_scores[j], demotion)
         out.append(Result(got_rows[: q.k], got_scores[: q.k], filtered[j], 1, False, demoted))
     return out
 
