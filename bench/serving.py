@@ -458,6 +458,10 @@ def in_process(art: Path, users: int, iterations: int) -> dict[str, Any]:
     return asyncio.run(go())
 
 
+#: What ``make_catalog(..., factory=True)`` serves, as results describe it.
+FACTORY_CATALOG = "test-factory vectors (the trainer's exported mean tower form), IVF-SQ8 nprobe 16"
+
+
 def make_catalog(
     items: int, users: int, factory: bool, tmp: Path, overrides: Sequence[str] = ()
 ) -> Path:
@@ -929,7 +933,7 @@ def main() -> int:
         "catalogs": "synthetic:users=N,items=M trained 1 epoch by twotower train (index as the "
         "trainer picks)"
         if not args.factory
-        else "test-factory vectors (the trainer's exported mean tower form), IVF-SQ8 nprobe 16",
+        else FACTORY_CATALOG,
         "goals": GOALS,
         "not_run": not_run,
         "corpora": results,

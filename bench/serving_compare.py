@@ -41,6 +41,7 @@ from typing import Any
 
 from bench.common import REPO, write_report
 from bench.serving import (
+    FACTORY_CATALOG,
     REDIS_URL,
     _catalog,
     _cpu_seconds,
@@ -205,7 +206,7 @@ def main() -> int:
             rounds.append(this)
     figures = {
         "base_revision": base_rev,
-        "catalog": f"test-factory vectors and mean tower, {args.items} items, IVF-SQ8 nprobe 16"
+        "catalog": f"{FACTORY_CATALOG}, {args.items} items"
         if args.factory
         else f"synthetic:users={args.users},items={args.items}, 1 epoch",
         "base_settings": args.base_set,

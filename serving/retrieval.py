@@ -206,23 +206,23 @@ Kept = tuple[list[np.ndarray], list[np.ndarray], list[int], list[bool]]
 
 def _walk(queries: Sequence[Query], rows: np.ndarray, scores: np.ndarray) -> Kept:
     """:data:`Kept`, each query's candidates walked once against its blocked set."""
-    out: Kept = ([], [], [], [])
+    kept_rows, kept_scores, filtered, dry = [], [], [], []
     for j, (q, candidates) in enumerate(zip(queries, rows.tolist(), strict=True)):
         kept: list[int] = []  # positions in the search's row
-        filtered = 0
-        dry = False
+        hits = 0
+        padded = False
         for at, row in enumerate(candidates):
             if row < 0:
-                dry = True
+                padded = True
             elif row in q.blocked:
-                filtered += len(kept) < q.k
+                hits += len(kept) < q.k
             else:
                 kept.append(at)
-        out[0].append(rows[j, kept])
-        out[1].append(scores[j, kept])
-        out[2].append(filtered)
-        out[3].append(dry)
-    return out
+        kept_rows.append(rows[j, kept])
+        kept_scores.append(scores[j, kept])
+        filtered.append(hits)
+        dry.append(padded)
+    return kept_rows, kept_scores, filtered, dry
 
 
 def _masked(queries: Sequence[Query], rows: np.ndarray, scores: np.ndarray) -> Kept:
