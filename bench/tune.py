@@ -32,6 +32,7 @@ Usage:
   python -m bench.tune --suite gowalla_lr_decay
       (one level down: the learning rate halved after each epoch without a better
       validation recall@20 against the constant rate; held-out = real valid)
+  python -m bench.tune --suite gowalla_memory   (loss.memory_batches: cross-batch memory)
   python -m bench.tune --suite gowalla_regularisation
       (on the lightgcn defaults: hidden layer width, dropout, L2; Gowalla 3 epochs)
   python -m bench.tune --suite gowalla_capacity | ml100k_lightgcn_capacity
@@ -282,6 +283,13 @@ GRIDS["gowalla_levers"] = gowalla_3_epochs(
         ["train.batch_size=2048", "train.learning_rate=0.006"],
         ["loss.mixed_negatives=1024"],
     ]
+)
+
+#: A cross-batch memory of the last K global batches' labels as extra negatives
+#: (loss.memory_batches; off, 1, 4): more negatives from the label distribution without
+#: a larger batch. 3 epochs, every validation user, no refit.
+GRIDS["gowalla_memory"] = gowalla_3_epochs(
+    [[], ["loss.memory_batches=1"], ["loss.memory_batches=4"]]
 )
 
 #: The towers' shape and regularisation on top of the lightgcn defaults: no hidden layer

@@ -78,6 +78,10 @@ class LossConfig(_Section):
     trainer/data/examples.py). Needs ``model.use_dislike_input`` to matter."""
     mixed_negatives: int = Field(0, ge=0)
     """Uniformly sampled extra candidates per batch (0 = in-batch only)."""
+    memory_batches: int = Field(0, ge=0, le=64)
+    """K > 0: a cross-batch memory. The positive labels of the last K global batches,
+    embedded by the current item tower, join the candidates as negatives, and every
+    candidate's q counts the K extra draws (see trainer/retrieval_task.py). 0 = off."""
     remove_accidental_hits: bool = True
     dislike_negatives: int = Field(0, ge=0)
     """N: a positive row's candidates also hold the user's N most recent dislikes

@@ -68,6 +68,8 @@ class TwoTowerModel(tfrs.Model):
             dedupe_candidates=config.loss.dedupe_candidates,
             dislike_negatives=config.loss.dislike_negatives,
             logq_label=config.loss.logq_label,
+            memory_batches=config.loss.memory_batches,
+            memory_rows=config.train.batch_size,
         )
         self.ssm_tracker = keras.metrics.Mean(name="ssm")
         self.ntr_tracker = keras.metrics.Mean(name="ntr")
@@ -125,6 +127,8 @@ class TwoTowerModel(tfrs.Model):
             # The row's N most recent dislikes before t (right-aligned, 0 = padding).
             dislike_ids = features["dislikes"][:, -n:]
             dislikes = self.item_tower(dislike_ids, training=training)
+        memory_ids = self.task.memory_ids()
+        memory = None if memory_ids is None else self.item_tower(memory_ids, training=training)
         out = self.task(
             user,
             item,
@@ -136,6 +140,7 @@ class TwoTowerModel(tfrs.Model):
             training=training,
             dislike_item_embeddings=dislikes,
             dislike_ids=dislike_ids,
+            memory_item_embeddings=memory,
         )
         self.ssm_tracker.update_state(out.ssm_mean)
         self.ntr_tracker.update_state(out.ntr_mean)

@@ -57,13 +57,14 @@ SCRIPT = textwrap.dedent(
         return out
 
 
-    def build(dedupe, negs=0, label="corrected", hits=True):
+    def build(dedupe, negs=0, label="corrected", hits=True, memory=0):
         users = tf.Variable(USER0, name="users")
         items = tf.Variable(ITEM0, name="items")
         est = StreamingFrequencyEstimator(buckets=16, hashes=2, alpha=0.3, initial_gap=10.0, seed=3)
         task = NTRRetrievalTask(
             N, 0.2, 0.6, logq="streaming", estimator=est, mixed_negatives=M, dedupe_candidates=dedupe,
             dislike_negatives=negs, logq_label=label, remove_accidental_hits=hits,
+            memory_batches=memory, memory_rows=12,
         )
         return users, items, est, task
 
@@ -73,6 +74,8 @@ SCRIPT = textwrap.dedent(
         if task.dislike_negatives:
             negs = {"dislike_item_embeddings": tf.gather(items, b["dislikes"]), "dislike_ids": b["dislikes"]}
         with tf.GradientTape() as tape:
+            if task.memory is not None:  # the memory's ids, embedded now (with gradient)
+                negs["memory_item_embeddings"] = tf.gather(items, task.memory_ids())
             out = task(
                 tf.gather(users, b["user"]), tf.gather(items, b["item"]), b["item"], b["is_positive"],
                 b["weight"], extra_item_embeddings=tf.gather(items, b["extra"]), extra_ids=b["extra"],
@@ -88,11 +91,11 @@ SCRIPT = textwrap.dedent(
         return {n: first(getattr(est, n)).numpy() for n in ("last_seen", "gap", "step")}
 
 
-    def run(strategy, split, dedupe=False, negs=0, label="corrected", hits=True):
+    def run(strategy, split, dedupe=False, negs=0, label="corrected", hits=True, memory=0):
         data = batches(split)
         res = {"single": [], "mirrored": []}
 
-        users, items, est, task = build(dedupe, negs, label, hits)
+        users, items, est, task = build(dedupe, negs, label, hits, memory)
         step = tf.function(lambda b: loss_and_grads(users, items, task, b))
         for b in data:
             total, ssm, ntr, npos, grads = step({k: tf.constant(v) for k, v in b.items()})
@@ -100,7 +103,7 @@ SCRIPT = textwrap.dedent(
         single_state = state(est)
 
         with strategy.scope():
-            m_users, m_items, m_est, m_task = build(dedupe, negs, label, hits)
+            m_users, m_items, m_est, m_task = build(dedupe, negs, label, hits, memory)
 
         @tf.function
         def m_step(per_replica):
@@ -170,6 +173,8 @@ SCRIPT = textwrap.dedent(
         "dislike_negatives_dedupe": run(strategy, 7, dedupe=True, negs=NEGS),
         "exact_label": run(strategy, 5, label="exact"),
         "exact_label_with_hits": run(strategy, 7, label="exact", hits=False, negs=NEGS),
+        "memory": run(strategy, 5, memory=2),
+        "memory_dedupe": run(strategy, 7, dedupe=True, memory=2),
     }))
     """
 )
@@ -205,6 +210,8 @@ def mirrored_results() -> dict:
         "dislike_negatives_dedupe",
         "exact_label",
         "exact_label_with_hits",
+        "memory",
+        "memory_dedupe",
     ],
 )
 def test_mirrored_loss_and_gradients_equal_single_device(mirrored_results: dict, split: str):
@@ -214,7 +221,9 @@ def test_mirrored_loss_and_gradients_equal_single_device(mirrored_results: dict,
     ``dislike_negatives``: 3 per row, each replica its own rows' (split 5/7, and 7/5 with
     dedupe, where a row's dislikes also drop C's slots of those items). ``exact_label``:
     ``loss.logq_label=exact`` (split 5/7), and without hit removal (7/5), where each row's
-    own slot must be found among the gathered slots."""
+    own slot must be found among the gathered slots. ``memory``: a cross-batch memory of
+    2 global batches (5/7, and 7/5 with dedupe): it fills, then wraps, over the 5 steps,
+    and both replicas must write and read the same global batches."""
     r = mirrored_results[split]
     assert r["loss_scale"] > 0.1 and r["grad_scale"] > 1e-3, (
         r

@@ -177,6 +177,8 @@ RESUME_SETS = [
     "train.checkpoint_every=3",
     "train.early_stopping_patience=0",
     "loss.mixed_negatives=16",
+    # Training state beyond the weights and the estimator: a resume must restore it.
+    "loss.memory_batches=2",
 ]
 
 
