@@ -271,12 +271,12 @@ def filter_batch(
     kept_rows, kept_scores, filtered, dry = (_walk if len(queries) <= WALK_BATCH else _masked)(
         queries, rows, scores
     )
-    # Every item was ranked: the search went the whole catalogue deep.
-    everything = depth >= queries[0].model.num_items
+    everything = depth >= queries[0].model.num_items  # the search went the catalogue deep
     out = []
     for j, q in enumerate(queries):
         want = max(q.k, initial_depth(q, demotion) - len(q.blocked))
-        if len(kept_rows[j]) < want and not (everything and not dry[j]):
+        complete = everything and not dry[j]  # every item was ranked, no gaps
+        if len(kept_rows[j]) < want and not complete:
             out.append(finish(q, vecs[j], rows[j], scores[j], depth, demotion))
             continue
         got_rows, got_scores, demoted = _demote(q.model, q, kept_rows[j], kept_scores[j], demotion)
