@@ -38,6 +38,7 @@ from serving.docs import ASSETS_PATH as DOCS_ASSETS_PATH
 from serving.docs import install_docs
 from serving.metrics import Metrics, mark_process_dead
 from serving.middleware import LimitsAndTimingMiddleware
+from serving.model import LoadedModel
 from serving.openapi import apply_access, apply_limits
 from serving.ratelimit import RateLimiter
 from serving.reload import ModelHolder, Reloader
@@ -169,9 +170,16 @@ def _build_state(settings: Settings) -> AppState:
         )
         metrics.reloads.labels("ok").inc()
 
+    demotion = Demotion(settings.demote_weight, settings.demote_threshold, settings.demote_near)
+
+    def prepare(model: LoadedModel) -> None:
+        if demotion.enabled:  # the per-version threshold, before the version serves
+            model.demote_threshold = demotion.threshold_for(model)
+
     reloader = Reloader(
         settings.artifacts,
         holder,
+        prepare=prepare,
         poll_s=settings.reload_poll_s,
         retry_max_s=settings.reload_retry_max_s,
         use_gpu=settings.use_gpu,
@@ -182,7 +190,7 @@ def _build_state(settings: Settings) -> AppState:
     batcher = Batcher(
         settings.batch_max_size,
         settings.batch_max_wait_ms,
-        Demotion(settings.demote_weight, settings.demote_threshold),
+        demotion,
         on_batch=metrics.batch_size.observe,
         on_restart=metrics.batcher_restarts.inc,
     )

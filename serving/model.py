@@ -266,6 +266,8 @@ class LoadedModel:
       trained_through: the newest event time (epoch seconds) in the data the version
         was trained from (manifest ``data.time_range.max``); None when the version
         does not say (a source without times).
+      demote_threshold: the similarity above which soft demotion lowers an item for
+        this version, as the server resolved it at load (None: demotion is off).
     """
 
     version: str
@@ -281,9 +283,11 @@ class LoadedModel:
     trained_through: float | None = None
     loaded_at: float = field(default_factory=time.time)
     tower_note: str = "SavedModel"
+    demote_threshold: float | None = None
     _tower: Any = None
     _saved: Any = None
     _numpy_tower: NumpyTower | None = None
+    _near: dict[float, float] = field(default_factory=dict)
 
     @property
     def num_items(self) -> int:
@@ -322,6 +326,24 @@ class LoadedModel:
             scores, rows = rescore(self.embeddings, q, scores, rows)
         return scores, rows
 
+    @functools.cached_property
+    def item_norms(self) -> np.ndarray:
+        """float32 [N] item vector lengths (1 for a zero vector, whose cosines are 0)."""
+        norms = np.linalg.norm(self.embeddings, axis=1).astype(np.float32)
+        norms[norms == 0] = 1.0
+        return norms
+
+    def near_similarity(self, share: float) -> float:
+        """The item-item cosine above which ``share`` of the version's item pairs lie.
+
+        Estimated once per ``share`` (then cached) from a seeded sample of pairs
+        (:func:`pair_similarity_quantile`); +inf for a catalogue of fewer than two items.
+        """
+        got = self._near.get(share)
+        if got is None:
+            got = self._near[share] = pair_similarity_quantile(self.embeddings, 1.0 - share)
+        return got
+
     def exact_scores(self, query: np.ndarray) -> np.ndarray:
         """Inner products of one query [dim] with every item: float32 [N]."""
         return self.embeddings @ query
@@ -334,6 +356,7 @@ class LoadedModel:
             "device": self.index.device,
             "loaded_at": self.loaded_at,
             "user_tower": self.tower_note,
+            "demote_threshold": self.demote_threshold,
         }
         return json_safe(out)
 
@@ -358,6 +381,41 @@ class LoadedModel:
             h[0, -1] = 1
         q = self.embed(h, d)
         self.search(q, min(10, self.num_items))
+
+
+#: Pairs :func:`pair_similarity_quantile` samples: anchors x others (4M inner products,
+#: about 0.1 s once per version; the quantile's sampling error is far below the
+#: spread between versions).
+PAIR_ANCHORS, PAIR_OTHERS = 256, 16384
+
+
+def pair_similarity_quantile(
+    embeddings: np.ndarray,
+    q: float,
+    anchors: int = PAIR_ANCHORS,
+    others: int = PAIR_OTHERS,
+    seed: int = 0,
+) -> float:
+    """The ``q`` quantile of the cosine between two distinct items.
+
+    Over every pair of a catalogue of at most ``anchors`` items, else over a seeded
+    sample of ``anchors`` items against ``others`` (the same catalogue always gives
+    the same value); an item's pair with itself is left out. +inf for fewer than
+    two items (nothing is near).
+    """
+    n = len(embeddings)
+    if n < 2:
+        return math.inf
+    rng = np.random.default_rng(seed)
+    a = np.sort(rng.choice(n, min(anchors, n), replace=False))
+    o = np.sort(rng.choice(n, min(others, n), replace=False))
+    sims = _unit(embeddings[a]) @ _unit(embeddings[o]).T
+    return float(np.quantile(sims[a[:, None] != o[None, :]], q))
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms == 0, 1.0, norms)
 
 
 def _require(path: Path, what: str) -> Path:

@@ -62,6 +62,8 @@ class Reloader:
     so serving continues on the old version while the new one loads and warms.
 
     Args:
+      prepare: called with a newly loaded model in the loading thread, before it is
+        swapped in (work a version needs before it serves).
       on_swap: called with the new model after each swap.
       on_failure: called with (version, exception) after each failed load.
       on_published: called with the version LATEST names (or None) at every check.
@@ -76,6 +78,7 @@ class Reloader:
         poll_s: float = 2.0,
         retry_max_s: float = 60.0,
         use_gpu: str = "auto",
+        prepare: Callable[[LoadedModel], None] | None = None,
         on_swap: Callable[[LoadedModel], None] | None = None,
         on_failure: Callable[[str, Exception], None] | None = None,
         on_published: Callable[[str | None], None] | None = None,
@@ -86,6 +89,7 @@ class Reloader:
         self.poll_s = poll_s
         self.retry_max_s = retry_max_s
         self.use_gpu = use_gpu
+        self.prepare = prepare
         self.on_swap = on_swap
         self.on_failure = on_failure
         self.on_published = on_published
@@ -115,7 +119,7 @@ class Reloader:
             if version == self.failed_version and self.clock() < self.retry_at:
                 return False
             try:
-                model = await asyncio.to_thread(load_model, self.art, version, use_gpu=self.use_gpu)
+                model = await asyncio.to_thread(self._load, version)
             except Exception as exc:
                 self._failed(version, exc)
                 return False
@@ -126,6 +130,12 @@ class Reloader:
             if self.on_swap is not None:
                 self.on_swap(model)
             return True
+
+    def _load(self, version: str) -> LoadedModel:
+        model = load_model(self.art, version, use_gpu=self.use_gpu)
+        if self.prepare is not None:
+            self.prepare(model)
+        return model
 
     def _failed(self, version: str, exc: Exception) -> None:
         if version != self.failed_version:

@@ -21,14 +21,33 @@ from serving.model import LoadedModel
 
 @dataclass(frozen=True)
 class Demotion:
-    """Soft demotion: score -= weight * max(0, sim - threshold), sim = max inner product with a recent dislike."""
+    """Soft demotion near the dislikes it reacts to.
+
+    score -= weight * max(0, sim - threshold) * |u| |i|, ``sim`` the item's largest
+    cosine with one of those dislikes. ``|u| |i|`` (the user's and the item's vector
+    lengths) puts the penalty in the score's own units, ``|u| |i| cos(u, i)``: 1 for
+    a cosine export (unit vectors), so a dot export is demoted as much.
+
+    Attributes:
+      weight: the penalty factor; 0 = off.
+      threshold: an absolute cosine; None (the default) = the served version's own:
+        the cosine above which the ``near`` share of its item pairs lie
+        (:meth:`LoadedModel.near_similarity`), so a dislike reaches about as far
+        into every version's catalogue whatever its training made of the scale.
+      near: that share of item pairs, when ``threshold`` is None.
+    """
 
     weight: float = 0.0
-    threshold: float = 0.8
+    threshold: float | None = None
+    near: float = 0.01
 
     @property
     def enabled(self) -> bool:
         return self.weight > 0.0
+
+    def threshold_for(self, model: LoadedModel) -> float:
+        """The similarity above which an item is demoted, for ``model``."""
+        return self.threshold if self.threshold is not None else model.near_similarity(self.near)
 
 
 @dataclass
@@ -122,13 +141,30 @@ def _keep(
     return rows[keep], scores[keep], dry, int(hit[:cut].sum())
 
 
+def demotion_penalty(
+    model: LoadedModel, vec: np.ndarray, rows: np.ndarray, near: np.ndarray, demotion: Demotion
+) -> np.ndarray:
+    """float32 [len(rows)]: what :class:`Demotion` takes off each row's score for query ``vec``.
+
+    ``near``: the rows of the dislikes it reacts to (non-empty).
+    """
+    emb, norms = model.embeddings, model.item_norms
+    cos = (emb[rows] @ emb[near].T) / (norms[rows][:, None] * norms[near][None, :])
+    over = np.maximum(0.0, cos.max(axis=1) - demotion.threshold_for(model))
+    return (demotion.weight * float(np.linalg.norm(vec)) * norms[rows] * over).astype(np.float32)
+
+
 def _demote(
-    model: LoadedModel, q: Query, rows: np.ndarray, scores: np.ndarray, demotion: Demotion
+    model: LoadedModel,
+    q: Query,
+    vec: np.ndarray,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    demotion: Demotion,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     if not demotion.enabled or q.demote_rows is None or len(q.demote_rows) == 0 or len(rows) == 0:
         return rows, scores, 0
-    sims = (model.embeddings[rows] @ model.embeddings[q.demote_rows].T).max(axis=1)
-    adjusted = scores - demotion.weight * np.maximum(0.0, sims - demotion.threshold)
+    adjusted = scores - demotion_penalty(model, vec, rows, q.demote_rows, demotion)
     order = np.argsort(-adjusted, kind="stable")
     before = set(rows[: q.k].tolist())
     rows, scores = rows[order], adjusted[order].astype(np.float32)
@@ -166,7 +202,7 @@ def finish(
         s, r = model.search(vec[None, :], depth)
         rows, scores = r[0], s[0]
         searches += 1
-    kept_rows, kept_scores, demoted = _demote(model, q, kept_rows, kept_scores, demotion)
+    kept_rows, kept_scores, demoted = _demote(model, q, vec, kept_rows, kept_scores, demotion)
     return Result(kept_rows[: q.k], kept_scores[: q.k], filtered, searches, exact, demoted)
 
 
@@ -279,7 +315,9 @@ def filter_batch(
         if len(kept_rows[j]) < want and not complete:
             out.append(finish(q, vecs[j], rows[j], scores[j], depth, demotion))
             continue
-        got_rows, got_scores, demoted = _demote(q.model, q, kept_rows[j], kept_scores[j], demotion)
+        got_rows, got_scores, demoted = _demote(
+            q.model, q, vecs[j], kept_rows[j], kept_scores[j], demotion
+        )
         out.append(Result(got_rows[: q.k], got_scores[: q.k], filtered[j], 1, False, demoted))
     return out
 

@@ -256,6 +256,11 @@ class SimilarResponse(BaseModel):
 class ServingInfo(BaseModel):
     device: Literal["cpu", "gpu"] = Field(description="where the FAISS index lives")
     loaded_at: float = Field(description="when this process loaded the version (epoch seconds)")
+    demote_threshold: float | None = Field(
+        None,
+        description="the item-item similarity above which soft demotion lowers an item "
+        "for this version (null: demotion is off)",
+    )
 
 
 class ModelResponse(BaseModel):

@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 K_CAP = 1000
 LIST_CAP = 10_000
 EVENTS_CAP = 10_000
+#: Soft demotion's defaults (``demote_weight``, ``demote_near``): ``python -m
+#: bench.demotion``'s pick on ml-100k validation (``bench.demotion.choose``).
+DEMOTE_WEIGHT = 0.5
+DEMOTE_NEAR = 0.05
 
 
 def _is_loopback(host: str) -> bool:
@@ -233,18 +237,28 @@ class Settings(BaseSettings):
         "serve --workers N sets a fresh one): /metrics sums every process writing there",
     )
 
-    # --- soft demotion near recent dislikes (off by default) -------------------------
+    # --- soft demotion near fresh dislikes -----------------------------------------
     demote_weight: float = Field(
-        0.0,
+        DEMOTE_WEIGHT,
         ge=0.0,
         le=100.0,
-        description="score penalty factor for items similar to recent dislikes; 0 = off",
+        description="score penalty factor for items similar to fresh dislikes (score -= "
+        "weight * max(0, cosine - threshold) * |u| |i|); 0 = off",
     )
-    demote_threshold: float = Field(
-        0.8,
+    demote_near: float = Field(
+        DEMOTE_NEAR,
+        gt=0.0,
+        le=1.0,
+        description="the share of the served version's item pairs counted as near: an item "
+        "is demoted above the cosine that share of pairs exceeds (computed per version "
+        "at load; GET /v1/model shows it as serving.demote_threshold)",
+    )
+    demote_threshold: float | None = Field(
+        None,
         ge=-1.0,
         le=1.0,
-        description="similarity (inner product) to a recent dislike above which an item is demoted",
+        description="an absolute cosine to a recent dislike above which an item is "
+        "demoted, in place of demote_near's per-version one",
     )
     demote_recent: int = Field(
         5, ge=1, le=100, description="how many recent dislikes demotion looks at"

@@ -55,24 +55,28 @@ class ExportedModel:
 
 
 def version_test_sets(
-    manifest: dict[str, Any], ds: Dataset, item_ids: np.ndarray
+    manifest: dict[str, Any], ds: Dataset, item_ids: np.ndarray, split: str = "test"
 ) -> tuple[Dataset, EvalSet, EvalSet]:
-    """(``ds`` as the version was tested on it, its test users, its judged test users).
+    """(``ds`` as the version was tested on it, its ``split`` users, its judged ones).
 
     ``ds`` aligned to the version's items, with the dislike holdout the version was
     trained with ("none" for a version from before it existed), train + valid
     merged when the version was refit; the users sampled as its config says.
+    ``split="valid"`` gives the validation users instead (a refit version has none:
+    it trained on them).
     """
     cfg = TrainerConfig.model_validate(manifest["config"])
     holdout_spec, valid_share, users_share = version_dislike_holdout(manifest)
     ds = apply_dislike_holdout(align_items(ds, item_ids), holdout_spec, valid_share, users_share)
     if manifest.get("training", {}).get("refit", {}).get("done"):
+        if split != "test":
+            raise ValueError(f"version was refit on train + valid: it has no {split} split")
         ds = train_and_valid(ds)  # as the version was trained and tested (train.refit)
     H, D = int(manifest["history_length"]), int(manifest["dislike_length"])
     cap, seed = cfg.split.max_users_eval, cfg.train.seed
-    test = sample_rows(build_eval_set(ds, "test", H, D), cap, seed)
-    judged = sample_rows(build_judged_set(ds, "test", H, D), cap, seed)
-    return ds, test, judged
+    users = sample_rows(build_eval_set(ds, split, H, D), cap, seed)
+    judged = sample_rows(build_judged_set(ds, split, H, D), cap, seed)
+    return ds, users, judged
 
 
 def evaluate_version(

@@ -70,30 +70,66 @@ def test_auc_scores_are_the_served_scores(tmp_path: Path) -> None:
     assert (demoted(rows, items) < plain(rows, items) - 1e-6).any()
 
 
-def test_summary_and_tables_come_from_the_per_seed_rows() -> None:
-    def run(shift: float) -> dict[str, list[dict]]:
-        out: dict[str, list[dict]] = {}
-        for table, keys in (
-            ("fresh", demotion.FRESH_KEYS),
-            ("real", (*demotion.REAL_KEYS, "users")),
-            ("recent", demotion.RECENT_KEYS),
-        ):
-            out[table] = [
-                {"weight": w, "threshold": t, **{k: i + shift for k in keys}}
-                for i, (w, t) in enumerate(demotion.SETTINGS)
-            ]
-        return out
+def _run(shift: float, fresh: dict[int, dict[str, float]] | None = None) -> dict[str, list[dict]]:
+    """One seed's rows of one split: figure i + shift for setting i, ``fresh`` overriding."""
+    out: dict[str, list[dict]] = {}
+    for table, keys in demotion.TABLES:
+        out[table] = [
+            {
+                **demotion.setting_label(setting),
+                **{k: i + shift for k in keys},
+                "users": 10 + shift,
+                **(fresh or {}).get(i, {}),
+            }
+            for i, setting in enumerate(demotion.SETTINGS)
+        ]
+    return out
 
-    per_seed = [run(0.0), run(0.5)]
-    summary = demotion.summarize(per_seed)
-    assert summary["real"][2]["dislike_share@20"] == {
+
+def test_summary_and_tables_come_from_the_per_seed_rows() -> None:
+    per_seed = [
+        {split: _run(0.0) for split in demotion.SPLITS},
+        {"valid": _run(0.5), "test": _run(0.5)},
+    ]
+    summaries = {
+        split: demotion.summarize([run[split] for run in per_seed]) for split in demotion.SPLITS
+    }
+    assert summaries["test"]["real"][2]["dislike_share@20"] == {
         "mean": 2.25,
         "std": pytest.approx(0.353553, abs=1e-6),  # sample std of 2 and 2.5
     }
-    doc = {"seeds": [0, 1], "recent_dislikes": 5, "per_seed": per_seed, **summary}
+    assert summaries["test"]["fresh"][3]["near"] == demotion.SETTINGS[3].near
+    doc = {"seeds": [0, 1], "recent_dislikes": 5, "per_seed": per_seed, "chosen": 4, **summaries}
     md = demotion.markdown(doc)
-    assert sum(line.startswith("|---") for line in md.splitlines()) == 3
-    assert "The 0.0 judged test users" in md  # the first seed's user count
+    assert sum(line.startswith("|---") for line in md.splitlines()) == 5
+    assert "The 10.0 judged users" in md  # the first seed's user count
     assert "2.2500 ± 0.3536" in md
+    (marked,) = [line for line in md.splitlines() if "(default)" in line]
+    assert marked.startswith(
+        f"| {demotion._label_text(demotion.setting_label(demotion.SETTINGS[4]))}"
+    )
     head, tail = md.split(demotion.HEADLINE_END)
-    assert "real feedback" in head and "responsiveness probe" in head and "recent" in tail
+    assert "validation" in head and "real feedback" in head and "recent" in tail
+
+
+def test_choice_is_the_most_responsive_setting_within_the_limits() -> None:
+    def summary(fresh: dict[int, dict[str, float]], auc: dict[int, float]) -> dict[str, list[dict]]:
+        run = _run(0.0, fresh)
+        for i, row in enumerate(run["real"]):
+            row["like_dislike_auc"] = auc.get(i, 0.70)
+        return demotion.summarize([run])
+
+    base = {
+        i: {"responsiveness@20": -0.01 * i, "recall@20": 0.20}
+        for i in range(len(demotion.SETTINGS))
+    }
+    last = len(demotion.SETTINGS) - 1
+    assert demotion.choose(summary(base, {})) == last  # every setting within the limits
+    # The most responsive one loses too much recall after the dislike, the next too much AUC.
+    base[last]["recall@20"] = 0.20 * demotion.RECALL_KEPT - 1e-4
+    limited = summary(base, {last - 1: 0.70 - demotion.AUC_SLACK - 1e-4})
+    assert demotion.choose(limited) == last - 2
+    # Nothing within the limits moves the list more than the tower alone: it stays off.
+    for i in range(1, last + 1):
+        base[i]["recall@20"] = 0.1
+    assert demotion.choose(summary(base, {})) == 0

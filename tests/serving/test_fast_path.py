@@ -63,11 +63,13 @@ def _events(catalog: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _reference(
-    model: Any, state: Any, k: int, exclude_seen: bool, demote_recent: int
-) -> dict[str, Any]:
-    """One user, one query, no batching: the merge of stored state as the service documents it."""
-    from serving.retrieval import Query, run_batch
+def _reference(model: Any, state: Any, k: int, exclude_seen: bool, settings: Any) -> dict[str, Any]:
+    """One user, one query, no batching: the merge of stored state as the service documents it.
+
+    The version has no times, so every stored dislike is fresh: demotion (on by
+    default) reacts to the latest ``demote_recent`` of them.
+    """
+    from serving.retrieval import Demotion, Query, run_batch
     from serving.schemas import RecommendResponse
     from serving.service import popular_fallback
 
@@ -90,10 +92,11 @@ def _reference(
             history=model.tokens(known, model.history_length),
             dislikes=model.tokens(dislikes, model.dislike_length),
             demote_rows=np.asarray(
-                [index[x] for x in dislikes if x in index][-demote_recent:], np.int64
+                [index[x] for x in dislikes if x in index][-settings.demote_recent :], np.int64
             ),
         )
-        result = run_batch([query])[0]
+        demotion = Demotion(settings.demote_weight, settings.demote_threshold, settings.demote_near)
+        result = run_batch([query], demotion)[0]
         rows, scores = result.rows.tolist(), result.scores.tolist()
     return RecommendResponse(
         user_id=state.user_id,
@@ -142,7 +145,7 @@ def test_concurrent_answers_equal_one_at_a_time(index: str, art: Path, ivf_art: 
             want = []
             for u, k, seen in asks:
                 stored = await store.get_user(u, with_seen=seen)
-                want.append(_reference(model, stored, k, seen, state.settings.demote_recent))
+                want.append(_reference(model, stored, k, seen, state.settings))
             return list(got), want, state
 
     got, want, state = asyncio.run(go())

@@ -25,7 +25,9 @@ def test_defaults_are_the_spec_limits(tmp_path: Path) -> None:
     assert s.store_url == "sqlite:///twotower-store.sqlite"
     assert (s.host, s.port, s.workers) == ("127.0.0.1", 8000, 1)
     assert (s.max_k, s.default_k) == (1000, 20)
-    assert s.demote_weight == 0.0  # soft demotion is off by default
+    # Soft demotion is on, near fresh dislikes, at the version's own threshold.
+    assert (s.demote_weight, s.demote_near, s.demote_threshold) == (0.5, 0.05, None)
+    assert s.demote_dislikes == "fresh"
 
 
 def test_faiss_threads_default_to_the_cores_per_worker(
