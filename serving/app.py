@@ -173,8 +173,9 @@ def _build_state(settings: Settings) -> AppState:
     demotion = Demotion(settings.demote_weight, settings.demote_threshold, settings.demote_near)
 
     def prepare(model: LoadedModel) -> None:
-        if demotion.enabled:  # the per-version threshold, before the version serves
+        if demotion.enabled:  # the per-version threshold and lengths, before it serves
             model.demote_threshold = demotion.threshold_for(model)
+            _ = model.unit_length
 
     reloader = Reloader(
         settings.artifacts,

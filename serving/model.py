@@ -333,6 +333,11 @@ class LoadedModel:
         norms[norms == 0] = 1.0
         return norms
 
+    @functools.cached_property
+    def unit_length(self) -> bool:
+        """Every item vector is unit length (a cosine export): inner products are cosines."""
+        return bool(np.all(np.abs(self.item_norms - 1.0) < 1e-4))
+
     def near_similarity(self, share: float) -> float:
         """The item-item cosine above which ``share`` of the version's item pairs lie.
 

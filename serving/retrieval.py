@@ -143,15 +143,25 @@ def _keep(
 
 def demotion_penalty(
     model: LoadedModel, vec: np.ndarray, rows: np.ndarray, near: np.ndarray, demotion: Demotion
-) -> np.ndarray:
+) -> np.ndarray | None:
     """float32 [len(rows)]: what :class:`Demotion` takes off each row's score for query ``vec``.
 
-    ``near``: the rows of the dislikes it reacts to (non-empty).
+    None when it takes nothing (no row is near). ``near``: the rows of the dislikes
+    it reacts to (non-empty).
     """
-    emb, norms = model.embeddings, model.item_norms
-    cos = (emb[rows] @ emb[near].T) / (norms[rows][:, None] * norms[near][None, :])
-    over = np.maximum(0.0, cos.max(axis=1) - demotion.threshold_for(model))
-    return (demotion.weight * float(np.linalg.norm(vec)) * norms[rows] * over).astype(np.float32)
+    emb = model.embeddings
+    cos = emb[rows] @ emb[near].T
+    unit = model.unit_length  # a cosine export: inner products are the cosines
+    if not unit:
+        norms = model.item_norms
+        cos /= norms[rows][:, None] * norms[near][None, :]
+    over = cos.max(axis=1) - demotion.threshold_for(model)
+    if not (over > 0).any():
+        return None
+    penalty = np.maximum(over, 0.0) * (demotion.weight * float(np.linalg.norm(vec)))
+    if not unit:
+        penalty *= norms[rows]
+    return penalty.astype(np.float32, copy=False)
 
 
 def _demote(
@@ -164,7 +174,10 @@ def _demote(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     if not demotion.enabled or q.demote_rows is None or len(q.demote_rows) == 0 or len(rows) == 0:
         return rows, scores, 0
-    adjusted = scores - demotion_penalty(model, vec, rows, q.demote_rows, demotion)
+    penalty = demotion_penalty(model, vec, rows, q.demote_rows, demotion)
+    if penalty is None:
+        return rows, scores, 0
+    adjusted = scores - penalty
     order = np.argsort(-adjusted, kind="stable")
     before = set(rows[: q.k].tolist())
     rows, scores = rows[order], adjusted[order].astype(np.float32)

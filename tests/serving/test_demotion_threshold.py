@@ -9,6 +9,7 @@ server resolves and shows, and that an absolute threshold still wins.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.model import load_model, pair_similarity_quantile
-from serving.retrieval import Demotion, Query, run_batch
+from serving.retrieval import Demotion, Query, demotion_penalty, run_batch
 from tests.serving.artifact_factory import make_artifact
 
 
@@ -90,6 +91,36 @@ def test_demotion_with_the_version_threshold_demotes_its_near_items(tmp_path: Pa
     assert near(undemoted.rows) > 0, "fixture: the top-20 should hold items near the disliked one"
     assert near(demoted.rows) < near(undemoted.rows)
     assert demoted.demoted > 0 and len(demoted.rows) == 20
+
+
+def test_penalty_is_in_the_score_units_of_a_dot_export(tmp_path: Path) -> None:
+    unit = load_model(tmp_path, make_artifact(tmp_path, num_items=200, dim=8, seed=6, clusters=4))
+    assert unit.unit_length
+    rng = np.random.default_rng(2)
+    lengths = rng.uniform(0.5, 4.0, size=200).astype(np.float32)
+    dot = dataclasses.replace(unit, embeddings=unit.embeddings * lengths[:, None])
+    assert not dot.unit_length
+    vec = rng.normal(size=8).astype(np.float32)
+    rows, near = np.arange(0, 200, 3), np.array([5, 77])
+    setting = Demotion(0.7, 0.2)
+    got = demotion_penalty(dot, vec, rows, near, setting)
+    assert got is not None
+    # By hand: the largest cosine with a dislike, over 0.2, times 0.7 |u| |i|.
+    emb = dot.embeddings
+    for at, row in enumerate(rows):
+        cos = max(
+            float(emb[row] @ emb[d]) / float(np.linalg.norm(emb[row]) * np.linalg.norm(emb[d]))
+            for d in near
+        )
+        want = 0.7 * max(0.0, cos - 0.2) * float(np.linalg.norm(vec) * lengths[row])
+        assert got[at] == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert (got > 0).any() and (got == 0).any()
+    # Unit vectors: the cosines are the inner products and |u| |i| is |u|.
+    plain = demotion_penalty(unit, vec, rows, near, setting)
+    assert plain is not None
+    np.testing.assert_allclose(plain * lengths[rows], got, rtol=1e-4, atol=1e-6)
+    # Nothing near: nothing taken.
+    assert demotion_penalty(unit, vec, rows, near, Demotion(0.7, 1.0)) is None
 
 
 @pytest.fixture
