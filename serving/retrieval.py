@@ -10,6 +10,7 @@ returned and exactly ``min(k, catalog - blocked)`` rows are.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -155,13 +156,14 @@ def demotion_penalty(
     if not unit:
         norms = model.item_norms
         cos /= norms[rows][:, None] * norms[near][None, :]
-    over = cos.max(axis=1) - demotion.threshold_for(model)
-    if not (over > 0).any():
+    over = (cos.max(axis=1) if cos.shape[1] > 1 else cos[:, 0]) - demotion.threshold_for(model)
+    if over.max() <= 0:
         return None
-    penalty = np.maximum(over, 0.0) * (demotion.weight * float(np.linalg.norm(vec)))
+    np.maximum(over, 0.0, out=over)
+    over *= demotion.weight * math.sqrt(float(vec @ vec))  # math: np.linalg.norm costs more here
     if not unit:
-        penalty *= norms[rows]
-    return penalty.astype(np.float32, copy=False)
+        over *= norms[rows]
+    return over.astype(np.float32, copy=False)
 
 
 def _demote(
@@ -179,9 +181,9 @@ def _demote(
         return rows, scores, 0
     adjusted = scores - penalty
     order = np.argsort(-adjusted, kind="stable")
-    before = set(rows[: q.k].tolist())
-    rows, scores = rows[order], adjusted[order].astype(np.float32)
-    return rows, scores, len(before - set(rows[: q.k].tolist()))
+    # Rows are distinct: the top k lost one of its own for each newcomer from below k.
+    demoted = int(np.count_nonzero(order[: q.k] >= q.k))
+    return rows[order], adjusted[order].astype(np.float32, copy=False), demoted
 
 
 def initial_depth(q: Query, demotion: Demotion) -> int:
