@@ -50,7 +50,7 @@ import numpy as np
 
 from bench.common import REPO, RESULTS, write_result
 from common.tf_env import set_tensorflow_environment
-from serving.settings import Settings
+from serving.settings import DEMOTE_NEAR, DEMOTE_WEIGHT, Settings
 
 set_tensorflow_environment()  # before anything imports TensorFlow (the servers inherit it)
 
@@ -382,6 +382,15 @@ def profile(
 # --- data ---------------------------------------------------------------------------------
 
 
+#: What soft demotion does in these runs: serving's defaults, and every stored dislike is
+#: fresh (stamped when written, after the version's data), so every request demotes.
+DEMOTION = (
+    f"serving's default: weight {DEMOTE_WEIGHT}, near {DEMOTE_NEAR}, demote_dislikes=fresh; "
+    "every stored dislike is fresh here (stamped when written), so every request demotes "
+    "near its 5 latest"
+)
+
+
 def load_users(num_users: int, catalog: list[str], seed: int) -> None:
     """Write ``bench-u<i>`` users (30 random events each, 1 in 6 a dislike) into the bench's Redis DB."""
     import redis
@@ -663,7 +672,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "# Serving benchmark",
         "",
         f"`{doc['command']}` at {doc['git_revision']}, {doc['machine']['cores']} cores "
-        f"({doc['machine']['cpu']}), {doc['finished_at']}. {doc['threads']}.",
+        f"({doc['machine']['cpu']}), {doc['finished_at']}. {doc['threads']}."
+        + (f" Soft demotion: {demotion}." if (demotion := doc["settings"].get("demotion")) else ""),
         "",
         f"Goals: c=32 throughput >= {g['c32_ratio']} of the trivial endpoint's, p99 <= "
         f"{g['c32_p99_ms']:g} ms, no errors; c=1 p50 <= {g['c1_p50_ms']:g} ms, p99 <= "
@@ -929,7 +939,7 @@ def main() -> int:
         "queries of its batch); uvloop + httptools, no access log, for ours and the trivial "
         "app alike; "
         "wrk -t1 (-t2 at c=64); the 2 cores are shared by the server, wrk and Redis",
-        "settings": {"batch_max_size": 64, "batch_max_wait_ms": 1.0, "k": K},
+        "settings": {"batch_max_size": 64, "batch_max_wait_ms": 1.0, "k": K, "demotion": DEMOTION},
         "catalogs": "synthetic:users=N,items=M trained 1 epoch by twotower train (index as the "
         "trainer picks)"
         if not args.factory
