@@ -266,7 +266,7 @@ class LoadedModel:
       trained_through: the newest event time (epoch seconds) in the data the version
         was trained from (manifest ``data.time_range.max``); None when the version
         does not say (a source without times).
-      demote_threshold: the similarity above which soft demotion lowers an item for
+      demote_threshold: the cosine above which soft demotion lowers an item for
         this version, as the server resolved it at load (None: demotion is off).
     """
 

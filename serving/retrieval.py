@@ -18,6 +18,7 @@ from itertools import chain
 import numpy as np
 
 from serving.model import LoadedModel
+from serving.settings import DEMOTE_NEAR
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,14 @@ class Demotion:
 
     weight: float = 0.0
     threshold: float | None = None
-    near: float = 0.01
+    near: float = DEMOTE_NEAR
 
     @property
     def enabled(self) -> bool:
         return self.weight > 0.0
 
     def threshold_for(self, model: LoadedModel) -> float:
-        """The similarity above which an item is demoted, for ``model``."""
+        """The cosine above which an item is demoted, for ``model``."""
         return self.threshold if self.threshold is not None else model.near_similarity(self.near)
 
 

@@ -258,7 +258,7 @@ class ServingInfo(BaseModel):
     loaded_at: float = Field(description="when this process loaded the version (epoch seconds)")
     demote_threshold: float | None = Field(
         None,
-        description="the item-item similarity above which soft demotion lowers an item "
+        description="the item-item cosine above which soft demotion lowers an item "
         "for this version (null: demotion is off)",
     )
 

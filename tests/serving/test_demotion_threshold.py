@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from serving.model import load_model, pair_similarity_quantile
 from serving.retrieval import Demotion, Query, demotion_penalty, run_batch
+from serving.settings import DEMOTE_NEAR
 from tests.serving.artifact_factory import make_artifact
 
 
@@ -65,8 +66,8 @@ def test_threshold_is_the_version_own_unless_absolute(tmp_path: Path) -> None:
     assert near == pair_similarity_quantile(model.embeddings, 0.99)
     share = float(np.mean((model.embeddings @ model.embeddings.T)[~np.eye(300, dtype=bool)] > near))
     assert share == pytest.approx(0.01, abs=0.002)  # 300 items: every pair was counted
-    assert Demotion(1.0).threshold_for(model) == near
-    assert Demotion(1.0, None, 0.05).threshold_for(model) < near
+    assert Demotion(1.0, None, 0.01).threshold_for(model) == near
+    assert Demotion(1.0).threshold_for(model) == model.near_similarity(DEMOTE_NEAR) < near
     assert Demotion(1.0, 0.25).threshold_for(model) == 0.25
 
 
