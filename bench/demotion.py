@@ -54,7 +54,7 @@ SETTINGS = [
     Demotion(0.5, 0.6),
     *(
         Demotion(w, None, near)
-        for near in (0.002, 0.005, 0.01, 0.02, 0.05)
+        for near in (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
         for w in (0.25, 0.5, 0.75, 1.0)
     ),
 ]
