@@ -287,7 +287,11 @@ class ModelResponse(BaseModel):
                     "metrics": {"recall@20": 0.21, "ndcg@20": 0.12},
                     "baseline_popular": {"recall@20": 0.11, "ndcg@20": 0.06},
                     "data": {"source": "movielens:/data/ml-100k/u.data"},
-                    "serving": {"device": "cpu", "loaded_at": 1795000000.0},
+                    "serving": {
+                        "device": "cpu",
+                        "loaded_at": 1795000000.0,
+                        "demote_threshold": 0.58,
+                    },
                 }
             ]
         },
