@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from serving.model import load_model, pair_similarity_quantile
 from serving.retrieval import Demotion, Query, demotion_penalty, run_batch
-from serving.settings import DEMOTE_NEAR
+from serving.settings import DEMOTE_NEAR, DEMOTE_WEIGHT
 from tests.serving.artifact_factory import make_artifact
 
 
@@ -150,3 +150,43 @@ def test_server_resolves_and_shows_the_threshold(
     assert _model_info(absolute)["demote_threshold"] == pytest.approx(0.4)
     off = make_client(artifacts=clustered, demote_weight=0.0)
     assert _model_info(off)["demote_threshold"] is None
+
+
+def test_a_new_dislike_demotes_by_default(
+    clustered: Path, make_client: Callable[..., TestClient]
+) -> None:
+    """With no demotion setting, a request's dislike moves the list beyond filtering it."""
+    client = make_client(artifacts=clustered)
+    model = client.app.state.twotower.holder.current  # type: ignore[attr-defined]
+    emb = model.embeddings
+    # A history inside one cluster and a dislike from it: the tower stays near the
+    # cluster (the fixture's tower subtracts half the dislike), so its list still
+    # holds items near the dislike for demotion to move.
+    closest = np.argsort(-(emb @ emb[0])).tolist()
+    history = [model.id_list[r] for r in closest[:5]]
+    disliked = model.id_list[closest[5]]
+
+    def served(body: dict[str, Any]) -> list[str]:
+        r = client.post("/v1/recommend", json=body)
+        assert r.status_code == 200, r.text
+        return [x["item_id"] for x in r.json()["items"]]
+
+    def reference(demotion: Demotion) -> list[str]:
+        index = model.id_to_index
+        q = Query(
+            model=model,
+            k=20,
+            blocked={index[x] for x in [*history, disliked]},
+            history=model.tokens(history, model.history_length),
+            dislikes=model.tokens([disliked], model.dislike_length),
+            demote_rows=np.asarray([index[disliked]], np.int64),
+        )
+        (res,) = run_batch([q], demotion)
+        return [model.id_list[r] for r in res.rows.tolist()]
+
+    got = served({"history": history, "dislikes": [disliked], "k": 20})
+    assert got == reference(Demotion(DEMOTE_WEIGHT, None, DEMOTE_NEAR))
+    assert got != reference(Demotion())  # more than the dislike filtered out
+    metrics = client.get("/metrics").text
+    (line,) = [x for x in metrics.splitlines() if x.startswith("twotower_demoted_items_total ")]
+    assert float(line.split()[1]) > 0
