@@ -29,7 +29,7 @@ measured on its validation users, where serving's defaults are chosen
    With ``fresh`` these dislikes all precede the version's newest training event,
    so none is demoted and the figures are weight 0's.
 
-Usage: python -m bench.demotion [--epochs 8] [--seeds 3] [--recent 5]
+Usage: python -m bench.demotion [--epochs 8] [--seeds 5] [--recent 5]
 Writes bench/results/demotion.json and .md.
 """
 
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--recent", type=int, default=5, help="recent dislikes the second table demotes")
     args = p.parse_args(argv)
 
