@@ -23,7 +23,7 @@ import numpy as np
 from common import artifacts
 from common.artifact_format import FormatError, parse_manifest, read_index, read_items
 from common.tf_env import set_tensorflow_environment
-from serving.numpy_tower import NumpyTower, from_saved
+from serving.numpy_tower import NumpyTower, from_saved, l2_normalize
 
 set_tensorflow_environment()
 
@@ -414,13 +414,8 @@ def pair_similarity_quantile(
     rng = np.random.default_rng(seed)
     a = np.sort(rng.choice(n, min(anchors, n), replace=False))
     o = np.sort(rng.choice(n, min(others, n), replace=False))
-    sims = _unit(embeddings[a]) @ _unit(embeddings[o]).T
+    sims = l2_normalize(embeddings[a]) @ l2_normalize(embeddings[o]).T
     return float(np.quantile(sims[a[:, None] != o[None, :]], q))
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.where(norms == 0, 1.0, norms)
 
 
 def _require(path: Path, what: str) -> Path:

@@ -42,8 +42,8 @@ def _normalised_sum(emb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.matmul(mask[:, None, :], emb)[:, 0] / np.sqrt(np.maximum(count, 1.0))
 
 
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
-    # tf.math.l2_normalize: x * rsqrt(max(sum x^2, 1e-12)).
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows as tf.math.l2_normalize makes them: x * rsqrt(max(sum x^2, 1e-12)) (0 stays 0)."""
     return x / np.sqrt(np.maximum((x * x).sum(axis=-1, keepdims=True), 1e-12))
 
 
@@ -87,7 +87,7 @@ class NumpyTower:
     def _move_away(self, dislikes: np.ndarray) -> np.ndarray:
         w = self.weights
         mask = (dislikes > 0).astype(np.float32)
-        v = _l2_normalize(self.item_vectors[np.maximum(dislikes - 1, 0)])
+        v = l2_normalize(self.item_vectors[np.maximum(dislikes - 1, 0)])
         width = dislikes.shape[1]
         rank = np.arange(width - 1, -1, -1, dtype=np.float32)
         a = 2.0 / (1.0 + np.exp(-w["dislike_recency"] * rank))[None, :] * mask
@@ -116,7 +116,7 @@ class NumpyTower:
                 neg = np.zeros_like(s)
             u = s + self._mlp(np.concatenate([s, neg], axis=1))
         if self.normalize:
-            u = _l2_normalize(u)
+            u = l2_normalize(u)
         return np.ascontiguousarray(u, dtype=np.float32)
 
 
